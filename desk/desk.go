@@ -1,0 +1,101 @@
+// Package desk holds Parley's rules (SPEC.md): one use case per function, one
+// transaction per use case. GraphQL resolvers and webhook handlers translate
+// and authorise, then call a function here.
+package desk
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/parleydesk/parley/ent"
+)
+
+// Clock tells the time. Tests inject a fake one so that timeouts are tested
+// without sleeping.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// SystemClock is the wall clock.
+var SystemClock Clock = systemClock{}
+
+// Config holds the knobs of the rules that come from the environment rather
+// than from the settings row.
+type Config struct {
+	// SessionTTL is how long an operator's bearer token lives (default 12h).
+	SessionTTL time.Duration
+	// PasswordCost is the bcrypt cost (default bcrypt.DefaultCost; tests lower it).
+	PasswordCost int
+}
+
+// Desk is the entry point of every use case.
+type Desk struct {
+	client *ent.Client
+	clock  Clock
+	cfg    Config
+	log    *slog.Logger
+}
+
+// Option configures a Desk.
+type Option func(*Desk)
+
+// WithClock replaces the wall clock.
+func WithClock(c Clock) Option { return func(d *Desk) { d.clock = c } }
+
+// WithConfig sets the configuration.
+func WithConfig(c Config) Option { return func(d *Desk) { d.cfg = c } }
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(d *Desk) { d.log = l } }
+
+// New returns a Desk over client.
+func New(client *ent.Client, opts ...Option) *Desk {
+	d := &Desk{client: client, clock: SystemClock, log: slog.Default()}
+	for _, o := range opts {
+		o(d)
+	}
+	if d.cfg.SessionTTL <= 0 {
+		d.cfg.SessionTTL = 12 * time.Hour
+	}
+	if d.cfg.PasswordCost == 0 {
+		d.cfg.PasswordCost = bcrypt.DefaultCost
+	}
+	return d
+}
+
+// Client is the ent client, for reads that need no rule (lists, node lookups).
+func (d *Desk) Client() *ent.Client { return d.client }
+
+// Now is the desk's clock, truncated to microseconds so that what is stored
+// equals what is read back on both databases.
+func (d *Desk) Now() time.Time { return d.clock.Now().UTC().Truncate(time.Microsecond) }
+
+// inTx runs fn in one transaction: the transaction of a use case.
+func (d *Desk) inTx(ctx context.Context, name string, fn func(tx *ent.Tx) error) error {
+	tx, err := d.client.Tx(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: begin: %w", name, err)
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			_ = tx.Rollback()
+			panic(v)
+		}
+	}()
+	if err := fn(tx); err != nil {
+		if rerr := tx.Rollback(); rerr != nil {
+			d.log.Error("rollback failed", "use_case", name, "err", rerr)
+		}
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("%s: commit: %w", name, err)
+	}
+	return nil
+}

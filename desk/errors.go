@@ -1,0 +1,75 @@
+package desk
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/parleydesk/parley/ent"
+)
+
+// Code is a stable error code that clients switch on (extensions.code in GraphQL).
+type Code string
+
+const (
+	CodeUnauthenticated Code = "UNAUTHENTICATED"
+	CodeForbidden       Code = "FORBIDDEN"
+	CodeNotFound        Code = "NOT_FOUND"
+	CodeValidation      Code = "VALIDATION"
+	CodeConflict        Code = "CONFLICT"
+	CodeInternal        Code = "INTERNAL"
+)
+
+// Error is a refusal by a rule: a code, a message for humans and, for
+// validation errors, the input field at fault.
+type Error struct {
+	Code    Code
+	Message string
+	Field   string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Fail returns an *Error.
+func Fail(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func invalid(field, format string, args ...any) *Error {
+	return &Error{Code: CodeValidation, Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrUnauthenticated is returned for a missing, unknown, expired or revoked credential.
+var ErrUnauthenticated = &Error{Code: CodeUnauthenticated, Message: "authentication required"}
+
+// ErrForbidden is returned when the caller lacks the access a call needs.
+var ErrForbidden = &Error{Code: CodeForbidden, Message: "you are not allowed to do this"}
+
+// AsError classifies any error of a use case: a desk *Error as is, ent's
+// not-found, constraint and validation errors by kind, and anything else as
+// INTERNAL (whose text must not reach a client).
+func AsError(err error) *Error {
+	var de *Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &de):
+		return de
+	case ent.IsNotFound(err):
+		return &Error{Code: CodeNotFound, Message: "not found"}
+	case ent.IsConstraintError(err):
+		return &Error{Code: CodeConflict, Message: "conflicts with existing data (a duplicate or a missing reference)"}
+	case ent.IsValidationError(err):
+		var ve *ent.ValidationError
+		errors.As(err, &ve)
+		return &Error{Code: CodeValidation, Field: ve.Name, Message: "invalid value for " + ve.Name}
+	}
+	return &Error{Code: CodeInternal, Message: "internal error"}
+}
+
+// notFound turns ent's not-found into a NOT_FOUND naming what was missing.
+func notFound(err error, what string, id int) error {
+	if ent.IsNotFound(err) {
+		return Fail(CodeNotFound, "%s %d not found", what, id)
+	}
+	return err
+}

@@ -1,0 +1,136 @@
+// Package store opens Parley's database, SQLite (the embedded default) or
+// PostgreSQL, and migrates its schema. Both go through one ent client: the
+// rest of the code never asks which one it has, except where a PostgreSQL
+// feature hides behind an interface with an SQLite twin.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"entgo.io/ent/dialect"
+	entsql "entgo.io/ent/dialect/sql"
+	_ "github.com/lib/pq" // PostgreSQL driver
+	_ "modernc.org/sqlite" // SQLite driver, pure Go
+
+	"github.com/parleydesk/parley/ent"
+	_ "github.com/parleydesk/parley/ent/runtime" // hooks and defaults
+)
+
+// DB is an open database.
+type DB struct {
+	Client  *ent.Client
+	SQL     *sql.DB
+	Dialect string
+	// URL is the PostgreSQL connection string (empty for SQLite); the event
+	// bus opens its LISTEN connection with it.
+	URL string
+}
+
+// Close closes the client and the pool.
+func (db *DB) Close() error { return db.Client.Close() }
+
+// Postgres reports whether the database is PostgreSQL.
+func (db *DB) Postgres() bool { return db.Dialect == dialect.Postgres }
+
+// SQLiteDSN is the DSN of a SQLite file with the pragmas Parley needs:
+// foreign keys, WAL, a busy timeout, and BEGIN IMMEDIATE so that a
+// read-then-write transaction never fails with "database is locked".
+func SQLiteDSN(path string) string {
+	return "file:" + path + "?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)" +
+		"&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+}
+
+// Open opens the database named by databaseURL: a postgres:// URL, a sqlite
+// DSN ("file:…" or "sqlite://path"), or, when empty, the SQLite file
+// parley.db in dataDir (created if missing).
+func Open(ctx context.Context, databaseURL, dataDir string) (*DB, error) {
+	switch {
+	case strings.HasPrefix(databaseURL, "postgres://"), strings.HasPrefix(databaseURL, "postgresql://"):
+		return openPostgres(ctx, databaseURL)
+	case databaseURL == "":
+		if dataDir == "" {
+			dataDir = "data"
+		}
+		if err := os.MkdirAll(dataDir, 0o750); err != nil {
+			return nil, fmt.Errorf("create data directory %s: %w", dataDir, err)
+		}
+		return openSQLite(ctx, SQLiteDSN(filepath.Join(dataDir, "parley.db")))
+	case strings.HasPrefix(databaseURL, "sqlite://"):
+		return openSQLite(ctx, SQLiteDSN(strings.TrimPrefix(databaseURL, "sqlite://")))
+	case strings.HasPrefix(databaseURL, "file:"):
+		return openSQLite(ctx, databaseURL)
+	}
+	return nil, errors.New("DATABASE_URL must start with postgres://, postgresql://, sqlite:// or file:")
+}
+
+func openSQLite(ctx context.Context, dsn string) (*DB, error) {
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite: %w", err)
+	}
+	// One writer at a time is SQLite's nature; a few connections let readers
+	// run beside it under WAL.
+	db.SetMaxOpenConns(8)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open sqlite: %w", err)
+	}
+	drv := entsql.OpenDB(dialect.SQLite, db)
+	return &DB{Client: ent.NewClient(ent.Driver(drv)), SQL: db, Dialect: dialect.SQLite}, nil
+}
+
+func openPostgres(ctx context.Context, rawURL string) (*DB, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, errors.New("DATABASE_URL is not a valid URL")
+	}
+	// lib/pq defaults to sslmode=require; say it explicitly either way.
+	q := u.Query()
+	if q.Get("sslmode") == "" {
+		q.Set("sslmode", "disable")
+		u.RawQuery = q.Encode()
+	}
+	db, err := sql.Open("postgres", u.String())
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(32)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	drv := entsql.OpenDB(dialect.Postgres, db)
+	return &DB{Client: ent.NewClient(ent.Driver(drv)), SQL: db, Dialect: dialect.Postgres, URL: u.String()}, nil
+}
+
+// migrationLockKey is the PostgreSQL advisory lock that serialises schema
+// migrations of instances starting at the same time.
+const migrationLockKey = 7_311_050_001
+
+// Migrate brings the schema up to date. On PostgreSQL it holds an advisory
+// lock so that several instances starting together migrate one at a time.
+func (db *DB) Migrate(ctx context.Context) error {
+	if db.Postgres() {
+		conn, err := db.SQL.Conn(ctx)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		defer conn.Close()
+		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", migrationLockKey); err != nil {
+			return fmt.Errorf("migrate: lock: %w", err)
+		}
+		defer conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrationLockKey) //nolint:errcheck
+	}
+	if err := db.Client.Schema.Create(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,14 @@
+// Package graph is Parley's GraphQL layer (gqlgen). Resolvers authenticate,
+// translate and call desk/; they never decide a rule.
+package graph
+
+import (
+	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/ent"
+)
+
+// Resolver is the root resolver.
+type Resolver struct {
+	client *ent.Client
+	desk   *desk.Desk
+}

@@ -1,0 +1,241 @@
+// Package app assembles the Parley server: configuration, database,
+// migration, the HTTP surface and graceful shutdown. server/main.go runs it;
+// tests build it in-process.
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql/playground"
+	"github.com/rs/cors"
+
+	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/store"
+	"github.com/parleydesk/parley/graph"
+)
+
+// App is a running Parley instance.
+type App struct {
+	Config Config
+	Log    *slog.Logger
+	DB     *store.DB
+	Desk   *desk.Desk
+	// DemoCredentials are the logins demo mode created (printed at start).
+	DemoCredentials []desk.DemoCredential
+
+	requests atomic.Int64
+}
+
+// Option adjusts the desk an App builds (tests inject a clock or a low bcrypt cost).
+type Option func(*[]desk.Option)
+
+// WithDeskOptions passes options to desk.New.
+func WithDeskOptions(opts ...desk.Option) Option {
+	return func(o *[]desk.Option) { *o = append(*o, opts...) }
+}
+
+// New opens and migrates the database, creates the settings row, the first
+// administrator (from PARLEY_ADMIN_EMAIL/PASSWORD) and, in demo mode, the
+// demo data.
+func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*App, error) {
+	db, err := store.Open(ctx, cfg.DatabaseURL, cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	deskOpts := []desk.Option{desk.WithLogger(log), desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL})}
+	for _, o := range opts {
+		o(&deskOpts)
+	}
+	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...)}
+	if _, err := a.Desk.Settings(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("settings: %w", err)
+	}
+	if cfg.AdminEmail != "" {
+		created, err := a.Desk.EnsureAdmin(ctx, cfg.AdminEmail, cfg.AdminName, cfg.AdminPassword)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("first administrator: %w", err)
+		}
+		if created {
+			log.Info("administrator created", "email", cfg.AdminEmail)
+		}
+	}
+	if cfg.Demo {
+		if a.DemoCredentials, err = a.Desk.SeedDemo(ctx); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("demo data: %w", err)
+		}
+	}
+	return a, nil
+}
+
+// Close releases the database.
+func (a *App) Close() error { return a.DB.Close() }
+
+// Handler is the whole HTTP surface.
+func (a *App) Handler() http.Handler {
+	gql := graph.NewHandler(a.Desk, graph.Options{
+		Introspection:   a.Config.Introspection,
+		ComplexityLimit: a.Config.ComplexityLimit,
+		DepthLimit:      a.Config.DepthLimit,
+		Logger:          a.Log,
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/graphql", limitBody(a.Config.MaxBodyBytes, graph.Authenticate(a.Desk, a.Log, gql)))
+	if a.Config.Introspection {
+		mux.Handle("GET /playground", playground.Handler("Parley", "/graphql"))
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := a.DB.SQL.PingContext(ctx); err != nil {
+			a.Log.Warn("readiness: database unreachable", "err", err)
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "database unreachable"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	c := cors.New(cors.Options{
+		AllowedOrigins:   a.Config.CORSOrigins,
+		AllowedMethods:   []string{http.MethodGet, http.MethodPost, http.MethodOptions},
+		AllowedHeaders:   []string{"Authorization", "Content-Type", "Accept"},
+		AllowCredentials: true,
+		MaxAge:           600,
+	})
+	return a.logRequests(recoverPanics(a.Log, c.Handler(mux)))
+}
+
+// Run serves until ctx is cancelled, then shuts down gracefully: it stops
+// accepting, lets requests in flight finish within the shutdown timeout, and
+// closes the database.
+func (a *App) Run(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           a.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	a.Log.Info("parley listening", "addr", ln.Addr().String(), "database", a.DB.Dialect)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	a.Log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), a.Config.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// graphQLError answers with a GraphQL-shaped error outside the executor.
+func graphQLError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]any{"errors": []map[string]any{{
+		"message": msg, "extensions": map[string]string{"code": code},
+	}}})
+}
+
+// limitBody refuses JSON bodies over max with 413 (multipart uploads are
+// bounded by the GraphQL handler's own upload limit).
+func limitBody(max int64, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
+			if r.ContentLength > max {
+				graphQLError(w, http.StatusRequestEntityTooLarge, "REQUEST_TOO_LARGE",
+					fmt.Sprintf("the request body is over %d bytes", max))
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, max)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func recoverPanics(log *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.Error("panic in handler", "panic", v, "path", r.URL.Path, "stack", string(debug.Stack()))
+				graphQLError(w, http.StatusInternalServerError, "INTERNAL", "internal error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection (websockets, flush).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (a *App) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := a.requests.Add(1)
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		level := slog.LevelDebug
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
+			level = slog.LevelInfo
+		}
+		if rec.status >= 500 {
+			level = slog.LevelError
+		}
+		a.Log.Log(r.Context(), level, "http request", "id", id, "method", r.Method, "path", r.URL.Path,
+			"status", rec.status, "bytes", rec.bytes, "duration_ms", float64(time.Since(start).Microseconds())/1000,
+			"remote", r.RemoteAddr)
+	})
+}
