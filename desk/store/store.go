@@ -33,6 +33,17 @@ type DB struct {
 	URL string
 }
 
+// WithQueryHook returns a DB whose client calls fn before every statement it
+// sends (tests count queries with it); the pool is shared.
+func (db *DB) WithQueryHook(fn func(ctx context.Context, statement string)) *DB {
+	drv := dialect.DebugWithContext(entsql.OpenDB(db.Dialect, db.SQL), func(ctx context.Context, v ...any) {
+		fn(ctx, fmt.Sprint(v...))
+	})
+	c := *db
+	c.Client = ent.NewClient(ent.Driver(drv))
+	return &c
+}
+
 // Close closes the client and the pool.
 func (db *DB) Close() error { return db.Client.Close() }
 

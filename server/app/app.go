@@ -36,30 +36,43 @@ type App struct {
 	requests atomic.Int64
 }
 
-// Option adjusts the desk an App builds (tests inject a clock or a low bcrypt cost).
-type Option func(*[]desk.Option)
+// Option adjusts how an App is built (tests inject a clock, a low bcrypt
+// cost or a database of their own).
+type Option func(*options)
+
+type options struct {
+	desk []desk.Option
+	db   *store.DB
+}
 
 // WithDeskOptions passes options to desk.New.
 func WithDeskOptions(opts ...desk.Option) Option {
-	return func(o *[]desk.Option) { *o = append(*o, opts...) }
+	return func(o *options) { o.desk = append(o.desk, opts...) }
 }
+
+// WithDB uses an open database instead of opening the configured one.
+func WithDB(db *store.DB) Option { return func(o *options) { o.db = db } }
 
 // New opens and migrates the database, creates the settings row, the first
 // administrator (from PARLEY_ADMIN_EMAIL/PASSWORD) and, in demo mode, the
 // demo data.
 func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*App, error) {
-	db, err := store.Open(ctx, cfg.DatabaseURL, cfg.DataDir)
-	if err != nil {
-		return nil, err
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	db := o.db
+	if db == nil {
+		var err error
+		if db, err = store.Open(ctx, cfg.DatabaseURL, cfg.DataDir); err != nil {
+			return nil, err
+		}
 	}
 	if err := db.Migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
-	deskOpts := []desk.Option{desk.WithLogger(log), desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL})}
-	for _, o := range opts {
-		o(&deskOpts)
-	}
+	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL})}, o.desk...)
 	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...)}
 	if _, err := a.Desk.Settings(ctx); err != nil {
 		db.Close()
@@ -76,6 +89,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		}
 	}
 	if cfg.Demo {
+		var err error
 		if a.DemoCredentials, err = a.Desk.SeedDemo(ctx); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("demo data: %w", err)
