@@ -9,6 +9,7 @@ import (
 
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/channel"
+	"github.com/parleydesk/parley/ent/chatoffer"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/chataction"
 	"github.com/parleydesk/parley/ent/operator"
@@ -138,9 +139,15 @@ func (d *Desk) UpdateOperator(ctx context.Context, id int, in UpdateOperatorInpu
 			if err := d.endSessions(ctx, tx, id, nil, "ADMIN", enum.ReasonAdmin); err != nil {
 				return err
 			}
-			op, err = tx.Operator.Get(ctx, id)
+			if op, err = tx.Operator.Get(ctx, id); err != nil {
+				return err
+			}
 		}
-		return err
+		if op.Disabled {
+			return d.withdrawOffers(ctx, tx, chatoffer.OperatorID(id))
+		}
+		// A higher limit or a new queue may let waiting chats through (R9).
+		return d.releaseCapacity(ctx, tx, id)
 	})
 	return op, err
 }
@@ -193,8 +200,12 @@ func (d *Desk) UpdateQueue(ctx context.Context, id int, in ent.UpdateQueueInput)
 			return err
 		}
 		var err error
-		q, err = tx.Queue.UpdateOneID(id).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx)
-		return err
+		if q, err = tx.Queue.UpdateOneID(id).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx); err != nil {
+			return err
+		}
+		// New members, a higher limit or another rule may let waiting chats
+		// through (R9).
+		return d.releaseQueueLater(ctx, tx, id)
 	})
 	return q, err
 }
@@ -248,9 +259,9 @@ func requireOperators(ctx context.Context, tx *ent.Tx, ids []int) error {
 // channelFields is what CreateChannelInput and UpdateChannelInput share, as
 // the channel will be once the change is applied.
 type channelFields struct {
-	provider                                             enum.Provider
+	provider                                            enum.Provider
 	externalID, token, appSecret, verifyToken, botAppID string
-	botMode                                              enum.BotMode
+	botMode                                             enum.BotMode
 }
 
 // check enforces what each provider needs to work (reference/channels.md).
@@ -632,7 +643,20 @@ func (d *Desk) UpdateSettings(ctx context.Context, in ent.UpdateSettingInput) (*
 	if err != nil {
 		return nil, err
 	}
-	return d.client.Setting.UpdateOneID(s.ID).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx)
+	err = d.inTx(ctx, "update settings", func(tx *ent.Tx) error {
+		if s, err = tx.Setting.UpdateOneID(s.ID).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx); err != nil {
+			return err
+		}
+		// A higher concurrent-chats limit may let waiting chats through (R9).
+		ids, err := tx.Queue.Query().IDs(ctx)
+		for _, id := range ids {
+			if err := d.releaseQueueLater(ctx, tx, id); err != nil {
+				return err
+			}
+		}
+		return err
+	})
+	return s, err
 }
 
 func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }

@@ -110,11 +110,17 @@ func (d *Desk) Login(ctx context.Context, email, password string, meta SessionMe
 		if err != nil {
 			return err
 		}
-		if _, err := tx.OperatorSession.Create().
+		session, err := tx.OperatorSession.Create().
 			SetOperatorID(op.ID).SetTokenHash(hash).
 			SetCreatedAt(now).SetExpiresAt(res.ExpiresAt).SetLastSeenAt(now).
 			SetUserAgent(truncate(meta.UserAgent, 500)).SetRemoteAddr(truncate(meta.RemoteAddr, 100)).
-			Save(ctx); err != nil {
+			Save(ctx)
+		if err != nil {
+			return err
+		}
+		// The session's expiry is a timer, so that R6 applies even when
+		// the operator never calls again.
+		if err := d.enqueue(ctx, tx, jobSpec{kind: jobSessionExpired, ref: session.ID, due: res.ExpiresAt}); err != nil {
 			return err
 		}
 		if op.StatusBeforeLogout != nil {
@@ -241,8 +247,11 @@ func (d *Desk) changeStatus(ctx context.Context, tx *ent.Tx, op *ent.Operator, t
 		return err
 	}
 	from := op.Status
-	return tx.OperatorStatusChange.Create().SetOperatorID(op.ID).
-		SetStatus(to).SetPrevious(from).SetReason(reason).SetAt(now).Exec(ctx)
+	if err := tx.OperatorStatusChange.Create().SetOperatorID(op.ID).
+		SetStatus(to).SetPrevious(from).SetReason(reason).SetAt(now).Exec(ctx); err != nil {
+		return err
+	}
+	return d.afterStatusChange(ctx, tx, op, from, to)
 }
 
 // ChangePassword changes the caller's password and ends their other sessions.
@@ -250,6 +259,9 @@ func (d *Desk) ChangePassword(ctx context.Context, current, next string) error {
 	a, err := Require(ctx, AccessOperator)
 	if err != nil {
 		return err
+	}
+	if checkPassword(next) != nil {
+		return invalid("newPassword", "a password has 8 to 72 bytes")
 	}
 	hash, err := d.hashPassword(next)
 	if err != nil {

@@ -5,10 +5,13 @@ package desk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"entgo.io/ent/dialect"
+	"github.com/lib/pq"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/parleydesk/parley/ent"
@@ -40,6 +43,11 @@ type Desk struct {
 	clock  Clock
 	cfg    Config
 	log    *slog.Logger
+	// pg is set on PostgreSQL: rows are locked with SELECT … FOR UPDATE
+	// (SQLite has one writer at a time, so it needs no row locks).
+	pg bool
+	// kick wakes the scheduler when a transaction committed a job that is due.
+	kick chan struct{}
 }
 
 // Option configures a Desk.
@@ -51,12 +59,16 @@ func WithClock(c Clock) Option { return func(d *Desk) { d.clock = c } }
 // WithConfig sets the configuration.
 func WithConfig(c Config) Option { return func(d *Desk) { d.cfg = c } }
 
+// WithDialect tells the desk which database it runs on ("postgres" or
+// "sqlite3"), for row locks.
+func WithDialect(name string) Option { return func(d *Desk) { d.pg = name == dialect.Postgres } }
+
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(d *Desk) { d.log = l } }
 
 // New returns a Desk over client.
 func New(client *ent.Client, opts ...Option) *Desk {
-	d := &Desk{client: client, clock: SystemClock, log: slog.Default()}
+	d := &Desk{client: client, clock: SystemClock, log: slog.Default(), kick: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(d)
 	}
@@ -76,8 +88,35 @@ func (d *Desk) Client() *ent.Client { return d.client }
 // equals what is read back on both databases.
 func (d *Desk) Now() time.Time { return d.clock.Now().UTC().Truncate(time.Microsecond) }
 
-// inTx runs fn in one transaction: the transaction of a use case.
+// inTx runs fn in one transaction: the transaction of a use case. On
+// PostgreSQL a transaction chosen as a deadlock victim or failing to
+// serialise is run again (fn must not keep state across attempts).
 func (d *Desk) inTx(ctx context.Context, name string, fn func(tx *ent.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := d.inTxOnce(ctx, name, fn)
+		if err == nil || attempt == maxTxAttempts || !retryable(err) {
+			return err
+		}
+		d.log.Debug("transaction retried", "use_case", name, "attempt", attempt, "err", err)
+	}
+}
+
+const maxTxAttempts = 5
+
+// retryable reports whether PostgreSQL aborted a transaction that may
+// succeed when run again.
+func retryable(err error) bool {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		switch pqErr.Code {
+		case "40P01", "40001": // deadlock_detected, serialization_failure
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) error) error {
 	tx, err := d.client.Tx(ctx)
 	if err != nil {
 		return fmt.Errorf("%s: begin: %w", name, err)

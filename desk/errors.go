@@ -3,6 +3,7 @@ package desk
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/parleydesk/parley/ent"
 )
@@ -17,6 +18,15 @@ const (
 	CodeValidation      Code = "VALIDATION"
 	CodeConflict        Code = "CONFLICT"
 	CodeInternal        Code = "INTERNAL"
+
+	// Codes of the chat lifecycle (R13, R17, R19).
+	CodeChatCompleted     Code = "CHAT_COMPLETED"
+	CodeChatAlreadyTaken  Code = "CHAT_ALREADY_TAKEN"
+	CodeChatNotOffered    Code = "CHAT_NOT_OFFERED"
+	CodeNotChatOwner      Code = "NOT_CHAT_OWNER"
+	CodeChatNotInProgress Code = "CHAT_NOT_IN_PROGRESS"
+	CodeLimitExhausted    Code = "LIMIT_EXHAUSTED"
+	CodeChannelInactive   Code = "CHANNEL_INACTIVE"
 )
 
 // Error is a refusal by a rule: a code, a message for humans and, for
@@ -61,9 +71,28 @@ func AsError(err error) *Error {
 	case ent.IsValidationError(err):
 		var ve *ent.ValidationError
 		errors.As(err, &ve)
-		return &Error{Code: CodeValidation, Field: ve.Name, Message: "invalid value for " + ve.Name}
+		name := inputFieldName(ve.Name)
+		return &Error{Code: CodeValidation, Field: name, Message: "invalid value for " + name}
 	}
 	return &Error{Code: CodeInternal, Message: "internal error"}
+}
+
+// inputFieldName turns an ent field name (chat_limit, external_id) into the
+// name of the GraphQL input field entgql generates for it (chatLimit,
+// externalID), which is what a client knows.
+func inputFieldName(name string) string {
+	words := strings.Split(name, "_")
+	for i := 1; i < len(words); i++ {
+		switch w := strings.ToUpper(words[i]); w {
+		case "ID", "URL", "API", "HTTP", "JSON", "UUID", "IP":
+			words[i] = w
+		default:
+			if words[i] != "" {
+				words[i] = w[:1] + words[i][1:]
+			}
+		}
+	}
+	return strings.Join(words, "")
 }
 
 // notFound turns ent's not-found into a NOT_FOUND naming what was missing.

@@ -516,7 +516,9 @@ func (_q *ChannelQuery) loadChats(ctx context.Context, query *ChatQuery, nodes [
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(chat.FieldChannelID)
+	}
 	query.Where(predicate.Chat(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(channel.ChatsColumn), fks...))
 	}))
@@ -525,13 +527,10 @@ func (_q *ChannelQuery) loadChats(ctx context.Context, query *ChatQuery, nodes [
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.channel_chats
-		if fk == nil {
-			return fmt.Errorf(`foreign-key "channel_chats" is nil for node %v`, n.ID)
-		}
-		node, ok := nodeids[*fk]
+		fk := n.ChannelID
+		node, ok := nodeids[fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "channel_chats" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "channel_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}

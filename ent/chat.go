@@ -54,15 +54,20 @@ type Chat struct {
 	TransferNote string `json:"transfer_note,omitempty"`
 	// DuplicatesFound holds the value of the "duplicates_found" field.
 	DuplicatesFound int `json:"duplicates_found,omitempty"`
+	// ChannelID holds the value of the "channel_id" field.
+	ChannelID int `json:"channel_id,omitempty"`
+	// ContactID holds the value of the "contact_id" field.
+	ContactID int `json:"contact_id,omitempty"`
+	// QueueID holds the value of the "queue_id" field.
+	QueueID int `json:"queue_id,omitempty"`
+	// OwnerID holds the value of the "owner_id" field.
+	OwnerID *int `json:"owner_id,omitempty"`
+	// ParentID holds the value of the "parent_id" field.
+	ParentID *int `json:"parent_id,omitempty"`
 	// Edges holds the relations/edges for other nodes in the graph.
 	// The values are being populated by the ChatQuery when eager-loading is set.
-	Edges         ChatEdges `json:"edges"`
-	channel_chats *int
-	chat_owner    *int
-	chat_children *int
-	contact_chats *int
-	queue_chats   *int
-	selectValues  sql.SelectValues
+	Edges        ChatEdges `json:"edges"`
+	selectValues sql.SelectValues
 }
 
 // ChatEdges holds the relations/edges for other nodes in the graph.
@@ -91,7 +96,7 @@ type ChatEdges struct {
 	// type was loaded (or requested) in eager-loading or not.
 	loadedTypes [10]bool
 	// totalCount holds the count of the edges above.
-	totalCount [10]map[string]int
+	totalCount [9]map[string]int
 
 	namedOffers           map[string][]*ChatOffer
 	namedChildren         map[string][]*Chat
@@ -205,22 +210,12 @@ func (*Chat) scanValues(columns []string) ([]any, error) {
 	values := make([]any, len(columns))
 	for i := range columns {
 		switch columns[i] {
-		case chat.FieldID, chat.FieldFirstResponseSeconds, chat.FieldDurationSeconds, chat.FieldDuplicatesFound:
+		case chat.FieldID, chat.FieldFirstResponseSeconds, chat.FieldDurationSeconds, chat.FieldDuplicatesFound, chat.FieldChannelID, chat.FieldContactID, chat.FieldQueueID, chat.FieldOwnerID, chat.FieldParentID:
 			values[i] = new(sql.NullInt64)
 		case chat.FieldStatus, chat.FieldCompletionReason, chat.FieldTransferNote:
 			values[i] = new(sql.NullString)
 		case chat.FieldCreatedAt, chat.FieldOfferedAt, chat.FieldAcceptedAt, chat.FieldFirstResponseAt, chat.FieldCompletedAt, chat.FieldCompletionDueAt, chat.FieldReplyWindowEndsAt, chat.FieldLastMessageAt, chat.FieldLastInboundAt, chat.FieldOwnerReadAt:
 			values[i] = new(sql.NullTime)
-		case chat.ForeignKeys[0]: // channel_chats
-			values[i] = new(sql.NullInt64)
-		case chat.ForeignKeys[1]: // chat_owner
-			values[i] = new(sql.NullInt64)
-		case chat.ForeignKeys[2]: // chat_children
-			values[i] = new(sql.NullInt64)
-		case chat.ForeignKeys[3]: // contact_chats
-			values[i] = new(sql.NullInt64)
-		case chat.ForeignKeys[4]: // queue_chats
-			values[i] = new(sql.NullInt64)
 		default:
 			values[i] = new(sql.UnknownType)
 		}
@@ -349,40 +344,37 @@ func (_m *Chat) assignValues(columns []string, values []any) error {
 			} else if value.Valid {
 				_m.DuplicatesFound = int(value.Int64)
 			}
-		case chat.ForeignKeys[0]:
+		case chat.FieldChannelID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field channel_chats", value)
+				return fmt.Errorf("unexpected type %T for field channel_id", values[i])
 			} else if value.Valid {
-				_m.channel_chats = new(int)
-				*_m.channel_chats = int(value.Int64)
+				_m.ChannelID = int(value.Int64)
 			}
-		case chat.ForeignKeys[1]:
+		case chat.FieldContactID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field chat_owner", value)
+				return fmt.Errorf("unexpected type %T for field contact_id", values[i])
 			} else if value.Valid {
-				_m.chat_owner = new(int)
-				*_m.chat_owner = int(value.Int64)
+				_m.ContactID = int(value.Int64)
 			}
-		case chat.ForeignKeys[2]:
+		case chat.FieldQueueID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field chat_children", value)
+				return fmt.Errorf("unexpected type %T for field queue_id", values[i])
 			} else if value.Valid {
-				_m.chat_children = new(int)
-				*_m.chat_children = int(value.Int64)
+				_m.QueueID = int(value.Int64)
 			}
-		case chat.ForeignKeys[3]:
+		case chat.FieldOwnerID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field contact_chats", value)
+				return fmt.Errorf("unexpected type %T for field owner_id", values[i])
 			} else if value.Valid {
-				_m.contact_chats = new(int)
-				*_m.contact_chats = int(value.Int64)
+				_m.OwnerID = new(int)
+				*_m.OwnerID = int(value.Int64)
 			}
-		case chat.ForeignKeys[4]:
+		case chat.FieldParentID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field queue_chats", value)
+				return fmt.Errorf("unexpected type %T for field parent_id", values[i])
 			} else if value.Valid {
-				_m.queue_chats = new(int)
-				*_m.queue_chats = int(value.Int64)
+				_m.ParentID = new(int)
+				*_m.ParentID = int(value.Int64)
 			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
@@ -539,6 +531,25 @@ func (_m *Chat) String() string {
 	builder.WriteString(", ")
 	builder.WriteString("duplicates_found=")
 	builder.WriteString(fmt.Sprintf("%v", _m.DuplicatesFound))
+	builder.WriteString(", ")
+	builder.WriteString("channel_id=")
+	builder.WriteString(fmt.Sprintf("%v", _m.ChannelID))
+	builder.WriteString(", ")
+	builder.WriteString("contact_id=")
+	builder.WriteString(fmt.Sprintf("%v", _m.ContactID))
+	builder.WriteString(", ")
+	builder.WriteString("queue_id=")
+	builder.WriteString(fmt.Sprintf("%v", _m.QueueID))
+	builder.WriteString(", ")
+	if v := _m.OwnerID; v != nil {
+		builder.WriteString("owner_id=")
+		builder.WriteString(fmt.Sprintf("%v", *v))
+	}
+	builder.WriteString(", ")
+	if v := _m.ParentID; v != nil {
+		builder.WriteString("parent_id=")
+		builder.WriteString(fmt.Sprintf("%v", *v))
+	}
 	builder.WriteByte(')')
 	return builder.String()
 }

@@ -231,9 +231,49 @@ func (_c *ChatCreate) SetNillableDuplicatesFound(v *int) *ChatCreate {
 	return _c
 }
 
-// SetChannelID sets the "channel" edge to the Channel entity by ID.
-func (_c *ChatCreate) SetChannelID(id int) *ChatCreate {
-	_c.mutation.SetChannelID(id)
+// SetChannelID sets the "channel_id" field.
+func (_c *ChatCreate) SetChannelID(v int) *ChatCreate {
+	_c.mutation.SetChannelID(v)
+	return _c
+}
+
+// SetContactID sets the "contact_id" field.
+func (_c *ChatCreate) SetContactID(v int) *ChatCreate {
+	_c.mutation.SetContactID(v)
+	return _c
+}
+
+// SetQueueID sets the "queue_id" field.
+func (_c *ChatCreate) SetQueueID(v int) *ChatCreate {
+	_c.mutation.SetQueueID(v)
+	return _c
+}
+
+// SetOwnerID sets the "owner_id" field.
+func (_c *ChatCreate) SetOwnerID(v int) *ChatCreate {
+	_c.mutation.SetOwnerID(v)
+	return _c
+}
+
+// SetNillableOwnerID sets the "owner_id" field if the given value is not nil.
+func (_c *ChatCreate) SetNillableOwnerID(v *int) *ChatCreate {
+	if v != nil {
+		_c.SetOwnerID(*v)
+	}
+	return _c
+}
+
+// SetParentID sets the "parent_id" field.
+func (_c *ChatCreate) SetParentID(v int) *ChatCreate {
+	_c.mutation.SetParentID(v)
+	return _c
+}
+
+// SetNillableParentID sets the "parent_id" field if the given value is not nil.
+func (_c *ChatCreate) SetNillableParentID(v *int) *ChatCreate {
+	if v != nil {
+		_c.SetParentID(*v)
+	}
 	return _c
 }
 
@@ -242,40 +282,14 @@ func (_c *ChatCreate) SetChannel(v *Channel) *ChatCreate {
 	return _c.SetChannelID(v.ID)
 }
 
-// SetContactID sets the "contact" edge to the Contact entity by ID.
-func (_c *ChatCreate) SetContactID(id int) *ChatCreate {
-	_c.mutation.SetContactID(id)
-	return _c
-}
-
 // SetContact sets the "contact" edge to the Contact entity.
 func (_c *ChatCreate) SetContact(v *Contact) *ChatCreate {
 	return _c.SetContactID(v.ID)
 }
 
-// SetQueueID sets the "queue" edge to the Queue entity by ID.
-func (_c *ChatCreate) SetQueueID(id int) *ChatCreate {
-	_c.mutation.SetQueueID(id)
-	return _c
-}
-
 // SetQueue sets the "queue" edge to the Queue entity.
 func (_c *ChatCreate) SetQueue(v *Queue) *ChatCreate {
 	return _c.SetQueueID(v.ID)
-}
-
-// SetOwnerID sets the "owner" edge to the Operator entity by ID.
-func (_c *ChatCreate) SetOwnerID(id int) *ChatCreate {
-	_c.mutation.SetOwnerID(id)
-	return _c
-}
-
-// SetNillableOwnerID sets the "owner" edge to the Operator entity by ID if the given value is not nil.
-func (_c *ChatCreate) SetNillableOwnerID(id *int) *ChatCreate {
-	if id != nil {
-		_c = _c.SetOwnerID(*id)
-	}
-	return _c
 }
 
 // SetOwner sets the "owner" edge to the Operator entity.
@@ -296,20 +310,6 @@ func (_c *ChatCreate) AddOffers(v ...*ChatOffer) *ChatCreate {
 		ids[i] = v[i].ID
 	}
 	return _c.AddOfferIDs(ids...)
-}
-
-// SetParentID sets the "parent" edge to the Chat entity by ID.
-func (_c *ChatCreate) SetParentID(id int) *ChatCreate {
-	_c.mutation.SetParentID(id)
-	return _c
-}
-
-// SetNillableParentID sets the "parent" edge to the Chat entity by ID if the given value is not nil.
-func (_c *ChatCreate) SetNillableParentID(id *int) *ChatCreate {
-	if id != nil {
-		_c = _c.SetParentID(*id)
-	}
-	return _c
 }
 
 // SetParent sets the "parent" edge to the Chat entity.
@@ -447,6 +447,15 @@ func (_c *ChatCreate) check() error {
 	if _, ok := _c.mutation.DuplicatesFound(); !ok {
 		return &ValidationError{Name: "duplicates_found", err: errors.New(`ent: missing required field "Chat.duplicates_found"`)}
 	}
+	if _, ok := _c.mutation.ChannelID(); !ok {
+		return &ValidationError{Name: "channel_id", err: errors.New(`ent: missing required field "Chat.channel_id"`)}
+	}
+	if _, ok := _c.mutation.ContactID(); !ok {
+		return &ValidationError{Name: "contact_id", err: errors.New(`ent: missing required field "Chat.contact_id"`)}
+	}
+	if _, ok := _c.mutation.QueueID(); !ok {
+		return &ValidationError{Name: "queue_id", err: errors.New(`ent: missing required field "Chat.queue_id"`)}
+	}
 	if len(_c.mutation.ChannelIDs()) == 0 {
 		return &ValidationError{Name: "channel", err: errors.New(`ent: missing required edge "Chat.channel"`)}
 	}
@@ -561,7 +570,7 @@ func (_c *ChatCreate) createSpec() (*Chat, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.channel_chats = &nodes[0]
+		_node.ChannelID = nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	if nodes := _c.mutation.ContactIDs(); len(nodes) > 0 {
@@ -578,7 +587,7 @@ func (_c *ChatCreate) createSpec() (*Chat, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.contact_chats = &nodes[0]
+		_node.ContactID = nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	if nodes := _c.mutation.QueueIDs(); len(nodes) > 0 {
@@ -595,7 +604,7 @@ func (_c *ChatCreate) createSpec() (*Chat, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.queue_chats = &nodes[0]
+		_node.QueueID = nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	if nodes := _c.mutation.OwnerIDs(); len(nodes) > 0 {
@@ -612,7 +621,7 @@ func (_c *ChatCreate) createSpec() (*Chat, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.chat_owner = &nodes[0]
+		_node.OwnerID = &nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	if nodes := _c.mutation.OffersIDs(); len(nodes) > 0 {
@@ -645,7 +654,7 @@ func (_c *ChatCreate) createSpec() (*Chat, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.chat_children = &nodes[0]
+		_node.ParentID = &nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	if nodes := _c.mutation.ChildrenIDs(); len(nodes) > 0 {
@@ -1034,6 +1043,48 @@ func (u *ChatUpsert) AddDuplicatesFound(v int) *ChatUpsert {
 	return u
 }
 
+// SetContactID sets the "contact_id" field.
+func (u *ChatUpsert) SetContactID(v int) *ChatUpsert {
+	u.Set(chat.FieldContactID, v)
+	return u
+}
+
+// UpdateContactID sets the "contact_id" field to the value that was provided on create.
+func (u *ChatUpsert) UpdateContactID() *ChatUpsert {
+	u.SetExcluded(chat.FieldContactID)
+	return u
+}
+
+// SetQueueID sets the "queue_id" field.
+func (u *ChatUpsert) SetQueueID(v int) *ChatUpsert {
+	u.Set(chat.FieldQueueID, v)
+	return u
+}
+
+// UpdateQueueID sets the "queue_id" field to the value that was provided on create.
+func (u *ChatUpsert) UpdateQueueID() *ChatUpsert {
+	u.SetExcluded(chat.FieldQueueID)
+	return u
+}
+
+// SetOwnerID sets the "owner_id" field.
+func (u *ChatUpsert) SetOwnerID(v int) *ChatUpsert {
+	u.Set(chat.FieldOwnerID, v)
+	return u
+}
+
+// UpdateOwnerID sets the "owner_id" field to the value that was provided on create.
+func (u *ChatUpsert) UpdateOwnerID() *ChatUpsert {
+	u.SetExcluded(chat.FieldOwnerID)
+	return u
+}
+
+// ClearOwnerID clears the value of the "owner_id" field.
+func (u *ChatUpsert) ClearOwnerID() *ChatUpsert {
+	u.SetNull(chat.FieldOwnerID)
+	return u
+}
+
 // UpdateNewValues updates the mutable fields using the new values that were set on create.
 // Using this option is equivalent to using:
 //
@@ -1047,6 +1098,12 @@ func (u *ChatUpsertOne) UpdateNewValues() *ChatUpsertOne {
 	u.create.conflict = append(u.create.conflict, sql.ResolveWith(func(s *sql.UpdateSet) {
 		if _, exists := u.create.mutation.CreatedAt(); exists {
 			s.SetIgnore(chat.FieldCreatedAt)
+		}
+		if _, exists := u.create.mutation.ChannelID(); exists {
+			s.SetIgnore(chat.FieldChannelID)
+		}
+		if _, exists := u.create.mutation.ParentID(); exists {
+			s.SetIgnore(chat.FieldParentID)
 		}
 	}))
 	return u
@@ -1394,6 +1451,55 @@ func (u *ChatUpsertOne) UpdateDuplicatesFound() *ChatUpsertOne {
 	})
 }
 
+// SetContactID sets the "contact_id" field.
+func (u *ChatUpsertOne) SetContactID(v int) *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.SetContactID(v)
+	})
+}
+
+// UpdateContactID sets the "contact_id" field to the value that was provided on create.
+func (u *ChatUpsertOne) UpdateContactID() *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.UpdateContactID()
+	})
+}
+
+// SetQueueID sets the "queue_id" field.
+func (u *ChatUpsertOne) SetQueueID(v int) *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.SetQueueID(v)
+	})
+}
+
+// UpdateQueueID sets the "queue_id" field to the value that was provided on create.
+func (u *ChatUpsertOne) UpdateQueueID() *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.UpdateQueueID()
+	})
+}
+
+// SetOwnerID sets the "owner_id" field.
+func (u *ChatUpsertOne) SetOwnerID(v int) *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.SetOwnerID(v)
+	})
+}
+
+// UpdateOwnerID sets the "owner_id" field to the value that was provided on create.
+func (u *ChatUpsertOne) UpdateOwnerID() *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.UpdateOwnerID()
+	})
+}
+
+// ClearOwnerID clears the value of the "owner_id" field.
+func (u *ChatUpsertOne) ClearOwnerID() *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.ClearOwnerID()
+	})
+}
+
 // Exec executes the query.
 func (u *ChatUpsertOne) Exec(ctx context.Context) error {
 	if len(u.create.conflict) == 0 {
@@ -1572,6 +1678,12 @@ func (u *ChatUpsertBulk) UpdateNewValues() *ChatUpsertBulk {
 		for _, b := range u.create.builders {
 			if _, exists := b.mutation.CreatedAt(); exists {
 				s.SetIgnore(chat.FieldCreatedAt)
+			}
+			if _, exists := b.mutation.ChannelID(); exists {
+				s.SetIgnore(chat.FieldChannelID)
+			}
+			if _, exists := b.mutation.ParentID(); exists {
+				s.SetIgnore(chat.FieldParentID)
 			}
 		}
 	}))
@@ -1917,6 +2029,55 @@ func (u *ChatUpsertBulk) AddDuplicatesFound(v int) *ChatUpsertBulk {
 func (u *ChatUpsertBulk) UpdateDuplicatesFound() *ChatUpsertBulk {
 	return u.Update(func(s *ChatUpsert) {
 		s.UpdateDuplicatesFound()
+	})
+}
+
+// SetContactID sets the "contact_id" field.
+func (u *ChatUpsertBulk) SetContactID(v int) *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.SetContactID(v)
+	})
+}
+
+// UpdateContactID sets the "contact_id" field to the value that was provided on create.
+func (u *ChatUpsertBulk) UpdateContactID() *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.UpdateContactID()
+	})
+}
+
+// SetQueueID sets the "queue_id" field.
+func (u *ChatUpsertBulk) SetQueueID(v int) *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.SetQueueID(v)
+	})
+}
+
+// UpdateQueueID sets the "queue_id" field to the value that was provided on create.
+func (u *ChatUpsertBulk) UpdateQueueID() *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.UpdateQueueID()
+	})
+}
+
+// SetOwnerID sets the "owner_id" field.
+func (u *ChatUpsertBulk) SetOwnerID(v int) *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.SetOwnerID(v)
+	})
+}
+
+// UpdateOwnerID sets the "owner_id" field to the value that was provided on create.
+func (u *ChatUpsertBulk) UpdateOwnerID() *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.UpdateOwnerID()
+	})
+}
+
+// ClearOwnerID clears the value of the "owner_id" field.
+func (u *ChatUpsertBulk) ClearOwnerID() *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.ClearOwnerID()
 	})
 }
 

@@ -42,7 +42,6 @@ type ChatQuery struct {
 	withMessages              *MessageQuery
 	withRoutingDecisions      *RoutingDecisionQuery
 	withCases                 *SupportCaseQuery
-	withFKs                   bool
 	loadTotal                 []func(context.Context, []*Chat) error
 	modifiers                 []func(*sql.Selector)
 	withNamedOffers           map[string]*ChatOfferQuery
@@ -702,7 +701,6 @@ func (_q *ChatQuery) prepareQuery(ctx context.Context) error {
 func (_q *ChatQuery) sqlAll(ctx context.Context, hooks ...queryHook) ([]*Chat, error) {
 	var (
 		nodes       = []*Chat{}
-		withFKs     = _q.withFKs
 		_spec       = _q.querySpec()
 		loadedTypes = [10]bool{
 			_q.withChannel != nil,
@@ -717,12 +715,6 @@ func (_q *ChatQuery) sqlAll(ctx context.Context, hooks ...queryHook) ([]*Chat, e
 			_q.withCases != nil,
 		}
 	)
-	if _q.withChannel != nil || _q.withContact != nil || _q.withQueue != nil || _q.withOwner != nil || _q.withParent != nil {
-		withFKs = true
-	}
-	if withFKs {
-		_spec.Node.Columns = append(_spec.Node.Columns, chat.ForeignKeys...)
-	}
 	_spec.ScanValues = func(columns []string) ([]any, error) {
 		return (*Chat).scanValues(nil, columns)
 	}
@@ -856,10 +848,7 @@ func (_q *ChatQuery) loadChannel(ctx context.Context, query *ChannelQuery, nodes
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*Chat)
 	for i := range nodes {
-		if nodes[i].channel_chats == nil {
-			continue
-		}
-		fk := *nodes[i].channel_chats
+		fk := nodes[i].ChannelID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -876,7 +865,7 @@ func (_q *ChatQuery) loadChannel(ctx context.Context, query *ChannelQuery, nodes
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "channel_chats" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "channel_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -888,10 +877,7 @@ func (_q *ChatQuery) loadContact(ctx context.Context, query *ContactQuery, nodes
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*Chat)
 	for i := range nodes {
-		if nodes[i].contact_chats == nil {
-			continue
-		}
-		fk := *nodes[i].contact_chats
+		fk := nodes[i].ContactID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -908,7 +894,7 @@ func (_q *ChatQuery) loadContact(ctx context.Context, query *ContactQuery, nodes
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "contact_chats" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "contact_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -920,10 +906,7 @@ func (_q *ChatQuery) loadQueue(ctx context.Context, query *QueueQuery, nodes []*
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*Chat)
 	for i := range nodes {
-		if nodes[i].queue_chats == nil {
-			continue
-		}
-		fk := *nodes[i].queue_chats
+		fk := nodes[i].QueueID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -940,7 +923,7 @@ func (_q *ChatQuery) loadQueue(ctx context.Context, query *QueueQuery, nodes []*
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "queue_chats" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "queue_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -952,10 +935,10 @@ func (_q *ChatQuery) loadOwner(ctx context.Context, query *OperatorQuery, nodes 
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*Chat)
 	for i := range nodes {
-		if nodes[i].chat_owner == nil {
+		if nodes[i].OwnerID == nil {
 			continue
 		}
-		fk := *nodes[i].chat_owner
+		fk := *nodes[i].OwnerID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -972,7 +955,7 @@ func (_q *ChatQuery) loadOwner(ctx context.Context, query *OperatorQuery, nodes 
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "chat_owner" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "owner_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -990,7 +973,9 @@ func (_q *ChatQuery) loadOffers(ctx context.Context, query *ChatOfferQuery, node
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(chatoffer.FieldChatID)
+	}
 	query.Where(predicate.ChatOffer(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(chat.OffersColumn), fks...))
 	}))
@@ -999,13 +984,10 @@ func (_q *ChatQuery) loadOffers(ctx context.Context, query *ChatOfferQuery, node
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.chat_offers
-		if fk == nil {
-			return fmt.Errorf(`foreign-key "chat_offers" is nil for node %v`, n.ID)
-		}
-		node, ok := nodeids[*fk]
+		fk := n.ChatID
+		node, ok := nodeids[fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "chat_offers" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "chat_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}
@@ -1015,10 +997,10 @@ func (_q *ChatQuery) loadParent(ctx context.Context, query *ChatQuery, nodes []*
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*Chat)
 	for i := range nodes {
-		if nodes[i].chat_children == nil {
+		if nodes[i].ParentID == nil {
 			continue
 		}
-		fk := *nodes[i].chat_children
+		fk := *nodes[i].ParentID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -1035,7 +1017,7 @@ func (_q *ChatQuery) loadParent(ctx context.Context, query *ChatQuery, nodes []*
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "chat_children" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "parent_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -1053,7 +1035,9 @@ func (_q *ChatQuery) loadChildren(ctx context.Context, query *ChatQuery, nodes [
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(chat.FieldParentID)
+	}
 	query.Where(predicate.Chat(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(chat.ChildrenColumn), fks...))
 	}))
@@ -1062,13 +1046,13 @@ func (_q *ChatQuery) loadChildren(ctx context.Context, query *ChatQuery, nodes [
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.chat_children
+		fk := n.ParentID
 		if fk == nil {
-			return fmt.Errorf(`foreign-key "chat_children" is nil for node %v`, n.ID)
+			return fmt.Errorf(`foreign-key "parent_id" is nil for node %v`, n.ID)
 		}
 		node, ok := nodeids[*fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "chat_children" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "parent_id" returned %v for node %v`, *fk, n.ID)
 		}
 		assign(node, n)
 	}
@@ -1085,6 +1069,9 @@ func (_q *ChatQuery) loadMessages(ctx context.Context, query *MessageQuery, node
 		}
 	}
 	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(message.FieldChatID)
+	}
 	query.Where(predicate.Message(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(chat.MessagesColumn), fks...))
 	}))
@@ -1093,13 +1080,10 @@ func (_q *ChatQuery) loadMessages(ctx context.Context, query *MessageQuery, node
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.chat_messages
-		if fk == nil {
-			return fmt.Errorf(`foreign-key "chat_messages" is nil for node %v`, n.ID)
-		}
-		node, ok := nodeids[*fk]
+		fk := n.ChatID
+		node, ok := nodeids[fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "chat_messages" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "chat_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}
@@ -1195,6 +1179,21 @@ func (_q *ChatQuery) querySpec() *sqlgraph.QuerySpec {
 			if fields[i] != chat.FieldID {
 				_spec.Node.Columns = append(_spec.Node.Columns, fields[i])
 			}
+		}
+		if _q.withChannel != nil {
+			_spec.Node.AddColumnOnce(chat.FieldChannelID)
+		}
+		if _q.withContact != nil {
+			_spec.Node.AddColumnOnce(chat.FieldContactID)
+		}
+		if _q.withQueue != nil {
+			_spec.Node.AddColumnOnce(chat.FieldQueueID)
+		}
+		if _q.withOwner != nil {
+			_spec.Node.AddColumnOnce(chat.FieldOwnerID)
+		}
+		if _q.withParent != nil {
+			_spec.Node.AddColumnOnce(chat.FieldParentID)
 		}
 	}
 	if ps := _q.predicates; len(ps) > 0 {

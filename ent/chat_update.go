@@ -11,7 +11,6 @@ import (
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"entgo.io/ent/schema/field"
-	"github.com/parleydesk/parley/ent/channel"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/chatoffer"
 	"github.com/parleydesk/parley/ent/contact"
@@ -341,20 +340,51 @@ func (_u *ChatUpdate) AddDuplicatesFound(v int) *ChatUpdate {
 	return _u
 }
 
-// SetChannelID sets the "channel" edge to the Channel entity by ID.
-func (_u *ChatUpdate) SetChannelID(id int) *ChatUpdate {
-	_u.mutation.SetChannelID(id)
+// SetContactID sets the "contact_id" field.
+func (_u *ChatUpdate) SetContactID(v int) *ChatUpdate {
+	_u.mutation.SetContactID(v)
 	return _u
 }
 
-// SetChannel sets the "channel" edge to the Channel entity.
-func (_u *ChatUpdate) SetChannel(v *Channel) *ChatUpdate {
-	return _u.SetChannelID(v.ID)
+// SetNillableContactID sets the "contact_id" field if the given value is not nil.
+func (_u *ChatUpdate) SetNillableContactID(v *int) *ChatUpdate {
+	if v != nil {
+		_u.SetContactID(*v)
+	}
+	return _u
 }
 
-// SetContactID sets the "contact" edge to the Contact entity by ID.
-func (_u *ChatUpdate) SetContactID(id int) *ChatUpdate {
-	_u.mutation.SetContactID(id)
+// SetQueueID sets the "queue_id" field.
+func (_u *ChatUpdate) SetQueueID(v int) *ChatUpdate {
+	_u.mutation.SetQueueID(v)
+	return _u
+}
+
+// SetNillableQueueID sets the "queue_id" field if the given value is not nil.
+func (_u *ChatUpdate) SetNillableQueueID(v *int) *ChatUpdate {
+	if v != nil {
+		_u.SetQueueID(*v)
+	}
+	return _u
+}
+
+// SetOwnerID sets the "owner_id" field.
+func (_u *ChatUpdate) SetOwnerID(v int) *ChatUpdate {
+	_u.mutation.SetOwnerID(v)
+	return _u
+}
+
+// SetNillableOwnerID sets the "owner_id" field if the given value is not nil.
+func (_u *ChatUpdate) SetNillableOwnerID(v *int) *ChatUpdate {
+	if v != nil {
+		_u.SetOwnerID(*v)
+	}
+	return _u
+}
+
+// ClearOwnerID clears the value of the "owner_id" field.
+func (_u *ChatUpdate) ClearOwnerID() *ChatUpdate {
+	_u.mutation.ClearOwnerID()
 	return _u
 }
 
@@ -363,29 +393,9 @@ func (_u *ChatUpdate) SetContact(v *Contact) *ChatUpdate {
 	return _u.SetContactID(v.ID)
 }
 
-// SetQueueID sets the "queue" edge to the Queue entity by ID.
-func (_u *ChatUpdate) SetQueueID(id int) *ChatUpdate {
-	_u.mutation.SetQueueID(id)
-	return _u
-}
-
 // SetQueue sets the "queue" edge to the Queue entity.
 func (_u *ChatUpdate) SetQueue(v *Queue) *ChatUpdate {
 	return _u.SetQueueID(v.ID)
-}
-
-// SetOwnerID sets the "owner" edge to the Operator entity by ID.
-func (_u *ChatUpdate) SetOwnerID(id int) *ChatUpdate {
-	_u.mutation.SetOwnerID(id)
-	return _u
-}
-
-// SetNillableOwnerID sets the "owner" edge to the Operator entity by ID if the given value is not nil.
-func (_u *ChatUpdate) SetNillableOwnerID(id *int) *ChatUpdate {
-	if id != nil {
-		_u = _u.SetOwnerID(*id)
-	}
-	return _u
 }
 
 // SetOwner sets the "owner" edge to the Operator entity.
@@ -406,25 +416,6 @@ func (_u *ChatUpdate) AddOffers(v ...*ChatOffer) *ChatUpdate {
 		ids[i] = v[i].ID
 	}
 	return _u.AddOfferIDs(ids...)
-}
-
-// SetParentID sets the "parent" edge to the Chat entity by ID.
-func (_u *ChatUpdate) SetParentID(id int) *ChatUpdate {
-	_u.mutation.SetParentID(id)
-	return _u
-}
-
-// SetNillableParentID sets the "parent" edge to the Chat entity by ID if the given value is not nil.
-func (_u *ChatUpdate) SetNillableParentID(id *int) *ChatUpdate {
-	if id != nil {
-		_u = _u.SetParentID(*id)
-	}
-	return _u
-}
-
-// SetParent sets the "parent" edge to the Chat entity.
-func (_u *ChatUpdate) SetParent(v *Chat) *ChatUpdate {
-	return _u.SetParentID(v.ID)
 }
 
 // AddChildIDs adds the "children" edge to the Chat entity by IDs.
@@ -492,12 +483,6 @@ func (_u *ChatUpdate) Mutation() *ChatMutation {
 	return _u.mutation
 }
 
-// ClearChannel clears the "channel" edge to the Channel entity.
-func (_u *ChatUpdate) ClearChannel() *ChatUpdate {
-	_u.mutation.ClearChannel()
-	return _u
-}
-
 // ClearContact clears the "contact" edge to the Contact entity.
 func (_u *ChatUpdate) ClearContact() *ChatUpdate {
 	_u.mutation.ClearContact()
@@ -535,12 +520,6 @@ func (_u *ChatUpdate) RemoveOffers(v ...*ChatOffer) *ChatUpdate {
 		ids[i] = v[i].ID
 	}
 	return _u.RemoveOfferIDs(ids...)
-}
-
-// ClearParent clears the "parent" edge to the Chat entity.
-func (_u *ChatUpdate) ClearParent() *ChatUpdate {
-	_u.mutation.ClearParent()
-	return _u
 }
 
 // ClearChildren clears all "children" edges to the Chat entity.
@@ -791,35 +770,6 @@ func (_u *ChatUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	if value, ok := _u.mutation.AddedDuplicatesFound(); ok {
 		_spec.AddField(chat.FieldDuplicatesFound, field.TypeInt, value)
 	}
-	if _u.mutation.ChannelCleared() {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chat.ChannelTable,
-			Columns: []string{chat.ChannelColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(channel.FieldID, field.TypeInt),
-			},
-		}
-		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
-	}
-	if nodes := _u.mutation.ChannelIDs(); len(nodes) > 0 {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chat.ChannelTable,
-			Columns: []string{chat.ChannelColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(channel.FieldID, field.TypeInt),
-			},
-		}
-		for _, k := range nodes {
-			edge.Target.Nodes = append(edge.Target.Nodes, k)
-		}
-		_spec.Edges.Add = append(_spec.Edges.Add, edge)
-	}
 	if _u.mutation.ContactCleared() {
 		edge := &sqlgraph.EdgeSpec{
 			Rel:     sqlgraph.M2O,
@@ -945,35 +895,6 @@ func (_u *ChatUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 			Bidi:    false,
 			Target: &sqlgraph.EdgeTarget{
 				IDSpec: sqlgraph.NewFieldSpec(chatoffer.FieldID, field.TypeInt),
-			},
-		}
-		for _, k := range nodes {
-			edge.Target.Nodes = append(edge.Target.Nodes, k)
-		}
-		_spec.Edges.Add = append(_spec.Edges.Add, edge)
-	}
-	if _u.mutation.ParentCleared() {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chat.ParentTable,
-			Columns: []string{chat.ParentColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(chat.FieldID, field.TypeInt),
-			},
-		}
-		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
-	}
-	if nodes := _u.mutation.ParentIDs(); len(nodes) > 0 {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chat.ParentTable,
-			Columns: []string{chat.ParentColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(chat.FieldID, field.TypeInt),
 			},
 		}
 		for _, k := range nodes {
@@ -1486,20 +1407,51 @@ func (_u *ChatUpdateOne) AddDuplicatesFound(v int) *ChatUpdateOne {
 	return _u
 }
 
-// SetChannelID sets the "channel" edge to the Channel entity by ID.
-func (_u *ChatUpdateOne) SetChannelID(id int) *ChatUpdateOne {
-	_u.mutation.SetChannelID(id)
+// SetContactID sets the "contact_id" field.
+func (_u *ChatUpdateOne) SetContactID(v int) *ChatUpdateOne {
+	_u.mutation.SetContactID(v)
 	return _u
 }
 
-// SetChannel sets the "channel" edge to the Channel entity.
-func (_u *ChatUpdateOne) SetChannel(v *Channel) *ChatUpdateOne {
-	return _u.SetChannelID(v.ID)
+// SetNillableContactID sets the "contact_id" field if the given value is not nil.
+func (_u *ChatUpdateOne) SetNillableContactID(v *int) *ChatUpdateOne {
+	if v != nil {
+		_u.SetContactID(*v)
+	}
+	return _u
 }
 
-// SetContactID sets the "contact" edge to the Contact entity by ID.
-func (_u *ChatUpdateOne) SetContactID(id int) *ChatUpdateOne {
-	_u.mutation.SetContactID(id)
+// SetQueueID sets the "queue_id" field.
+func (_u *ChatUpdateOne) SetQueueID(v int) *ChatUpdateOne {
+	_u.mutation.SetQueueID(v)
+	return _u
+}
+
+// SetNillableQueueID sets the "queue_id" field if the given value is not nil.
+func (_u *ChatUpdateOne) SetNillableQueueID(v *int) *ChatUpdateOne {
+	if v != nil {
+		_u.SetQueueID(*v)
+	}
+	return _u
+}
+
+// SetOwnerID sets the "owner_id" field.
+func (_u *ChatUpdateOne) SetOwnerID(v int) *ChatUpdateOne {
+	_u.mutation.SetOwnerID(v)
+	return _u
+}
+
+// SetNillableOwnerID sets the "owner_id" field if the given value is not nil.
+func (_u *ChatUpdateOne) SetNillableOwnerID(v *int) *ChatUpdateOne {
+	if v != nil {
+		_u.SetOwnerID(*v)
+	}
+	return _u
+}
+
+// ClearOwnerID clears the value of the "owner_id" field.
+func (_u *ChatUpdateOne) ClearOwnerID() *ChatUpdateOne {
+	_u.mutation.ClearOwnerID()
 	return _u
 }
 
@@ -1508,29 +1460,9 @@ func (_u *ChatUpdateOne) SetContact(v *Contact) *ChatUpdateOne {
 	return _u.SetContactID(v.ID)
 }
 
-// SetQueueID sets the "queue" edge to the Queue entity by ID.
-func (_u *ChatUpdateOne) SetQueueID(id int) *ChatUpdateOne {
-	_u.mutation.SetQueueID(id)
-	return _u
-}
-
 // SetQueue sets the "queue" edge to the Queue entity.
 func (_u *ChatUpdateOne) SetQueue(v *Queue) *ChatUpdateOne {
 	return _u.SetQueueID(v.ID)
-}
-
-// SetOwnerID sets the "owner" edge to the Operator entity by ID.
-func (_u *ChatUpdateOne) SetOwnerID(id int) *ChatUpdateOne {
-	_u.mutation.SetOwnerID(id)
-	return _u
-}
-
-// SetNillableOwnerID sets the "owner" edge to the Operator entity by ID if the given value is not nil.
-func (_u *ChatUpdateOne) SetNillableOwnerID(id *int) *ChatUpdateOne {
-	if id != nil {
-		_u = _u.SetOwnerID(*id)
-	}
-	return _u
 }
 
 // SetOwner sets the "owner" edge to the Operator entity.
@@ -1551,25 +1483,6 @@ func (_u *ChatUpdateOne) AddOffers(v ...*ChatOffer) *ChatUpdateOne {
 		ids[i] = v[i].ID
 	}
 	return _u.AddOfferIDs(ids...)
-}
-
-// SetParentID sets the "parent" edge to the Chat entity by ID.
-func (_u *ChatUpdateOne) SetParentID(id int) *ChatUpdateOne {
-	_u.mutation.SetParentID(id)
-	return _u
-}
-
-// SetNillableParentID sets the "parent" edge to the Chat entity by ID if the given value is not nil.
-func (_u *ChatUpdateOne) SetNillableParentID(id *int) *ChatUpdateOne {
-	if id != nil {
-		_u = _u.SetParentID(*id)
-	}
-	return _u
-}
-
-// SetParent sets the "parent" edge to the Chat entity.
-func (_u *ChatUpdateOne) SetParent(v *Chat) *ChatUpdateOne {
-	return _u.SetParentID(v.ID)
 }
 
 // AddChildIDs adds the "children" edge to the Chat entity by IDs.
@@ -1637,12 +1550,6 @@ func (_u *ChatUpdateOne) Mutation() *ChatMutation {
 	return _u.mutation
 }
 
-// ClearChannel clears the "channel" edge to the Channel entity.
-func (_u *ChatUpdateOne) ClearChannel() *ChatUpdateOne {
-	_u.mutation.ClearChannel()
-	return _u
-}
-
 // ClearContact clears the "contact" edge to the Contact entity.
 func (_u *ChatUpdateOne) ClearContact() *ChatUpdateOne {
 	_u.mutation.ClearContact()
@@ -1680,12 +1587,6 @@ func (_u *ChatUpdateOne) RemoveOffers(v ...*ChatOffer) *ChatUpdateOne {
 		ids[i] = v[i].ID
 	}
 	return _u.RemoveOfferIDs(ids...)
-}
-
-// ClearParent clears the "parent" edge to the Chat entity.
-func (_u *ChatUpdateOne) ClearParent() *ChatUpdateOne {
-	_u.mutation.ClearParent()
-	return _u
 }
 
 // ClearChildren clears all "children" edges to the Chat entity.
@@ -1966,35 +1867,6 @@ func (_u *ChatUpdateOne) sqlSave(ctx context.Context) (_node *Chat, err error) {
 	if value, ok := _u.mutation.AddedDuplicatesFound(); ok {
 		_spec.AddField(chat.FieldDuplicatesFound, field.TypeInt, value)
 	}
-	if _u.mutation.ChannelCleared() {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chat.ChannelTable,
-			Columns: []string{chat.ChannelColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(channel.FieldID, field.TypeInt),
-			},
-		}
-		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
-	}
-	if nodes := _u.mutation.ChannelIDs(); len(nodes) > 0 {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chat.ChannelTable,
-			Columns: []string{chat.ChannelColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(channel.FieldID, field.TypeInt),
-			},
-		}
-		for _, k := range nodes {
-			edge.Target.Nodes = append(edge.Target.Nodes, k)
-		}
-		_spec.Edges.Add = append(_spec.Edges.Add, edge)
-	}
 	if _u.mutation.ContactCleared() {
 		edge := &sqlgraph.EdgeSpec{
 			Rel:     sqlgraph.M2O,
@@ -2120,35 +1992,6 @@ func (_u *ChatUpdateOne) sqlSave(ctx context.Context) (_node *Chat, err error) {
 			Bidi:    false,
 			Target: &sqlgraph.EdgeTarget{
 				IDSpec: sqlgraph.NewFieldSpec(chatoffer.FieldID, field.TypeInt),
-			},
-		}
-		for _, k := range nodes {
-			edge.Target.Nodes = append(edge.Target.Nodes, k)
-		}
-		_spec.Edges.Add = append(_spec.Edges.Add, edge)
-	}
-	if _u.mutation.ParentCleared() {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chat.ParentTable,
-			Columns: []string{chat.ParentColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(chat.FieldID, field.TypeInt),
-			},
-		}
-		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
-	}
-	if nodes := _u.mutation.ParentIDs(); len(nodes) > 0 {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chat.ParentTable,
-			Columns: []string{chat.ParentColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(chat.FieldID, field.TypeInt),
 			},
 		}
 		for _, k := range nodes {

@@ -28,12 +28,14 @@ type ChatOffer struct {
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	// ClosedAt holds the value of the "closed_at" field.
 	ClosedAt *time.Time `json:"closed_at,omitempty"`
+	// ChatID holds the value of the "chat_id" field.
+	ChatID int `json:"chat_id,omitempty"`
+	// OperatorID holds the value of the "operator_id" field.
+	OperatorID int `json:"operator_id,omitempty"`
 	// Edges holds the relations/edges for other nodes in the graph.
 	// The values are being populated by the ChatOfferQuery when eager-loading is set.
-	Edges               ChatOfferEdges `json:"edges"`
-	chat_offers         *int
-	chat_offer_operator *int
-	selectValues        sql.SelectValues
+	Edges        ChatOfferEdges `json:"edges"`
+	selectValues sql.SelectValues
 }
 
 // ChatOfferEdges holds the relations/edges for other nodes in the graph.
@@ -76,16 +78,12 @@ func (*ChatOffer) scanValues(columns []string) ([]any, error) {
 	values := make([]any, len(columns))
 	for i := range columns {
 		switch columns[i] {
-		case chatoffer.FieldID:
+		case chatoffer.FieldID, chatoffer.FieldChatID, chatoffer.FieldOperatorID:
 			values[i] = new(sql.NullInt64)
 		case chatoffer.FieldStatus:
 			values[i] = new(sql.NullString)
 		case chatoffer.FieldCreatedAt, chatoffer.FieldExpiresAt, chatoffer.FieldClosedAt:
 			values[i] = new(sql.NullTime)
-		case chatoffer.ForeignKeys[0]: // chat_offers
-			values[i] = new(sql.NullInt64)
-		case chatoffer.ForeignKeys[1]: // chat_offer_operator
-			values[i] = new(sql.NullInt64)
 		default:
 			values[i] = new(sql.UnknownType)
 		}
@@ -133,19 +131,17 @@ func (_m *ChatOffer) assignValues(columns []string, values []any) error {
 				_m.ClosedAt = new(time.Time)
 				*_m.ClosedAt = value.Time
 			}
-		case chatoffer.ForeignKeys[0]:
+		case chatoffer.FieldChatID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field chat_offers", value)
+				return fmt.Errorf("unexpected type %T for field chat_id", values[i])
 			} else if value.Valid {
-				_m.chat_offers = new(int)
-				*_m.chat_offers = int(value.Int64)
+				_m.ChatID = int(value.Int64)
 			}
-		case chatoffer.ForeignKeys[1]:
+		case chatoffer.FieldOperatorID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field chat_offer_operator", value)
+				return fmt.Errorf("unexpected type %T for field operator_id", values[i])
 			} else if value.Valid {
-				_m.chat_offer_operator = new(int)
-				*_m.chat_offer_operator = int(value.Int64)
+				_m.OperatorID = int(value.Int64)
 			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
@@ -208,6 +204,12 @@ func (_m *ChatOffer) String() string {
 		builder.WriteString("closed_at=")
 		builder.WriteString(v.Format(time.ANSIC))
 	}
+	builder.WriteString(", ")
+	builder.WriteString("chat_id=")
+	builder.WriteString(fmt.Sprintf("%v", _m.ChatID))
+	builder.WriteString(", ")
+	builder.WriteString("operator_id=")
+	builder.WriteString(fmt.Sprintf("%v", _m.OperatorID))
 	builder.WriteByte(')')
 	return builder.String()
 }

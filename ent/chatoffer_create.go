@@ -65,21 +65,21 @@ func (_c *ChatOfferCreate) SetNillableClosedAt(v *time.Time) *ChatOfferCreate {
 	return _c
 }
 
-// SetChatID sets the "chat" edge to the Chat entity by ID.
-func (_c *ChatOfferCreate) SetChatID(id int) *ChatOfferCreate {
-	_c.mutation.SetChatID(id)
+// SetChatID sets the "chat_id" field.
+func (_c *ChatOfferCreate) SetChatID(v int) *ChatOfferCreate {
+	_c.mutation.SetChatID(v)
+	return _c
+}
+
+// SetOperatorID sets the "operator_id" field.
+func (_c *ChatOfferCreate) SetOperatorID(v int) *ChatOfferCreate {
+	_c.mutation.SetOperatorID(v)
 	return _c
 }
 
 // SetChat sets the "chat" edge to the Chat entity.
 func (_c *ChatOfferCreate) SetChat(v *Chat) *ChatOfferCreate {
 	return _c.SetChatID(v.ID)
-}
-
-// SetOperatorID sets the "operator" edge to the Operator entity by ID.
-func (_c *ChatOfferCreate) SetOperatorID(id int) *ChatOfferCreate {
-	_c.mutation.SetOperatorID(id)
-	return _c
 }
 
 // SetOperator sets the "operator" edge to the Operator entity.
@@ -131,6 +131,12 @@ func (_c *ChatOfferCreate) check() error {
 	}
 	if _, ok := _c.mutation.CreatedAt(); !ok {
 		return &ValidationError{Name: "created_at", err: errors.New(`ent: missing required field "ChatOffer.created_at"`)}
+	}
+	if _, ok := _c.mutation.ChatID(); !ok {
+		return &ValidationError{Name: "chat_id", err: errors.New(`ent: missing required field "ChatOffer.chat_id"`)}
+	}
+	if _, ok := _c.mutation.OperatorID(); !ok {
+		return &ValidationError{Name: "operator_id", err: errors.New(`ent: missing required field "ChatOffer.operator_id"`)}
 	}
 	if len(_c.mutation.ChatIDs()) == 0 {
 		return &ValidationError{Name: "chat", err: errors.New(`ent: missing required edge "ChatOffer.chat"`)}
@@ -195,7 +201,7 @@ func (_c *ChatOfferCreate) createSpec() (*ChatOffer, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.chat_offers = &nodes[0]
+		_node.ChatID = nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	if nodes := _c.mutation.OperatorIDs(); len(nodes) > 0 {
@@ -212,7 +218,7 @@ func (_c *ChatOfferCreate) createSpec() (*ChatOffer, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.chat_offer_operator = &nodes[0]
+		_node.OperatorID = nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	return _node, _spec
@@ -328,6 +334,12 @@ func (u *ChatOfferUpsertOne) UpdateNewValues() *ChatOfferUpsertOne {
 	u.create.conflict = append(u.create.conflict, sql.ResolveWith(func(s *sql.UpdateSet) {
 		if _, exists := u.create.mutation.CreatedAt(); exists {
 			s.SetIgnore(chatoffer.FieldCreatedAt)
+		}
+		if _, exists := u.create.mutation.ChatID(); exists {
+			s.SetIgnore(chatoffer.FieldChatID)
+		}
+		if _, exists := u.create.mutation.OperatorID(); exists {
+			s.SetIgnore(chatoffer.FieldOperatorID)
 		}
 	}))
 	return u
@@ -593,6 +605,12 @@ func (u *ChatOfferUpsertBulk) UpdateNewValues() *ChatOfferUpsertBulk {
 		for _, b := range u.create.builders {
 			if _, exists := b.mutation.CreatedAt(); exists {
 				s.SetIgnore(chatoffer.FieldCreatedAt)
+			}
+			if _, exists := b.mutation.ChatID(); exists {
+				s.SetIgnore(chatoffer.FieldChatID)
+			}
+			if _, exists := b.mutation.OperatorID(); exists {
+				s.SetIgnore(chatoffer.FieldOperatorID)
 			}
 		}
 	}))

@@ -27,7 +27,6 @@ type ChatOfferQuery struct {
 	predicates   []predicate.ChatOffer
 	withChat     *ChatQuery
 	withOperator *OperatorQuery
-	withFKs      bool
 	loadTotal    []func(context.Context, []*ChatOffer) error
 	modifiers    []func(*sql.Selector)
 	// intermediate query (i.e. traversal path).
@@ -410,19 +409,12 @@ func (_q *ChatOfferQuery) prepareQuery(ctx context.Context) error {
 func (_q *ChatOfferQuery) sqlAll(ctx context.Context, hooks ...queryHook) ([]*ChatOffer, error) {
 	var (
 		nodes       = []*ChatOffer{}
-		withFKs     = _q.withFKs
 		_spec       = _q.querySpec()
 		loadedTypes = [2]bool{
 			_q.withChat != nil,
 			_q.withOperator != nil,
 		}
 	)
-	if _q.withChat != nil || _q.withOperator != nil {
-		withFKs = true
-	}
-	if withFKs {
-		_spec.Node.Columns = append(_spec.Node.Columns, chatoffer.ForeignKeys...)
-	}
 	_spec.ScanValues = func(columns []string) ([]any, error) {
 		return (*ChatOffer).scanValues(nil, columns)
 	}
@@ -468,10 +460,7 @@ func (_q *ChatOfferQuery) loadChat(ctx context.Context, query *ChatQuery, nodes 
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*ChatOffer)
 	for i := range nodes {
-		if nodes[i].chat_offers == nil {
-			continue
-		}
-		fk := *nodes[i].chat_offers
+		fk := nodes[i].ChatID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -488,7 +477,7 @@ func (_q *ChatOfferQuery) loadChat(ctx context.Context, query *ChatQuery, nodes 
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "chat_offers" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "chat_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -500,10 +489,7 @@ func (_q *ChatOfferQuery) loadOperator(ctx context.Context, query *OperatorQuery
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*ChatOffer)
 	for i := range nodes {
-		if nodes[i].chat_offer_operator == nil {
-			continue
-		}
-		fk := *nodes[i].chat_offer_operator
+		fk := nodes[i].OperatorID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -520,7 +506,7 @@ func (_q *ChatOfferQuery) loadOperator(ctx context.Context, query *OperatorQuery
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "chat_offer_operator" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "operator_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -556,6 +542,12 @@ func (_q *ChatOfferQuery) querySpec() *sqlgraph.QuerySpec {
 			if fields[i] != chatoffer.FieldID {
 				_spec.Node.Columns = append(_spec.Node.Columns, fields[i])
 			}
+		}
+		if _q.withChat != nil {
+			_spec.Node.AddColumnOnce(chatoffer.FieldChatID)
+		}
+		if _q.withOperator != nil {
+			_spec.Node.AddColumnOnce(chatoffer.FieldOperatorID)
 		}
 	}
 	if ps := _q.predicates; len(ps) > 0 {

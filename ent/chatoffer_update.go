@@ -11,9 +11,7 @@ import (
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"entgo.io/ent/schema/field"
-	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/chatoffer"
-	"github.com/parleydesk/parley/ent/operator"
 	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
@@ -86,43 +84,9 @@ func (_u *ChatOfferUpdate) ClearClosedAt() *ChatOfferUpdate {
 	return _u
 }
 
-// SetChatID sets the "chat" edge to the Chat entity by ID.
-func (_u *ChatOfferUpdate) SetChatID(id int) *ChatOfferUpdate {
-	_u.mutation.SetChatID(id)
-	return _u
-}
-
-// SetChat sets the "chat" edge to the Chat entity.
-func (_u *ChatOfferUpdate) SetChat(v *Chat) *ChatOfferUpdate {
-	return _u.SetChatID(v.ID)
-}
-
-// SetOperatorID sets the "operator" edge to the Operator entity by ID.
-func (_u *ChatOfferUpdate) SetOperatorID(id int) *ChatOfferUpdate {
-	_u.mutation.SetOperatorID(id)
-	return _u
-}
-
-// SetOperator sets the "operator" edge to the Operator entity.
-func (_u *ChatOfferUpdate) SetOperator(v *Operator) *ChatOfferUpdate {
-	return _u.SetOperatorID(v.ID)
-}
-
 // Mutation returns the ChatOfferMutation object of the builder.
 func (_u *ChatOfferUpdate) Mutation() *ChatOfferMutation {
 	return _u.mutation
-}
-
-// ClearChat clears the "chat" edge to the Chat entity.
-func (_u *ChatOfferUpdate) ClearChat() *ChatOfferUpdate {
-	_u.mutation.ClearChat()
-	return _u
-}
-
-// ClearOperator clears the "operator" edge to the Operator entity.
-func (_u *ChatOfferUpdate) ClearOperator() *ChatOfferUpdate {
-	_u.mutation.ClearOperator()
-	return _u
 }
 
 // Save executes the query and returns the number of nodes affected by the update operation.
@@ -201,64 +165,6 @@ func (_u *ChatOfferUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	if _u.mutation.ClosedAtCleared() {
 		_spec.ClearField(chatoffer.FieldClosedAt, field.TypeTime)
 	}
-	if _u.mutation.ChatCleared() {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chatoffer.ChatTable,
-			Columns: []string{chatoffer.ChatColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(chat.FieldID, field.TypeInt),
-			},
-		}
-		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
-	}
-	if nodes := _u.mutation.ChatIDs(); len(nodes) > 0 {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chatoffer.ChatTable,
-			Columns: []string{chatoffer.ChatColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(chat.FieldID, field.TypeInt),
-			},
-		}
-		for _, k := range nodes {
-			edge.Target.Nodes = append(edge.Target.Nodes, k)
-		}
-		_spec.Edges.Add = append(_spec.Edges.Add, edge)
-	}
-	if _u.mutation.OperatorCleared() {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: false,
-			Table:   chatoffer.OperatorTable,
-			Columns: []string{chatoffer.OperatorColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(operator.FieldID, field.TypeInt),
-			},
-		}
-		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
-	}
-	if nodes := _u.mutation.OperatorIDs(); len(nodes) > 0 {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: false,
-			Table:   chatoffer.OperatorTable,
-			Columns: []string{chatoffer.OperatorColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(operator.FieldID, field.TypeInt),
-			},
-		}
-		for _, k := range nodes {
-			edge.Target.Nodes = append(edge.Target.Nodes, k)
-		}
-		_spec.Edges.Add = append(_spec.Edges.Add, edge)
-	}
 	_spec.AddModifiers(_u.modifiers...)
 	if _node, err = sqlgraph.UpdateNodes(ctx, _u.driver, _spec); err != nil {
 		if _, ok := err.(*sqlgraph.NotFoundError); ok {
@@ -335,43 +241,9 @@ func (_u *ChatOfferUpdateOne) ClearClosedAt() *ChatOfferUpdateOne {
 	return _u
 }
 
-// SetChatID sets the "chat" edge to the Chat entity by ID.
-func (_u *ChatOfferUpdateOne) SetChatID(id int) *ChatOfferUpdateOne {
-	_u.mutation.SetChatID(id)
-	return _u
-}
-
-// SetChat sets the "chat" edge to the Chat entity.
-func (_u *ChatOfferUpdateOne) SetChat(v *Chat) *ChatOfferUpdateOne {
-	return _u.SetChatID(v.ID)
-}
-
-// SetOperatorID sets the "operator" edge to the Operator entity by ID.
-func (_u *ChatOfferUpdateOne) SetOperatorID(id int) *ChatOfferUpdateOne {
-	_u.mutation.SetOperatorID(id)
-	return _u
-}
-
-// SetOperator sets the "operator" edge to the Operator entity.
-func (_u *ChatOfferUpdateOne) SetOperator(v *Operator) *ChatOfferUpdateOne {
-	return _u.SetOperatorID(v.ID)
-}
-
 // Mutation returns the ChatOfferMutation object of the builder.
 func (_u *ChatOfferUpdateOne) Mutation() *ChatOfferMutation {
 	return _u.mutation
-}
-
-// ClearChat clears the "chat" edge to the Chat entity.
-func (_u *ChatOfferUpdateOne) ClearChat() *ChatOfferUpdateOne {
-	_u.mutation.ClearChat()
-	return _u
-}
-
-// ClearOperator clears the "operator" edge to the Operator entity.
-func (_u *ChatOfferUpdateOne) ClearOperator() *ChatOfferUpdateOne {
-	_u.mutation.ClearOperator()
-	return _u
 }
 
 // Where appends a list predicates to the ChatOfferUpdate builder.
@@ -479,64 +351,6 @@ func (_u *ChatOfferUpdateOne) sqlSave(ctx context.Context) (_node *ChatOffer, er
 	}
 	if _u.mutation.ClosedAtCleared() {
 		_spec.ClearField(chatoffer.FieldClosedAt, field.TypeTime)
-	}
-	if _u.mutation.ChatCleared() {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chatoffer.ChatTable,
-			Columns: []string{chatoffer.ChatColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(chat.FieldID, field.TypeInt),
-			},
-		}
-		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
-	}
-	if nodes := _u.mutation.ChatIDs(); len(nodes) > 0 {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: true,
-			Table:   chatoffer.ChatTable,
-			Columns: []string{chatoffer.ChatColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(chat.FieldID, field.TypeInt),
-			},
-		}
-		for _, k := range nodes {
-			edge.Target.Nodes = append(edge.Target.Nodes, k)
-		}
-		_spec.Edges.Add = append(_spec.Edges.Add, edge)
-	}
-	if _u.mutation.OperatorCleared() {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: false,
-			Table:   chatoffer.OperatorTable,
-			Columns: []string{chatoffer.OperatorColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(operator.FieldID, field.TypeInt),
-			},
-		}
-		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
-	}
-	if nodes := _u.mutation.OperatorIDs(); len(nodes) > 0 {
-		edge := &sqlgraph.EdgeSpec{
-			Rel:     sqlgraph.M2O,
-			Inverse: false,
-			Table:   chatoffer.OperatorTable,
-			Columns: []string{chatoffer.OperatorColumn},
-			Bidi:    false,
-			Target: &sqlgraph.EdgeTarget{
-				IDSpec: sqlgraph.NewFieldSpec(operator.FieldID, field.TypeInt),
-			},
-		}
-		for _, k := range nodes {
-			edge.Target.Nodes = append(edge.Target.Nodes, k)
-		}
-		_spec.Edges.Add = append(_spec.Edges.Add, edge)
 	}
 	_spec.AddModifiers(_u.modifiers...)
 	_node = &ChatOffer{config: _u.config}

@@ -651,7 +651,9 @@ func (_q *ContactQuery) loadChats(ctx context.Context, query *ChatQuery, nodes [
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(chat.FieldContactID)
+	}
 	query.Where(predicate.Chat(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(contact.ChatsColumn), fks...))
 	}))
@@ -660,13 +662,10 @@ func (_q *ContactQuery) loadChats(ctx context.Context, query *ChatQuery, nodes [
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.contact_chats
-		if fk == nil {
-			return fmt.Errorf(`foreign-key "contact_chats" is nil for node %v`, n.ID)
-		}
-		node, ok := nodeids[*fk]
+		fk := n.ContactID
+		node, ok := nodeids[fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "contact_chats" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "contact_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}

@@ -471,7 +471,7 @@ func (_q *ChannelQuery) collectField(ctx context.Context, oneNode bool, opCtx *g
 							ids[i] = nodes[i].ID
 						}
 						var v []struct {
-							NodeID int `sql:"channel_chats"`
+							NodeID int `sql:"channel_id"`
 							Count  int `sql:"count"`
 						}
 						query.Where(func(s *sql.Selector) {
@@ -666,6 +666,10 @@ func (_q *ChatQuery) collectField(ctx context.Context, oneNode bool, opCtx *grap
 				return err
 			}
 			_q.withChannel = query
+			if _, ok := fieldSeen[chat.FieldChannelID]; !ok {
+				selectedFields = append(selectedFields, chat.FieldChannelID)
+				fieldSeen[chat.FieldChannelID] = struct{}{}
+			}
 
 		case "contact":
 			var (
@@ -677,6 +681,10 @@ func (_q *ChatQuery) collectField(ctx context.Context, oneNode bool, opCtx *grap
 				return err
 			}
 			_q.withContact = query
+			if _, ok := fieldSeen[chat.FieldContactID]; !ok {
+				selectedFields = append(selectedFields, chat.FieldContactID)
+				fieldSeen[chat.FieldContactID] = struct{}{}
+			}
 
 		case "queue":
 			var (
@@ -688,6 +696,10 @@ func (_q *ChatQuery) collectField(ctx context.Context, oneNode bool, opCtx *grap
 				return err
 			}
 			_q.withQueue = query
+			if _, ok := fieldSeen[chat.FieldQueueID]; !ok {
+				selectedFields = append(selectedFields, chat.FieldQueueID)
+				fieldSeen[chat.FieldQueueID] = struct{}{}
+			}
 
 		case "owner":
 			var (
@@ -699,6 +711,10 @@ func (_q *ChatQuery) collectField(ctx context.Context, oneNode bool, opCtx *grap
 				return err
 			}
 			_q.withOwner = query
+			if _, ok := fieldSeen[chat.FieldOwnerID]; !ok {
+				selectedFields = append(selectedFields, chat.FieldOwnerID)
+				fieldSeen[chat.FieldOwnerID] = struct{}{}
+			}
 
 		case "offers":
 			var (
@@ -723,6 +739,10 @@ func (_q *ChatQuery) collectField(ctx context.Context, oneNode bool, opCtx *grap
 				return err
 			}
 			_q.withParent = query
+			if _, ok := fieldSeen[chat.FieldParentID]; !ok {
+				selectedFields = append(selectedFields, chat.FieldParentID)
+				fieldSeen[chat.FieldParentID] = struct{}{}
+			}
 
 		case "children":
 			var (
@@ -734,95 +754,6 @@ func (_q *ChatQuery) collectField(ctx context.Context, oneNode bool, opCtx *grap
 				return err
 			}
 			_q.WithNamedChildren(alias, func(wq *ChatQuery) {
-				*wq = *query
-			})
-
-		case "messages":
-			var (
-				alias = field.Alias
-				path  = append(path, alias)
-				query = (&MessageClient{config: _q.config}).Query()
-			)
-			args := newMessagePaginateArgs(fieldArgs(ctx, new(MessageWhereInput), path...))
-			if err := validateFirstLast(args.first, args.last); err != nil {
-				return fmt.Errorf("validate first and last in path %q: %w", path, err)
-			}
-			pager, err := newMessagePager(args.opts, args.last != nil)
-			if err != nil {
-				return fmt.Errorf("create new pager in path %q: %w", path, err)
-			}
-			if query, err = pager.applyFilter(query); err != nil {
-				return err
-			}
-			ignoredEdges := !hasCollectedField(ctx, append(path, edgesField)...)
-			if hasCollectedField(ctx, append(path, totalCountField)...) || hasCollectedField(ctx, append(path, pageInfoField)...) {
-				hasPagination := args.after != nil || args.first != nil || args.before != nil || args.last != nil
-				if hasPagination || ignoredEdges {
-					query := query.Clone()
-					_q.loadTotal = append(_q.loadTotal, func(ctx context.Context, nodes []*Chat) error {
-						ids := make([]driver.Value, len(nodes))
-						for i := range nodes {
-							ids[i] = nodes[i].ID
-						}
-						var v []struct {
-							NodeID int `sql:"chat_messages"`
-							Count  int `sql:"count"`
-						}
-						query.Where(func(s *sql.Selector) {
-							s.Where(sql.InValues(s.C(chat.MessagesColumn), ids...))
-						})
-						if err := query.GroupBy(chat.MessagesColumn).Aggregate(Count()).Scan(ctx, &v); err != nil {
-							return err
-						}
-						m := make(map[int]int, len(v))
-						for i := range v {
-							m[v[i].NodeID] = v[i].Count
-						}
-						for i := range nodes {
-							n := m[nodes[i].ID]
-							if nodes[i].Edges.totalCount[7] == nil {
-								nodes[i].Edges.totalCount[7] = make(map[string]int)
-							}
-							nodes[i].Edges.totalCount[7][alias] = n
-						}
-						return nil
-					})
-				} else {
-					_q.loadTotal = append(_q.loadTotal, func(_ context.Context, nodes []*Chat) error {
-						for i := range nodes {
-							n := len(nodes[i].Edges.Messages)
-							if nodes[i].Edges.totalCount[7] == nil {
-								nodes[i].Edges.totalCount[7] = make(map[string]int)
-							}
-							nodes[i].Edges.totalCount[7][alias] = n
-						}
-						return nil
-					})
-				}
-			}
-			if ignoredEdges || (args.first != nil && *args.first == 0) || (args.last != nil && *args.last == 0) {
-				continue
-			}
-			if query, err = pager.applyCursors(query, args.after, args.before); err != nil {
-				return err
-			}
-			path = append(path, edgesField, nodeField)
-			if field := collectedField(ctx, path...); field != nil {
-				if err := query.collectField(ctx, false, opCtx, *field, path, mayAddCondition(satisfies, messageImplementors)...); err != nil {
-					return err
-				}
-			}
-			if limit := paginateLimit(args.first, args.last); limit > 0 {
-				if oneNode {
-					pager.applyOrder(query.Limit(limit))
-				} else {
-					modify := entgql.LimitPerRow(chat.MessagesColumn, limit, pager.orderExpr(query))
-					query.modifiers = append(query.modifiers, modify)
-				}
-			} else {
-				query = pager.applyOrder(query)
-			}
-			_q.WithNamedMessages(alias, func(wq *MessageQuery) {
 				*wq = *query
 			})
 
@@ -1156,6 +1087,10 @@ func (_q *ChatOfferQuery) collectField(ctx context.Context, oneNode bool, opCtx 
 				return err
 			}
 			_q.withChat = query
+			if _, ok := fieldSeen[chatoffer.FieldChatID]; !ok {
+				selectedFields = append(selectedFields, chatoffer.FieldChatID)
+				fieldSeen[chatoffer.FieldChatID] = struct{}{}
+			}
 
 		case "operator":
 			var (
@@ -1167,6 +1102,10 @@ func (_q *ChatOfferQuery) collectField(ctx context.Context, oneNode bool, opCtx 
 				return err
 			}
 			_q.withOperator = query
+			if _, ok := fieldSeen[chatoffer.FieldOperatorID]; !ok {
+				selectedFields = append(selectedFields, chatoffer.FieldOperatorID)
+				fieldSeen[chatoffer.FieldOperatorID] = struct{}{}
+			}
 		case "status":
 			if _, ok := fieldSeen[chatoffer.FieldStatus]; !ok {
 				selectedFields = append(selectedFields, chatoffer.FieldStatus)
@@ -1302,7 +1241,7 @@ func (_q *ContactQuery) collectField(ctx context.Context, oneNode bool, opCtx *g
 							ids[i] = nodes[i].ID
 						}
 						var v []struct {
-							NodeID int `sql:"contact_chats"`
+							NodeID int `sql:"contact_id"`
 							Count  int `sql:"count"`
 						}
 						query.Where(func(s *sql.Selector) {
@@ -1951,6 +1890,10 @@ func (_q *MessageQuery) collectField(ctx context.Context, oneNode bool, opCtx *g
 				return err
 			}
 			_q.withChat = query
+			if _, ok := fieldSeen[message.FieldChatID]; !ok {
+				selectedFields = append(selectedFields, message.FieldChatID)
+				fieldSeen[message.FieldChatID] = struct{}{}
+			}
 
 		case "author":
 			var (
@@ -2265,7 +2208,7 @@ func (_q *OperatorQuery) collectField(ctx context.Context, oneNode bool, opCtx *
 							ids[i] = nodes[i].ID
 						}
 						var v []struct {
-							NodeID int `sql:"chat_owner"`
+							NodeID int `sql:"owner_id"`
 							Count  int `sql:"count"`
 						}
 						query.Where(func(s *sql.Selector) {
@@ -2665,7 +2608,7 @@ func (_q *QueueQuery) collectField(ctx context.Context, oneNode bool, opCtx *gra
 							ids[i] = nodes[i].ID
 						}
 						var v []struct {
-							NodeID int `sql:"queue_chats"`
+							NodeID int `sql:"queue_id"`
 							Count  int `sql:"count"`
 						}
 						query.Where(func(s *sql.Selector) {

@@ -141,27 +141,6 @@ func (_m *Chat) Children(ctx context.Context) (result []*Chat, err error) {
 	return result, err
 }
 
-func (_m *Chat) Messages(
-	ctx context.Context, after *Cursor, first *int, before *Cursor, last *int, orderBy *MessageOrder, where *MessageWhereInput,
-) (*MessageConnection, error) {
-	opts := []MessagePaginateOption{
-		WithMessageOrder(orderBy),
-		WithMessageFilter(where.Filter),
-	}
-	alias := graphql.GetFieldContext(ctx).Field.Alias
-	totalCount, hasTotalCount := _m.Edges.totalCount[7][alias]
-	if nodes, err := _m.NamedMessages(alias); err == nil || hasTotalCount {
-		pager, err := newMessagePager(opts, last != nil)
-		if err != nil {
-			return nil, err
-		}
-		conn := &MessageConnection{Edges: []*MessageEdge{}, TotalCount: totalCount}
-		conn.build(nodes, pager, after, first, before, last)
-		return conn, nil
-	}
-	return _m.QueryMessages().Paginate(ctx, after, first, before, last, opts...)
-}
-
 func (_m *Chat) RoutingDecisions(ctx context.Context) (result []*RoutingDecision, err error) {
 	if fc := graphql.GetFieldContext(ctx); fc != nil && fc.Field.Alias != "" {
 		result, err = _m.NamedRoutingDecisions(graphql.GetFieldContext(ctx).Field.Alias)

@@ -53,10 +53,11 @@ type Message struct {
 	EditedAt *time.Time `json:"edited_at,omitempty"`
 	// PreviousTexts holds the value of the "previous_texts" field.
 	PreviousTexts []string `json:"previous_texts,omitempty"`
+	// ChatID holds the value of the "chat_id" field.
+	ChatID int `json:"chat_id,omitempty"`
 	// Edges holds the relations/edges for other nodes in the graph.
 	// The values are being populated by the MessageQuery when eager-loading is set.
 	Edges          MessageEdges `json:"edges"`
-	chat_messages  *int
 	message_author *int
 	selectValues   sql.SelectValues
 }
@@ -116,15 +117,13 @@ func (*Message) scanValues(columns []string) ([]any, error) {
 		switch columns[i] {
 		case message.FieldContent, message.FieldPreviousTexts:
 			values[i] = new([]byte)
-		case message.FieldID, message.FieldChannelID:
+		case message.FieldID, message.FieldChannelID, message.FieldChatID:
 			values[i] = new(sql.NullInt64)
 		case message.FieldDirection, message.FieldAuthorKind, message.FieldKind, message.FieldText, message.FieldProviderMessageID, message.FieldDeliveryStatus, message.FieldDeliveryErrorCode, message.FieldDeliveryError:
 			values[i] = new(sql.NullString)
 		case message.FieldCreatedAt, message.FieldSentAt, message.FieldDeliveredAt, message.FieldReadAt, message.FieldEditedAt:
 			values[i] = new(sql.NullTime)
-		case message.ForeignKeys[0]: // chat_messages
-			values[i] = new(sql.NullInt64)
-		case message.ForeignKeys[1]: // message_author
+		case message.ForeignKeys[0]: // message_author
 			values[i] = new(sql.NullInt64)
 		default:
 			values[i] = new(sql.UnknownType)
@@ -253,14 +252,13 @@ func (_m *Message) assignValues(columns []string, values []any) error {
 					return fmt.Errorf("unmarshal field previous_texts: %w", err)
 				}
 			}
-		case message.ForeignKeys[0]:
+		case message.FieldChatID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field chat_messages", value)
+				return fmt.Errorf("unexpected type %T for field chat_id", values[i])
 			} else if value.Valid {
-				_m.chat_messages = new(int)
-				*_m.chat_messages = int(value.Int64)
+				_m.ChatID = int(value.Int64)
 			}
-		case message.ForeignKeys[1]:
+		case message.ForeignKeys[0]:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
 				return fmt.Errorf("unexpected type %T for edge-field message_author", value)
 			} else if value.Valid {
@@ -377,6 +375,9 @@ func (_m *Message) String() string {
 	builder.WriteString(", ")
 	builder.WriteString("previous_texts=")
 	builder.WriteString(fmt.Sprintf("%v", _m.PreviousTexts))
+	builder.WriteString(", ")
+	builder.WriteString("chat_id=")
+	builder.WriteString(fmt.Sprintf("%v", _m.ChatID))
 	builder.WriteByte(')')
 	return builder.String()
 }

@@ -202,9 +202,9 @@ func (_c *MessageCreate) SetPreviousTexts(v []string) *MessageCreate {
 	return _c
 }
 
-// SetChatID sets the "chat" edge to the Chat entity by ID.
-func (_c *MessageCreate) SetChatID(id int) *MessageCreate {
-	_c.mutation.SetChatID(id)
+// SetChatID sets the "chat_id" field.
+func (_c *MessageCreate) SetChatID(v int) *MessageCreate {
+	_c.mutation.SetChatID(v)
 	return _c
 }
 
@@ -337,6 +337,9 @@ func (_c *MessageCreate) check() error {
 	if _, ok := _c.mutation.CreatedAt(); !ok {
 		return &ValidationError{Name: "created_at", err: errors.New(`ent: missing required field "Message.created_at"`)}
 	}
+	if _, ok := _c.mutation.ChatID(); !ok {
+		return &ValidationError{Name: "chat_id", err: errors.New(`ent: missing required field "Message.chat_id"`)}
+	}
 	if len(_c.mutation.ChatIDs()) == 0 {
 		return &ValidationError{Name: "chat", err: errors.New(`ent: missing required edge "Message.chat"`)}
 	}
@@ -445,7 +448,7 @@ func (_c *MessageCreate) createSpec() (*Message, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.chat_messages = &nodes[0]
+		_node.ChatID = nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	if nodes := _c.mutation.AuthorIDs(); len(nodes) > 0 {
@@ -779,6 +782,18 @@ func (u *MessageUpsert) ClearPreviousTexts() *MessageUpsert {
 	return u
 }
 
+// SetChatID sets the "chat_id" field.
+func (u *MessageUpsert) SetChatID(v int) *MessageUpsert {
+	u.Set(message.FieldChatID, v)
+	return u
+}
+
+// UpdateChatID sets the "chat_id" field to the value that was provided on create.
+func (u *MessageUpsert) UpdateChatID() *MessageUpsert {
+	u.SetExcluded(message.FieldChatID)
+	return u
+}
+
 // UpdateNewValues updates the mutable fields using the new values that were set on create.
 // Using this option is equivalent to using:
 //
@@ -1108,6 +1123,20 @@ func (u *MessageUpsertOne) UpdatePreviousTexts() *MessageUpsertOne {
 func (u *MessageUpsertOne) ClearPreviousTexts() *MessageUpsertOne {
 	return u.Update(func(s *MessageUpsert) {
 		s.ClearPreviousTexts()
+	})
+}
+
+// SetChatID sets the "chat_id" field.
+func (u *MessageUpsertOne) SetChatID(v int) *MessageUpsertOne {
+	return u.Update(func(s *MessageUpsert) {
+		s.SetChatID(v)
+	})
+}
+
+// UpdateChatID sets the "chat_id" field to the value that was provided on create.
+func (u *MessageUpsertOne) UpdateChatID() *MessageUpsertOne {
+	return u.Update(func(s *MessageUpsert) {
+		s.UpdateChatID()
 	})
 }
 
@@ -1606,6 +1635,20 @@ func (u *MessageUpsertBulk) UpdatePreviousTexts() *MessageUpsertBulk {
 func (u *MessageUpsertBulk) ClearPreviousTexts() *MessageUpsertBulk {
 	return u.Update(func(s *MessageUpsert) {
 		s.ClearPreviousTexts()
+	})
+}
+
+// SetChatID sets the "chat_id" field.
+func (u *MessageUpsertBulk) SetChatID(v int) *MessageUpsertBulk {
+	return u.Update(func(s *MessageUpsert) {
+		s.SetChatID(v)
+	})
+}
+
+// UpdateChatID sets the "chat_id" field to the value that was provided on create.
+func (u *MessageUpsertBulk) UpdateChatID() *MessageUpsertBulk {
+	return u.Update(func(s *MessageUpsert) {
+		s.UpdateChatID()
 	})
 }
 

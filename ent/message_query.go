@@ -456,7 +456,7 @@ func (_q *MessageQuery) sqlAll(ctx context.Context, hooks ...queryHook) ([]*Mess
 			_q.withAttachments != nil,
 		}
 	)
-	if _q.withChat != nil || _q.withAuthor != nil {
+	if _q.withAuthor != nil {
 		withFKs = true
 	}
 	if withFKs {
@@ -521,10 +521,7 @@ func (_q *MessageQuery) loadChat(ctx context.Context, query *ChatQuery, nodes []
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*Message)
 	for i := range nodes {
-		if nodes[i].chat_messages == nil {
-			continue
-		}
-		fk := *nodes[i].chat_messages
+		fk := nodes[i].ChatID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -541,7 +538,7 @@ func (_q *MessageQuery) loadChat(ctx context.Context, query *ChatQuery, nodes []
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "chat_messages" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "chat_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -640,6 +637,9 @@ func (_q *MessageQuery) querySpec() *sqlgraph.QuerySpec {
 			if fields[i] != message.FieldID {
 				_spec.Node.Columns = append(_spec.Node.Columns, fields[i])
 			}
+		}
+		if _q.withChat != nil {
+			_spec.Node.AddColumnOnce(message.FieldChatID)
 		}
 	}
 	if ps := _q.predicates; len(ps) > 0 {

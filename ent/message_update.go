@@ -301,9 +301,17 @@ func (_u *MessageUpdate) ClearPreviousTexts() *MessageUpdate {
 	return _u
 }
 
-// SetChatID sets the "chat" edge to the Chat entity by ID.
-func (_u *MessageUpdate) SetChatID(id int) *MessageUpdate {
-	_u.mutation.SetChatID(id)
+// SetChatID sets the "chat_id" field.
+func (_u *MessageUpdate) SetChatID(v int) *MessageUpdate {
+	_u.mutation.SetChatID(v)
+	return _u
+}
+
+// SetNillableChatID sets the "chat_id" field if the given value is not nil.
+func (_u *MessageUpdate) SetNillableChatID(v *int) *MessageUpdate {
+	if v != nil {
+		_u.SetChatID(*v)
+	}
 	return _u
 }
 
@@ -937,9 +945,17 @@ func (_u *MessageUpdateOne) ClearPreviousTexts() *MessageUpdateOne {
 	return _u
 }
 
-// SetChatID sets the "chat" edge to the Chat entity by ID.
-func (_u *MessageUpdateOne) SetChatID(id int) *MessageUpdateOne {
-	_u.mutation.SetChatID(id)
+// SetChatID sets the "chat_id" field.
+func (_u *MessageUpdateOne) SetChatID(v int) *MessageUpdateOne {
+	_u.mutation.SetChatID(v)
+	return _u
+}
+
+// SetNillableChatID sets the "chat_id" field if the given value is not nil.
+func (_u *MessageUpdateOne) SetNillableChatID(v *int) *MessageUpdateOne {
+	if v != nil {
+		_u.SetChatID(*v)
+	}
 	return _u
 }
 

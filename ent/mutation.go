@@ -4835,27 +4835,221 @@ func (m *ChatMutation) ResetDuplicatesFound() {
 	m.addduplicates_found = nil
 }
 
-// SetChannelID sets the "channel" edge to the Channel entity by id.
-func (m *ChatMutation) SetChannelID(id int) {
-	m.channel = &id
+// SetChannelID sets the "channel_id" field.
+func (m *ChatMutation) SetChannelID(i int) {
+	m.channel = &i
+}
+
+// ChannelID returns the value of the "channel_id" field in the mutation.
+func (m *ChatMutation) ChannelID() (r int, exists bool) {
+	v := m.channel
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldChannelID returns the old "channel_id" field's value of the Chat entity.
+// If the Chat object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChatMutation) OldChannelID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldChannelID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldChannelID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldChannelID: %w", err)
+	}
+	return oldValue.ChannelID, nil
+}
+
+// ResetChannelID resets all changes to the "channel_id" field.
+func (m *ChatMutation) ResetChannelID() {
+	m.channel = nil
+}
+
+// SetContactID sets the "contact_id" field.
+func (m *ChatMutation) SetContactID(i int) {
+	m.contact = &i
+}
+
+// ContactID returns the value of the "contact_id" field in the mutation.
+func (m *ChatMutation) ContactID() (r int, exists bool) {
+	v := m.contact
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldContactID returns the old "contact_id" field's value of the Chat entity.
+// If the Chat object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChatMutation) OldContactID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldContactID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldContactID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldContactID: %w", err)
+	}
+	return oldValue.ContactID, nil
+}
+
+// ResetContactID resets all changes to the "contact_id" field.
+func (m *ChatMutation) ResetContactID() {
+	m.contact = nil
+}
+
+// SetQueueID sets the "queue_id" field.
+func (m *ChatMutation) SetQueueID(i int) {
+	m.queue = &i
+}
+
+// QueueID returns the value of the "queue_id" field in the mutation.
+func (m *ChatMutation) QueueID() (r int, exists bool) {
+	v := m.queue
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldQueueID returns the old "queue_id" field's value of the Chat entity.
+// If the Chat object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChatMutation) OldQueueID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldQueueID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldQueueID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldQueueID: %w", err)
+	}
+	return oldValue.QueueID, nil
+}
+
+// ResetQueueID resets all changes to the "queue_id" field.
+func (m *ChatMutation) ResetQueueID() {
+	m.queue = nil
+}
+
+// SetOwnerID sets the "owner_id" field.
+func (m *ChatMutation) SetOwnerID(i int) {
+	m.owner = &i
+}
+
+// OwnerID returns the value of the "owner_id" field in the mutation.
+func (m *ChatMutation) OwnerID() (r int, exists bool) {
+	v := m.owner
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldOwnerID returns the old "owner_id" field's value of the Chat entity.
+// If the Chat object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChatMutation) OldOwnerID(ctx context.Context) (v *int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldOwnerID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldOwnerID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldOwnerID: %w", err)
+	}
+	return oldValue.OwnerID, nil
+}
+
+// ClearOwnerID clears the value of the "owner_id" field.
+func (m *ChatMutation) ClearOwnerID() {
+	m.owner = nil
+	m.clearedFields[chat.FieldOwnerID] = struct{}{}
+}
+
+// OwnerIDCleared returns if the "owner_id" field was cleared in this mutation.
+func (m *ChatMutation) OwnerIDCleared() bool {
+	_, ok := m.clearedFields[chat.FieldOwnerID]
+	return ok
+}
+
+// ResetOwnerID resets all changes to the "owner_id" field.
+func (m *ChatMutation) ResetOwnerID() {
+	m.owner = nil
+	delete(m.clearedFields, chat.FieldOwnerID)
+}
+
+// SetParentID sets the "parent_id" field.
+func (m *ChatMutation) SetParentID(i int) {
+	m.parent = &i
+}
+
+// ParentID returns the value of the "parent_id" field in the mutation.
+func (m *ChatMutation) ParentID() (r int, exists bool) {
+	v := m.parent
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldParentID returns the old "parent_id" field's value of the Chat entity.
+// If the Chat object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChatMutation) OldParentID(ctx context.Context) (v *int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldParentID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldParentID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldParentID: %w", err)
+	}
+	return oldValue.ParentID, nil
+}
+
+// ClearParentID clears the value of the "parent_id" field.
+func (m *ChatMutation) ClearParentID() {
+	m.parent = nil
+	m.clearedFields[chat.FieldParentID] = struct{}{}
+}
+
+// ParentIDCleared returns if the "parent_id" field was cleared in this mutation.
+func (m *ChatMutation) ParentIDCleared() bool {
+	_, ok := m.clearedFields[chat.FieldParentID]
+	return ok
+}
+
+// ResetParentID resets all changes to the "parent_id" field.
+func (m *ChatMutation) ResetParentID() {
+	m.parent = nil
+	delete(m.clearedFields, chat.FieldParentID)
 }
 
 // ClearChannel clears the "channel" edge to the Channel entity.
 func (m *ChatMutation) ClearChannel() {
 	m.clearedchannel = true
+	m.clearedFields[chat.FieldChannelID] = struct{}{}
 }
 
 // ChannelCleared reports if the "channel" edge to the Channel entity was cleared.
 func (m *ChatMutation) ChannelCleared() bool {
 	return m.clearedchannel
-}
-
-// ChannelID returns the "channel" edge ID in the mutation.
-func (m *ChatMutation) ChannelID() (id int, exists bool) {
-	if m.channel != nil {
-		return *m.channel, true
-	}
-	return
 }
 
 // ChannelIDs returns the "channel" edge IDs in the mutation.
@@ -4874,27 +5068,15 @@ func (m *ChatMutation) ResetChannel() {
 	m.clearedchannel = false
 }
 
-// SetContactID sets the "contact" edge to the Contact entity by id.
-func (m *ChatMutation) SetContactID(id int) {
-	m.contact = &id
-}
-
 // ClearContact clears the "contact" edge to the Contact entity.
 func (m *ChatMutation) ClearContact() {
 	m.clearedcontact = true
+	m.clearedFields[chat.FieldContactID] = struct{}{}
 }
 
 // ContactCleared reports if the "contact" edge to the Contact entity was cleared.
 func (m *ChatMutation) ContactCleared() bool {
 	return m.clearedcontact
-}
-
-// ContactID returns the "contact" edge ID in the mutation.
-func (m *ChatMutation) ContactID() (id int, exists bool) {
-	if m.contact != nil {
-		return *m.contact, true
-	}
-	return
 }
 
 // ContactIDs returns the "contact" edge IDs in the mutation.
@@ -4913,27 +5095,15 @@ func (m *ChatMutation) ResetContact() {
 	m.clearedcontact = false
 }
 
-// SetQueueID sets the "queue" edge to the Queue entity by id.
-func (m *ChatMutation) SetQueueID(id int) {
-	m.queue = &id
-}
-
 // ClearQueue clears the "queue" edge to the Queue entity.
 func (m *ChatMutation) ClearQueue() {
 	m.clearedqueue = true
+	m.clearedFields[chat.FieldQueueID] = struct{}{}
 }
 
 // QueueCleared reports if the "queue" edge to the Queue entity was cleared.
 func (m *ChatMutation) QueueCleared() bool {
 	return m.clearedqueue
-}
-
-// QueueID returns the "queue" edge ID in the mutation.
-func (m *ChatMutation) QueueID() (id int, exists bool) {
-	if m.queue != nil {
-		return *m.queue, true
-	}
-	return
 }
 
 // QueueIDs returns the "queue" edge IDs in the mutation.
@@ -4952,27 +5122,15 @@ func (m *ChatMutation) ResetQueue() {
 	m.clearedqueue = false
 }
 
-// SetOwnerID sets the "owner" edge to the Operator entity by id.
-func (m *ChatMutation) SetOwnerID(id int) {
-	m.owner = &id
-}
-
 // ClearOwner clears the "owner" edge to the Operator entity.
 func (m *ChatMutation) ClearOwner() {
 	m.clearedowner = true
+	m.clearedFields[chat.FieldOwnerID] = struct{}{}
 }
 
 // OwnerCleared reports if the "owner" edge to the Operator entity was cleared.
 func (m *ChatMutation) OwnerCleared() bool {
-	return m.clearedowner
-}
-
-// OwnerID returns the "owner" edge ID in the mutation.
-func (m *ChatMutation) OwnerID() (id int, exists bool) {
-	if m.owner != nil {
-		return *m.owner, true
-	}
-	return
+	return m.OwnerIDCleared() || m.clearedowner
 }
 
 // OwnerIDs returns the "owner" edge IDs in the mutation.
@@ -5045,27 +5203,15 @@ func (m *ChatMutation) ResetOffers() {
 	m.removedoffers = nil
 }
 
-// SetParentID sets the "parent" edge to the Chat entity by id.
-func (m *ChatMutation) SetParentID(id int) {
-	m.parent = &id
-}
-
 // ClearParent clears the "parent" edge to the Chat entity.
 func (m *ChatMutation) ClearParent() {
 	m.clearedparent = true
+	m.clearedFields[chat.FieldParentID] = struct{}{}
 }
 
 // ParentCleared reports if the "parent" edge to the Chat entity was cleared.
 func (m *ChatMutation) ParentCleared() bool {
-	return m.clearedparent
-}
-
-// ParentID returns the "parent" edge ID in the mutation.
-func (m *ChatMutation) ParentID() (id int, exists bool) {
-	if m.parent != nil {
-		return *m.parent, true
-	}
-	return
+	return m.ParentIDCleared() || m.clearedparent
 }
 
 // ParentIDs returns the "parent" edge IDs in the mutation.
@@ -5334,7 +5480,7 @@ func (m *ChatMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *ChatMutation) Fields() []string {
-	fields := make([]string, 0, 16)
+	fields := make([]string, 0, 21)
 	if m.status != nil {
 		fields = append(fields, chat.FieldStatus)
 	}
@@ -5383,6 +5529,21 @@ func (m *ChatMutation) Fields() []string {
 	if m.duplicates_found != nil {
 		fields = append(fields, chat.FieldDuplicatesFound)
 	}
+	if m.channel != nil {
+		fields = append(fields, chat.FieldChannelID)
+	}
+	if m.contact != nil {
+		fields = append(fields, chat.FieldContactID)
+	}
+	if m.queue != nil {
+		fields = append(fields, chat.FieldQueueID)
+	}
+	if m.owner != nil {
+		fields = append(fields, chat.FieldOwnerID)
+	}
+	if m.parent != nil {
+		fields = append(fields, chat.FieldParentID)
+	}
 	return fields
 }
 
@@ -5423,6 +5584,16 @@ func (m *ChatMutation) Field(name string) (ent.Value, bool) {
 		return m.TransferNote()
 	case chat.FieldDuplicatesFound:
 		return m.DuplicatesFound()
+	case chat.FieldChannelID:
+		return m.ChannelID()
+	case chat.FieldContactID:
+		return m.ContactID()
+	case chat.FieldQueueID:
+		return m.QueueID()
+	case chat.FieldOwnerID:
+		return m.OwnerID()
+	case chat.FieldParentID:
+		return m.ParentID()
 	}
 	return nil, false
 }
@@ -5464,6 +5635,16 @@ func (m *ChatMutation) OldField(ctx context.Context, name string) (ent.Value, er
 		return m.OldTransferNote(ctx)
 	case chat.FieldDuplicatesFound:
 		return m.OldDuplicatesFound(ctx)
+	case chat.FieldChannelID:
+		return m.OldChannelID(ctx)
+	case chat.FieldContactID:
+		return m.OldContactID(ctx)
+	case chat.FieldQueueID:
+		return m.OldQueueID(ctx)
+	case chat.FieldOwnerID:
+		return m.OldOwnerID(ctx)
+	case chat.FieldParentID:
+		return m.OldParentID(ctx)
 	}
 	return nil, fmt.Errorf("unknown Chat field %s", name)
 }
@@ -5585,6 +5766,41 @@ func (m *ChatMutation) SetField(name string, value ent.Value) error {
 		}
 		m.SetDuplicatesFound(v)
 		return nil
+	case chat.FieldChannelID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetChannelID(v)
+		return nil
+	case chat.FieldContactID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetContactID(v)
+		return nil
+	case chat.FieldQueueID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetQueueID(v)
+		return nil
+	case chat.FieldOwnerID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetOwnerID(v)
+		return nil
+	case chat.FieldParentID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetParentID(v)
+		return nil
 	}
 	return fmt.Errorf("unknown Chat field %s", name)
 }
@@ -5690,6 +5906,12 @@ func (m *ChatMutation) ClearedFields() []string {
 	if m.FieldCleared(chat.FieldTransferNote) {
 		fields = append(fields, chat.FieldTransferNote)
 	}
+	if m.FieldCleared(chat.FieldOwnerID) {
+		fields = append(fields, chat.FieldOwnerID)
+	}
+	if m.FieldCleared(chat.FieldParentID) {
+		fields = append(fields, chat.FieldParentID)
+	}
 	return fields
 }
 
@@ -5739,6 +5961,12 @@ func (m *ChatMutation) ClearField(name string) error {
 		return nil
 	case chat.FieldTransferNote:
 		m.ClearTransferNote()
+		return nil
+	case chat.FieldOwnerID:
+		m.ClearOwnerID()
+		return nil
+	case chat.FieldParentID:
+		m.ClearParentID()
 		return nil
 	}
 	return fmt.Errorf("unknown Chat nullable field %s", name)
@@ -5795,6 +6023,21 @@ func (m *ChatMutation) ResetField(name string) error {
 		return nil
 	case chat.FieldDuplicatesFound:
 		m.ResetDuplicatesFound()
+		return nil
+	case chat.FieldChannelID:
+		m.ResetChannelID()
+		return nil
+	case chat.FieldContactID:
+		m.ResetContactID()
+		return nil
+	case chat.FieldQueueID:
+		m.ResetQueueID()
+		return nil
+	case chat.FieldOwnerID:
+		m.ResetOwnerID()
+		return nil
+	case chat.FieldParentID:
+		m.ResetParentID()
 		return nil
 	}
 	return fmt.Errorf("unknown Chat field %s", name)
@@ -7214,27 +7457,87 @@ func (m *ChatOfferMutation) ResetClosedAt() {
 	delete(m.clearedFields, chatoffer.FieldClosedAt)
 }
 
-// SetChatID sets the "chat" edge to the Chat entity by id.
-func (m *ChatOfferMutation) SetChatID(id int) {
-	m.chat = &id
+// SetChatID sets the "chat_id" field.
+func (m *ChatOfferMutation) SetChatID(i int) {
+	m.chat = &i
+}
+
+// ChatID returns the value of the "chat_id" field in the mutation.
+func (m *ChatOfferMutation) ChatID() (r int, exists bool) {
+	v := m.chat
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldChatID returns the old "chat_id" field's value of the ChatOffer entity.
+// If the ChatOffer object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChatOfferMutation) OldChatID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldChatID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldChatID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldChatID: %w", err)
+	}
+	return oldValue.ChatID, nil
+}
+
+// ResetChatID resets all changes to the "chat_id" field.
+func (m *ChatOfferMutation) ResetChatID() {
+	m.chat = nil
+}
+
+// SetOperatorID sets the "operator_id" field.
+func (m *ChatOfferMutation) SetOperatorID(i int) {
+	m.operator = &i
+}
+
+// OperatorID returns the value of the "operator_id" field in the mutation.
+func (m *ChatOfferMutation) OperatorID() (r int, exists bool) {
+	v := m.operator
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldOperatorID returns the old "operator_id" field's value of the ChatOffer entity.
+// If the ChatOffer object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChatOfferMutation) OldOperatorID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldOperatorID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldOperatorID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldOperatorID: %w", err)
+	}
+	return oldValue.OperatorID, nil
+}
+
+// ResetOperatorID resets all changes to the "operator_id" field.
+func (m *ChatOfferMutation) ResetOperatorID() {
+	m.operator = nil
 }
 
 // ClearChat clears the "chat" edge to the Chat entity.
 func (m *ChatOfferMutation) ClearChat() {
 	m.clearedchat = true
+	m.clearedFields[chatoffer.FieldChatID] = struct{}{}
 }
 
 // ChatCleared reports if the "chat" edge to the Chat entity was cleared.
 func (m *ChatOfferMutation) ChatCleared() bool {
 	return m.clearedchat
-}
-
-// ChatID returns the "chat" edge ID in the mutation.
-func (m *ChatOfferMutation) ChatID() (id int, exists bool) {
-	if m.chat != nil {
-		return *m.chat, true
-	}
-	return
 }
 
 // ChatIDs returns the "chat" edge IDs in the mutation.
@@ -7253,27 +7556,15 @@ func (m *ChatOfferMutation) ResetChat() {
 	m.clearedchat = false
 }
 
-// SetOperatorID sets the "operator" edge to the Operator entity by id.
-func (m *ChatOfferMutation) SetOperatorID(id int) {
-	m.operator = &id
-}
-
 // ClearOperator clears the "operator" edge to the Operator entity.
 func (m *ChatOfferMutation) ClearOperator() {
 	m.clearedoperator = true
+	m.clearedFields[chatoffer.FieldOperatorID] = struct{}{}
 }
 
 // OperatorCleared reports if the "operator" edge to the Operator entity was cleared.
 func (m *ChatOfferMutation) OperatorCleared() bool {
 	return m.clearedoperator
-}
-
-// OperatorID returns the "operator" edge ID in the mutation.
-func (m *ChatOfferMutation) OperatorID() (id int, exists bool) {
-	if m.operator != nil {
-		return *m.operator, true
-	}
-	return
 }
 
 // OperatorIDs returns the "operator" edge IDs in the mutation.
@@ -7326,7 +7617,7 @@ func (m *ChatOfferMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *ChatOfferMutation) Fields() []string {
-	fields := make([]string, 0, 4)
+	fields := make([]string, 0, 6)
 	if m.status != nil {
 		fields = append(fields, chatoffer.FieldStatus)
 	}
@@ -7338,6 +7629,12 @@ func (m *ChatOfferMutation) Fields() []string {
 	}
 	if m.closed_at != nil {
 		fields = append(fields, chatoffer.FieldClosedAt)
+	}
+	if m.chat != nil {
+		fields = append(fields, chatoffer.FieldChatID)
+	}
+	if m.operator != nil {
+		fields = append(fields, chatoffer.FieldOperatorID)
 	}
 	return fields
 }
@@ -7355,6 +7652,10 @@ func (m *ChatOfferMutation) Field(name string) (ent.Value, bool) {
 		return m.ExpiresAt()
 	case chatoffer.FieldClosedAt:
 		return m.ClosedAt()
+	case chatoffer.FieldChatID:
+		return m.ChatID()
+	case chatoffer.FieldOperatorID:
+		return m.OperatorID()
 	}
 	return nil, false
 }
@@ -7372,6 +7673,10 @@ func (m *ChatOfferMutation) OldField(ctx context.Context, name string) (ent.Valu
 		return m.OldExpiresAt(ctx)
 	case chatoffer.FieldClosedAt:
 		return m.OldClosedAt(ctx)
+	case chatoffer.FieldChatID:
+		return m.OldChatID(ctx)
+	case chatoffer.FieldOperatorID:
+		return m.OldOperatorID(ctx)
 	}
 	return nil, fmt.Errorf("unknown ChatOffer field %s", name)
 }
@@ -7409,6 +7714,20 @@ func (m *ChatOfferMutation) SetField(name string, value ent.Value) error {
 		}
 		m.SetClosedAt(v)
 		return nil
+	case chatoffer.FieldChatID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetChatID(v)
+		return nil
+	case chatoffer.FieldOperatorID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetOperatorID(v)
+		return nil
 	}
 	return fmt.Errorf("unknown ChatOffer field %s", name)
 }
@@ -7416,13 +7735,16 @@ func (m *ChatOfferMutation) SetField(name string, value ent.Value) error {
 // AddedFields returns all numeric fields that were incremented/decremented during
 // this mutation.
 func (m *ChatOfferMutation) AddedFields() []string {
-	return nil
+	var fields []string
+	return fields
 }
 
 // AddedField returns the numeric value that was incremented/decremented on a field
 // with the given name. The second boolean return value indicates that this field
 // was not set, or was not defined in the schema.
 func (m *ChatOfferMutation) AddedField(name string) (ent.Value, bool) {
+	switch name {
+	}
 	return nil, false
 }
 
@@ -7484,6 +7806,12 @@ func (m *ChatOfferMutation) ResetField(name string) error {
 		return nil
 	case chatoffer.FieldClosedAt:
 		m.ResetClosedAt()
+		return nil
+	case chatoffer.FieldChatID:
+		m.ResetChatID()
+		return nil
+	case chatoffer.FieldOperatorID:
+		m.ResetOperatorID()
 		return nil
 	}
 	return fmt.Errorf("unknown ChatOffer field %s", name)
@@ -14846,27 +15174,51 @@ func (m *MessageMutation) ResetPreviousTexts() {
 	delete(m.clearedFields, message.FieldPreviousTexts)
 }
 
-// SetChatID sets the "chat" edge to the Chat entity by id.
-func (m *MessageMutation) SetChatID(id int) {
-	m.chat = &id
+// SetChatID sets the "chat_id" field.
+func (m *MessageMutation) SetChatID(i int) {
+	m.chat = &i
+}
+
+// ChatID returns the value of the "chat_id" field in the mutation.
+func (m *MessageMutation) ChatID() (r int, exists bool) {
+	v := m.chat
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldChatID returns the old "chat_id" field's value of the Message entity.
+// If the Message object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *MessageMutation) OldChatID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldChatID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldChatID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldChatID: %w", err)
+	}
+	return oldValue.ChatID, nil
+}
+
+// ResetChatID resets all changes to the "chat_id" field.
+func (m *MessageMutation) ResetChatID() {
+	m.chat = nil
 }
 
 // ClearChat clears the "chat" edge to the Chat entity.
 func (m *MessageMutation) ClearChat() {
 	m.clearedchat = true
+	m.clearedFields[message.FieldChatID] = struct{}{}
 }
 
 // ChatCleared reports if the "chat" edge to the Chat entity was cleared.
 func (m *MessageMutation) ChatCleared() bool {
 	return m.clearedchat
-}
-
-// ChatID returns the "chat" edge ID in the mutation.
-func (m *MessageMutation) ChatID() (id int, exists bool) {
-	if m.chat != nil {
-		return *m.chat, true
-	}
-	return
 }
 
 // ChatIDs returns the "chat" edge IDs in the mutation.
@@ -15012,7 +15364,7 @@ func (m *MessageMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *MessageMutation) Fields() []string {
-	fields := make([]string, 0, 16)
+	fields := make([]string, 0, 17)
 	if m.direction != nil {
 		fields = append(fields, message.FieldDirection)
 	}
@@ -15061,6 +15413,9 @@ func (m *MessageMutation) Fields() []string {
 	if m.previous_texts != nil {
 		fields = append(fields, message.FieldPreviousTexts)
 	}
+	if m.chat != nil {
+		fields = append(fields, message.FieldChatID)
+	}
 	return fields
 }
 
@@ -15101,6 +15456,8 @@ func (m *MessageMutation) Field(name string) (ent.Value, bool) {
 		return m.EditedAt()
 	case message.FieldPreviousTexts:
 		return m.PreviousTexts()
+	case message.FieldChatID:
+		return m.ChatID()
 	}
 	return nil, false
 }
@@ -15142,6 +15499,8 @@ func (m *MessageMutation) OldField(ctx context.Context, name string) (ent.Value,
 		return m.OldEditedAt(ctx)
 	case message.FieldPreviousTexts:
 		return m.OldPreviousTexts(ctx)
+	case message.FieldChatID:
+		return m.OldChatID(ctx)
 	}
 	return nil, fmt.Errorf("unknown Message field %s", name)
 }
@@ -15262,6 +15621,13 @@ func (m *MessageMutation) SetField(name string, value ent.Value) error {
 			return fmt.Errorf("unexpected type %T for field %s", value, name)
 		}
 		m.SetPreviousTexts(v)
+		return nil
+	case message.FieldChatID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetChatID(v)
 		return nil
 	}
 	return fmt.Errorf("unknown Message field %s", name)
@@ -15437,6 +15803,9 @@ func (m *MessageMutation) ResetField(name string) error {
 		return nil
 	case message.FieldPreviousTexts:
 		m.ResetPreviousTexts()
+		return nil
+	case message.FieldChatID:
+		m.ResetChatID()
 		return nil
 	}
 	return fmt.Errorf("unknown Message field %s", name)

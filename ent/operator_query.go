@@ -868,7 +868,9 @@ func (_q *OperatorQuery) loadOwnedChats(ctx context.Context, query *ChatQuery, n
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(chat.FieldOwnerID)
+	}
 	query.Where(predicate.Chat(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(operator.OwnedChatsColumn), fks...))
 	}))
@@ -877,13 +879,13 @@ func (_q *OperatorQuery) loadOwnedChats(ctx context.Context, query *ChatQuery, n
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.chat_owner
+		fk := n.OwnerID
 		if fk == nil {
-			return fmt.Errorf(`foreign-key "chat_owner" is nil for node %v`, n.ID)
+			return fmt.Errorf(`foreign-key "owner_id" is nil for node %v`, n.ID)
 		}
 		node, ok := nodeids[*fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "chat_owner" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "owner_id" returned %v for node %v`, *fk, n.ID)
 		}
 		assign(node, n)
 	}
@@ -899,7 +901,9 @@ func (_q *OperatorQuery) loadOffers(ctx context.Context, query *ChatOfferQuery, 
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(chatoffer.FieldOperatorID)
+	}
 	query.Where(predicate.ChatOffer(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(operator.OffersColumn), fks...))
 	}))
@@ -908,13 +912,10 @@ func (_q *OperatorQuery) loadOffers(ctx context.Context, query *ChatOfferQuery, 
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.chat_offer_operator
-		if fk == nil {
-			return fmt.Errorf(`foreign-key "chat_offer_operator" is nil for node %v`, n.ID)
-		}
-		node, ok := nodeids[*fk]
+		fk := n.OperatorID
+		node, ok := nodeids[fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "chat_offer_operator" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "operator_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}

@@ -681,7 +681,9 @@ func (_q *QueueQuery) loadChats(ctx context.Context, query *ChatQuery, nodes []*
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(chat.FieldQueueID)
+	}
 	query.Where(predicate.Chat(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(queue.ChatsColumn), fks...))
 	}))
@@ -690,13 +692,10 @@ func (_q *QueueQuery) loadChats(ctx context.Context, query *ChatQuery, nodes []*
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.queue_chats
-		if fk == nil {
-			return fmt.Errorf(`foreign-key "queue_chats" is nil for node %v`, n.ID)
-		}
-		node, ok := nodeids[*fk]
+		fk := n.QueueID
+		node, ok := nodeids[fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "queue_chats" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "queue_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}

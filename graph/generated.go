@@ -35,7 +35,9 @@ type Config = graphql.Config[ResolverRoot, DirectiveRoot, ComplexityRoot]
 
 type ResolverRoot interface {
 	Channel() ChannelResolver
+	Chat() ChatResolver
 	Mutation() MutationResolver
+	Operator() OperatorResolver
 	Query() QueryResolver
 }
 
@@ -157,10 +159,11 @@ type ComplexityRoot struct {
 		DurationSeconds      func(childComplexity int) int
 		FirstResponseAt      func(childComplexity int) int
 		FirstResponseSeconds func(childComplexity int) int
+		History              func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int) int
 		ID                   func(childComplexity int) int
 		LastInboundAt        func(childComplexity int) int
 		LastMessageAt        func(childComplexity int) int
-		Messages             func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.MessageOrder, where *ent.MessageWhereInput) int
+		Messages             func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int) int
 		OfferedAt            func(childComplexity int) int
 		Offers               func(childComplexity int) int
 		Owner                func(childComplexity int) int
@@ -312,6 +315,13 @@ type ComplexityRoot struct {
 		Node   func(childComplexity int) int
 	}
 
+	InboundMessagePayload struct {
+		Chat      func(childComplexity int) int
+		Duplicate func(childComplexity int) int
+		Message   func(childComplexity int) int
+		NewChat   func(childComplexity int) int
+	}
+
 	LoginPayload struct {
 		ExpiresAt func(childComplexity int) int
 		Operator  func(childComplexity int) int
@@ -352,7 +362,9 @@ type ComplexityRoot struct {
 	}
 
 	Mutation struct {
+		AcceptChat          func(childComplexity int, id int) int
 		ChangePassword      func(childComplexity int, currentPassword string, newPassword string) int
+		CompleteChat        func(childComplexity int, id int) int
 		CreateAPIKey        func(childComplexity int, input desk.CreateAPIKeyInput) int
 		CreateAccount       func(childComplexity int, input ent.CreateAccountInput) int
 		CreateChannel       func(childComplexity int, input ent.CreateChannelInput) int
@@ -369,8 +381,14 @@ type ComplexityRoot struct {
 		DeleteQuickReply    func(childComplexity int, id int) int
 		Login               func(childComplexity int, email string, password string) int
 		Logout              func(childComplexity int) int
+		MarkChatRead        func(childComplexity int, id int) int
 		RevokeAPIKey        func(childComplexity int, id int) int
+		SendMessage         func(childComplexity int, chatID int, text string) int
 		SetChannelActive    func(childComplexity int, id int, active bool) int
+		SetMyStatus         func(childComplexity int, status enum.OperatorStatus) int
+		SetOperatorStatus   func(childComplexity int, id int, status enum.OperatorStatus) int
+		SimulateInbound     func(childComplexity int, input InboundMessageInput) int
+		TransferChat        func(childComplexity int, input desk.TransferInput) int
 		UpdateAccount       func(childComplexity int, id int, input ent.UpdateAccountInput) int
 		UpdateChannel       func(childComplexity int, id int, input ent.UpdateChannelInput) int
 		UpdateChatAction    func(childComplexity int, id int, input ent.UpdateChatActionInput) int
@@ -384,6 +402,7 @@ type ComplexityRoot struct {
 
 	Operator struct {
 		AssignedCases      func(childComplexity int) int
+		Availability       func(childComplexity int) int
 		ChatLimit          func(childComplexity int) int
 		CreatedAt          func(childComplexity int) int
 		Disabled           func(childComplexity int) int
@@ -414,6 +433,13 @@ type ComplexityRoot struct {
 		Node   func(childComplexity int) int
 	}
 
+	OperatorLoad struct {
+		Availability func(childComplexity int) int
+		Limit        func(childComplexity int) int
+		Load         func(childComplexity int) int
+		Operator     func(childComplexity int) int
+	}
+
 	OperatorStatusChange struct {
 		At       func(childComplexity int) int
 		ID       func(childComplexity int) int
@@ -441,22 +467,38 @@ type ComplexityRoot struct {
 		StartCursor     func(childComplexity int) int
 	}
 
+	Panel struct {
+		ActiveChats func(childComplexity int) int
+		Me          func(childComplexity int) int
+		NewChats    func(childComplexity int) int
+	}
+
+	PanelChat struct {
+		Chat           func(childComplexity int) int
+		LastMessage    func(childComplexity int) int
+		UnreadCount    func(childComplexity int) int
+		WaitingSeconds func(childComplexity int) int
+	}
+
 	Query struct {
-		APIKeys        func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ApiKeyOrder, where *ent.ApiKeyWhereInput) int
-		Accounts       func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.AccountOrder, where *ent.AccountWhereInput) int
-		Channels       func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChannelOrder, where *ent.ChannelWhereInput) int
-		ChatActions    func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChatActionOrder, where *ent.ChatActionWhereInput) int
-		Chats          func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChatOrder, where *ent.ChatWhereInput) int
-		Contacts       func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ContactOrder, where *ent.ContactWhereInput) int
-		DuplicateRules func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.DuplicateRuleOrder, where *ent.DuplicateRuleWhereInput) int
-		Me             func(childComplexity int) int
-		Node           func(childComplexity int, id int) int
-		Nodes          func(childComplexity int, ids []int) int
-		Operators      func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.OperatorOrder, where *ent.OperatorWhereInput) int
-		Queues         func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.QueueOrder, where *ent.QueueWhereInput) int
-		QuickReplies   func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.QuickReplyOrder, where *ent.QuickReplyWhereInput) int
-		Settings       func(childComplexity int) int
-		SupportCases   func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.SupportCaseOrder, where *ent.SupportCaseWhereInput) int
+		APIKeys         func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ApiKeyOrder, where *ent.ApiKeyWhereInput) int
+		Accounts        func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.AccountOrder, where *ent.AccountWhereInput) int
+		Channels        func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChannelOrder, where *ent.ChannelWhereInput) int
+		ChatActions     func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChatActionOrder, where *ent.ChatActionWhereInput) int
+		Chats           func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChatOrder, where *ent.ChatWhereInput) int
+		Contacts        func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ContactOrder, where *ent.ContactWhereInput) int
+		DuplicateRules  func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.DuplicateRuleOrder, where *ent.DuplicateRuleWhereInput) int
+		Me              func(childComplexity int) int
+		Node            func(childComplexity int, id int) int
+		Nodes           func(childComplexity int, ids []int) int
+		Operators       func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.OperatorOrder, where *ent.OperatorWhereInput) int
+		Panel           func(childComplexity int) int
+		QueueOverview   func(childComplexity int, id int) int
+		Queues          func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.QueueOrder, where *ent.QueueWhereInput) int
+		QuickReplies    func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.QuickReplyOrder, where *ent.QuickReplyWhereInput) int
+		Settings        func(childComplexity int) int
+		SupportCases    func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.SupportCaseOrder, where *ent.SupportCaseWhereInput) int
+		TransferTargets func(childComplexity int, chatID int) int
 	}
 
 	Queue struct {
@@ -486,6 +528,12 @@ type ComplexityRoot struct {
 	QueueEdge struct {
 		Cursor func(childComplexity int) int
 		Node   func(childComplexity int) int
+	}
+
+	QueueOverview struct {
+		Operators    func(childComplexity int) int
+		Queue        func(childComplexity int) int
+		WaitingChats func(childComplexity int) int
 	}
 
 	QuickReply struct {
@@ -553,6 +601,16 @@ type ComplexityRoot struct {
 		Node   func(childComplexity int) int
 	}
 
+	TransferChatPayload struct {
+		Chat      func(childComplexity int) int
+		Completed func(childComplexity int) int
+	}
+
+	TransferTargets struct {
+		Operators func(childComplexity int) int
+		Queues    func(childComplexity int) int
+	}
+
 	Viewer struct {
 		APIKey           func(childComplexity int) int
 		Operator         func(childComplexity int) int
@@ -570,6 +628,10 @@ type ChannelResolver interface {
 	HasVerifyToken(ctx context.Context, obj *ent.Channel) (bool, error)
 	HasWebhookSecret(ctx context.Context, obj *ent.Channel) (bool, error)
 	WebhookPath(ctx context.Context, obj *ent.Channel) (string, error)
+}
+type ChatResolver interface {
+	Messages(ctx context.Context, obj *ent.Chat, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int) (*ent.MessageConnection, error)
+	History(ctx context.Context, obj *ent.Chat, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int) (*ent.MessageConnection, error)
 }
 type MutationResolver interface {
 	Login(ctx context.Context, email string, password string) (*desk.LoginResult, error)
@@ -600,6 +662,17 @@ type MutationResolver interface {
 	CreateContact(ctx context.Context, input ent.CreateContactInput) (*ent.Contact, error)
 	UpdateContact(ctx context.Context, id int, input ent.UpdateContactInput) (*ent.Contact, error)
 	UpdateSettings(ctx context.Context, input ent.UpdateSettingInput) (*ent.Setting, error)
+	SimulateInbound(ctx context.Context, input InboundMessageInput) (*desk.IngestResult, error)
+	SetMyStatus(ctx context.Context, status enum.OperatorStatus) (*ent.Operator, error)
+	SetOperatorStatus(ctx context.Context, id int, status enum.OperatorStatus) (*ent.Operator, error)
+	AcceptChat(ctx context.Context, id int) (*ent.Chat, error)
+	CompleteChat(ctx context.Context, id int) (*ent.Chat, error)
+	SendMessage(ctx context.Context, chatID int, text string) (*ent.Message, error)
+	MarkChatRead(ctx context.Context, id int) (*ent.Chat, error)
+	TransferChat(ctx context.Context, input desk.TransferInput) (*desk.TransferResult, error)
+}
+type OperatorResolver interface {
+	Availability(ctx context.Context, obj *ent.Operator) (*desk.OperatorLoad, error)
 }
 type QueryResolver interface {
 	Node(ctx context.Context, id int) (ent.Noder, error)
@@ -617,6 +690,9 @@ type QueryResolver interface {
 	SupportCases(ctx context.Context, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.SupportCaseOrder, where *ent.SupportCaseWhereInput) (*ent.SupportCaseConnection, error)
 	Me(ctx context.Context) (*Viewer, error)
 	Settings(ctx context.Context) (*ent.Setting, error)
+	Panel(ctx context.Context) (*desk.Panel, error)
+	QueueOverview(ctx context.Context, id int) (*desk.QueueOverview, error)
+	TransferTargets(ctx context.Context, chatID int) (*desk.TransferTargets, error)
 }
 
 // endregion ************************** generated!.gotpl **************************
@@ -1121,6 +1197,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Chat.FirstResponseSeconds(childComplexity), true
+	case "Chat.history":
+		if e.ComplexityRoot.Chat.History == nil {
+			break
+		}
+
+		args, err := ec.field_Chat_history_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Chat.History(childComplexity, args["after"].(*entgql.Cursor[int]), args["first"].(*int), args["before"].(*entgql.Cursor[int]), args["last"].(*int)), true
 	case "Chat.id":
 		if e.ComplexityRoot.Chat.ID == nil {
 			break
@@ -1149,7 +1236,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Chat.Messages(childComplexity, args["after"].(*entgql.Cursor[int]), args["first"].(*int), args["before"].(*entgql.Cursor[int]), args["last"].(*int), args["orderBy"].(*ent.MessageOrder), args["where"].(*ent.MessageWhereInput)), true
+		return e.ComplexityRoot.Chat.Messages(childComplexity, args["after"].(*entgql.Cursor[int]), args["first"].(*int), args["before"].(*entgql.Cursor[int]), args["last"].(*int)), true
 	case "Chat.offeredAt":
 		if e.ComplexityRoot.Chat.OfferedAt == nil {
 			break
@@ -1744,6 +1831,31 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.DuplicateRuleEdge.Node(childComplexity), true
 
+	case "InboundMessagePayload.chat":
+		if e.ComplexityRoot.InboundMessagePayload.Chat == nil {
+			break
+		}
+
+		return e.ComplexityRoot.InboundMessagePayload.Chat(childComplexity), true
+	case "InboundMessagePayload.duplicate":
+		if e.ComplexityRoot.InboundMessagePayload.Duplicate == nil {
+			break
+		}
+
+		return e.ComplexityRoot.InboundMessagePayload.Duplicate(childComplexity), true
+	case "InboundMessagePayload.message":
+		if e.ComplexityRoot.InboundMessagePayload.Message == nil {
+			break
+		}
+
+		return e.ComplexityRoot.InboundMessagePayload.Message(childComplexity), true
+	case "InboundMessagePayload.newChat":
+		if e.ComplexityRoot.InboundMessagePayload.NewChat == nil {
+			break
+		}
+
+		return e.ComplexityRoot.InboundMessagePayload.NewChat(childComplexity), true
+
 	case "LoginPayload.expiresAt":
 		if e.ComplexityRoot.LoginPayload.ExpiresAt == nil {
 			break
@@ -1910,6 +2022,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.MessageEdge.Node(childComplexity), true
 
+	case "Mutation.acceptChat":
+		if e.ComplexityRoot.Mutation.AcceptChat == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_acceptChat_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.AcceptChat(childComplexity, args["id"].(int)), true
 	case "Mutation.changePassword":
 		if e.ComplexityRoot.Mutation.ChangePassword == nil {
 			break
@@ -1921,6 +2044,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.ChangePassword(childComplexity, args["currentPassword"].(string), args["newPassword"].(string)), true
+	case "Mutation.completeChat":
+		if e.ComplexityRoot.Mutation.CompleteChat == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_completeChat_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.CompleteChat(childComplexity, args["id"].(int)), true
 	case "Mutation.createApiKey":
 		if e.ComplexityRoot.Mutation.CreateAPIKey == nil {
 			break
@@ -2092,6 +2226,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.Logout(childComplexity), true
+	case "Mutation.markChatRead":
+		if e.ComplexityRoot.Mutation.MarkChatRead == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_markChatRead_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.MarkChatRead(childComplexity, args["id"].(int)), true
 	case "Mutation.revokeApiKey":
 		if e.ComplexityRoot.Mutation.RevokeAPIKey == nil {
 			break
@@ -2103,6 +2248,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.RevokeAPIKey(childComplexity, args["id"].(int)), true
+	case "Mutation.sendMessage":
+		if e.ComplexityRoot.Mutation.SendMessage == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_sendMessage_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.SendMessage(childComplexity, args["chatId"].(int), args["text"].(string)), true
 	case "Mutation.setChannelActive":
 		if e.ComplexityRoot.Mutation.SetChannelActive == nil {
 			break
@@ -2114,6 +2270,50 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.SetChannelActive(childComplexity, args["id"].(int), args["active"].(bool)), true
+	case "Mutation.setMyStatus":
+		if e.ComplexityRoot.Mutation.SetMyStatus == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_setMyStatus_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.SetMyStatus(childComplexity, args["status"].(enum.OperatorStatus)), true
+	case "Mutation.setOperatorStatus":
+		if e.ComplexityRoot.Mutation.SetOperatorStatus == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_setOperatorStatus_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.SetOperatorStatus(childComplexity, args["id"].(int), args["status"].(enum.OperatorStatus)), true
+	case "Mutation.simulateInbound":
+		if e.ComplexityRoot.Mutation.SimulateInbound == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_simulateInbound_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.SimulateInbound(childComplexity, args["input"].(InboundMessageInput)), true
+	case "Mutation.transferChat":
+		if e.ComplexityRoot.Mutation.TransferChat == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_transferChat_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.TransferChat(childComplexity, args["input"].(desk.TransferInput)), true
 	case "Mutation.updateAccount":
 		if e.ComplexityRoot.Mutation.UpdateAccount == nil {
 			break
@@ -2220,6 +2420,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Operator.AssignedCases(childComplexity), true
+	case "Operator.availability":
+		if e.ComplexityRoot.Operator.Availability == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Operator.Availability(childComplexity), true
 	case "Operator.chatLimit":
 		if e.ComplexityRoot.Operator.ChatLimit == nil {
 			break
@@ -2365,6 +2571,31 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.OperatorEdge.Node(childComplexity), true
 
+	case "OperatorLoad.availability":
+		if e.ComplexityRoot.OperatorLoad.Availability == nil {
+			break
+		}
+
+		return e.ComplexityRoot.OperatorLoad.Availability(childComplexity), true
+	case "OperatorLoad.limit":
+		if e.ComplexityRoot.OperatorLoad.Limit == nil {
+			break
+		}
+
+		return e.ComplexityRoot.OperatorLoad.Limit(childComplexity), true
+	case "OperatorLoad.load":
+		if e.ComplexityRoot.OperatorLoad.Load == nil {
+			break
+		}
+
+		return e.ComplexityRoot.OperatorLoad.Load(childComplexity), true
+	case "OperatorLoad.operator":
+		if e.ComplexityRoot.OperatorLoad.Operator == nil {
+			break
+		}
+
+		return e.ComplexityRoot.OperatorLoad.Operator(childComplexity), true
+
 	case "OperatorStatusChange.at":
 		if e.ComplexityRoot.OperatorStatusChange.At == nil {
 			break
@@ -2458,6 +2689,50 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.PageInfo.StartCursor(childComplexity), true
+
+	case "Panel.activeChats":
+		if e.ComplexityRoot.Panel.ActiveChats == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Panel.ActiveChats(childComplexity), true
+	case "Panel.me":
+		if e.ComplexityRoot.Panel.Me == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Panel.Me(childComplexity), true
+	case "Panel.newChats":
+		if e.ComplexityRoot.Panel.NewChats == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Panel.NewChats(childComplexity), true
+
+	case "PanelChat.chat":
+		if e.ComplexityRoot.PanelChat.Chat == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PanelChat.Chat(childComplexity), true
+	case "PanelChat.lastMessage":
+		if e.ComplexityRoot.PanelChat.LastMessage == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PanelChat.LastMessage(childComplexity), true
+	case "PanelChat.unreadCount":
+		if e.ComplexityRoot.PanelChat.UnreadCount == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PanelChat.UnreadCount(childComplexity), true
+	case "PanelChat.waitingSeconds":
+		if e.ComplexityRoot.PanelChat.WaitingSeconds == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PanelChat.WaitingSeconds(childComplexity), true
 
 	case "Query.apiKeys":
 		if e.ComplexityRoot.Query.APIKeys == nil {
@@ -2576,6 +2851,23 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Query.Operators(childComplexity, args["after"].(*entgql.Cursor[int]), args["first"].(*int), args["before"].(*entgql.Cursor[int]), args["last"].(*int), args["orderBy"].(*ent.OperatorOrder), args["where"].(*ent.OperatorWhereInput)), true
+	case "Query.panel":
+		if e.ComplexityRoot.Query.Panel == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Query.Panel(childComplexity), true
+	case "Query.queueOverview":
+		if e.ComplexityRoot.Query.QueueOverview == nil {
+			break
+		}
+
+		args, err := ec.field_Query_queueOverview_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.QueueOverview(childComplexity, args["id"].(int)), true
 	case "Query.queues":
 		if e.ComplexityRoot.Query.Queues == nil {
 			break
@@ -2615,6 +2907,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Query.SupportCases(childComplexity, args["after"].(*entgql.Cursor[int]), args["first"].(*int), args["before"].(*entgql.Cursor[int]), args["last"].(*int), args["orderBy"].(*ent.SupportCaseOrder), args["where"].(*ent.SupportCaseWhereInput)), true
+	case "Query.transferTargets":
+		if e.ComplexityRoot.Query.TransferTargets == nil {
+			break
+		}
+
+		args, err := ec.field_Query_transferTargets_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.TransferTargets(childComplexity, args["chatId"].(int)), true
 
 	case "Queue.acceptTimeoutAction":
 		if e.ComplexityRoot.Queue.AcceptTimeoutAction == nil {
@@ -2743,6 +3046,25 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.QueueEdge.Node(childComplexity), true
+
+	case "QueueOverview.operators":
+		if e.ComplexityRoot.QueueOverview.Operators == nil {
+			break
+		}
+
+		return e.ComplexityRoot.QueueOverview.Operators(childComplexity), true
+	case "QueueOverview.queue":
+		if e.ComplexityRoot.QueueOverview.Queue == nil {
+			break
+		}
+
+		return e.ComplexityRoot.QueueOverview.Queue(childComplexity), true
+	case "QueueOverview.waitingChats":
+		if e.ComplexityRoot.QueueOverview.WaitingChats == nil {
+			break
+		}
+
+		return e.ComplexityRoot.QueueOverview.WaitingChats(childComplexity), true
 
 	case "QuickReply.createdAt":
 		if e.ComplexityRoot.QuickReply.CreatedAt == nil {
@@ -2998,6 +3320,32 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.SupportCaseEdge.Node(childComplexity), true
 
+	case "TransferChatPayload.chat":
+		if e.ComplexityRoot.TransferChatPayload.Chat == nil {
+			break
+		}
+
+		return e.ComplexityRoot.TransferChatPayload.Chat(childComplexity), true
+	case "TransferChatPayload.completed":
+		if e.ComplexityRoot.TransferChatPayload.Completed == nil {
+			break
+		}
+
+		return e.ComplexityRoot.TransferChatPayload.Completed(childComplexity), true
+
+	case "TransferTargets.operators":
+		if e.ComplexityRoot.TransferTargets.Operators == nil {
+			break
+		}
+
+		return e.ComplexityRoot.TransferTargets.Operators(childComplexity), true
+	case "TransferTargets.queues":
+		if e.ComplexityRoot.TransferTargets.Queues == nil {
+			break
+		}
+
+		return e.ComplexityRoot.TransferTargets.Queues(childComplexity), true
+
 	case "Viewer.apiKey":
 		if e.ComplexityRoot.Viewer.APIKey == nil {
 			break
@@ -3055,6 +3403,7 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 			graphql.NewInputUnmarshaler("DraftWhereInput", ec.unmarshalInputDraftWhereInput),
 			graphql.NewInputUnmarshaler("DuplicateRuleOrder", ec.unmarshalInputDuplicateRuleOrder),
 			graphql.NewInputUnmarshaler("DuplicateRuleWhereInput", ec.unmarshalInputDuplicateRuleWhereInput),
+			graphql.NewInputUnmarshaler("InboundMessageInput", ec.unmarshalInputInboundMessageInput),
 			graphql.NewInputUnmarshaler("MessageOrder", ec.unmarshalInputMessageOrder),
 			graphql.NewInputUnmarshaler("MessageWhereInput", ec.unmarshalInputMessageWhereInput),
 			graphql.NewInputUnmarshaler("OperatorOrder", ec.unmarshalInputOperatorOrder),
@@ -3069,6 +3418,7 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 			graphql.NewInputUnmarshaler("SettingWhereInput", ec.unmarshalInputSettingWhereInput),
 			graphql.NewInputUnmarshaler("SupportCaseOrder", ec.unmarshalInputSupportCaseOrder),
 			graphql.NewInputUnmarshaler("SupportCaseWhereInput", ec.unmarshalInputSupportCaseWhereInput),
+			graphql.NewInputUnmarshaler("TransferChatInput", ec.unmarshalInputTransferChatInput),
 			graphql.NewInputUnmarshaler("UpdateAccountInput", ec.unmarshalInputUpdateAccountInput),
 			graphql.NewInputUnmarshaler("UpdateChannelInput", ec.unmarshalInputUpdateChannelInput),
 			graphql.NewInputUnmarshaler("UpdateChatActionInput", ec.unmarshalInputUpdateChatActionInput),
@@ -3328,6 +3678,151 @@ type Candidate {
   "Why the operator was not chosen."
   excluded: String
 }
+
+# ---------------------------------------------------------------------------
+# The chat lifecycle and routing (R1, R4–R13, R17–R20). Error codes of these
+# operations: NOT_FOUND, VALIDATION, CHAT_COMPLETED, CHAT_ALREADY_TAKEN,
+# CHAT_NOT_OFFERED, NOT_CHAT_OWNER, CHAT_NOT_IN_PROGRESS, LIMIT_EXHAUSTED,
+# CHANNEL_INACTIVE.
+
+"An operator's availability, derived from status, load and limit (R7); never set by hand."
+enum Availability {
+  ACTIVE
+  INACTIVE
+  LIMIT_EXHAUSTED
+}
+
+"An operator with their derived availability."
+type OperatorLoad {
+  operator: Operator!
+  availability: Availability!
+  "Chats in work plus chats offered and not yet accepted."
+  load: Int!
+  "The concurrent-chats limit that applies: operator override, else queue override, else the system setting."
+  limit: Int!
+}
+
+extend type Operator {
+  "Availability derived from status, load and limit (R7)."
+  availability: OperatorLoad!
+}
+
+extend type Chat {
+  """
+  The chat's own messages, oldest first. Until the chat is completed only its
+  operator, supervisors and integrations may read them (R24), and, while it
+  waits, the operators it is offered to.
+  """
+  messages(after: Cursor, first: Int, before: Cursor, last: Int): MessageConnection!
+  "The messages of the chat and of the chats it was transferred from, oldest first (R20)."
+  history(after: Cursor, first: Int, before: Cursor, last: Int): MessageConnection!
+}
+
+"A chat as the panel lists it (R12)."
+type PanelChat {
+  chat: Chat!
+  lastMessage: Message
+  "Customer messages the owner has not read (all of them for a new chat)."
+  unreadCount: Int!
+  "Seconds the customer has been waiting: since arrival for a new chat, since their last unanswered message for an active one."
+  waitingSeconds: Int!
+}
+
+"The calling operator's communication panel (R12)."
+type Panel {
+  me: OperatorLoad!
+  "Chats offered to the operator and not yet accepted, oldest first."
+  newChats: [PanelChat!]!
+  "Chats the operator works, most recent message first."
+  activeChats: [PanelChat!]!
+}
+
+"A queue as supervisors see it (R12)."
+type QueueOverview {
+  queue: Queue!
+  "Chats waiting for an operator (offered or not), oldest first."
+  waitingChats: [PanelChat!]!
+  "Members with their availability in this queue."
+  operators: [OperatorLoad!]!
+}
+
+"Where a chat can be transferred (R19)."
+type TransferTargets {
+  queues: [Queue!]!
+  "Every other operator; LIMIT_EXHAUSTED ones are refused."
+  operators: [OperatorLoad!]!
+}
+
+extend type Query {
+  "The caller's panel: new and active chats, status and availability."
+  panel: Panel! @requires(access: OPERATOR)
+  "A queue's waiting chats and its members' availability."
+  queueOverview(id: ID!): QueueOverview! @requires(access: SUPERVISOR)
+  "Queues and operators the caller's chat can be transferred to."
+  transferTargets(chatId: ID!): TransferTargets! @requires(access: OPERATOR)
+}
+
+"A customer message sent through an API channel."
+input InboundMessageInput {
+  "A channel with provider API."
+  channelId: ID!
+  "The customer's id in the integrator's system (the contact identity)."
+  externalId: String!
+  name: String
+  username: String
+  phone: String
+  "Deduplicates retries: a message id seen before on the channel changes nothing."
+  messageId: String
+  text: String!
+}
+
+type InboundMessagePayload {
+  chat: Chat!
+  message: Message!
+  "The message opened a new chat (R1)."
+  newChat: Boolean!
+  "The message id had been received before; nothing changed."
+  duplicate: Boolean!
+}
+
+"Transfer to a queue or to an operator: give exactly one."
+input TransferChatInput {
+  chatId: ID!
+  queueId: ID
+  operatorId: ID
+  "A note to the next operator."
+  note: String
+}
+
+type TransferChatPayload {
+  "The transferred chat, now COMPLETED."
+  completed: Chat!
+  "The child chat: IN_PROGRESS for the operator, or WAITING and routed in the queue."
+  chat: Chat!
+}
+
+extend type Mutation {
+  """
+  The API channel: an integrator (or a demo) delivers a customer message as a
+  provider would. It joins the contact's open chat on the channel or opens a
+  new one, routed at once.
+  """
+  simulateInbound(input: InboundMessageInput!): InboundMessagePayload! @requires(access: INTEGRATION)
+  "Sets the caller's status (R5)."
+  setMyStatus(status: OperatorStatus!): Operator! @requires(access: OPERATOR)
+  "Sets an operator's status (supervisors)."
+  setOperatorStatus(id: ID!, status: OperatorStatus!): Operator! @requires(access: SUPERVISOR)
+  "Takes a chat offered to the caller (R13): exactly one operator wins."
+  acceptChat(id: ID!): Chat! @requires(access: OPERATOR)
+  "Ends the caller's chat (R17)."
+  completeChat(id: ID!): Chat! @requires(access: OPERATOR)
+  "Sends a message in the caller's chat (R14); delivery starts PENDING."
+  sendMessage(chatId: ID!, text: String!): Message! @requires(access: OPERATOR)
+  "Marks every message of the caller's chat read."
+  markChatRead(id: ID!): Chat! @requires(access: OPERATOR)
+  "Transfers the caller's chat to a queue or an operator (R19, R20)."
+  transferChat(input: TransferChatInput!): TransferChatPayload! @requires(access: OPERATOR)
+}
 `, BuiltIn: false},
 	{Name: "ent.graphql", Input: sourceData("ent.graphql"), BuiltIn: false},
 }
@@ -3583,12 +4078,14 @@ func (ec *executionContext) childFields_Chat(ctx context.Context, field graphql.
 		return ec.fieldContext_Chat_parent(ctx, field)
 	case "children":
 		return ec.fieldContext_Chat_children(ctx, field)
-	case "messages":
-		return ec.fieldContext_Chat_messages(ctx, field)
 	case "routingDecisions":
 		return ec.fieldContext_Chat_routingDecisions(ctx, field)
 	case "cases":
 		return ec.fieldContext_Chat_cases(ctx, field)
+	case "messages":
+		return ec.fieldContext_Chat_messages(ctx, field)
+	case "history":
+		return ec.fieldContext_Chat_history(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Chat", field.Name)
 }
@@ -3825,6 +4322,20 @@ func (ec *executionContext) childFields_DuplicateRuleEdge(ctx context.Context, f
 	return nil, fmt.Errorf("no field named %q was found under type DuplicateRuleEdge", field.Name)
 }
 
+func (ec *executionContext) childFields_InboundMessagePayload(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "chat":
+		return ec.fieldContext_InboundMessagePayload_chat(ctx, field)
+	case "message":
+		return ec.fieldContext_InboundMessagePayload_message(ctx, field)
+	case "newChat":
+		return ec.fieldContext_InboundMessagePayload_newChat(ctx, field)
+	case "duplicate":
+		return ec.fieldContext_InboundMessagePayload_duplicate(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type InboundMessagePayload", field.Name)
+}
+
 func (ec *executionContext) childFields_LoginPayload(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 	switch field.Name {
 	case "token":
@@ -3941,6 +4452,8 @@ func (ec *executionContext) childFields_Operator(ctx context.Context, field grap
 		return ec.fieldContext_Operator_offers(ctx, field)
 	case "assignedCases":
 		return ec.fieldContext_Operator_assignedCases(ctx, field)
+	case "availability":
+		return ec.fieldContext_Operator_availability(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Operator", field.Name)
 }
@@ -3965,6 +4478,20 @@ func (ec *executionContext) childFields_OperatorEdge(ctx context.Context, field 
 		return ec.fieldContext_OperatorEdge_cursor(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type OperatorEdge", field.Name)
+}
+
+func (ec *executionContext) childFields_OperatorLoad(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "operator":
+		return ec.fieldContext_OperatorLoad_operator(ctx, field)
+	case "availability":
+		return ec.fieldContext_OperatorLoad_availability(ctx, field)
+	case "load":
+		return ec.fieldContext_OperatorLoad_load(ctx, field)
+	case "limit":
+		return ec.fieldContext_OperatorLoad_limit(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type OperatorLoad", field.Name)
 }
 
 func (ec *executionContext) childFields_OperatorStatusChange(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -4019,6 +4546,32 @@ func (ec *executionContext) childFields_PageInfo(ctx context.Context, field grap
 		return ec.fieldContext_PageInfo_endCursor(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type PageInfo", field.Name)
+}
+
+func (ec *executionContext) childFields_Panel(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "me":
+		return ec.fieldContext_Panel_me(ctx, field)
+	case "newChats":
+		return ec.fieldContext_Panel_newChats(ctx, field)
+	case "activeChats":
+		return ec.fieldContext_Panel_activeChats(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type Panel", field.Name)
+}
+
+func (ec *executionContext) childFields_PanelChat(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "chat":
+		return ec.fieldContext_PanelChat_chat(ctx, field)
+	case "lastMessage":
+		return ec.fieldContext_PanelChat_lastMessage(ctx, field)
+	case "unreadCount":
+		return ec.fieldContext_PanelChat_unreadCount(ctx, field)
+	case "waitingSeconds":
+		return ec.fieldContext_PanelChat_waitingSeconds(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type PanelChat", field.Name)
 }
 
 func (ec *executionContext) childFields_Queue(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -4077,6 +4630,18 @@ func (ec *executionContext) childFields_QueueEdge(ctx context.Context, field gra
 		return ec.fieldContext_QueueEdge_cursor(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type QueueEdge", field.Name)
+}
+
+func (ec *executionContext) childFields_QueueOverview(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "queue":
+		return ec.fieldContext_QueueOverview_queue(ctx, field)
+	case "waitingChats":
+		return ec.fieldContext_QueueOverview_waitingChats(ctx, field)
+	case "operators":
+		return ec.fieldContext_QueueOverview_operators(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type QueueOverview", field.Name)
 }
 
 func (ec *executionContext) childFields_QuickReply(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -4207,6 +4772,26 @@ func (ec *executionContext) childFields_SupportCaseEdge(ctx context.Context, fie
 		return ec.fieldContext_SupportCaseEdge_cursor(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type SupportCaseEdge", field.Name)
+}
+
+func (ec *executionContext) childFields_TransferChatPayload(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "completed":
+		return ec.fieldContext_TransferChatPayload_completed(ctx, field)
+	case "chat":
+		return ec.fieldContext_TransferChatPayload_chat(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type TransferChatPayload", field.Name)
+}
+
+func (ec *executionContext) childFields_TransferTargets(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "queues":
+		return ec.fieldContext_TransferTargets_queues(ctx, field)
+	case "operators":
+		return ec.fieldContext_TransferTargets_operators(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type TransferTargets", field.Name)
 }
 
 func (ec *executionContext) childFields_Viewer(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -4405,6 +4990,44 @@ func (ec *executionContext) field_Channel_chats_args(ctx context.Context, rawArg
 	return args, nil
 }
 
+func (ec *executionContext) field_Chat_history_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*entgql.Cursor[int], error) {
+			return ec.unmarshalOCursor2ᚖentgoᚗioᚋcontribᚋentgqlᚐCursor(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "first",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["first"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "before",
+		func(ctx context.Context, v any) (*entgql.Cursor[int], error) {
+			return ec.unmarshalOCursor2ᚖentgoᚗioᚋcontribᚋentgqlᚐCursor(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["before"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "last",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["last"] = arg3
+	return args, nil
+}
+
 func (ec *executionContext) field_Chat_messages_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -4440,22 +5063,6 @@ func (ec *executionContext) field_Chat_messages_args(ctx context.Context, rawArg
 		return nil, err
 	}
 	args["last"] = arg3
-	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "orderBy",
-		func(ctx context.Context, v any) (*ent.MessageOrder, error) {
-			return ec.unmarshalOMessageOrder2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessageOrder(ctx, v)
-		})
-	if err != nil {
-		return nil, err
-	}
-	args["orderBy"] = arg4
-	arg5, err := graphql.ProcessArgField(ctx, rawArgs, "where",
-		func(ctx context.Context, v any) (*ent.MessageWhereInput, error) {
-			return ec.unmarshalOMessageWhereInput2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessageWhereInput(ctx, v)
-		})
-	if err != nil {
-		return nil, err
-	}
-	args["where"] = arg5
 	return args, nil
 }
 
@@ -4513,6 +5120,20 @@ func (ec *executionContext) field_Contact_chats_args(ctx context.Context, rawArg
 	return args, nil
 }
 
+func (ec *executionContext) field_Mutation_acceptChat_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	return args, nil
+}
+
 func (ec *executionContext) field_Mutation_changePassword_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -4532,6 +5153,20 @@ func (ec *executionContext) field_Mutation_changePassword_args(ctx context.Conte
 		return nil, err
 	}
 	args["newPassword"] = arg1
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_completeChat_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
 	return args, nil
 }
 
@@ -4753,6 +5388,20 @@ func (ec *executionContext) field_Mutation_login_args(ctx context.Context, rawAr
 	return args, nil
 }
 
+func (ec *executionContext) field_Mutation_markChatRead_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	return args, nil
+}
+
 func (ec *executionContext) field_Mutation_revokeApiKey_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -4764,6 +5413,28 @@ func (ec *executionContext) field_Mutation_revokeApiKey_args(ctx context.Context
 		return nil, err
 	}
 	args["id"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_sendMessage_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "chatId",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["chatId"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "text",
+		func(ctx context.Context, v any) (string, error) {
+			return ec.unmarshalNString2string(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["text"] = arg1
 	return args, nil
 }
 
@@ -4786,6 +5457,70 @@ func (ec *executionContext) field_Mutation_setChannelActive_args(ctx context.Con
 		return nil, err
 	}
 	args["active"] = arg1
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_setMyStatus_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "status",
+		func(ctx context.Context, v any) (enum.OperatorStatus, error) {
+			return ec.unmarshalNOperatorStatus2githubᚗcomᚋparleydeskᚋparleyᚋentᚋschemaᚋenumᚐOperatorStatus(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["status"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_setOperatorStatus_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "status",
+		func(ctx context.Context, v any) (enum.OperatorStatus, error) {
+			return ec.unmarshalNOperatorStatus2githubᚗcomᚋparleydeskᚋparleyᚋentᚋschemaᚋenumᚐOperatorStatus(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["status"] = arg1
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_simulateInbound_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "input",
+		func(ctx context.Context, v any) (InboundMessageInput, error) {
+			return ec.unmarshalNInboundMessageInput2githubᚗcomᚋparleydeskᚋparleyᚋgraphᚐInboundMessageInput(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["input"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_transferChat_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "input",
+		func(ctx context.Context, v any) (desk.TransferInput, error) {
+			return ec.unmarshalNTransferChatInput2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐTransferInput(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["input"] = arg0
 	return args, nil
 }
 
@@ -5561,6 +6296,20 @@ func (ec *executionContext) field_Query_operators_args(ctx context.Context, rawA
 	return args, nil
 }
 
+func (ec *executionContext) field_Query_queueOverview_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	return args, nil
+}
+
 func (ec *executionContext) field_Query_queues_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -5720,6 +6469,20 @@ func (ec *executionContext) field_Query_supportCases_args(ctx context.Context, r
 		return nil, err
 	}
 	args["where"] = arg5
+	return args, nil
+}
+
+func (ec *executionContext) field_Query_transferTargets_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "chatId",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["chatId"] = arg0
 	return args, nil
 }
 
@@ -8108,50 +8871,6 @@ func (ec *executionContext) fieldContext_Chat_children(_ context.Context, field 
 	return fc, nil
 }
 
-func (ec *executionContext) _Chat_messages(ctx context.Context, field graphql.CollectedField, obj *ent.Chat) (ret graphql.Marshaler) {
-	return graphql.ResolveField(
-		ctx,
-		ec.OperationContext,
-		field,
-		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
-			return ec.fieldContext_Chat_messages(ctx, field)
-		},
-		func(ctx context.Context) (any, error) {
-			fc := graphql.GetFieldContext(ctx)
-			return obj.Messages(ctx, fc.Args["after"].(*entgql.Cursor[int]), fc.Args["first"].(*int), fc.Args["before"].(*entgql.Cursor[int]), fc.Args["last"].(*int), fc.Args["orderBy"].(*ent.MessageOrder), fc.Args["where"].(*ent.MessageWhereInput))
-		},
-		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v *ent.MessageConnection) graphql.Marshaler {
-			return ec.marshalNMessageConnection2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessageConnection(ctx, selections, v)
-		},
-		true,
-		true,
-	)
-}
-func (ec *executionContext) fieldContext_Chat_messages(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	fc = &graphql.FieldContext{
-		Object:     "Chat",
-		Field:      field,
-		IsMethod:   true,
-		IsResolver: false,
-		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
-			return ec.childFields_MessageConnection(ctx, field)
-		},
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = ec.Recover(ctx, r)
-			ec.Error(ctx, err)
-		}
-	}()
-	ctx = graphql.WithFieldContext(ctx, fc)
-	if fc.Args, err = ec.field_Chat_messages_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
-		ec.Error(ctx, err)
-		return fc, err
-	}
-	return fc, nil
-}
-
 func (ec *executionContext) _Chat_routingDecisions(ctx context.Context, field graphql.CollectedField, obj *ent.Chat) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -8212,6 +8931,94 @@ func (ec *executionContext) fieldContext_Chat_cases(_ context.Context, field gra
 		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 			return ec.childFields_SupportCase(ctx, field)
 		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Chat_messages(ctx context.Context, field graphql.CollectedField, obj *ent.Chat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Chat_messages(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Chat().Messages(ctx, obj, fc.Args["after"].(*entgql.Cursor[int]), fc.Args["first"].(*int), fc.Args["before"].(*entgql.Cursor[int]), fc.Args["last"].(*int))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.MessageConnection) graphql.Marshaler {
+			return ec.marshalNMessageConnection2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessageConnection(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Chat_messages(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Chat",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_MessageConnection(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Chat_messages_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Chat_history(ctx context.Context, field graphql.CollectedField, obj *ent.Chat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Chat_history(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Chat().History(ctx, obj, fc.Args["after"].(*entgql.Cursor[int]), fc.Args["first"].(*int), fc.Args["before"].(*entgql.Cursor[int]), fc.Args["last"].(*int))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.MessageConnection) graphql.Marshaler {
+			return ec.marshalNMessageConnection2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessageConnection(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Chat_history(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Chat",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_MessageConnection(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Chat_history_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
 	}
 	return fc, nil
 }
@@ -10424,6 +11231,116 @@ func (ec *executionContext) _DuplicateRuleEdge_cursor(ctx context.Context, field
 }
 func (ec *executionContext) fieldContext_DuplicateRuleEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("DuplicateRuleEdge", field, false, false, "Cursor")
+}
+
+func (ec *executionContext) _InboundMessagePayload_chat(ctx context.Context, field graphql.CollectedField, obj *desk.IngestResult) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_InboundMessagePayload_chat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Chat, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalNChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_InboundMessagePayload_chat(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "InboundMessagePayload",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _InboundMessagePayload_message(ctx context.Context, field graphql.CollectedField, obj *desk.IngestResult) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_InboundMessagePayload_message(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Message, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Message) graphql.Marshaler {
+			return ec.marshalNMessage2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessage(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_InboundMessagePayload_message(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "InboundMessagePayload",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Message(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _InboundMessagePayload_newChat(ctx context.Context, field graphql.CollectedField, obj *desk.IngestResult) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_InboundMessagePayload_newChat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.NewChat, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_InboundMessagePayload_newChat(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("InboundMessagePayload", field, false, false, "Boolean")
+}
+
+func (ec *executionContext) _InboundMessagePayload_duplicate(ctx context.Context, field graphql.CollectedField, obj *desk.IngestResult) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_InboundMessagePayload_duplicate(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Duplicate, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_InboundMessagePayload_duplicate(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("InboundMessagePayload", field, false, false, "Boolean")
 }
 
 func (ec *executionContext) _LoginPayload_token(ctx context.Context, field graphql.CollectedField, obj *desk.LoginResult) (ret graphql.Marshaler) {
@@ -12748,6 +13665,502 @@ func (ec *executionContext) fieldContext_Mutation_updateSettings(ctx context.Con
 	return fc, nil
 }
 
+func (ec *executionContext) _Mutation_simulateInbound(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_simulateInbound(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().SimulateInbound(ctx, fc.Args["input"].(InboundMessageInput))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "INTEGRATION")
+				if err != nil {
+					var zeroVal *desk.IngestResult
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *desk.IngestResult
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *desk.IngestResult) graphql.Marshaler {
+			return ec.marshalNInboundMessagePayload2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐIngestResult(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_simulateInbound(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_InboundMessagePayload(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_simulateInbound_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_setMyStatus(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_setMyStatus(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().SetMyStatus(ctx, fc.Args["status"].(enum.OperatorStatus))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *ent.Operator
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Operator
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Operator) graphql.Marshaler {
+			return ec.marshalNOperator2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐOperator(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_setMyStatus(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Operator(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_setMyStatus_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_setOperatorStatus(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_setOperatorStatus(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().SetOperatorStatus(ctx, fc.Args["id"].(int), fc.Args["status"].(enum.OperatorStatus))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "SUPERVISOR")
+				if err != nil {
+					var zeroVal *ent.Operator
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Operator
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Operator) graphql.Marshaler {
+			return ec.marshalNOperator2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐOperator(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_setOperatorStatus(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Operator(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_setOperatorStatus_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_acceptChat(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_acceptChat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().AcceptChat(ctx, fc.Args["id"].(int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *ent.Chat
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Chat
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalNChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_acceptChat(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_acceptChat_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_completeChat(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_completeChat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().CompleteChat(ctx, fc.Args["id"].(int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *ent.Chat
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Chat
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalNChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_completeChat(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_completeChat_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_sendMessage(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_sendMessage(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().SendMessage(ctx, fc.Args["chatId"].(int), fc.Args["text"].(string))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *ent.Message
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Message
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Message) graphql.Marshaler {
+			return ec.marshalNMessage2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessage(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_sendMessage(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Message(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_sendMessage_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_markChatRead(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_markChatRead(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().MarkChatRead(ctx, fc.Args["id"].(int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *ent.Chat
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Chat
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalNChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_markChatRead(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_markChatRead_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_transferChat(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_transferChat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().TransferChat(ctx, fc.Args["input"].(desk.TransferInput))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *desk.TransferResult
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *desk.TransferResult
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *desk.TransferResult) graphql.Marshaler {
+			return ec.marshalNTransferChatPayload2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐTransferResult(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_transferChat(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_TransferChatPayload(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_transferChat_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _Operator_id(ctx context.Context, field graphql.CollectedField, obj *ent.Operator) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -13231,6 +14644,38 @@ func (ec *executionContext) fieldContext_Operator_assignedCases(_ context.Contex
 	return fc, nil
 }
 
+func (ec *executionContext) _Operator_availability(ctx context.Context, field graphql.CollectedField, obj *ent.Operator) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Operator_availability(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.Operator().Availability(ctx, obj)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *desk.OperatorLoad) graphql.Marshaler {
+			return ec.marshalNOperatorLoad2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐOperatorLoad(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Operator_availability(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Operator",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_OperatorLoad(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _OperatorConnection_edges(ctx context.Context, field graphql.CollectedField, obj *ent.OperatorConnection) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -13371,6 +14816,107 @@ func (ec *executionContext) _OperatorEdge_cursor(ctx context.Context, field grap
 }
 func (ec *executionContext) fieldContext_OperatorEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("OperatorEdge", field, false, false, "Cursor")
+}
+
+func (ec *executionContext) _OperatorLoad_operator(ctx context.Context, field graphql.CollectedField, obj *desk.OperatorLoad) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_OperatorLoad_operator(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Operator, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Operator) graphql.Marshaler {
+			return ec.marshalNOperator2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐOperator(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_OperatorLoad_operator(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "OperatorLoad",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Operator(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _OperatorLoad_availability(ctx context.Context, field graphql.CollectedField, obj *desk.OperatorLoad) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_OperatorLoad_availability(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Availability, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v desk.Availability) graphql.Marshaler {
+			return ec.marshalNAvailability2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAvailability(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_OperatorLoad_availability(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("OperatorLoad", field, false, false, "Availability")
+}
+
+func (ec *executionContext) _OperatorLoad_load(ctx context.Context, field graphql.CollectedField, obj *desk.OperatorLoad) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_OperatorLoad_load(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Load, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_OperatorLoad_load(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("OperatorLoad", field, false, false, "Int")
+}
+
+func (ec *executionContext) _OperatorLoad_limit(ctx context.Context, field graphql.CollectedField, obj *desk.OperatorLoad) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_OperatorLoad_limit(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Limit, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_OperatorLoad_limit(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("OperatorLoad", field, false, false, "Int")
 }
 
 func (ec *executionContext) _OperatorStatusChange_id(ctx context.Context, field graphql.CollectedField, obj *ent.OperatorStatusChange) (ret graphql.Marshaler) {
@@ -13752,6 +15298,212 @@ func (ec *executionContext) _PageInfo_endCursor(ctx context.Context, field graph
 }
 func (ec *executionContext) fieldContext_PageInfo_endCursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("PageInfo", field, false, false, "Cursor")
+}
+
+func (ec *executionContext) _Panel_me(ctx context.Context, field graphql.CollectedField, obj *desk.Panel) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Panel_me(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Me, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *desk.OperatorLoad) graphql.Marshaler {
+			return ec.marshalNOperatorLoad2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐOperatorLoad(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Panel_me(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Panel",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_OperatorLoad(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Panel_newChats(ctx context.Context, field graphql.CollectedField, obj *desk.Panel) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Panel_newChats(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.NewChats, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*desk.PanelChat) graphql.Marshaler {
+			return ec.marshalNPanelChat2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐPanelChatᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Panel_newChats(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Panel",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_PanelChat(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Panel_activeChats(ctx context.Context, field graphql.CollectedField, obj *desk.Panel) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Panel_activeChats(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ActiveChats, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*desk.PanelChat) graphql.Marshaler {
+			return ec.marshalNPanelChat2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐPanelChatᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Panel_activeChats(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Panel",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_PanelChat(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _PanelChat_chat(ctx context.Context, field graphql.CollectedField, obj *desk.PanelChat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PanelChat_chat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Chat, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalNChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_PanelChat_chat(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "PanelChat",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _PanelChat_lastMessage(ctx context.Context, field graphql.CollectedField, obj *desk.PanelChat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PanelChat_lastMessage(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.LastMessage, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Message) graphql.Marshaler {
+			return ec.marshalOMessage2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessage(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_PanelChat_lastMessage(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "PanelChat",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Message(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _PanelChat_unreadCount(ctx context.Context, field graphql.CollectedField, obj *desk.PanelChat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PanelChat_unreadCount(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.UnreadCount, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_PanelChat_unreadCount(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("PanelChat", field, false, false, "Int")
+}
+
+func (ec *executionContext) _PanelChat_waitingSeconds(ctx context.Context, field graphql.CollectedField, obj *desk.PanelChat) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PanelChat_waitingSeconds(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.WaitingSeconds, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_PanelChat_waitingSeconds(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("PanelChat", field, false, false, "Int")
 }
 
 func (ec *executionContext) _Query_node(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
@@ -14390,6 +16142,180 @@ func (ec *executionContext) fieldContext_Query_settings(_ context.Context, field
 	return fc, nil
 }
 
+func (ec *executionContext) _Query_panel(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_panel(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.Query().Panel(ctx)
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *desk.Panel
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *desk.Panel
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *desk.Panel) graphql.Marshaler {
+			return ec.marshalNPanel2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐPanel(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_panel(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Panel(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Query_queueOverview(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_queueOverview(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().QueueOverview(ctx, fc.Args["id"].(int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "SUPERVISOR")
+				if err != nil {
+					var zeroVal *desk.QueueOverview
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *desk.QueueOverview
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *desk.QueueOverview) graphql.Marshaler {
+			return ec.marshalNQueueOverview2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐQueueOverview(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_queueOverview(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_QueueOverview(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_queueOverview_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Query_transferTargets(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_transferTargets(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().TransferTargets(ctx, fc.Args["chatId"].(int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *desk.TransferTargets
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *desk.TransferTargets
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *desk.TransferTargets) graphql.Marshaler {
+			return ec.marshalNTransferTargets2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐTransferTargets(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_transferTargets(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_TransferTargets(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_transferTargets_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _Query___type(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -14999,6 +16925,102 @@ func (ec *executionContext) _QueueEdge_cursor(ctx context.Context, field graphql
 }
 func (ec *executionContext) fieldContext_QueueEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("QueueEdge", field, false, false, "Cursor")
+}
+
+func (ec *executionContext) _QueueOverview_queue(ctx context.Context, field graphql.CollectedField, obj *desk.QueueOverview) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_QueueOverview_queue(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Queue, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Queue) graphql.Marshaler {
+			return ec.marshalNQueue2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐQueue(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_QueueOverview_queue(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "QueueOverview",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Queue(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _QueueOverview_waitingChats(ctx context.Context, field graphql.CollectedField, obj *desk.QueueOverview) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_QueueOverview_waitingChats(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.WaitingChats, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*desk.PanelChat) graphql.Marshaler {
+			return ec.marshalNPanelChat2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐPanelChatᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_QueueOverview_waitingChats(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "QueueOverview",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_PanelChat(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _QueueOverview_operators(ctx context.Context, field graphql.CollectedField, obj *desk.QueueOverview) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_QueueOverview_operators(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Operators, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*desk.OperatorLoad) graphql.Marshaler {
+			return ec.marshalNOperatorLoad2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐOperatorLoadᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_QueueOverview_operators(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "QueueOverview",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_OperatorLoad(ctx, field)
+		},
+	}
+	return fc, nil
 }
 
 func (ec *executionContext) _QuickReply_id(ctx context.Context, field graphql.CollectedField, obj *ent.QuickReply) (ret graphql.Marshaler) {
@@ -16050,6 +18072,134 @@ func (ec *executionContext) _SupportCaseEdge_cursor(ctx context.Context, field g
 }
 func (ec *executionContext) fieldContext_SupportCaseEdge_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("SupportCaseEdge", field, false, false, "Cursor")
+}
+
+func (ec *executionContext) _TransferChatPayload_completed(ctx context.Context, field graphql.CollectedField, obj *desk.TransferResult) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_TransferChatPayload_completed(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Completed, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalNChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_TransferChatPayload_completed(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "TransferChatPayload",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _TransferChatPayload_chat(ctx context.Context, field graphql.CollectedField, obj *desk.TransferResult) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_TransferChatPayload_chat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Chat, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalNChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_TransferChatPayload_chat(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "TransferChatPayload",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _TransferTargets_queues(ctx context.Context, field graphql.CollectedField, obj *desk.TransferTargets) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_TransferTargets_queues(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Queues, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*ent.Queue) graphql.Marshaler {
+			return ec.marshalNQueue2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐQueueᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_TransferTargets_queues(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "TransferTargets",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Queue(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _TransferTargets_operators(ctx context.Context, field graphql.CollectedField, obj *desk.TransferTargets) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_TransferTargets_operators(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Operators, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*desk.OperatorLoad) graphql.Marshaler {
+			return ec.marshalNOperatorLoad2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐOperatorLoadᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_TransferTargets_operators(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "TransferTargets",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_OperatorLoad(ctx, field)
+		},
+	}
+	return fc, nil
 }
 
 func (ec *executionContext) _Viewer_operator(ctx context.Context, field graphql.CollectedField, obj *Viewer) (ret graphql.Marshaler) {
@@ -25732,6 +27882,90 @@ func UnmarshalDuplicateRuleWhereInput(ctx context.Context, raw any) (ent.Duplica
 	return out, err
 }
 
+func (ec *executionContext) unmarshalInputInboundMessageInput(ctx context.Context, obj any) (InboundMessageInput, error) {
+	var it InboundMessageInput
+	if obj == nil {
+		return it, nil
+	}
+
+	asMap := map[string]any{}
+	for k, v := range obj.(map[string]any) {
+		asMap[k] = v
+	}
+
+	fieldsInOrder := [...]string{"channelId", "externalId", "name", "username", "phone", "messageId", "text"}
+	for _, k := range fieldsInOrder {
+		v, ok := asMap[k]
+		if !ok {
+			continue
+		}
+		switch k {
+		case "channelId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("channelId"))
+			data, err := ec.unmarshalNID2int(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.ChannelID = data
+		case "externalId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("externalId"))
+			data, err := ec.unmarshalNString2string(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.ExternalID = data
+		case "name":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("name"))
+			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Name = data
+		case "username":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("username"))
+			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Username = data
+		case "phone":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("phone"))
+			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Phone = data
+		case "messageId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("messageId"))
+			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.MessageID = data
+		case "text":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("text"))
+			data, err := ec.unmarshalNString2string(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Text = data
+		}
+	}
+	return it, nil
+}
+
+// UnmarshalInboundMessageInput unmarshals raw into the InboundMessageInput input type, using the
+// unmarshaler bound to ctx's request. Call it from a resolver to decode an input
+// object that was not passed as a field argument.
+//
+// ctx must come from a gqlgen request; outside one there is no unmarshaler to use
+// and the returned error says so.
+func UnmarshalInboundMessageInput(ctx context.Context, raw any) (InboundMessageInput, error) {
+	var out InboundMessageInput
+	err := graphql.UnmarshalNamedInputFromContext(ctx, "InboundMessageInput", raw, &out)
+	return out, err
+}
+
 func (ec *executionContext) unmarshalInputMessageOrder(ctx context.Context, obj any) (ent.MessageOrder, error) {
 	var it ent.MessageOrder
 	if obj == nil {
@@ -30803,6 +33037,69 @@ func UnmarshalSupportCaseWhereInput(ctx context.Context, raw any) (ent.SupportCa
 	return out, err
 }
 
+func (ec *executionContext) unmarshalInputTransferChatInput(ctx context.Context, obj any) (desk.TransferInput, error) {
+	var it desk.TransferInput
+	if obj == nil {
+		return it, nil
+	}
+
+	asMap := map[string]any{}
+	for k, v := range obj.(map[string]any) {
+		asMap[k] = v
+	}
+
+	fieldsInOrder := [...]string{"chatId", "queueId", "operatorId", "note"}
+	for _, k := range fieldsInOrder {
+		v, ok := asMap[k]
+		if !ok {
+			continue
+		}
+		switch k {
+		case "chatId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("chatId"))
+			data, err := ec.unmarshalNID2int(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.ChatID = data
+		case "queueId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("queueId"))
+			data, err := ec.unmarshalOID2ᚖint(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.QueueID = data
+		case "operatorId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("operatorId"))
+			data, err := ec.unmarshalOID2ᚖint(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.OperatorID = data
+		case "note":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("note"))
+			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Note = data
+		}
+	}
+	return it, nil
+}
+
+// UnmarshalTransferChatInput unmarshals raw into the TransferChatInput input type, using the
+// unmarshaler bound to ctx's request. Call it from a resolver to decode an input
+// object that was not passed as a field argument.
+//
+// ctx must come from a gqlgen request; outside one there is no unmarshaler to use
+// and the returned error says so.
+func UnmarshalTransferChatInput(ctx context.Context, raw any) (desk.TransferInput, error) {
+	var out desk.TransferInput
+	err := graphql.UnmarshalNamedInputFromContext(ctx, "TransferChatInput", raw, &out)
+	return out, err
+}
+
 func (ec *executionContext) unmarshalInputUpdateAccountInput(ctx context.Context, obj any) (ent.UpdateAccountInput, error) {
 	var it ent.UpdateAccountInput
 	if obj == nil {
@@ -32574,12 +34871,6 @@ func (ec *executionContext) _Chat(ctx context.Context, sel ast.SelectionSet, obj
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Chat_children(ctx, field, obj)
 				})
-		case "messages":
-			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
-				true, true,
-				func(ctx context.Context) graphql.Marshaler {
-					return ec._Chat_messages(ctx, field, obj)
-				})
 		case "routingDecisions":
 			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
 				true, false,
@@ -32591,6 +34882,18 @@ func (ec *executionContext) _Chat(ctx context.Context, sel ast.SelectionSet, obj
 				true, false,
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Chat_cases(ctx, field, obj)
+				})
+		case "messages":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Chat_messages(ctx, field, obj)
+				})
+		case "history":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Chat_history(ctx, field, obj)
 				})
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
@@ -33549,6 +35852,54 @@ func (ec *executionContext) _DuplicateRuleEdge(ctx context.Context, sel ast.Sele
 	return out
 }
 
+var inboundMessagePayloadImplementors = []string{"InboundMessagePayload"}
+
+func (ec *executionContext) _InboundMessagePayload(ctx context.Context, sel ast.SelectionSet, obj *desk.IngestResult) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, inboundMessagePayloadImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("InboundMessagePayload")
+		case "chat":
+			out.Values[i] = ec._InboundMessagePayload_chat(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "message":
+			out.Values[i] = ec._InboundMessagePayload_message(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "newChat":
+			out.Values[i] = ec._InboundMessagePayload_newChat(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "duplicate":
+			out.Values[i] = ec._InboundMessagePayload_duplicate(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
 var loginPayloadImplementors = []string{"LoginPayload"}
 
 func (ec *executionContext) _LoginPayload(ctx context.Context, sel ast.SelectionSet, obj *desk.LoginResult) graphql.Marshaler {
@@ -34014,6 +36365,62 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "simulateInbound":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_simulateInbound(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "setMyStatus":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_setMyStatus(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "setOperatorStatus":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_setOperatorStatus(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "acceptChat":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_acceptChat(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "completeChat":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_completeChat(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "sendMessage":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_sendMessage(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "markChatRead":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_markChatRead(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "transferChat":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_transferChat(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -34137,6 +36544,12 @@ func (ec *executionContext) _Operator(ctx context.Context, sel ast.SelectionSet,
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Operator_assignedCases(ctx, field, obj)
 				})
+		case "availability":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Operator_availability(ctx, field, obj)
+				})
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -34215,6 +36628,54 @@ func (ec *executionContext) _OperatorEdge(ctx context.Context, sel ast.Selection
 			}
 		case "cursor":
 			out.Values[i] = ec._OperatorEdge_cursor(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var operatorLoadImplementors = []string{"OperatorLoad"}
+
+func (ec *executionContext) _OperatorLoad(ctx context.Context, sel ast.SelectionSet, obj *desk.OperatorLoad) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, operatorLoadImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("OperatorLoad")
+		case "operator":
+			out.Values[i] = ec._OperatorLoad_operator(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "availability":
+			out.Values[i] = ec._OperatorLoad_availability(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "load":
+			out.Values[i] = ec._OperatorLoad_load(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "limit":
+			out.Values[i] = ec._OperatorLoad_limit(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -34423,6 +36884,97 @@ func (ec *executionContext) _PageInfo(ctx context.Context, sel ast.SelectionSet,
 	return out
 }
 
+var panelImplementors = []string{"Panel"}
+
+func (ec *executionContext) _Panel(ctx context.Context, sel ast.SelectionSet, obj *desk.Panel) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, panelImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("Panel")
+		case "me":
+			out.Values[i] = ec._Panel_me(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "newChats":
+			out.Values[i] = ec._Panel_newChats(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "activeChats":
+			out.Values[i] = ec._Panel_activeChats(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var panelChatImplementors = []string{"PanelChat"}
+
+func (ec *executionContext) _PanelChat(ctx context.Context, sel ast.SelectionSet, obj *desk.PanelChat) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, panelChatImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("PanelChat")
+		case "chat":
+			out.Values[i] = ec._PanelChat_chat(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "lastMessage":
+			out.Values[i] = ec._PanelChat_lastMessage(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "unreadCount":
+			out.Values[i] = ec._PanelChat_unreadCount(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "waitingSeconds":
+			out.Values[i] = ec._PanelChat_waitingSeconds(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
 var queryImplementors = []string{"Query"}
 
 func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) graphql.Marshaler {
@@ -34531,6 +37083,24 @@ func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) gr
 				true, true,
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Query_settings(ctx, field)
+				})
+		case "panel":
+			out.ResolveRootConcurrently(innerCtx, ec.OperationContext, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Query_panel(ctx, field)
+				})
+		case "queueOverview":
+			out.ResolveRootConcurrently(innerCtx, ec.OperationContext, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Query_queueOverview(ctx, field)
+				})
+		case "transferTargets":
+			out.ResolveRootConcurrently(innerCtx, ec.OperationContext, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Query_transferTargets(ctx, field)
 				})
 		case "__type":
 			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
@@ -34731,6 +37301,49 @@ func (ec *executionContext) _QueueEdge(ctx context.Context, sel ast.SelectionSet
 			}
 		case "cursor":
 			out.Values[i] = ec._QueueEdge_cursor(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var queueOverviewImplementors = []string{"QueueOverview"}
+
+func (ec *executionContext) _QueueOverview(ctx context.Context, sel ast.SelectionSet, obj *desk.QueueOverview) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, queueOverviewImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("QueueOverview")
+		case "queue":
+			out.Values[i] = ec._QueueOverview_queue(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "waitingChats":
+			out.Values[i] = ec._QueueOverview_waitingChats(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "operators":
+			out.Values[i] = ec._QueueOverview_operators(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -35165,6 +37778,82 @@ func (ec *executionContext) _SupportCaseEdge(ctx context.Context, sel ast.Select
 			}
 		case "cursor":
 			out.Values[i] = ec._SupportCaseEdge_cursor(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var transferChatPayloadImplementors = []string{"TransferChatPayload"}
+
+func (ec *executionContext) _TransferChatPayload(ctx context.Context, sel ast.SelectionSet, obj *desk.TransferResult) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, transferChatPayloadImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("TransferChatPayload")
+		case "completed":
+			out.Values[i] = ec._TransferChatPayload_completed(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "chat":
+			out.Values[i] = ec._TransferChatPayload_chat(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var transferTargetsImplementors = []string{"TransferTargets"}
+
+func (ec *executionContext) _TransferTargets(ctx context.Context, sel ast.SelectionSet, obj *desk.TransferTargets) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, transferTargetsImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("TransferTargets")
+		case "queues":
+			out.Values[i] = ec._TransferTargets_queues(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "operators":
+			out.Values[i] = ec._TransferTargets_operators(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -35723,6 +38412,16 @@ func (ec *executionContext) marshalNAuthorKind2githubᚗcomᚋparleydeskᚋparle
 	return v
 }
 
+func (ec *executionContext) unmarshalNAvailability2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAvailability(ctx context.Context, v any) (desk.Availability, error) {
+	var res desk.Availability
+	err := res.UnmarshalGQL(v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalNAvailability2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAvailability(ctx context.Context, sel ast.SelectionSet, v desk.Availability) graphql.Marshaler {
+	return v
+}
+
 func (ec *executionContext) unmarshalNBoolean2bool(ctx context.Context, v any) (bool, error) {
 	res, err := graphql.UnmarshalBoolean(v)
 	return res, graphql.ErrorOnPath(ctx, err)
@@ -36158,6 +38857,19 @@ func (ec *executionContext) marshalNID2ᚕintᚄ(ctx context.Context, sel ast.Se
 	return ret
 }
 
+func (ec *executionContext) unmarshalNInboundMessageInput2githubᚗcomᚋparleydeskᚋparleyᚋgraphᚐInboundMessageInput(ctx context.Context, v any) (InboundMessageInput, error) {
+	res, err := ec.unmarshalInputInboundMessageInput(ctx, v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalNInboundMessagePayload2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐIngestResult(ctx context.Context, sel ast.SelectionSet, v *desk.IngestResult) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "InboundMessagePayload!")
+		return graphql.Null
+	}
+	return ec._InboundMessagePayload(ctx, sel, v)
+}
+
 func (ec *executionContext) unmarshalNInt2int(ctx context.Context, v any) (int, error) {
 	res, err := graphql.UnmarshalInt(v)
 	return res, graphql.ErrorOnPath(ctx, err)
@@ -36178,6 +38890,14 @@ func (ec *executionContext) marshalNLoginPayload2ᚖgithubᚗcomᚋparleydeskᚋ
 		return graphql.Null
 	}
 	return ec._LoginPayload(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNMessage2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessage(ctx context.Context, sel ast.SelectionSet, v *ent.Message) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "Message!")
+		return graphql.Null
+	}
+	return ec._Message(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalNMessageConnection2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessageConnection(ctx context.Context, sel ast.SelectionSet, v *ent.MessageConnection) graphql.Marshaler {
@@ -36253,6 +38973,30 @@ func (ec *executionContext) marshalNOperatorConnection2ᚖgithubᚗcomᚋparleyd
 	return ec._OperatorConnection(ctx, sel, v)
 }
 
+func (ec *executionContext) marshalNOperatorLoad2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐOperatorLoadᚄ(ctx context.Context, sel ast.SelectionSet, v []*desk.OperatorLoad) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNOperatorLoad2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐOperatorLoad(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNOperatorLoad2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐOperatorLoad(ctx context.Context, sel ast.SelectionSet, v *desk.OperatorLoad) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "OperatorLoad!")
+		return graphql.Null
+	}
+	return ec._OperatorLoad(ctx, sel, v)
+}
+
 func (ec *executionContext) unmarshalNOperatorOrderField2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐOperatorOrderField(ctx context.Context, v any) (*ent.OperatorOrderField, error) {
 	var res = new(ent.OperatorOrderField)
 	err := res.UnmarshalGQL(v)
@@ -36323,6 +39067,38 @@ func (ec *executionContext) marshalNPageInfo2entgoᚗioᚋcontribᚋentgqlᚐPag
 	return ec._PageInfo(ctx, sel, &v)
 }
 
+func (ec *executionContext) marshalNPanel2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐPanel(ctx context.Context, sel ast.SelectionSet, v *desk.Panel) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "Panel!")
+		return graphql.Null
+	}
+	return ec._Panel(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNPanelChat2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐPanelChatᚄ(ctx context.Context, sel ast.SelectionSet, v []*desk.PanelChat) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNPanelChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐPanelChat(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNPanelChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐPanelChat(ctx context.Context, sel ast.SelectionSet, v *desk.PanelChat) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "PanelChat!")
+		return graphql.Null
+	}
+	return ec._PanelChat(ctx, sel, v)
+}
+
 func (ec *executionContext) unmarshalNProvider2githubᚗcomᚋparleydeskᚋparleyᚋentᚋschemaᚋenumᚐProvider(ctx context.Context, v any) (enum.Provider, error) {
 	var res enum.Provider
 	err := res.UnmarshalGQL(v)
@@ -36331,6 +39107,22 @@ func (ec *executionContext) unmarshalNProvider2githubᚗcomᚋparleydeskᚋparle
 
 func (ec *executionContext) marshalNProvider2githubᚗcomᚋparleydeskᚋparleyᚋentᚋschemaᚋenumᚐProvider(ctx context.Context, sel ast.SelectionSet, v enum.Provider) graphql.Marshaler {
 	return v
+}
+
+func (ec *executionContext) marshalNQueue2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐQueueᚄ(ctx context.Context, sel ast.SelectionSet, v []*ent.Queue) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNQueue2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐQueue(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
 }
 
 func (ec *executionContext) marshalNQueue2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐQueue(ctx context.Context, sel ast.SelectionSet, v *ent.Queue) graphql.Marshaler {
@@ -36361,6 +39153,14 @@ func (ec *executionContext) marshalNQueueOrderField2ᚖgithubᚗcomᚋparleydesk
 		return graphql.Null
 	}
 	return v
+}
+
+func (ec *executionContext) marshalNQueueOverview2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐQueueOverview(ctx context.Context, sel ast.SelectionSet, v *desk.QueueOverview) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "QueueOverview!")
+		return graphql.Null
+	}
+	return ec._QueueOverview(ctx, sel, v)
 }
 
 func (ec *executionContext) unmarshalNQueueWhereInput2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐQueueWhereInput(ctx context.Context, v any) (*ent.QueueWhereInput, error) {
@@ -36520,6 +39320,27 @@ func (ec *executionContext) marshalNTime2timeᚐTime(ctx context.Context, sel as
 		graphql.AddInvalidNullFromMarshaler(ctx, "Time!")
 	}
 	return res
+}
+
+func (ec *executionContext) unmarshalNTransferChatInput2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐTransferInput(ctx context.Context, v any) (desk.TransferInput, error) {
+	res, err := ec.unmarshalInputTransferChatInput(ctx, v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalNTransferChatPayload2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐTransferResult(ctx context.Context, sel ast.SelectionSet, v *desk.TransferResult) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "TransferChatPayload!")
+		return graphql.Null
+	}
+	return ec._TransferChatPayload(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNTransferTargets2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐTransferTargets(ctx context.Context, sel ast.SelectionSet, v *desk.TransferTargets) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "TransferTargets!")
+		return graphql.Null
+	}
+	return ec._TransferTargets(ctx, sel, v)
 }
 
 func (ec *executionContext) unmarshalNUpdateAccountInput2githubᚗcomᚋparleydeskᚋparleyᚋentᚐUpdateAccountInput(ctx context.Context, v any) (ent.UpdateAccountInput, error) {
@@ -38263,14 +41084,6 @@ func (ec *executionContext) marshalOMessageKind2ᚖgithubᚗcomᚋparleydeskᚋp
 		return graphql.Null
 	}
 	return v
-}
-
-func (ec *executionContext) unmarshalOMessageOrder2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessageOrder(ctx context.Context, v any) (*ent.MessageOrder, error) {
-	if v == nil {
-		return nil, nil
-	}
-	res, err := ec.unmarshalInputMessageOrder(ctx, v)
-	return &res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) unmarshalOMessageWhereInput2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessageWhereInputᚄ(ctx context.Context, v any) ([]*ent.MessageWhereInput, error) {

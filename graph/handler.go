@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -111,6 +112,9 @@ func isPublic(f graphql.CollectedField) bool {
 // CodeBadRequest is the code of a request that is not a GraphQL request.
 const CodeBadRequest desk.Code = "BAD_REQUEST"
 
+// CodeQueryTooLarge is the code of a document over the parser's token limit.
+const CodeQueryTooLarge desk.Code = "QUERY_TOO_LARGE"
+
 // resolverError marks an error returned by a resolver (as opposed to one of
 // the GraphQL layer, such as a malformed argument), so that the presenter
 // knows an unclassified one is internal.
@@ -145,6 +149,11 @@ func presentError(ctx context.Context, log *slog.Logger, err error) *gqlerror.Er
 			log.Error("resolver failed", "path", ge.Path.String(), "err", re.err)
 		}
 	case ge.Extensions["code"] != nil:
+		if ge.Extensions["code"] == errcode.ParseFailed && strings.HasPrefix(ge.Message, "exceeded token limit") {
+			// gqlparser reports its token limit as a parse failure; tell the
+			// client the document is too large, as schema.graphql documents.
+			ge.Extensions["code"] = string(CodeQueryTooLarge)
+		}
 		return ge // the GraphQL layer's own code (parse, validation, complexity)
 	case len(ge.Path) == 0:
 		// The request itself could not be read (malformed JSON, wrong method).
@@ -233,8 +242,19 @@ func checkPage(first, last *int) error {
 }
 
 // authorizeNode hides from node(id:) what the caller may not list.
-func authorizeNode(ctx context.Context, n ent.Noder) error {
-	switch n.(type) {
+func authorizeNode(ctx context.Context, d *desk.Desk, n ent.Noder) error {
+	switch n := n.(type) {
+	case *ent.Message:
+		// R24: a message is read through its chat's rules.
+		c, err := d.Client().Chat.Get(ctx, n.ChatID)
+		if err != nil {
+			return err
+		}
+		if ok, err := d.CanReadMessages(ctx, c); err != nil {
+			return err
+		} else if !ok {
+			return desk.Fail(desk.CodeNotFound, "not found")
+		}
 	case *ent.ApiKey:
 		if _, err := desk.Require(ctx, desk.AccessAdmin); err != nil {
 			return err

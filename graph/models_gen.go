@@ -8,6 +8,20 @@ import (
 	"github.com/parleydesk/parley/ent"
 )
 
+// A customer message sent through an API channel.
+type InboundMessageInput struct {
+	// A channel with provider API.
+	ChannelID int `json:"channelId"`
+	// The customer's id in the integrator's system (the contact identity).
+	ExternalID string  `json:"externalId"`
+	Name       *string `json:"name,omitempty"`
+	Username   *string `json:"username,omitempty"`
+	Phone      *string `json:"phone,omitempty"`
+	// Deduplicates retries: a message id seen before on the channel changes nothing.
+	MessageID *string `json:"messageId,omitempty"`
+	Text      string  `json:"text"`
+}
+
 // Who is calling.
 type Viewer struct {
 	// The operator behind a bearer token; null for an API key.

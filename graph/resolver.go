@@ -12,3 +12,12 @@ type Resolver struct {
 	client *ent.Client
 	desk   *desk.Desk
 }
+
+// deref returns the value of an optional argument, or its zero value.
+func deref[T any](p *T) T {
+	if p == nil {
+		var zero T
+		return zero
+	}
+	return *p
+}

@@ -60,7 +60,7 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "chat" package.
 	ChatsInverseTable = "chats"
 	// ChatsColumn is the table column denoting the chats relation/edge.
-	ChatsColumn = "channel_chats"
+	ChatsColumn = "channel_id"
 )
 
 // Columns holds all SQL columns for channel fields.

@@ -48,6 +48,16 @@ const (
 	FieldTransferNote = "transfer_note"
 	// FieldDuplicatesFound holds the string denoting the duplicates_found field in the database.
 	FieldDuplicatesFound = "duplicates_found"
+	// FieldChannelID holds the string denoting the channel_id field in the database.
+	FieldChannelID = "channel_id"
+	// FieldContactID holds the string denoting the contact_id field in the database.
+	FieldContactID = "contact_id"
+	// FieldQueueID holds the string denoting the queue_id field in the database.
+	FieldQueueID = "queue_id"
+	// FieldOwnerID holds the string denoting the owner_id field in the database.
+	FieldOwnerID = "owner_id"
+	// FieldParentID holds the string denoting the parent_id field in the database.
+	FieldParentID = "parent_id"
 	// EdgeChannel holds the string denoting the channel edge name in mutations.
 	EdgeChannel = "channel"
 	// EdgeContact holds the string denoting the contact edge name in mutations.
@@ -76,50 +86,50 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "channel" package.
 	ChannelInverseTable = "channels"
 	// ChannelColumn is the table column denoting the channel relation/edge.
-	ChannelColumn = "channel_chats"
+	ChannelColumn = "channel_id"
 	// ContactTable is the table that holds the contact relation/edge.
 	ContactTable = "chats"
 	// ContactInverseTable is the table name for the Contact entity.
 	// It exists in this package in order to avoid circular dependency with the "contact" package.
 	ContactInverseTable = "contacts"
 	// ContactColumn is the table column denoting the contact relation/edge.
-	ContactColumn = "contact_chats"
+	ContactColumn = "contact_id"
 	// QueueTable is the table that holds the queue relation/edge.
 	QueueTable = "chats"
 	// QueueInverseTable is the table name for the Queue entity.
 	// It exists in this package in order to avoid circular dependency with the "queue" package.
 	QueueInverseTable = "queues"
 	// QueueColumn is the table column denoting the queue relation/edge.
-	QueueColumn = "queue_chats"
+	QueueColumn = "queue_id"
 	// OwnerTable is the table that holds the owner relation/edge.
 	OwnerTable = "chats"
 	// OwnerInverseTable is the table name for the Operator entity.
 	// It exists in this package in order to avoid circular dependency with the "operator" package.
 	OwnerInverseTable = "operators"
 	// OwnerColumn is the table column denoting the owner relation/edge.
-	OwnerColumn = "chat_owner"
+	OwnerColumn = "owner_id"
 	// OffersTable is the table that holds the offers relation/edge.
 	OffersTable = "chat_offers"
 	// OffersInverseTable is the table name for the ChatOffer entity.
 	// It exists in this package in order to avoid circular dependency with the "chatoffer" package.
 	OffersInverseTable = "chat_offers"
 	// OffersColumn is the table column denoting the offers relation/edge.
-	OffersColumn = "chat_offers"
+	OffersColumn = "chat_id"
 	// ParentTable is the table that holds the parent relation/edge.
 	ParentTable = "chats"
 	// ParentColumn is the table column denoting the parent relation/edge.
-	ParentColumn = "chat_children"
+	ParentColumn = "parent_id"
 	// ChildrenTable is the table that holds the children relation/edge.
 	ChildrenTable = "chats"
 	// ChildrenColumn is the table column denoting the children relation/edge.
-	ChildrenColumn = "chat_children"
+	ChildrenColumn = "parent_id"
 	// MessagesTable is the table that holds the messages relation/edge.
 	MessagesTable = "messages"
 	// MessagesInverseTable is the table name for the Message entity.
 	// It exists in this package in order to avoid circular dependency with the "message" package.
 	MessagesInverseTable = "messages"
 	// MessagesColumn is the table column denoting the messages relation/edge.
-	MessagesColumn = "chat_messages"
+	MessagesColumn = "chat_id"
 	// RoutingDecisionsTable is the table that holds the routing_decisions relation/edge.
 	RoutingDecisionsTable = "routing_decisions"
 	// RoutingDecisionsInverseTable is the table name for the RoutingDecision entity.
@@ -155,27 +165,17 @@ var Columns = []string{
 	FieldDurationSeconds,
 	FieldTransferNote,
 	FieldDuplicatesFound,
-}
-
-// ForeignKeys holds the SQL foreign-keys that are owned by the "chats"
-// table and are not defined as standalone fields in the schema.
-var ForeignKeys = []string{
-	"channel_chats",
-	"chat_owner",
-	"chat_children",
-	"contact_chats",
-	"queue_chats",
+	FieldChannelID,
+	FieldContactID,
+	FieldQueueID,
+	FieldOwnerID,
+	FieldParentID,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).
 func ValidColumn(column string) bool {
 	for i := range Columns {
 		if column == Columns[i] {
-			return true
-		}
-	}
-	for i := range ForeignKeys {
-		if column == ForeignKeys[i] {
 			return true
 		}
 	}
@@ -295,6 +295,31 @@ func ByTransferNote(opts ...sql.OrderTermOption) OrderOption {
 // ByDuplicatesFound orders the results by the duplicates_found field.
 func ByDuplicatesFound(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldDuplicatesFound, opts...).ToFunc()
+}
+
+// ByChannelID orders the results by the channel_id field.
+func ByChannelID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldChannelID, opts...).ToFunc()
+}
+
+// ByContactID orders the results by the contact_id field.
+func ByContactID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldContactID, opts...).ToFunc()
+}
+
+// ByQueueID orders the results by the queue_id field.
+func ByQueueID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldQueueID, opts...).ToFunc()
+}
+
+// ByOwnerID orders the results by the owner_id field.
+func ByOwnerID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldOwnerID, opts...).ToFunc()
+}
+
+// ByParentID orders the results by the parent_id field.
+func ByParentID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldParentID, opts...).ToFunc()
 }
 
 // ByChannelField orders the results by channel field.

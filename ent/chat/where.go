@@ -126,6 +126,31 @@ func DuplicatesFound(v int) predicate.Chat {
 	return predicate.Chat(sql.FieldEQ(FieldDuplicatesFound, v))
 }
 
+// ChannelID applies equality check predicate on the "channel_id" field. It's identical to ChannelIDEQ.
+func ChannelID(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldChannelID, v))
+}
+
+// ContactID applies equality check predicate on the "contact_id" field. It's identical to ContactIDEQ.
+func ContactID(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldContactID, v))
+}
+
+// QueueID applies equality check predicate on the "queue_id" field. It's identical to QueueIDEQ.
+func QueueID(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldQueueID, v))
+}
+
+// OwnerID applies equality check predicate on the "owner_id" field. It's identical to OwnerIDEQ.
+func OwnerID(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldOwnerID, v))
+}
+
+// ParentID applies equality check predicate on the "parent_id" field. It's identical to ParentIDEQ.
+func ParentID(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldParentID, v))
+}
+
 // StatusEQ applies the EQ predicate on the "status" field.
 func StatusEQ(v enum.ChatStatus) predicate.Chat {
 	vc := v
@@ -889,6 +914,126 @@ func DuplicatesFoundLT(v int) predicate.Chat {
 // DuplicatesFoundLTE applies the LTE predicate on the "duplicates_found" field.
 func DuplicatesFoundLTE(v int) predicate.Chat {
 	return predicate.Chat(sql.FieldLTE(FieldDuplicatesFound, v))
+}
+
+// ChannelIDEQ applies the EQ predicate on the "channel_id" field.
+func ChannelIDEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldChannelID, v))
+}
+
+// ChannelIDNEQ applies the NEQ predicate on the "channel_id" field.
+func ChannelIDNEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldNEQ(FieldChannelID, v))
+}
+
+// ChannelIDIn applies the In predicate on the "channel_id" field.
+func ChannelIDIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldIn(FieldChannelID, vs...))
+}
+
+// ChannelIDNotIn applies the NotIn predicate on the "channel_id" field.
+func ChannelIDNotIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldNotIn(FieldChannelID, vs...))
+}
+
+// ContactIDEQ applies the EQ predicate on the "contact_id" field.
+func ContactIDEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldContactID, v))
+}
+
+// ContactIDNEQ applies the NEQ predicate on the "contact_id" field.
+func ContactIDNEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldNEQ(FieldContactID, v))
+}
+
+// ContactIDIn applies the In predicate on the "contact_id" field.
+func ContactIDIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldIn(FieldContactID, vs...))
+}
+
+// ContactIDNotIn applies the NotIn predicate on the "contact_id" field.
+func ContactIDNotIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldNotIn(FieldContactID, vs...))
+}
+
+// QueueIDEQ applies the EQ predicate on the "queue_id" field.
+func QueueIDEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldQueueID, v))
+}
+
+// QueueIDNEQ applies the NEQ predicate on the "queue_id" field.
+func QueueIDNEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldNEQ(FieldQueueID, v))
+}
+
+// QueueIDIn applies the In predicate on the "queue_id" field.
+func QueueIDIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldIn(FieldQueueID, vs...))
+}
+
+// QueueIDNotIn applies the NotIn predicate on the "queue_id" field.
+func QueueIDNotIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldNotIn(FieldQueueID, vs...))
+}
+
+// OwnerIDEQ applies the EQ predicate on the "owner_id" field.
+func OwnerIDEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldOwnerID, v))
+}
+
+// OwnerIDNEQ applies the NEQ predicate on the "owner_id" field.
+func OwnerIDNEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldNEQ(FieldOwnerID, v))
+}
+
+// OwnerIDIn applies the In predicate on the "owner_id" field.
+func OwnerIDIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldIn(FieldOwnerID, vs...))
+}
+
+// OwnerIDNotIn applies the NotIn predicate on the "owner_id" field.
+func OwnerIDNotIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldNotIn(FieldOwnerID, vs...))
+}
+
+// OwnerIDIsNil applies the IsNil predicate on the "owner_id" field.
+func OwnerIDIsNil() predicate.Chat {
+	return predicate.Chat(sql.FieldIsNull(FieldOwnerID))
+}
+
+// OwnerIDNotNil applies the NotNil predicate on the "owner_id" field.
+func OwnerIDNotNil() predicate.Chat {
+	return predicate.Chat(sql.FieldNotNull(FieldOwnerID))
+}
+
+// ParentIDEQ applies the EQ predicate on the "parent_id" field.
+func ParentIDEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldParentID, v))
+}
+
+// ParentIDNEQ applies the NEQ predicate on the "parent_id" field.
+func ParentIDNEQ(v int) predicate.Chat {
+	return predicate.Chat(sql.FieldNEQ(FieldParentID, v))
+}
+
+// ParentIDIn applies the In predicate on the "parent_id" field.
+func ParentIDIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldIn(FieldParentID, vs...))
+}
+
+// ParentIDNotIn applies the NotIn predicate on the "parent_id" field.
+func ParentIDNotIn(vs ...int) predicate.Chat {
+	return predicate.Chat(sql.FieldNotIn(FieldParentID, vs...))
+}
+
+// ParentIDIsNil applies the IsNil predicate on the "parent_id" field.
+func ParentIDIsNil() predicate.Chat {
+	return predicate.Chat(sql.FieldIsNull(FieldParentID))
+}
+
+// ParentIDNotNil applies the NotNil predicate on the "parent_id" field.
+func ParentIDNotNil() predicate.Chat {
+	return predicate.Chat(sql.FieldNotNull(FieldParentID))
 }
 
 // HasChannel applies the HasEdge predicate on the "channel" edge.

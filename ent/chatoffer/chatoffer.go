@@ -24,6 +24,10 @@ const (
 	FieldExpiresAt = "expires_at"
 	// FieldClosedAt holds the string denoting the closed_at field in the database.
 	FieldClosedAt = "closed_at"
+	// FieldChatID holds the string denoting the chat_id field in the database.
+	FieldChatID = "chat_id"
+	// FieldOperatorID holds the string denoting the operator_id field in the database.
+	FieldOperatorID = "operator_id"
 	// EdgeChat holds the string denoting the chat edge name in mutations.
 	EdgeChat = "chat"
 	// EdgeOperator holds the string denoting the operator edge name in mutations.
@@ -36,14 +40,14 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "chat" package.
 	ChatInverseTable = "chats"
 	// ChatColumn is the table column denoting the chat relation/edge.
-	ChatColumn = "chat_offers"
+	ChatColumn = "chat_id"
 	// OperatorTable is the table that holds the operator relation/edge.
 	OperatorTable = "chat_offers"
 	// OperatorInverseTable is the table name for the Operator entity.
 	// It exists in this package in order to avoid circular dependency with the "operator" package.
 	OperatorInverseTable = "operators"
 	// OperatorColumn is the table column denoting the operator relation/edge.
-	OperatorColumn = "chat_offer_operator"
+	OperatorColumn = "operator_id"
 )
 
 // Columns holds all SQL columns for chatoffer fields.
@@ -53,24 +57,14 @@ var Columns = []string{
 	FieldCreatedAt,
 	FieldExpiresAt,
 	FieldClosedAt,
-}
-
-// ForeignKeys holds the SQL foreign-keys that are owned by the "chat_offers"
-// table and are not defined as standalone fields in the schema.
-var ForeignKeys = []string{
-	"chat_offers",
-	"chat_offer_operator",
+	FieldChatID,
+	FieldOperatorID,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).
 func ValidColumn(column string) bool {
 	for i := range Columns {
 		if column == Columns[i] {
-			return true
-		}
-	}
-	for i := range ForeignKeys {
-		if column == ForeignKeys[i] {
 			return true
 		}
 	}
@@ -113,6 +107,16 @@ func ByExpiresAt(opts ...sql.OrderTermOption) OrderOption {
 // ByClosedAt orders the results by the closed_at field.
 func ByClosedAt(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldClosedAt, opts...).ToFunc()
+}
+
+// ByChatID orders the results by the chat_id field.
+func ByChatID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldChatID, opts...).ToFunc()
+}
+
+// ByOperatorID orders the results by the operator_id field.
+func ByOperatorID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldOperatorID, opts...).ToFunc()
 }
 
 // ByChatField orders the results by chat field.

@@ -71,6 +71,16 @@ func ClosedAt(v time.Time) predicate.ChatOffer {
 	return predicate.ChatOffer(sql.FieldEQ(FieldClosedAt, v))
 }
 
+// ChatID applies equality check predicate on the "chat_id" field. It's identical to ChatIDEQ.
+func ChatID(v int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldEQ(FieldChatID, v))
+}
+
+// OperatorID applies equality check predicate on the "operator_id" field. It's identical to OperatorIDEQ.
+func OperatorID(v int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldEQ(FieldOperatorID, v))
+}
+
 // StatusEQ applies the EQ predicate on the "status" field.
 func StatusEQ(v enum.OfferStatus) predicate.ChatOffer {
 	vc := v
@@ -239,6 +249,46 @@ func ClosedAtIsNil() predicate.ChatOffer {
 // ClosedAtNotNil applies the NotNil predicate on the "closed_at" field.
 func ClosedAtNotNil() predicate.ChatOffer {
 	return predicate.ChatOffer(sql.FieldNotNull(FieldClosedAt))
+}
+
+// ChatIDEQ applies the EQ predicate on the "chat_id" field.
+func ChatIDEQ(v int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldEQ(FieldChatID, v))
+}
+
+// ChatIDNEQ applies the NEQ predicate on the "chat_id" field.
+func ChatIDNEQ(v int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldNEQ(FieldChatID, v))
+}
+
+// ChatIDIn applies the In predicate on the "chat_id" field.
+func ChatIDIn(vs ...int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldIn(FieldChatID, vs...))
+}
+
+// ChatIDNotIn applies the NotIn predicate on the "chat_id" field.
+func ChatIDNotIn(vs ...int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldNotIn(FieldChatID, vs...))
+}
+
+// OperatorIDEQ applies the EQ predicate on the "operator_id" field.
+func OperatorIDEQ(v int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldEQ(FieldOperatorID, v))
+}
+
+// OperatorIDNEQ applies the NEQ predicate on the "operator_id" field.
+func OperatorIDNEQ(v int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldNEQ(FieldOperatorID, v))
+}
+
+// OperatorIDIn applies the In predicate on the "operator_id" field.
+func OperatorIDIn(vs ...int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldIn(FieldOperatorID, vs...))
+}
+
+// OperatorIDNotIn applies the NotIn predicate on the "operator_id" field.
+func OperatorIDNotIn(vs ...int) predicate.ChatOffer {
+	return predicate.ChatOffer(sql.FieldNotIn(FieldOperatorID, vs...))
 }
 
 // HasChat applies the HasEdge predicate on the "chat" edge.

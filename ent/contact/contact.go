@@ -62,7 +62,7 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "chat" package.
 	ChatsInverseTable = "chats"
 	// ChatsColumn is the table column denoting the chats relation/edge.
-	ChatsColumn = "contact_chats"
+	ChatsColumn = "contact_id"
 	// CasesTable is the table that holds the cases relation/edge.
 	CasesTable = "support_cases"
 	// CasesInverseTable is the table name for the SupportCase entity.

@@ -48,6 +48,8 @@ const (
 	FieldEditedAt = "edited_at"
 	// FieldPreviousTexts holds the string denoting the previous_texts field in the database.
 	FieldPreviousTexts = "previous_texts"
+	// FieldChatID holds the string denoting the chat_id field in the database.
+	FieldChatID = "chat_id"
 	// EdgeChat holds the string denoting the chat edge name in mutations.
 	EdgeChat = "chat"
 	// EdgeAuthor holds the string denoting the author edge name in mutations.
@@ -62,7 +64,7 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "chat" package.
 	ChatInverseTable = "chats"
 	// ChatColumn is the table column denoting the chat relation/edge.
-	ChatColumn = "chat_messages"
+	ChatColumn = "chat_id"
 	// AuthorTable is the table that holds the author relation/edge.
 	AuthorTable = "messages"
 	// AuthorInverseTable is the table name for the Operator entity.
@@ -98,12 +100,12 @@ var Columns = []string{
 	FieldReadAt,
 	FieldEditedAt,
 	FieldPreviousTexts,
+	FieldChatID,
 }
 
 // ForeignKeys holds the SQL foreign-keys that are owned by the "messages"
 // table and are not defined as standalone fields in the schema.
 var ForeignKeys = []string{
-	"chat_messages",
 	"message_author",
 }
 
@@ -247,6 +249,11 @@ func ByReadAt(opts ...sql.OrderTermOption) OrderOption {
 // ByEditedAt orders the results by the edited_at field.
 func ByEditedAt(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldEditedAt, opts...).ToFunc()
+}
+
+// ByChatID orders the results by the chat_id field.
+func ByChatID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldChatID, opts...).ToFunc()
 }
 
 // ByChatField orders the results by chat field.

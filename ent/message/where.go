@@ -106,6 +106,11 @@ func EditedAt(v time.Time) predicate.Message {
 	return predicate.Message(sql.FieldEQ(FieldEditedAt, v))
 }
 
+// ChatID applies equality check predicate on the "chat_id" field. It's identical to ChatIDEQ.
+func ChatID(v int) predicate.Message {
+	return predicate.Message(sql.FieldEQ(FieldChatID, v))
+}
+
 // DirectionEQ applies the EQ predicate on the "direction" field.
 func DirectionEQ(v enum.Direction) predicate.Message {
 	vc := v
@@ -824,6 +829,26 @@ func PreviousTextsIsNil() predicate.Message {
 // PreviousTextsNotNil applies the NotNil predicate on the "previous_texts" field.
 func PreviousTextsNotNil() predicate.Message {
 	return predicate.Message(sql.FieldNotNull(FieldPreviousTexts))
+}
+
+// ChatIDEQ applies the EQ predicate on the "chat_id" field.
+func ChatIDEQ(v int) predicate.Message {
+	return predicate.Message(sql.FieldEQ(FieldChatID, v))
+}
+
+// ChatIDNEQ applies the NEQ predicate on the "chat_id" field.
+func ChatIDNEQ(v int) predicate.Message {
+	return predicate.Message(sql.FieldNEQ(FieldChatID, v))
+}
+
+// ChatIDIn applies the In predicate on the "chat_id" field.
+func ChatIDIn(vs ...int) predicate.Message {
+	return predicate.Message(sql.FieldIn(FieldChatID, vs...))
+}
+
+// ChatIDNotIn applies the NotIn predicate on the "chat_id" field.
+func ChatIDNotIn(vs ...int) predicate.Message {
+	return predicate.Message(sql.FieldNotIn(FieldChatID, vs...))
 }
 
 // HasChat applies the HasEdge predicate on the "chat" edge.

@@ -130,11 +130,11 @@ var (
 		{Name: "duration_seconds", Type: field.TypeInt, Nullable: true},
 		{Name: "transfer_note", Type: field.TypeString, Nullable: true, Size: 2000},
 		{Name: "duplicates_found", Type: field.TypeInt, Default: 0},
-		{Name: "channel_chats", Type: field.TypeInt},
-		{Name: "chat_owner", Type: field.TypeInt, Nullable: true},
-		{Name: "chat_children", Type: field.TypeInt, Nullable: true},
-		{Name: "contact_chats", Type: field.TypeInt},
-		{Name: "queue_chats", Type: field.TypeInt},
+		{Name: "channel_id", Type: field.TypeInt},
+		{Name: "owner_id", Type: field.TypeInt, Nullable: true},
+		{Name: "parent_id", Type: field.TypeInt, Nullable: true},
+		{Name: "contact_id", Type: field.TypeInt},
+		{Name: "queue_id", Type: field.TypeInt},
 	}
 	// ChatsTable holds the schema information for the "chats" table.
 	ChatsTable = &schema.Table{
@@ -180,19 +180,27 @@ var (
 				Columns: []*schema.Column{ChatsColumns[1], ChatsColumns[2]},
 			},
 			{
-				Name:    "chat_status_contact_chats_channel_chats",
-				Unique:  false,
-				Columns: []*schema.Column{ChatsColumns[1], ChatsColumns[20], ChatsColumns[17]},
+				Name:    "chat_contact_id_channel_id",
+				Unique:  true,
+				Columns: []*schema.Column{ChatsColumns[20], ChatsColumns[17]},
+				Annotation: &entsql.IndexAnnotation{
+					Where: "status <> 'COMPLETED'",
+				},
 			},
 			{
-				Name:    "chat_status_chat_owner",
+				Name:    "chat_contact_id_channel_id_status",
 				Unique:  false,
-				Columns: []*schema.Column{ChatsColumns[1], ChatsColumns[18]},
+				Columns: []*schema.Column{ChatsColumns[20], ChatsColumns[17], ChatsColumns[1]},
 			},
 			{
-				Name:    "chat_status_created_at_queue_chats",
+				Name:    "chat_owner_id_status",
 				Unique:  false,
-				Columns: []*schema.Column{ChatsColumns[1], ChatsColumns[2], ChatsColumns[21]},
+				Columns: []*schema.Column{ChatsColumns[18], ChatsColumns[1]},
+			},
+			{
+				Name:    "chat_queue_id_status_created_at",
+				Unique:  false,
+				Columns: []*schema.Column{ChatsColumns[21], ChatsColumns[1], ChatsColumns[2]},
 			},
 			{
 				Name:    "chat_completion_due_at",
@@ -235,8 +243,8 @@ var (
 		{Name: "created_at", Type: field.TypeTime},
 		{Name: "expires_at", Type: field.TypeTime, Nullable: true},
 		{Name: "closed_at", Type: field.TypeTime, Nullable: true},
-		{Name: "chat_offers", Type: field.TypeInt},
-		{Name: "chat_offer_operator", Type: field.TypeInt},
+		{Name: "chat_id", Type: field.TypeInt},
+		{Name: "operator_id", Type: field.TypeInt},
 	}
 	// ChatOffersTable holds the schema information for the "chat_offers" table.
 	ChatOffersTable = &schema.Table{
@@ -259,14 +267,14 @@ var (
 		},
 		Indexes: []*schema.Index{
 			{
-				Name:    "chatoffer_status_chat_offers",
+				Name:    "chatoffer_chat_id_status",
 				Unique:  false,
-				Columns: []*schema.Column{ChatOffersColumns[1], ChatOffersColumns[5]},
+				Columns: []*schema.Column{ChatOffersColumns[5], ChatOffersColumns[1]},
 			},
 			{
-				Name:    "chatoffer_status_chat_offer_operator",
+				Name:    "chatoffer_operator_id_status",
 				Unique:  false,
-				Columns: []*schema.Column{ChatOffersColumns[1], ChatOffersColumns[6]},
+				Columns: []*schema.Column{ChatOffersColumns[6], ChatOffersColumns[1]},
 			},
 		},
 	}
@@ -512,7 +520,7 @@ var (
 		{Name: "read_at", Type: field.TypeTime, Nullable: true},
 		{Name: "edited_at", Type: field.TypeTime, Nullable: true},
 		{Name: "previous_texts", Type: field.TypeJSON, Nullable: true},
-		{Name: "chat_messages", Type: field.TypeInt},
+		{Name: "chat_id", Type: field.TypeInt},
 		{Name: "message_author", Type: field.TypeInt, Nullable: true},
 	}
 	// MessagesTable holds the schema information for the "messages" table.
@@ -541,9 +549,9 @@ var (
 				Columns: []*schema.Column{MessagesColumns[6], MessagesColumns[7]},
 			},
 			{
-				Name:    "message_created_at_chat_messages",
+				Name:    "message_chat_id_created_at",
 				Unique:  false,
-				Columns: []*schema.Column{MessagesColumns[11], MessagesColumns[17]},
+				Columns: []*schema.Column{MessagesColumns[17], MessagesColumns[11]},
 			},
 		},
 	}

@@ -84,14 +84,14 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "chat" package.
 	OwnedChatsInverseTable = "chats"
 	// OwnedChatsColumn is the table column denoting the owned_chats relation/edge.
-	OwnedChatsColumn = "chat_owner"
+	OwnedChatsColumn = "owner_id"
 	// OffersTable is the table that holds the offers relation/edge.
 	OffersTable = "chat_offers"
 	// OffersInverseTable is the table name for the ChatOffer entity.
 	// It exists in this package in order to avoid circular dependency with the "chatoffer" package.
 	OffersInverseTable = "chat_offers"
 	// OffersColumn is the table column denoting the offers relation/edge.
-	OffersColumn = "chat_offer_operator"
+	OffersColumn = "operator_id"
 	// DraftsTable is the table that holds the drafts relation/edge.
 	DraftsTable = "drafts"
 	// DraftsInverseTable is the table name for the Draft entity.

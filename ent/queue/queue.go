@@ -67,7 +67,7 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "chat" package.
 	ChatsInverseTable = "chats"
 	// ChatsColumn is the table column denoting the chats relation/edge.
-	ChatsColumn = "queue_chats"
+	ChatsColumn = "queue_id"
 	// ChatActionsTable is the table that holds the chat_actions relation/edge.
 	ChatActionsTable = "chat_actions"
 	// ChatActionsInverseTable is the table name for the ChatAction entity.

@@ -3,6 +3,7 @@ package schema
 import (
 	"entgo.io/contrib/entgql"
 	"entgo.io/ent"
+	"entgo.io/ent/dialect/entsql"
 	entschema "entgo.io/ent/schema"
 	"entgo.io/ent/schema/edge"
 	"entgo.io/ent/schema/field"
@@ -38,18 +39,26 @@ func (Chat) Fields() []ent.Field {
 		field.String("transfer_note").Optional().MaxLen(2000),
 		// duplicates_found: similar contacts found when the chat arrived (R22).
 		field.Int("duplicates_found").Default(0),
+		// Edge fields, so that the rules read ids without a join.
+		field.Int("channel_id").Immutable().Annotations(hidden()),
+		field.Int("contact_id").Annotations(hidden()),
+		field.Int("queue_id").Annotations(hidden()),
+		field.Int("owner_id").Optional().Nillable().Annotations(hidden()),
+		field.Int("parent_id").Optional().Nillable().Immutable().Annotations(hidden()),
 	}
 }
 
 func (Chat) Edges() []ent.Edge {
 	return []ent.Edge{
-		edge.From("channel", Channel.Type).Ref("chats").Unique().Required(),
-		edge.From("contact", Contact.Type).Ref("chats").Unique().Required(),
-		edge.From("queue", Queue.Type).Ref("chats").Unique().Required(),
-		edge.To("owner", Operator.Type).Unique(),
+		edge.From("channel", Channel.Type).Ref("chats").Unique().Required().Immutable().Field("channel_id"),
+		edge.From("contact", Contact.Type).Ref("chats").Unique().Required().Field("contact_id"),
+		edge.From("queue", Queue.Type).Ref("chats").Unique().Required().Field("queue_id"),
+		edge.To("owner", Operator.Type).Unique().Field("owner_id"),
 		edge.To("offers", ChatOffer.Type),
-		edge.To("children", Chat.Type).From("parent").Unique(),
-		edge.To("messages", Message.Type).Annotations(entgql.RelayConnection()),
+		edge.To("children", Chat.Type).From("parent").Unique().Immutable().Field("parent_id"),
+		// messages is served by schema.graphql (Chat.messages, Chat.history),
+		// which applies R24 before anything is read.
+		edge.To("messages", Message.Type).Annotations(entgql.Skip(entgql.SkipType)),
 		edge.To("routing_decisions", RoutingDecision.Type),
 		edge.To("cases", SupportCase.Type),
 	}
@@ -58,9 +67,13 @@ func (Chat) Edges() []ent.Edge {
 func (Chat) Indexes() []ent.Index {
 	return []ent.Index{
 		index.Fields("status", "created_at"),
-		index.Edges("contact", "channel").Fields("status"),
-		index.Edges("owner").Fields("status"),
-		index.Edges("queue").Fields("status", "created_at"),
+		// At most one chat that is not COMPLETED per contact and channel (R1):
+		// concurrent first messages cannot open two chats.
+		index.Fields("contact_id", "channel_id").Unique().
+			Annotations(entsql.IndexWhere("status <> 'COMPLETED'")),
+		index.Fields("contact_id", "channel_id", "status"),
+		index.Fields("owner_id", "status"),
+		index.Fields("queue_id", "status", "created_at"),
 		index.Fields("completion_due_at"),
 	}
 }
@@ -77,20 +90,22 @@ func (ChatOffer) Fields() []ent.Field {
 		field.Time("created_at").Immutable(),
 		field.Time("expires_at").Optional().Nillable(),
 		field.Time("closed_at").Optional().Nillable(),
+		field.Int("chat_id").Immutable().Annotations(hidden()),
+		field.Int("operator_id").Immutable().Annotations(hidden()),
 	}
 }
 
 func (ChatOffer) Edges() []ent.Edge {
 	return []ent.Edge{
-		edge.From("chat", Chat.Type).Ref("offers").Unique().Required(),
-		edge.To("operator", Operator.Type).Unique().Required(),
+		edge.From("chat", Chat.Type).Ref("offers").Unique().Required().Immutable().Field("chat_id"),
+		edge.To("operator", Operator.Type).Unique().Required().Immutable().Field("operator_id"),
 	}
 }
 
 func (ChatOffer) Indexes() []ent.Index {
 	return []ent.Index{
-		index.Edges("chat").Fields("status"),
-		index.Edges("operator").Fields("status"),
+		index.Fields("chat_id", "status"),
+		index.Fields("operator_id", "status"),
 	}
 }
 
@@ -150,12 +165,13 @@ func (Message) Fields() []ent.Field {
 		field.Time("edited_at").Optional().Nillable(),
 		// previous_texts keeps the text before each edit (Telegram edited messages).
 		field.Strings("previous_texts").Optional(),
+		field.Int("chat_id").Annotations(hidden()),
 	}
 }
 
 func (Message) Edges() []ent.Edge {
 	return []ent.Edge{
-		edge.From("chat", Chat.Type).Ref("messages").Unique().Required(),
+		edge.From("chat", Chat.Type).Ref("messages").Unique().Required().Field("chat_id"),
 		edge.To("author", Operator.Type).Unique(),
 		edge.To("attachments", Attachment.Type),
 	}
@@ -164,7 +180,7 @@ func (Message) Edges() []ent.Edge {
 func (Message) Indexes() []ent.Index {
 	return []ent.Index{
 		index.Fields("channel_id", "provider_message_id").Unique(),
-		index.Edges("chat").Fields("created_at"),
+		index.Fields("chat_id", "created_at"),
 	}
 }
 

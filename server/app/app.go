@@ -4,10 +4,12 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -72,7 +74,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		db.Close()
 		return nil, err
 	}
-	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL})}, o.desk...)
+	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect), desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL})}, o.desk...)
 	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...)}
 	if _, err := a.Desk.Settings(ctx); err != nil {
 		db.Close()
@@ -150,6 +152,19 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	// The scheduler runs the timers (accept and completion timeouts, waiting
+	// chat releases, session expiry) on every instance; the database makes
+	// each fire once.
+	schedCtx, stopScheduler := context.WithCancel(context.WithoutCancel(ctx))
+	schedDone := make(chan struct{})
+	go func() {
+		defer close(schedDone)
+		_ = a.Desk.RunScheduler(schedCtx)
+	}()
+	defer func() {
+		stopScheduler()
+		<-schedDone
+	}()
 	a.Log.Info("parley listening", "addr", ln.Addr().String(), "database", a.DB.Dialect)
 	select {
 	case err := <-errc:
@@ -180,16 +195,34 @@ func graphQLError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 // limitBody refuses JSON bodies over max with 413 (multipart uploads are
-// bounded by the GraphQL handler's own upload limit).
+// bounded by the GraphQL handler's own upload limit). A body of unknown
+// length (chunked) is read here up to the limit, so that an oversized one
+// gets the same 413 rather than a decoding error from the GraphQL handler.
 func limitBody(max int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
-			if r.ContentLength > max {
+			tooLarge := func() {
 				graphQLError(w, http.StatusRequestEntityTooLarge, "REQUEST_TOO_LARGE",
 					fmt.Sprintf("the request body is over %d bytes", max))
-				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, max)
+			switch {
+			case r.ContentLength > max:
+				tooLarge()
+				return
+			case r.ContentLength < 0:
+				b, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+				if err != nil {
+					graphQLError(w, http.StatusBadRequest, "BAD_REQUEST", "could not read the request body")
+					return
+				}
+				if int64(len(b)) > max {
+					tooLarge()
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(b))
+			default:
+				r.Body = http.MaxBytesReader(w, r.Body, max)
+			}
 		}
 		next.ServeHTTP(w, r)
 	})

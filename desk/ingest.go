@@ -1,0 +1,251 @@
+package desk
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chat"
+	"github.com/parleydesk/parley/ent/contactidentity"
+	"github.com/parleydesk/parley/ent/message"
+	"github.com/parleydesk/parley/ent/schema/enum"
+)
+
+// Inbound is a customer's message, normalised by a channel adapter (or the
+// API channel): the single entry point of every provider into the desk.
+type Inbound struct {
+	ChannelID int
+	// Identity is who wrote: the provider's user id and what the provider
+	// tells about them.
+	Identity InboundIdentity
+	// ProviderMessageID deduplicates redeliveries (unique per channel, R3);
+	// empty when the source has no id.
+	ProviderMessageID string
+	Kind              enum.MessageKind
+	Text              string
+	Content           map[string]any
+}
+
+// InboundIdentity is the sender of an inbound message.
+type InboundIdentity struct {
+	ExternalID string
+	Name       string
+	Username   string
+	Phone      string
+}
+
+// IngestResult says what an inbound message did.
+type IngestResult struct {
+	Chat    *ent.Chat
+	Message *ent.Message
+	// NewChat is set when the message opened a chat (R1).
+	NewChat bool
+	// Duplicate is set when the message had been received before (R3):
+	// nothing was changed.
+	Duplicate bool
+}
+
+// replyWindow is how long WhatsApp and Messenger let a business answer after
+// the customer's last message (R21).
+const replyWindow = 24 * time.Hour
+
+// maxIngestAttempts bounds retries when a concurrent delivery created the
+// same contact, chat or message first.
+const maxIngestAttempts = 3
+
+// Ingest stores an inbound message (R1–R3): the contact is found by identity
+// or created, the message is appended to the contact's open chat on the
+// channel or opens a new chat, which is routed in the same transaction.
+func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
+	in.Identity.ExternalID = strings.TrimSpace(in.Identity.ExternalID)
+	switch {
+	case in.Identity.ExternalID == "":
+		return nil, invalid("externalId", "the sender's external id is required")
+	case len(in.Identity.ExternalID) > 200:
+		return nil, invalid("externalId", "the sender's external id is longer than 200 characters")
+	case len(in.ProviderMessageID) > 300:
+		return nil, invalid("providerMessageId", "the message id is longer than 300 characters")
+	case len(in.Text) > 65536:
+		return nil, invalid("text", "the text is longer than 65536 bytes")
+	}
+	if in.Kind == "" {
+		in.Kind = enum.KindText
+	}
+	if in.Kind == enum.KindText && strings.TrimSpace(in.Text) == "" {
+		return nil, invalid("text", "a text message needs a text")
+	}
+	var res *IngestResult
+	var err error
+	for attempt := 1; attempt <= maxIngestAttempts; attempt++ {
+		err = d.inTx(ctx, "ingest", func(tx *ent.Tx) error {
+			res, err = d.ingest(ctx, tx, in)
+			return err
+		})
+		// A unique index refused a row a concurrent delivery created first
+		// (identity, open chat, provider message id): run again to find it.
+		if err == nil || !ent.IsConstraintError(err) {
+			break
+		}
+	}
+	return res, err
+}
+
+func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResult, error) {
+	now := d.Now()
+	ch, err := tx.Channel.Get(ctx, in.ChannelID)
+	if err != nil {
+		return nil, notFound(err, "channel", in.ChannelID)
+	}
+	if !ch.Active {
+		return nil, Fail(CodeChannelInactive, "channel %d is inactive", ch.ID)
+	}
+	if in.ProviderMessageID != "" {
+		m, err := tx.Message.Query().Where(message.ChannelID(ch.ID), message.ProviderMessageID(in.ProviderMessageID)).
+			WithChat().Only(ctx)
+		if err == nil {
+			return &IngestResult{Chat: m.Edges.Chat, Message: m, Duplicate: true}, nil
+		}
+		if !ent.IsNotFound(err) {
+			return nil, err
+		}
+	}
+	contactID, err := d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity)
+	if err != nil {
+		return nil, err
+	}
+	res := &IngestResult{}
+	open, err := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(ch.ID),
+		chat.StatusNEQ(enum.ChatCompleted)).Only(ctx)
+	switch {
+	case ent.IsNotFound(err):
+		queueID, err := ch.QueryQueue().OnlyID(ctx)
+		if err != nil {
+			return nil, err
+		}
+		create := tx.Chat.Create().SetStatus(enum.ChatWaiting).SetChannelID(ch.ID).SetContactID(contactID).
+			SetQueueID(queueID).SetCreatedAt(now).SetLastMessageAt(now).SetLastInboundAt(now)
+		if windowed(ch.Provider) {
+			create.SetReplyWindowEndsAt(now.Add(replyWindow))
+		}
+		if res.Chat, err = create.Save(ctx); err != nil {
+			return nil, err
+		}
+		res.NewChat = true
+	case err != nil:
+		return nil, err
+	default:
+		if open, err = d.lockChat(ctx, tx, open.ID); err != nil {
+			return nil, err
+		}
+		// A customer message clears the completion timer (R18).
+		upd := tx.Chat.UpdateOneID(open.ID).SetLastMessageAt(now).SetLastInboundAt(now).ClearCompletionDueAt()
+		if windowed(ch.Provider) {
+			upd.SetReplyWindowEndsAt(now.Add(replyWindow))
+		}
+		if res.Chat, err = upd.Save(ctx); err != nil {
+			return nil, err
+		}
+	}
+	create := tx.Message.Create().SetChatID(res.Chat.ID).SetChannelID(ch.ID).
+		SetDirection(enum.Inbound).SetAuthorKind(enum.AuthorCustomer).SetKind(in.Kind).
+		SetText(in.Text).SetCreatedAt(now)
+	if in.ProviderMessageID != "" {
+		create.SetProviderMessageID(in.ProviderMessageID)
+	}
+	if in.Content != nil {
+		create.SetContent(in.Content)
+	}
+	if res.Message, err = create.Save(ctx); err != nil {
+		return nil, err
+	}
+	if res.NewChat {
+		if err := d.emit(ctx, tx, event{Type: EventChatCreated, ChatID: res.Chat.ID, QueueID: res.Chat.QueueID}); err != nil {
+			return nil, err
+		}
+	}
+	if err := d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: res.Chat.ID,
+		Payload: map[string]any{"messageId": res.Message.ID}}); err != nil {
+		return nil, err
+	}
+	if res.NewChat {
+		if err := d.routeNew(ctx, tx, res.Chat, res.Chat.QueueID, TriggerNewChat); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// windowed reports whether a provider limits replies to 24 hours after the
+// customer's last message (R21).
+func windowed(p enum.Provider) bool {
+	return p == enum.ProviderWhatsApp || p == enum.ProviderMessenger
+}
+
+// findOrCreateContact returns the contact of an identity, creating both on
+// the first message (R2). The identity's profile data is refreshed.
+func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity) (int, error) {
+	ident, err := tx.ContactIdentity.Query().
+		Where(contactidentity.ProviderEQ(p), contactidentity.ExternalID(id.ExternalID)).
+		Only(ctx)
+	if err == nil {
+		if (id.Name != "" && id.Name != ident.DisplayName) || (id.Username != "" && id.Username != ident.Username) {
+			if err := tx.ContactIdentity.UpdateOneID(ident.ID).SetDisplayName(clip(id.Name, 300)).
+				SetUsername(clip(id.Username, 100)).Exec(ctx); err != nil {
+				return 0, err
+			}
+		}
+		return ident.QueryContact().OnlyID(ctx)
+	}
+	if !ent.IsNotFound(err) {
+		return 0, err
+	}
+	now := d.Now()
+	create := tx.Contact.Create().SetName(clip(id.Name, 300)).SetCreatedAt(now).SetUpdatedAt(now)
+	if id.Phone != "" {
+		create.SetPhone(clip(id.Phone, 50))
+	}
+	if id.Username != "" {
+		create.SetUsername(clip(id.Username, 100))
+	}
+	c, err := create.Save(ctx)
+	if err != nil {
+		return 0, err
+	}
+	ic := tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(p).SetExternalID(id.ExternalID).
+		SetDisplayName(clip(id.Name, 300)).SetUsername(clip(id.Username, 100)).SetPhone(clip(id.Phone, 50))
+	if err := ic.Exec(ctx); err != nil {
+		return 0, err
+	}
+	return c.ID, nil
+}
+
+// clip shortens s to at most n bytes on a rune boundary.
+func clip(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// IngestAPI is the API channel: an integrator delivers a customer message
+// as a provider would, on a channel whose provider is API.
+func (d *Desk) IngestAPI(ctx context.Context, in Inbound) (*IngestResult, error) {
+	if _, err := Require(ctx, AccessIntegration); err != nil {
+		return nil, err
+	}
+	ch, err := d.client.Channel.Get(ctx, in.ChannelID)
+	if err != nil {
+		return nil, notFound(err, "channel", in.ChannelID)
+	}
+	if ch.Provider != enum.ProviderAPI {
+		return nil, invalid("channelId", "only channels with provider API accept messages through the API")
+	}
+	return d.Ingest(ctx, in)
+}

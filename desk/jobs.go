@@ -1,0 +1,277 @@
+package desk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"entgo.io/ent/dialect/sql"
+
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/job"
+	"github.com/parleydesk/parley/ent/schema/enum"
+)
+
+// Timers are data (DESIGN principle 2): an accept timeout, a completion
+// timeout, a waiting-chat release or a session expiry is a job row with a due
+// time. Any instance's scheduler claims due jobs (a lease, SKIP LOCKED on
+// PostgreSQL), runs each in one transaction that also marks it done with a
+// conditional update, so a job's effect commits exactly once even when two
+// instances race or one dies mid-way. Handlers re-check the state they act
+// on, so a job that has become pointless (the offer was accepted, the
+// customer answered) ends as a no-op.
+
+// Job kinds.
+const (
+	jobRelease        = "RELEASE"         // route waiting chats of a queue (payload queue)
+	jobOfferTimeout   = "OFFER_TIMEOUT"   // an offer was not accepted in time (payload offer)
+	jobCompletionDue  = "COMPLETION_DUE"  // customer silence completes a chat (chat_id)
+	jobSessionExpired = "SESSION_EXPIRED" // a session's token expires (payload session)
+)
+
+const (
+	jobLease       = time.Minute
+	jobMaxAttempts = 10
+	jobBatch       = 16
+	// schedulerPoll bounds how late a job enqueued by another instance runs.
+	schedulerPoll = time.Second
+)
+
+// jobSpec is a job to enqueue.
+type jobSpec struct {
+	kind   string
+	dedupe string // while pending, one job per key: enqueuing again moves its due time
+	chatID int
+	ref    int // the row the job is about: queue, offer or session
+	due    time.Time
+}
+
+// enqueue stores a job in the transaction of the use case that needs it and
+// wakes the local scheduler after commit when it is already due.
+func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
+	c := tx.Job.Create().SetKind(j.kind).SetDueAt(j.due).SetCreatedAt(d.Now()).
+		SetPayload(map[string]any{"ref": j.ref})
+	if j.chatID != 0 {
+		c.SetChatID(j.chatID)
+	}
+	if j.dedupe != "" {
+		c.SetDedupeKey(j.dedupe)
+		if err := c.OnConflict(sql.ConflictColumns(job.FieldDedupeKey)).
+			Update(func(u *ent.JobUpsert) { u.UpdateDueAt() }).Exec(ctx); err != nil {
+			return fmt.Errorf("enqueue %s: %w", j.kind, err)
+		}
+	} else if err := c.Exec(ctx); err != nil {
+		return fmt.Errorf("enqueue %s: %w", j.kind, err)
+	}
+	if !j.due.After(d.Now()) {
+		tx.OnCommit(func(next ent.Committer) ent.Committer {
+			return ent.CommitFunc(func(ctx context.Context, tx *ent.Tx) error {
+				err := next.Commit(ctx, tx)
+				if err == nil {
+					d.Kick()
+				}
+				return err
+			})
+		})
+	}
+	return nil
+}
+
+// Kick wakes the scheduler (without blocking).
+func (d *Desk) Kick() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// RunScheduler processes due jobs until ctx ends: at once when kicked, when
+// the next job falls due, and at least every second (jobs enqueued by other
+// instances). Safe with any number of instances on one database.
+func (d *Desk) RunScheduler(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		if _, err := d.RunDueJobs(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("scheduler", "err", err)
+		}
+		wait := schedulerPoll
+		if next, err := d.nextDue(ctx); err == nil && !next.IsZero() {
+			if w := next.Sub(d.Now()); w < wait {
+				wait = max(w, 0)
+			}
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.kick:
+		case <-timer.C:
+		}
+	}
+}
+
+func (d *Desk) nextDue(ctx context.Context) (time.Time, error) {
+	j, err := d.client.Job.Query().Where(job.StatusEQ(enum.JobPending)).
+		Order(ent.Asc(job.FieldDueAt)).First(ctx)
+	if ent.IsNotFound(err) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	if j.LockedUntil != nil && j.LockedUntil.After(j.DueAt) {
+		return *j.LockedUntil, nil
+	}
+	return j.DueAt, nil
+}
+
+// RunDueJobs runs every job due now and returns how many it ran. Tests call
+// it after moving their clock.
+func (d *Desk) RunDueJobs(ctx context.Context) (int, error) {
+	ran := 0
+	for {
+		jobs, err := d.claimJobs(ctx)
+		if err != nil || len(jobs) == 0 {
+			return ran, err
+		}
+		for _, j := range jobs {
+			if ctx.Err() != nil {
+				return ran, ctx.Err()
+			}
+			if d.runJob(ctx, j) {
+				ran++
+			}
+		}
+	}
+}
+
+// claimJobs leases a batch of due jobs. Claiming clears the dedupe key, so a
+// change after the claim enqueues a fresh job instead of being absorbed by one
+// already running.
+func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
+	var claimed []*ent.Job
+	err := d.inTx(ctx, "claim jobs", func(tx *ent.Tx) error {
+		now := d.Now()
+		q := tx.Job.Query().Where(job.StatusEQ(enum.JobPending), job.DueAtLTE(now),
+			job.Or(job.LockedUntilIsNil(), job.LockedUntilLT(now))).
+			Order(ent.Asc(job.FieldDueAt), ent.Asc(job.FieldID)).Limit(jobBatch)
+		if d.pg {
+			q = q.ForUpdate(sql.WithLockAction(sql.SkipLocked))
+		}
+		jobs, err := q.All(ctx)
+		if err != nil || len(jobs) == 0 {
+			return err
+		}
+		ids := make([]int, len(jobs))
+		for i, j := range jobs {
+			ids[i] = j.ID
+		}
+		lease := now.Add(jobLease)
+		if err := tx.Job.Update().Where(job.IDIn(ids...)).
+			SetLockedUntil(lease).AddAttempts(1).ClearDedupeKey().Exec(ctx); err != nil {
+			return err
+		}
+		for _, j := range jobs {
+			j.LockedUntil = &lease
+			j.Attempts++
+		}
+		claimed = jobs
+		return nil
+	})
+	return claimed, err
+}
+
+// runJob runs one claimed job in one transaction that ends by marking the job
+// done, only if this claim still holds.
+func (d *Desk) runJob(ctx context.Context, j *ent.Job) bool {
+	err := d.inTx(ctx, "job "+j.Kind, func(tx *ent.Tx) error {
+		if err := d.handleJob(ctx, tx, j); err != nil {
+			return err
+		}
+		n, err := tx.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending), job.LockedUntilEQ(*j.LockedUntil)).
+			SetStatus(enum.JobDone).SetDoneAt(d.Now()).Save(ctx)
+		if err != nil {
+			return err
+		}
+		if n != 1 {
+			return errJobLost
+		}
+		return nil
+	})
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errJobLost):
+		d.log.Warn("job claimed elsewhere", "job_id", j.ID, "kind", j.Kind)
+		return false
+	}
+	d.log.Error("job failed", "job_id", j.ID, "kind", j.Kind, "attempt", j.Attempts, "err", err)
+	upd := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending)).
+		SetLastError(truncate(err.Error(), 1000))
+	if j.Attempts >= jobMaxAttempts {
+		upd.SetStatus(enum.JobFailed).SetDoneAt(d.Now())
+	} else {
+		upd.SetLockedUntil(d.Now().Add(time.Duration(j.Attempts*j.Attempts) * time.Second))
+	}
+	if uerr := upd.Exec(ctx); uerr != nil {
+		d.log.Error("record job failure", "job_id", j.ID, "err", uerr)
+	}
+	return false
+}
+
+var errJobLost = errors.New("job lease lost")
+
+func (d *Desk) handleJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
+	ref := jobRef(j)
+	switch j.Kind {
+	case jobRelease:
+		return d.releaseQueue(ctx, tx, ref)
+	case jobOfferTimeout:
+		return d.expireOffer(ctx, tx, ref)
+	case jobCompletionDue:
+		if j.ChatID == nil {
+			return nil
+		}
+		return d.completeIfDue(ctx, tx, *j.ChatID)
+	case jobSessionExpired:
+		return d.expireSession(ctx, tx, ref)
+	}
+	d.log.Error("unknown job kind", "job_id", j.ID, "kind", j.Kind)
+	return nil
+}
+
+func jobRef(j *ent.Job) int {
+	switch v := j.Payload["ref"].(type) {
+	case float64:
+		return int(v)
+	case int:
+		return v
+	case string:
+		n, _ := strconv.Atoi(v)
+		return n
+	}
+	return 0
+}
+
+// releaseCapacity enqueues a release of waiting chats for each queue the
+// operator belongs to: their capacity grew (R9).
+func (d *Desk) releaseCapacity(ctx context.Context, tx *ent.Tx, operatorID int) error {
+	qids, err := tx.Operator.Query().Where(operatorIs(operatorID)).QueryQueues().IDs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, q := range qids {
+		if err := d.releaseQueueLater(ctx, tx, q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// releaseQueueLater enqueues a release of a queue's waiting chats, due now.
+func (d *Desk) releaseQueueLater(ctx context.Context, tx *ent.Tx, queueID int) error {
+	return d.enqueue(ctx, tx, jobSpec{kind: jobRelease, dedupe: "release:" + strconv.Itoa(queueID), ref: queueID, due: d.Now()})
+}

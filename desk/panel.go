@@ -1,0 +1,276 @@
+package desk
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chat"
+	"github.com/parleydesk/parley/ent/chatoffer"
+	"github.com/parleydesk/parley/ent/message"
+	"github.com/parleydesk/parley/ent/operator"
+	"github.com/parleydesk/parley/ent/queue"
+	"github.com/parleydesk/parley/ent/schema/enum"
+)
+
+// OperatorLoad is an operator with their derived availability (R7).
+type OperatorLoad struct {
+	Operator     *ent.Operator
+	Availability Availability
+	Load         int
+	Limit        int
+}
+
+// PanelChat is a chat as the panel lists it (R12).
+type PanelChat struct {
+	Chat        *ent.Chat
+	LastMessage *ent.Message
+	UnreadCount int
+	// WaitingSeconds is how long the customer has been waiting: since the
+	// chat arrived for a new chat, since their last unanswered message for
+	// an active one (0 when the operator spoke last).
+	WaitingSeconds int
+}
+
+// Panel is what the calling operator's communication panel shows (R12).
+type Panel struct {
+	Me          *OperatorLoad
+	NewChats    []*PanelChat
+	ActiveChats []*PanelChat
+}
+
+// QueueOverview is what a supervisor sees of a queue (R12).
+type QueueOverview struct {
+	Queue        *ent.Queue
+	WaitingChats []*PanelChat
+	Operators    []*OperatorLoad
+}
+
+// TransferTargets lists where a chat can be transferred (R19).
+type TransferTargets struct {
+	Queues    []*ent.Queue
+	Operators []*OperatorLoad
+}
+
+// MarshalGQL writes the availability as a GraphQL enum value.
+func (a Availability) MarshalGQL(w io.Writer) { _, _ = io.WriteString(w, strconv.Quote(string(a))) }
+
+// UnmarshalGQL reads an availability.
+func (a *Availability) UnmarshalGQL(v any) error {
+	s, ok := v.(string)
+	switch Availability(s) {
+	case AvailabilityActive, AvailabilityInactive, AvailabilityLimitExhausted:
+		if ok {
+			*a = Availability(s)
+			return nil
+		}
+	}
+	return fmt.Errorf("%v is not a valid Availability", v)
+}
+
+// panelChatLimit bounds each list of a panel or queue overview.
+const panelChatLimit = 500
+
+// Panel returns the calling operator's new chats (offered to them) and active
+// chats (in work), each with its last message, unread count and waiting time.
+func (d *Desk) Panel(ctx context.Context) (*Panel, error) {
+	a, err := Require(ctx, AccessOperator)
+	if err != nil {
+		return nil, err
+	}
+	me, err := d.operatorLoads(ctx, nil, operator.ID(a.OperatorID))
+	if err != nil {
+		return nil, err
+	}
+	if len(me) == 0 {
+		return nil, ErrUnauthenticated
+	}
+	p := &Panel{Me: me[0]}
+	newChats, err := d.client.Chat.Query().Where(chat.StatusEQ(enum.ChatWaiting),
+		chat.HasOffersWith(chatoffer.OperatorID(a.OperatorID), chatoffer.StatusEQ(enum.OfferOpen))).
+		Order(ent.Asc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit).All(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if p.NewChats, err = d.panelChats(ctx, newChats); err != nil {
+		return nil, err
+	}
+	active, err := d.client.Chat.Query().Where(chat.StatusEQ(enum.ChatInProgress), chat.OwnerID(a.OperatorID)).
+		Order(ent.Desc(chat.FieldLastMessageAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit).All(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.ActiveChats, err = d.panelChats(ctx, active)
+	return p, err
+}
+
+// panelChats adds the last message, unread count and waiting time.
+func (d *Desk) panelChats(ctx context.Context, chats []*ent.Chat) ([]*PanelChat, error) {
+	now := d.Now()
+	out := make([]*PanelChat, 0, len(chats))
+	for _, c := range chats {
+		pc := &PanelChat{Chat: c}
+		last, err := d.client.Message.Query().Where(message.ChatID(c.ID)).
+			Order(ent.Desc(message.FieldCreatedAt), ent.Desc(message.FieldID)).First(ctx)
+		if err != nil && !ent.IsNotFound(err) {
+			return nil, err
+		}
+		pc.LastMessage = last
+		unread := d.client.Message.Query().Where(message.ChatID(c.ID), message.DirectionEQ(enum.Inbound))
+		if c.OwnerReadAt != nil {
+			unread = unread.Where(message.CreatedAtGT(*c.OwnerReadAt))
+		}
+		if pc.UnreadCount, err = unread.Count(ctx); err != nil {
+			return nil, err
+		}
+		switch {
+		case c.Status == enum.ChatWaiting:
+			pc.WaitingSeconds = int(now.Sub(c.CreatedAt).Seconds())
+		case last != nil && last.Direction == enum.Inbound && c.LastInboundAt != nil:
+			pc.WaitingSeconds = int(now.Sub(*c.LastInboundAt).Seconds())
+		}
+		out = append(out, pc)
+	}
+	return out, nil
+}
+
+// operatorLoads returns operators with their availability; the limit is
+// the one of queue q when given (routing in that queue), else the
+// operator's override or the system setting.
+func (d *Desk) operatorLoads(ctx context.Context, q *ent.Queue, where ...predicateOperator) ([]*OperatorLoad, error) {
+	ops, err := d.client.Operator.Query().Where(where...).Order(ent.Asc(operator.FieldName), ent.Asc(operator.FieldID)).All(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := d.Settings(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]int, len(ops))
+	for i, op := range ops {
+		ids[i] = op.ID
+	}
+	loads, err := d.loads(ctx, d.client, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*OperatorLoad, len(ops))
+	for i, op := range ops {
+		limit := chatLimit(op, q, s)
+		out[i] = &OperatorLoad{Operator: op, Load: loads[op.ID], Limit: limit,
+			Availability: availabilityOf(op.Status, loads[op.ID], limit)}
+	}
+	return out, nil
+}
+
+// OperatorAvailability returns one operator's derived availability (R7).
+func (d *Desk) OperatorAvailability(ctx context.Context, operatorID int) (*OperatorLoad, error) {
+	if _, err := Require(ctx, AccessOperator); err != nil {
+		if _, err := Require(ctx, AccessAdmin); err != nil {
+			return nil, err
+		}
+	}
+	l, err := d.operatorLoads(ctx, nil, operator.ID(operatorID))
+	if err != nil {
+		return nil, err
+	}
+	if len(l) == 0 {
+		return nil, Fail(CodeNotFound, "operator %d not found", operatorID)
+	}
+	return l[0], nil
+}
+
+// QueueOverview returns a queue's waiting chats and its members'
+// availability, for supervisors (R12).
+func (d *Desk) QueueOverview(ctx context.Context, queueID int) (*QueueOverview, error) {
+	if _, err := Require(ctx, AccessSupervisor); err != nil {
+		return nil, err
+	}
+	q, err := d.client.Queue.Get(ctx, queueID)
+	if err != nil {
+		return nil, notFound(err, "queue", queueID)
+	}
+	o := &QueueOverview{Queue: q}
+	waiting, err := d.client.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting)).
+		Order(ent.Asc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit).All(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if o.WaitingChats, err = d.panelChats(ctx, waiting); err != nil {
+		return nil, err
+	}
+	o.Operators, err = d.operatorLoads(ctx, q, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false))
+	return o, err
+}
+
+// ChatTransferTargets lists every queue and every other operator with their
+// availability for the caller's chat (R19).
+func (d *Desk) ChatTransferTargets(ctx context.Context, chatID int) (*TransferTargets, error) {
+	a, err := Require(ctx, AccessOperator)
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.client.Chat.Get(ctx, chatID)
+	if err != nil {
+		return nil, notFound(err, "chat", chatID)
+	}
+	if c.OwnerID == nil || *c.OwnerID != a.OperatorID {
+		return nil, Fail(CodeNotChatOwner, "chat %d is not yours", chatID)
+	}
+	q, err := d.client.Queue.Get(ctx, c.QueueID)
+	if err != nil {
+		return nil, err
+	}
+	t := &TransferTargets{}
+	if t.Queues, err = d.client.Queue.Query().Order(ent.Asc(queue.FieldPosition), ent.Asc(queue.FieldName)).All(ctx); err != nil {
+		return nil, err
+	}
+	t.Operators, err = d.operatorLoads(ctx, q, operator.IDNEQ(a.OperatorID), operator.Disabled(false))
+	return t, err
+}
+
+// CanReadMessages reports whether the caller may read a chat's messages
+// (R24): until the chat is completed only its owner, supervisors,
+// administrators and integrations may (and, while it waits, the operators
+// it is offered to); afterwards every operator.
+func (d *Desk) CanReadMessages(ctx context.Context, c *ent.Chat) (bool, error) {
+	a := ActorFrom(ctx)
+	switch {
+	case a == nil:
+		return false, nil
+	case c.Status == enum.ChatCompleted, a.Can(AccessSupervisor), a.Can(AccessIntegration):
+		return true, nil
+	case c.OwnerID != nil && *c.OwnerID == a.OperatorID:
+		return true, nil
+	case c.Status == enum.ChatWaiting && a.IsOperator():
+		return d.client.ChatOffer.Query().Where(chatoffer.ChatID(c.ID), chatoffer.OperatorID(a.OperatorID),
+			chatoffer.StatusEQ(enum.OfferOpen)).Exist(ctx)
+	}
+	return false, nil
+}
+
+// maxHistoryDepth bounds how many ancestors a chat's history follows.
+const maxHistoryDepth = 50
+
+// ChatHistory returns the query of a chat's messages including those of its
+// ancestors (R20: a transferred chat shows the whole parent history), for the
+// caller allowed to read them (R24).
+func (d *Desk) ChatHistory(ctx context.Context, c *ent.Chat, withAncestors bool) (*ent.MessageQuery, error) {
+	if ok, err := d.CanReadMessages(ctx, c); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, Fail(CodeForbidden, "the messages of chat %d are visible to its operator until it is completed", c.ID)
+	}
+	ids := []int{c.ID}
+	for p := c.ParentID; withAncestors && p != nil && len(ids) < maxHistoryDepth; {
+		ids = append(ids, *p)
+		parent, err := d.client.Chat.Query().Where(chat.ID(*p)).Select(chat.FieldParentID).Only(ctx)
+		if err != nil {
+			return nil, err
+		}
+		p = parent.ParentID
+	}
+	return d.client.Message.Query().Where(message.ChatIDIn(ids...)), nil
+}

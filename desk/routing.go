@@ -1,0 +1,503 @@
+package desk
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	stdsql "database/sql"
+
+	"entgo.io/ent/dialect/sql"
+
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chat"
+	"github.com/parleydesk/parley/ent/chatoffer"
+	"github.com/parleydesk/parley/ent/operator"
+	"github.com/parleydesk/parley/ent/predicate"
+	"github.com/parleydesk/parley/ent/queue"
+	"github.com/parleydesk/parley/ent/schema"
+	"github.com/parleydesk/parley/ent/schema/enum"
+	"github.com/parleydesk/parley/ent/setting"
+)
+
+// Routing (R7–R11). Races resolve in the database (R10): a routing
+// transaction locks the rows of every member of the queue (in id order) before
+// it reads their status and load, so it serialises with any other transaction
+// that can raise a member's load (another routing, an accept, a transfer to
+// them). Transactions that only lower a load (complete, withdraw, expire,
+// status ACTIVE) enqueue a release job instead, which takes the same locks
+// before it looks at waiting chats, so no capacity is ever missed. Lock order
+// everywhere: chat rows, then operator rows by ascending id.
+
+// Routing triggers recorded in decisions.
+const (
+	TriggerNewChat  = "NEW_CHAT"
+	TriggerCapacity = "CAPACITY"
+	TriggerTimeout  = "OFFER_TIMEOUT"
+	TriggerTransfer = "TRANSFER"
+)
+
+// Routing outcomes recorded in decisions.
+const (
+	OutcomeOffered = "OFFERED"
+	OutcomeWaiting = "WAITING"
+)
+
+// Why a member was not chosen (Candidate.Excluded).
+const (
+	ExcludedInactive       = "INACTIVE"
+	ExcludedLimitExhausted = "LIMIT_EXHAUSTED"
+	ExcludedAlreadyOffered = "ALREADY_OFFERED"
+	ExcludedMissed         = "MISSED_THIS_CHAT"
+	ExcludedMoreLoaded     = "MORE_LOADED"
+	ExcludedIdleLess       = "IDLE_LESS_LONG"
+	ExcludedNotTheirTurn   = "NOT_THEIR_TURN"
+)
+
+// Availability is an operator's derived availability (R7, R19).
+type Availability string
+
+const (
+	AvailabilityActive         Availability = "ACTIVE"
+	AvailabilityInactive       Availability = "INACTIVE"
+	AvailabilityLimitExhausted Availability = "LIMIT_EXHAUSTED"
+)
+
+// availabilityOf derives availability from status, load and limit.
+func availabilityOf(status enum.OperatorStatus, load, limit int) Availability {
+	switch {
+	case status != enum.StatusActive:
+		return AvailabilityInactive
+	case load >= limit:
+		return AvailabilityLimitExhausted
+	}
+	return AvailabilityActive
+}
+
+// chatLimit is the concurrent-chats limit of an operator in a queue (R7):
+// the operator's override, else the queue's, else the system setting.
+func chatLimit(op *ent.Operator, q *ent.Queue, s *ent.Setting) int {
+	switch {
+	case op.ChatLimit != nil:
+		return *op.ChatLimit
+	case q != nil && q.ChatLimit != nil:
+		return *q.ChatLimit
+	}
+	return s.ConcurrentChats
+}
+
+// settingsTx reads the settings row in tx (the defaults when it is missing).
+func (d *Desk) settingsTx(ctx context.Context, tx *ent.Tx) (*ent.Setting, error) {
+	s, err := tx.Setting.Query().Where(setting.Scope(settingsScope)).Only(ctx)
+	if ent.IsNotFound(err) {
+		return &ent.Setting{ConcurrentChats: 5, AcceptTimeoutSeconds: 300, WaitingOrder: enum.OldestFirst, BotCompletionMinutes: 60}, nil
+	}
+	return s, err
+}
+
+// querier runs raw SQL: a transaction or the client.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*stdsql.Rows, error)
+}
+
+// loads counts, for each operator, the chats in work plus the open offers
+// (R7), in one statement.
+func (d *Desk) loads(ctx context.Context, tx querier, ids []int) (map[int]int, error) {
+	out := make(map[int]int, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	in := d.placeholders(len(ids), 2)
+	inOffers := d.placeholders(len(ids), len(ids)+3)
+	query := fmt.Sprintf(`SELECT op, COUNT(*) FROM (
+  SELECT %[1]s AS op FROM %[2]s WHERE %[3]s = %[4]s AND %[1]s IN (%[5]s)
+  UNION ALL
+  SELECT %[6]s AS op FROM %[7]s WHERE %[8]s = %[9]s AND %[6]s IN (%[10]s)
+) loads GROUP BY op`,
+		chat.FieldOwnerID, chat.Table, chat.FieldStatus, d.placeholder(1), in,
+		chatoffer.FieldOperatorID, chatoffer.Table, chatoffer.FieldStatus, d.placeholder(len(ids)+2), inOffers)
+	args := make([]any, 0, 2*len(ids)+2)
+	args = append(args, string(enum.ChatInProgress))
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	args = append(args, string(enum.OfferOpen))
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("loads: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var op, n int
+		if err := rows.Scan(&op, &n); err != nil {
+			return nil, err
+		}
+		out[op] = n
+	}
+	return out, rows.Err()
+}
+
+func (d *Desk) placeholder(i int) string {
+	if d.pg {
+		return "$" + strconv.Itoa(i)
+	}
+	return "?"
+}
+
+// placeholders returns n placeholders numbered from start.
+func (d *Desk) placeholders(n, start int) string {
+	p := make([]string, n)
+	for i := range p {
+		p[i] = d.placeholder(start + i)
+	}
+	return strings.Join(p, ", ")
+}
+
+// lockOperators reads (and on PostgreSQL locks, in id order) the operators
+// matching the predicates.
+func (d *Desk) lockOperators(ctx context.Context, tx *ent.Tx, ps ...predicate.Operator) ([]*ent.Operator, error) {
+	q := tx.Operator.Query().Where(ps...).Order(ent.Asc(operator.FieldID))
+	if d.pg {
+		q = q.ForUpdate()
+	}
+	return q.All(ctx)
+}
+
+// lockChat reads (and on PostgreSQL locks) one chat.
+func (d *Desk) lockChat(ctx context.Context, tx *ent.Tx, id int) (*ent.Chat, error) {
+	q := tx.Chat.Query().Where(chat.ID(id))
+	if d.pg {
+		q = q.ForUpdate()
+	}
+	c, err := q.Only(ctx)
+	return c, notFound(err, "chat", id)
+}
+
+func operatorIs(id int) predicate.Operator { return operator.ID(id) }
+
+// member is an operator as routing sees it.
+type member struct {
+	op    *ent.Operator
+	load  int
+	limit int
+}
+
+func (m *member) availability() Availability { return availabilityOf(m.op.Status, m.load, m.limit) }
+
+// router routes chats of one queue inside one transaction, holding the locks
+// of all its members.
+type router struct {
+	d        *Desk
+	tx       *ent.Tx
+	q        *ent.Queue
+	settings *ent.Setting
+	members  []*member
+}
+
+// newRouter locks the members of a queue and reads their loads.
+func (d *Desk) newRouter(ctx context.Context, tx *ent.Tx, queueID int) (*router, error) {
+	q, err := tx.Queue.Get(ctx, queueID)
+	if err != nil {
+		return nil, notFound(err, "queue", queueID)
+	}
+	s, err := d.settingsTx(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	ops, err := d.lockOperators(ctx, tx, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false))
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]int, len(ops))
+	for i, op := range ops {
+		ids[i] = op.ID
+	}
+	loads, err := d.loads(ctx, tx, ids)
+	if err != nil {
+		return nil, err
+	}
+	r := &router{d: d, tx: tx, q: q, settings: s}
+	for _, op := range ops {
+		r.members = append(r.members, &member{op: op, load: loads[op.ID], limit: chatLimit(op, q, s)})
+	}
+	return r, nil
+}
+
+// anyAvailable reports whether some member could take a chat now.
+func (r *router) anyAvailable() bool {
+	for _, m := range r.members {
+		if m.availability() == AvailabilityActive {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *router) acceptTimeout() time.Duration {
+	if r.q.AcceptTimeoutSeconds != nil {
+		return time.Duration(*r.q.AcceptTimeoutSeconds) * time.Second
+	}
+	return time.Duration(r.settings.AcceptTimeoutSeconds) * time.Second
+}
+
+func (r *router) waitingOrder() enum.WaitingOrder {
+	if r.q.WaitingOrder != nil {
+		return *r.q.WaitingOrder
+	}
+	return r.settings.WaitingOrder
+}
+
+// route makes one routing attempt for a WAITING chat (R8) and records it
+// (R11). TO_ALL offers the chat to every available member that has no offer
+// of it yet; TO_AVAILABLE and ROUND_ROBIN offer it to one member at a time,
+// so a chat with an open offer is left alone. It returns the operators that
+// got an offer. Attempts that change nothing on a chat already routed before
+// are not recorded again.
+func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int, error) {
+	tx, d := r.tx, r.d
+	now := d.Now()
+	open, missed, err := d.offersOf(ctx, tx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	rule := r.q.RoutingRule
+	if rule != enum.RuleToAll && len(open) > 0 {
+		return nil, nil
+	}
+	cands := make([]schema.Candidate, len(r.members))
+	var eligible []int // indexes into r.members
+	for i, m := range r.members {
+		cands[i] = schema.Candidate{OperatorID: m.op.ID, Name: m.op.Name, Status: string(m.op.Status), Load: m.load, Limit: m.limit}
+		switch {
+		case m.op.Status != enum.StatusActive:
+			cands[i].Excluded = ExcludedInactive
+		case open[m.op.ID]:
+			cands[i].Excluded = ExcludedAlreadyOffered
+		case m.load >= m.limit:
+			cands[i].Excluded = ExcludedLimitExhausted
+		default:
+			eligible = append(eligible, i)
+		}
+	}
+	var chosen []int
+	if rule == enum.RuleToAll {
+		chosen = eligible
+	} else if len(eligible) > 0 {
+		// Prefer members who have not let this chat's offer expire; when all
+		// have, start over rather than leave the chat waiting.
+		fresh := slices.DeleteFunc(slices.Clone(eligible), func(i int) bool { return missed[r.members[i].op.ID] })
+		pool := eligible
+		if len(fresh) > 0 {
+			for _, i := range eligible {
+				if missed[r.members[i].op.ID] {
+					cands[i].Excluded = ExcludedMissed
+				}
+			}
+			pool = fresh
+		}
+		var pick int
+		if rule == enum.RuleRoundRobin {
+			pick = r.nextInTurn(pool)
+		} else {
+			pick = r.leastLoaded(pool, cands)
+		}
+		for _, i := range pool {
+			if i != pick && cands[i].Excluded == "" {
+				if rule == enum.RuleRoundRobin {
+					cands[i].Excluded = ExcludedNotTheirTurn
+				} else if r.members[i].load > r.members[pick].load {
+					cands[i].Excluded = ExcludedMoreLoaded
+				} else {
+					cands[i].Excluded = ExcludedIdleLess
+				}
+			}
+		}
+		chosen = []int{pick}
+	}
+
+	var offered []int
+	for _, i := range chosen {
+		m := r.members[i]
+		cands[i].Chosen = true
+		create := tx.ChatOffer.Create().SetChatID(c.ID).SetOperatorID(m.op.ID).
+			SetStatus(enum.OfferOpen).SetCreatedAt(now)
+		var expires time.Time
+		if rule != enum.RuleToAll {
+			expires = now.Add(r.acceptTimeout())
+			create.SetExpiresAt(expires)
+		}
+		o, err := create.Save(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if rule != enum.RuleToAll {
+			if err := d.enqueue(ctx, tx, jobSpec{kind: jobOfferTimeout, chatID: c.ID, ref: o.ID, due: expires}); err != nil {
+				return nil, err
+			}
+		}
+		m.load++
+		offered = append(offered, m.op.ID)
+		if err := d.emit(ctx, tx, event{Type: EventChatOffered, ChatID: c.ID, OperatorID: m.op.ID, QueueID: r.q.ID,
+			Payload: map[string]any{"offerId": o.ID}}); err != nil {
+			return nil, err
+		}
+	}
+	if rule == enum.RuleRoundRobin && len(offered) == 1 {
+		if err := tx.Queue.UpdateOneID(r.q.ID).SetRrLastOperatorID(offered[0]).Exec(ctx); err != nil {
+			return nil, err
+		}
+		r.q.RrLastOperatorID = &offered[0]
+	}
+	if len(offered) > 0 {
+		if err := tx.Chat.UpdateOneID(c.ID).SetOfferedAt(now).Exec(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if len(offered) == 0 && trigger == TriggerCapacity {
+		return nil, nil
+	}
+	outcome := OutcomeWaiting
+	if len(offered) > 0 {
+		outcome = OutcomeOffered
+	}
+	if err := tx.RoutingDecision.Create().SetChatID(c.ID).SetRule(rule).SetAt(now).SetTrigger(trigger).
+		SetCandidates(cands).SetOutcome(outcome).SetChosenOperatorIds(offered).Exec(ctx); err != nil {
+		return nil, err
+	}
+	if len(offered) == 0 {
+		return nil, d.emit(ctx, tx, event{Type: EventChatWaiting, ChatID: c.ID, QueueID: r.q.ID})
+	}
+	return offered, nil
+}
+
+// leastLoaded picks, among the pool, the member with the fewest chats, ties
+// to the one idle longest (oldest last acceptance, never first), then the
+// lowest id (R8 TO_AVAILABLE).
+func (r *router) leastLoaded(pool []int, _ []schema.Candidate) int {
+	best := pool[0]
+	for _, i := range pool[1:] {
+		a, b := r.members[i], r.members[best]
+		switch {
+		case a.load != b.load:
+			if a.load < b.load {
+				best = i
+			}
+		case idleLonger(a.op.LastAcceptedAt, b.op.LastAcceptedAt):
+			best = i
+		}
+	}
+	return best
+}
+
+func idleLonger(a, b *time.Time) bool {
+	switch {
+	case a == nil:
+		return b != nil
+	case b == nil:
+		return false
+	}
+	return a.Before(*b)
+}
+
+// nextInTurn picks the member after the queue's last pick in id order,
+// wrapping around (R8 ROUND_ROBIN).
+func (r *router) nextInTurn(pool []int) int {
+	if r.q.RrLastOperatorID != nil {
+		for _, i := range pool {
+			if r.members[i].op.ID > *r.q.RrLastOperatorID {
+				return i
+			}
+		}
+	}
+	return pool[0]
+}
+
+// offersOf returns the operators with an open offer of a chat and those
+// who let an offer of it expire.
+func (d *Desk) offersOf(ctx context.Context, tx *ent.Tx, chatID int) (open, missed map[int]bool, err error) {
+	rows, err := tx.QueryContext(ctx, fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s = %s",
+		chatoffer.FieldOperatorID, chatoffer.FieldStatus, chatoffer.Table, chatoffer.FieldChatID, d.placeholder(1)), chatID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("offers of chat %d: %w", chatID, err)
+	}
+	defer rows.Close()
+	open, missed = map[int]bool{}, map[int]bool{}
+	for rows.Next() {
+		var op int
+		var status string
+		if err := rows.Scan(&op, &status); err != nil {
+			return nil, nil, err
+		}
+		switch enum.OfferStatus(status) {
+		case enum.OfferOpen:
+			open[op] = true
+		case enum.OfferExpired:
+			missed[op] = true
+		}
+	}
+	return open, missed, rows.Err()
+}
+
+// releaseBatch bounds the waiting chats one release job routes.
+const releaseBatch = 200
+
+// releaseQueue hands waiting chats of a queue to members with capacity,
+// oldest first or newest first per setting (R9), until no member can take
+// more. Chats locked by another transaction are skipped: that transaction
+// is changing them and will enqueue its own release if needed.
+func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error {
+	r, err := d.newRouter(ctx, tx, queueID)
+	if ent.IsNotFound(err) || isCode(err, CodeNotFound) {
+		return nil // the queue was deleted
+	}
+	if err != nil || !r.anyAvailable() {
+		return err
+	}
+	order := ent.Asc(chat.FieldCreatedAt)
+	if r.waitingOrder() == enum.NewestFirst {
+		order = ent.Desc(chat.FieldCreatedAt)
+	}
+	q := tx.Chat.Query().Where(chat.HasQueueWith(queue.ID(queueID)), chat.StatusEQ(enum.ChatWaiting)).
+		Order(order, ent.Asc(chat.FieldID)).Limit(releaseBatch)
+	if d.pg {
+		q = q.ForUpdate(sql.WithLockAction(sql.SkipLocked))
+	}
+	chats, err := q.All(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range chats {
+		if !r.anyAvailable() {
+			return nil
+		}
+		if _, err := r.route(ctx, c, TriggerCapacity); err != nil {
+			return fmt.Errorf("release chat %d: %w", c.ID, err)
+		}
+	}
+	if len(chats) == releaseBatch && r.anyAvailable() {
+		return d.releaseQueueLater(ctx, tx, queueID)
+	}
+	return nil
+}
+
+func isCode(err error, code Code) bool {
+	e, ok := err.(*Error)
+	return ok && e.Code == code
+}
+
+// routeNew routes a chat that just became WAITING (new, transferred to a
+// queue, handed over by a bot).
+func (d *Desk) routeNew(ctx context.Context, tx *ent.Tx, c *ent.Chat, queueID int, trigger string) error {
+	r, err := d.newRouter(ctx, tx, queueID)
+	if err != nil {
+		return err
+	}
+	_, err = r.route(ctx, c, trigger)
+	return err
+}

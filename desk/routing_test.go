@@ -1,0 +1,200 @@
+package desk_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chatoffer"
+	"github.com/parleydesk/parley/ent/routingdecision"
+	"github.com/parleydesk/parley/ent/schema/enum"
+)
+
+var (
+	active   = enum.StatusActive
+	inactive = enum.StatusInactive
+)
+
+// openOffers returns the operators with an open offer of the chat.
+func openOffers(w *desktest.World, chatID int) map[int]bool {
+	w.T.Helper()
+	offers, err := w.Client().ChatOffer.Query().Where(chatoffer.ChatID(chatID), chatoffer.StatusEQ(enum.OfferOpen)).All(context.Background())
+	w.Must(err)
+	out := map[int]bool{}
+	for _, o := range offers {
+		out[o.OperatorID] = true
+	}
+	return out
+}
+
+func decisions(w *desktest.World, chatID int) []*ent.RoutingDecision {
+	w.T.Helper()
+	ds, err := w.Client().RoutingDecision.Query().Where(routingdecision.HasChatWith()).All(context.Background())
+	w.Must(err)
+	var out []*ent.RoutingDecision
+	for _, d := range ds {
+		c, err := d.QueryChat().OnlyID(context.Background())
+		w.Must(err)
+		if c == chatID {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func TestR8_ToAllOffersEveryActiveMemberUnderLimitAndFirstAcceptWins(t *testing.T) {
+	w := desktest.New(t)
+	a, b := w.Operator(active), w.Operator(active)
+	off := w.Operator(inactive)
+	full := w.Operator(active, 0)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{a, b, off, full})
+	ch := w.Channel(q, enum.ProviderAPI)
+
+	res := w.Inbound(ch, "c1", "hello")
+	if !res.NewChat || res.Chat.Status != enum.ChatWaiting {
+		t.Fatalf("new chat = %v status %s, want a new WAITING chat", res.NewChat, res.Chat.Status)
+	}
+	offers := openOffers(w, res.Chat.ID)
+	if !offers[a.ID] || !offers[b.ID] || offers[off.ID] || offers[full.ID] || len(offers) != 2 {
+		t.Fatalf("offers = %v, want exactly A and B", offers)
+	}
+
+	c, err := w.Desk.AcceptChat(w.As(b), res.Chat.ID)
+	w.Must(err)
+	if c.Status != enum.ChatInProgress || c.OwnerID == nil || *c.OwnerID != b.ID {
+		t.Fatalf("accepted chat = %+v, want IN_PROGRESS owned by B", c)
+	}
+	if got := openOffers(w, res.Chat.ID); len(got) != 0 {
+		t.Fatalf("open offers after accept = %v, want none (A lost the offer)", got)
+	}
+	_, err = w.Desk.AcceptChat(w.As(a), res.Chat.ID)
+	w.WantCode(err, desk.CodeChatAlreadyTaken)
+
+	ds := decisions(w, res.Chat.ID)
+	if len(ds) != 1 {
+		t.Fatalf("decisions = %d, want 1", len(ds))
+	}
+	d := ds[0]
+	if d.Rule != enum.RuleToAll || d.Outcome != desk.OutcomeOffered || d.Trigger != desk.TriggerNewChat {
+		t.Fatalf("decision = %+v", d)
+	}
+	why := map[int]string{}
+	for _, c := range d.Candidates {
+		why[c.OperatorID] = c.Excluded
+	}
+	if why[off.ID] != desk.ExcludedInactive || why[full.ID] != desk.ExcludedLimitExhausted || why[a.ID] != "" || why[b.ID] != "" {
+		t.Fatalf("exclusions = %v", why)
+	}
+}
+
+func TestR13_ConcurrentAcceptsHaveExactlyOneWinner(t *testing.T) {
+	w := desktest.New(t)
+	var ops []*ent.Operator
+	for range 16 {
+		ops = append(ops, w.Operator(active))
+	}
+	q := w.Queue(enum.RuleToAll, ops)
+	ch := w.Channel(q, enum.ProviderAPI)
+	res := w.Inbound(ch, "c1", "hello")
+
+	var wg sync.WaitGroup
+	codes := make([]desk.Code, len(ops))
+	start := make(chan struct{})
+	for i, op := range ops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, err := w.Desk.AcceptChat(w.As(op), res.Chat.ID)
+			codes[i] = desktest.Code(err)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	winners := 0
+	for _, c := range codes {
+		switch c {
+		case "":
+			winners++
+		case desk.CodeChatAlreadyTaken:
+		default:
+			t.Fatalf("unexpected code %q", c)
+		}
+	}
+	if winners != 1 {
+		t.Fatalf("winners = %d, want exactly 1 (codes %v)", winners, codes)
+	}
+}
+
+func TestR8_ToAvailableOffersLeastLoadedThenIdleLongestAndTimesOut(t *testing.T) {
+	w := desktest.New(t)
+	a, b, c := w.Operator(active), w.Operator(active), w.Operator(active)
+	q := w.Queue(enum.RuleToAvailable, []*ent.Operator{a, b, c})
+	ch := w.Channel(q, enum.ProviderAPI)
+	ctx := w.Ctx()
+	// B accepted most recently, C earlier, A never: A is idle longest.
+	w.Must(w.Client().Operator.UpdateOneID(b.ID).SetLastAcceptedAt(w.Clock.Now().Add(-time.Minute)).Exec(ctx))
+	w.Must(w.Client().Operator.UpdateOneID(c.ID).SetLastAcceptedAt(w.Clock.Now().Add(-time.Hour)).Exec(ctx))
+
+	first := w.Inbound(ch, "c1", "one")
+	if got := openOffers(w, first.Chat.ID); len(got) != 1 || !got[a.ID] {
+		t.Fatalf("first chat offers = %v, want only A (never accepted)", got)
+	}
+	second := w.Inbound(ch, "c2", "two")
+	if got := openOffers(w, second.Chat.ID); len(got) != 1 || !got[c.ID] {
+		t.Fatalf("second chat offers = %v, want only C (A is loaded, C idle longer than B)", got)
+	}
+
+	// A lets the offer expire: the default action sets A INACTIVE and the
+	// chat goes to the next member (B: fewest chats).
+	w.Clock.Advance(5*time.Minute + time.Second)
+	if n := w.RunJobs(); n == 0 {
+		t.Fatal("no job ran at the accept timeout")
+	}
+	if got := w.OperatorNow(a.ID); got.Status != enum.StatusInactive || got.MissedOffers != 1 {
+		t.Fatalf("A after timeout: status %s missed %d, want INACTIVE and 1", got.Status, got.MissedOffers)
+	}
+	if got := openOffers(w, first.Chat.ID); len(got) != 1 || !got[b.ID] {
+		t.Fatalf("first chat offers after timeout = %v, want only B", got)
+	}
+}
+
+func TestR8_AcceptTimeoutCountMissedKeepsOperatorActive(t *testing.T) {
+	w := desktest.New(t)
+	a, b := w.Operator(active), w.Operator(active)
+	q := w.Queue(enum.RuleToAvailable, []*ent.Operator{a, b}, func(c *ent.QueueCreate) {
+		c.SetAcceptTimeoutAction(enum.TimeoutCountMissed).SetAcceptTimeoutSeconds(30)
+	})
+	ch := w.Channel(q, enum.ProviderAPI)
+	res := w.Inbound(ch, "c1", "hi")
+	first := openOffers(w, res.Chat.ID)
+	if len(first) != 1 {
+		t.Fatalf("offers = %v, want one", first)
+	}
+	w.Clock.Advance(29 * time.Second)
+	if n := w.RunJobs(); n != 0 {
+		t.Fatalf("%d jobs ran before the timeout", n)
+	}
+	w.Clock.Advance(time.Second)
+	w.RunJobs()
+	var missed, other *ent.Operator = a, b
+	if first[b.ID] {
+		missed, other = b, a
+	}
+	if got := w.OperatorNow(missed.ID); got.Status != enum.StatusActive || got.MissedOffers != 1 {
+		t.Fatalf("missed operator: status %s missed %d, want ACTIVE and 1", got.Status, got.MissedOffers)
+	}
+	if got := openOffers(w, res.Chat.ID); len(got) != 1 || !got[other.ID] {
+		t.Fatalf("offers after timeout = %v, want the other operator", got)
+	}
+	// The other one misses it too: the chat comes back to the first.
+	w.Clock.Advance(30 * time.Second)
+	w.RunJobs()
+	if got := openOffers(w, res.Chat.ID); len(got) != 1 || !got[missed.ID] {
+		t.Fatalf("offers after the second timeout = %v, want the first operator again", got)
+	}
+}
