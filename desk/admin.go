@@ -9,9 +9,9 @@ import (
 
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/channel"
-	"github.com/parleydesk/parley/ent/chatoffer"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/chataction"
+	"github.com/parleydesk/parley/ent/chatoffer"
 	"github.com/parleydesk/parley/ent/operator"
 	"github.com/parleydesk/parley/ent/queue"
 	"github.com/parleydesk/parley/ent/schema/enum"
@@ -76,7 +76,7 @@ func (d *Desk) CreateOperator(ctx context.Context, in CreateOperatorInput) (*ent
 		return nil, err
 	}
 	d.log.Info("operator created", "operator_id", op.ID, "role", op.Role)
-	return op, nil
+	return op.Unwrap(), nil
 }
 
 // UpdateOperator changes an operator. A new password or disabling the
@@ -149,7 +149,7 @@ func (d *Desk) UpdateOperator(ctx context.Context, id int, in UpdateOperatorInpu
 		// A higher limit or a new queue may let waiting chats through (R9).
 		return d.releaseCapacity(ctx, tx, id)
 	})
-	return op, err
+	return detach(op, err)
 }
 
 func requireQueues(ctx context.Context, tx *ent.Tx, ids []int) error {
@@ -179,7 +179,7 @@ func (d *Desk) CreateQueue(ctx context.Context, in ent.CreateQueueInput) (*ent.Q
 		q, err = tx.Queue.Create().SetInput(in).SetCreatedAt(now).SetUpdatedAt(now).Save(ctx)
 		return err
 	})
-	return q, err
+	return detach(q, err)
 }
 
 // UpdateQueue changes a queue's settings and members.
@@ -207,7 +207,7 @@ func (d *Desk) UpdateQueue(ctx context.Context, id int, in ent.UpdateQueueInput)
 		// through (R9).
 		return d.releaseQueueLater(ctx, tx, id)
 	})
-	return q, err
+	return detach(q, err)
 }
 
 // DeleteQueue deletes a queue that has no chats and no channels.
@@ -324,7 +324,7 @@ func (d *Desk) CreateChannel(ctx context.Context, in ent.CreateChannelInput) (*e
 	if err == nil {
 		d.log.Info("channel created", "channel_id", ch.ID, "provider", ch.Provider)
 	}
-	return ch, err
+	return detach(ch, err)
 }
 
 // UpdateChannel changes a channel; secrets can be replaced, never read.
@@ -360,7 +360,7 @@ func (d *Desk) UpdateChannel(ctx context.Context, id int, in ent.UpdateChannelIn
 		ch, err = tx.Channel.UpdateOneID(id).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx)
 		return err
 	})
-	return ch, err
+	return detach(ch, err)
 }
 
 func apply(dst *string, v *string, clear bool) {
@@ -436,7 +436,7 @@ func (d *Desk) UpdateQuickReply(ctx context.Context, id int, in ent.UpdateQuickR
 			SetSearchKey(quickReplyKey(name, text)).SetUpdatedAt(d.Now()).Save(ctx)
 		return err
 	})
-	return qr, err
+	return detach(qr, err)
 }
 
 // quickReplyKey is what "//" searches: name and text, lower-cased with full
@@ -493,7 +493,7 @@ func (d *Desk) CreateChatAction(ctx context.Context, in ent.CreateChatActionInpu
 		a, err = tx.ChatAction.Create().SetInput(in).SetCreatedAt(now).SetUpdatedAt(now).Save(ctx)
 		return err
 	})
-	return a, err
+	return detach(a, err)
 }
 
 // UpdateChatAction changes a chat action.
@@ -520,7 +520,7 @@ func (d *Desk) UpdateChatAction(ctx context.Context, id int, in ent.UpdateChatAc
 		a, err = tx.ChatAction.UpdateOneID(id).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx)
 		return err
 	})
-	return a, err
+	return detach(a, err)
 }
 
 // DeleteChatAction deletes a chat action.
@@ -540,7 +540,7 @@ func (d *Desk) CreateAccount(ctx context.Context, in ent.CreateAccountInput) (*e
 		a, err = tx.Account.Create().SetInput(in).SetCreatedAt(now).SetUpdatedAt(now).Save(ctx)
 		return err
 	})
-	return a, err
+	return detach(a, err)
 }
 
 // UpdateAccount changes an account.
@@ -557,7 +557,7 @@ func (d *Desk) UpdateAccount(ctx context.Context, id int, in ent.UpdateAccountIn
 		a, err = tx.Account.UpdateOneID(id).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx)
 		return err
 	})
-	return a, err
+	return detach(a, err)
 }
 
 func requireContacts(ctx context.Context, tx *ent.Tx, ids []int) error {
@@ -595,7 +595,7 @@ func (d *Desk) CreateContact(ctx context.Context, in ent.CreateContactInput) (*e
 		c, err = tx.Contact.Create().SetInput(in).SetCreatedAt(now).SetUpdatedAt(now).Save(ctx)
 		return err
 	})
-	return c, err
+	return detach(c, err)
 }
 
 // UpdateContact changes a contact.
@@ -617,7 +617,7 @@ func (d *Desk) UpdateContact(ctx context.Context, id int, in ent.UpdateContactIn
 		c, err = tx.Contact.UpdateOneID(id).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx)
 		return err
 	})
-	return c, err
+	return detach(c, err)
 }
 
 // Settings returns the system settings, creating the row with the defaults
@@ -656,7 +656,19 @@ func (d *Desk) UpdateSettings(ctx context.Context, in ent.UpdateSettingInput) (*
 		}
 		return err
 	})
-	return s, err
+	return detach(s, err)
+}
+
+// detach rebinds an entity read or written in a use case's transaction to
+// the desk's client: without it, a caller loading the entity's edges after
+// the commit (a resolver answering createQueue { members { id } }) fails with
+// "transaction has already been committed".
+func detach[T interface{ Unwrap() T }](v T, err error) (T, error) {
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v.Unwrap(), nil
 }
 
 func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }

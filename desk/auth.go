@@ -137,6 +137,7 @@ func (d *Desk) Login(ctx context.Context, email, password string, meta SessionMe
 	if err != nil {
 		return nil, err
 	}
+	res.Operator = res.Operator.Unwrap()
 	d.log.Info("operator logged in", "operator_id", op.ID)
 	return res, nil
 }
@@ -332,7 +333,7 @@ func (d *Desk) RevokeAPIKey(ctx context.Context, id int) (*ent.ApiKey, error) {
 		k, err = tx.ApiKey.UpdateOneID(id).SetRevokedAt(d.Now()).Save(ctx)
 		return err
 	})
-	return k, err
+	return detach(k, err)
 }
 
 // EnsureAdmin creates an administrator with the given email unless an

@@ -91,10 +91,11 @@ func (d *Desk) TransferChat(ctx context.Context, in TransferInput) (*TransferRes
 			}
 			child.SetQueueID(parent.QueueID).SetStatus(enum.ChatInProgress).SetOwnerID(target.ID).SetAcceptedAt(now)
 		}
-		if res.Chat, err = child.Save(ctx); err != nil {
+		// The parent completes first: a contact has one open chat per channel.
+		if res.Completed, err = d.complete(ctx, tx, parent, enum.CompletedByTransfer); err != nil {
 			return err
 		}
-		if res.Completed, err = d.complete(ctx, tx, parent, enum.CompletedByTransfer); err != nil {
+		if res.Chat, err = child.Save(ctx); err != nil {
 			return err
 		}
 		ev := event{Type: EventChatTransferred, ChatID: res.Chat.ID, QueueID: res.Chat.QueueID,

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,13 +41,22 @@ func New(t testing.TB) *World {
 // instance, or the same one after a restart.
 func NewOn(t testing.TB, db *store.DB, clock *Clock) *World {
 	t.Helper()
-	d := desk.New(db.Client, desk.WithDialect(db.Dialect), desk.WithClock(clock),
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	d := desk.New(db.Client, desk.WithDialect(db.Dialect), desk.WithClock(clock), desk.WithLogger(log),
 		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, SessionTTL: 12 * time.Hour}))
 	w := &World{T: t, DB: db, Desk: d, Clock: clock}
 	if _, err := d.Settings(context.Background()); err != nil {
 		t.Fatalf("settings: %v", err)
 	}
 	return w
+}
+
+// testWriter sends log lines to the test's log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 // Client is the ent client.
