@@ -29,7 +29,7 @@ func (d *Desk) AcceptChat(ctx context.Context, chatID int) (*ent.Chat, error) {
 		c, err = d.accept(ctx, tx, chatID, a.OperatorID)
 		return err
 	})
-	return c, err
+	return detach(c, err)
 }
 
 func (d *Desk) accept(ctx context.Context, tx *ent.Tx, chatID, me int) (*ent.Chat, error) {
@@ -161,7 +161,7 @@ func (d *Desk) CompleteChat(ctx context.Context, chatID int) (*ent.Chat, error) 
 		c, err = d.complete(ctx, tx, c, enum.CompletedByOperator)
 		return err
 	})
-	return c, err
+	return detach(c, err)
 }
 
 // complete moves a chat to COMPLETED, recording its first response time and
@@ -274,7 +274,7 @@ func (d *Desk) SendMessage(ctx context.Context, chatID int, text string) (*ent.M
 		return d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, OperatorID: a.OperatorID,
 			Payload: map[string]any{"messageId": m.ID}})
 	})
-	return m, err
+	return detach(m, err)
 }
 
 // MarkChatRead records that the owner has read every message of their chat
@@ -295,7 +295,7 @@ func (d *Desk) MarkChatRead(ctx context.Context, chatID int) (*ent.Chat, error) 
 		}
 		return d.emit(ctx, tx, event{Type: EventChatRead, ChatID: c.ID, OperatorID: a.OperatorID})
 	})
-	return c, err
+	return detach(c, err)
 }
 
 // expireOffer handles an accept timeout (R8 TO_AVAILABLE, ROUND_ROBIN): the

@@ -88,7 +88,11 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 			break
 		}
 	}
-	return res, err
+	if err != nil {
+		return nil, err
+	}
+	res.Chat, res.Message = res.Chat.Unwrap(), res.Message.Unwrap()
+	return res, nil
 }
 
 func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResult, error) {

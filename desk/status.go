@@ -58,7 +58,7 @@ func (d *Desk) setStatus(ctx context.Context, operatorID int, status enum.Operat
 		op, err = tx.Operator.Get(ctx, operatorID)
 		return err
 	})
-	return op, err
+	return detach(op, err)
 }
 
 // afterStatusChange applies what a status change means for routing (R4, R9):

@@ -114,5 +114,6 @@ func (d *Desk) TransferChat(ctx context.Context, in TransferInput) (*TransferRes
 	if err != nil {
 		return nil, err
 	}
+	res.Completed, res.Chat = res.Completed.Unwrap(), res.Chat.Unwrap()
 	return res, nil
 }

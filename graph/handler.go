@@ -20,6 +20,7 @@ import (
 
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/message"
 )
 
 // Options shape the GraphQL endpoint.
@@ -182,8 +183,8 @@ var _ interface {
 	graphql.OperationContextMutator
 } = depthLimit{}
 
-func (depthLimit) ExtensionName() string                          { return "DepthLimit" }
-func (depthLimit) Validate(graphql.ExecutableSchema) error        { return nil }
+func (depthLimit) ExtensionName() string                   { return "DepthLimit" }
+func (depthLimit) Validate(graphql.ExecutableSchema) error { return nil }
 func (l depthLimit) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
 	op := oc.Doc.Operations.ForName(oc.OperationName)
 	if op == nil {
@@ -245,8 +246,10 @@ func checkPage(first, last *int) error {
 func authorizeNode(ctx context.Context, d *desk.Desk, n ent.Noder) error {
 	switch n := n.(type) {
 	case *ent.Message:
-		// R24: a message is read through its chat's rules.
-		c, err := d.Client().Chat.Get(ctx, n.ChatID)
+		// R24: a message is read through its chat's rules. The chat is found
+		// by the message's id: n holds only the columns the query selected
+		// (field collection), so n.ChatID may be unset.
+		c, err := d.Client().Message.Query().Where(message.ID(n.ID)).QueryChat().Only(ctx)
 		if err != nil {
 			return err
 		}
