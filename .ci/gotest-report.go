@@ -46,12 +46,17 @@ type pkgResult struct {
 	failedBuild             bool
 }
 
+// root is a running top-level test: its output and that of its subtests,
+// in order, so that a failure prints as one block.
+type root struct {
+	lines  []line
+	passed map[string]bool // subtests that passed or were skipped
+}
+
 type report struct {
-	out  io.Writer
-	pkgs map[string]*pkgResult
-	// roots holds the output of each running top-level test, subtests
-	// included, in order, so that a failure prints as one block.
-	roots map[string][]line
+	out   io.Writer
+	pkgs  map[string]*pkgResult
+	roots map[string]*root
 	order []string // keys of roots in start order (for unfinished tests)
 }
 
@@ -69,15 +74,6 @@ func (r *report) pkg(name string) *pkgResult {
 		r.pkgs[name] = p
 	}
 	return p
-}
-
-func noise(text string) bool {
-	for _, p := range []string{"=== PAUSE", "=== CONT", "=== NAME"} {
-		if strings.HasPrefix(text, p) {
-			return true
-		}
-	}
-	return false
 }
 
 func (r *report) handle(e event) {
@@ -115,19 +111,26 @@ func (r *report) handle(e event) {
 		return
 	}
 	key := e.Package + "\x00" + rootOf(e.Test)
-	switch e.Action {
-	case "run":
-		if _, ok := r.roots[key]; !ok {
-			r.roots[key] = nil
+	rt := r.roots[key]
+	if rt == nil {
+		// Only a "run" starts a test; anything else of a test that ended
+		// (or never started) is kept in a throwaway root.
+		rt = &root{passed: map[string]bool{}}
+		if e.Action == "run" && e.Test == rootOf(e.Test) {
+			r.roots[key] = rt
 			r.order = append(r.order, key)
 		}
+	}
+	switch e.Action {
 	case "output":
-		r.roots[key] = append(r.roots[key], line{e.Test, e.Output})
+		rt.lines = append(rt.lines, line{e.Test, e.Output})
 	case "pass":
 		p.passed++
+		rt.passed[e.Test] = true
 	case "skip":
 		p.skipped++
-		for _, l := range r.roots[key] {
+		rt.passed[e.Test] = true
+		for _, l := range rt.lines {
 			if l.test == e.Test && !strings.HasPrefix(l.text, "=== ") {
 				fmt.Fprint(r.out, l.text)
 			}
@@ -135,15 +138,22 @@ func (r *report) handle(e event) {
 	case "fail":
 		p.failed++
 		if e.Test == rootOf(e.Test) {
-			for _, l := range r.roots[key] {
-				if !noise(l.text) {
-					fmt.Fprint(r.out, l.text)
-				}
-			}
+			rt.print(r.out)
 		}
 	}
 	if (e.Action == "pass" || e.Action == "skip" || e.Action == "fail") && e.Test == rootOf(e.Test) {
 		delete(r.roots, key)
+	}
+}
+
+// print writes what a plain go test run shows of a failed test: the output
+// of the test and of its subtests that did not pass, without the "=== RUN"
+// lines of -v.
+func (rt *root) print(w io.Writer) {
+	for _, l := range rt.lines {
+		if !rt.passed[l.test] && !strings.HasPrefix(l.text, "=== ") {
+			fmt.Fprint(w, l.text)
+		}
 	}
 }
 
@@ -152,18 +162,14 @@ func (r *report) handle(e event) {
 // was killed, and counts them as failed.
 func (r *report) flushUnfinished(pkg string) {
 	for _, key := range r.order {
-		lines, running := r.roots[key]
+		rt, running := r.roots[key]
 		p, test, _ := strings.Cut(key, "\x00")
 		if !running || (pkg != "" && p != pkg) {
 			continue
 		}
 		r.pkg(p).failed++
 		fmt.Fprintf(r.out, "--- UNFINISHED: %s %s (the test never ended; its output follows)\n", p, test)
-		for _, l := range lines {
-			if !noise(l.text) {
-				fmt.Fprint(r.out, l.text)
-			}
-		}
+		rt.print(r.out)
 		delete(r.roots, key)
 	}
 }
@@ -220,7 +226,7 @@ func (r *report) writeSummary(w io.Writer) {
 func main() {
 	summary := flag.String("summary", "", "file to write the per-package summary to")
 	flag.Parse()
-	r := &report{out: os.Stdout, pkgs: map[string]*pkgResult{}, roots: map[string][]line{}}
+	r := &report{out: os.Stdout, pkgs: map[string]*pkgResult{}, roots: map[string]*root{}}
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	for sc.Scan() {

@@ -16,6 +16,7 @@ import (
 	"github.com/parleydesk/parley/ent/apikey"
 	"github.com/parleydesk/parley/ent/operator"
 	"github.com/parleydesk/parley/ent/operatorsession"
+	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
 
@@ -211,18 +212,29 @@ func (d *Desk) Logout(ctx context.Context) error {
 // is nil) and applies R6 if none is left.
 func (d *Desk) endSessions(ctx context.Context, tx *ent.Tx, operatorID int, ids []int, endReason string, reason enum.StatusChangeReason) error {
 	now := d.Now()
-	upd := tx.OperatorSession.Update().
-		Where(operatorsession.HasOperatorWith(operator.ID(operatorID)), operatorsession.EndedAtIsNil())
+	live := []predicate.OperatorSession{operatorsession.HasOperatorWith(operator.ID(operatorID)), operatorsession.EndedAtIsNil()}
 	if ids != nil {
-		upd = upd.Where(operatorsession.IDIn(ids...))
+		live = append(live, operatorsession.IDIn(ids...))
 	}
-	if _, err := upd.SetEndedAt(now).SetEndReason(endReason).Save(ctx); err != nil {
+	ended, err := tx.OperatorSession.Query().Where(live...).IDs(ctx)
+	if err != nil {
 		return err
 	}
-	live, err := tx.OperatorSession.Query().Where(
+	if _, err := tx.OperatorSession.Update().Where(operatorsession.IDIn(ended...)).
+		SetEndedAt(now).SetEndReason(endReason).Save(ctx); err != nil {
+		return err
+	}
+	// Live subscriptions opened with these sessions end (R32).
+	for _, id := range ended {
+		if err := d.emit(ctx, tx, event{Type: EventSessionEnded, OperatorID: operatorID,
+			Payload: map[string]any{"sessionId": id, "reason": endReason}}); err != nil {
+			return err
+		}
+	}
+	stillLive, err := tx.OperatorSession.Query().Where(
 		operatorsession.HasOperatorWith(operator.ID(operatorID)),
 		operatorsession.EndedAtIsNil(), operatorsession.ExpiresAtGT(now)).Exist(ctx)
-	if err != nil || live {
+	if err != nil || stillLive {
 		return err
 	}
 	op, err := tx.Operator.Get(ctx, operatorID)
@@ -252,7 +264,7 @@ func (d *Desk) changeStatus(ctx context.Context, tx *ent.Tx, op *ent.Operator, t
 		SetStatus(to).SetPrevious(from).SetReason(reason).SetAt(now).Exec(ctx); err != nil {
 		return err
 	}
-	return d.afterStatusChange(ctx, tx, op, from, to)
+	return d.afterStatusChange(ctx, tx, op, from, to, reason)
 }
 
 // ChangePassword changes the caller's password and ends their other sessions.
@@ -330,8 +342,11 @@ func (d *Desk) RevokeAPIKey(ctx context.Context, id int) (*ent.ApiKey, error) {
 		if k.RevokedAt != nil {
 			return nil
 		}
-		k, err = tx.ApiKey.UpdateOneID(id).SetRevokedAt(d.Now()).Save(ctx)
-		return err
+		if k, err = tx.ApiKey.UpdateOneID(id).SetRevokedAt(d.Now()).Save(ctx); err != nil {
+			return err
+		}
+		// Live subscriptions opened with the key end (R32).
+		return d.emit(ctx, tx, event{Type: EventAPIKeyRevoked, Payload: map[string]any{"apiKeyId": id}})
 	})
 	return detach(k, err)
 }

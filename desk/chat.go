@@ -212,7 +212,8 @@ func (d *Desk) completeIfDue(ctx context.Context, tx *ent.Tx, chatID int) error 
 	if err != nil {
 		return err
 	}
-	if err := d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, Payload: map[string]any{"messageId": m.ID}}); err != nil {
+	if err := d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, QueueID: c.QueueID, Audience: []int{*c.OwnerID},
+		Payload: map[string]any{"messageId": m.ID}}); err != nil {
 		return err
 	}
 	_, err = d.complete(ctx, tx, c, enum.CompletedByTimeout)
@@ -271,7 +272,7 @@ func (d *Desk) SendMessage(ctx context.Context, chatID int, text string) (*ent.M
 		if _, err := tx.Draft.Delete().Where(draft.HasOperatorWith(operator.ID(a.OperatorID)), draft.HasChatWith(chatIs(c.ID))).Exec(ctx); err != nil {
 			return err
 		}
-		return d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, OperatorID: a.OperatorID,
+		return d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, OperatorID: a.OperatorID, QueueID: c.QueueID,
 			Payload: map[string]any{"messageId": m.ID}})
 	})
 	return detach(m, err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"entgo.io/ent/dialect"
@@ -35,6 +36,9 @@ type Config struct {
 	SessionTTL time.Duration
 	// PasswordCost is the bcrypt cost (default bcrypt.DefaultCost; tests lower it).
 	PasswordCost int
+	// EventRetention is how long the event log keeps events for clients
+	// resuming a subscription (default 7 days).
+	EventRetention time.Duration
 }
 
 // Desk is the entry point of every use case.
@@ -48,6 +52,10 @@ type Desk struct {
 	pg bool
 	// kick wakes the scheduler when a transaction committed a job that is due.
 	kick chan struct{}
+	// txs holds the state of the transactions in flight (*ent.Tx → *txState).
+	txs sync.Map
+	// onEvents is told the last event id after each commit that appended events.
+	onEvents func(lastID int)
 }
 
 // Option configures a Desk.
@@ -63,6 +71,10 @@ func WithConfig(c Config) Option { return func(d *Desk) { d.cfg = c } }
 // "sqlite3"), for row locks.
 func WithDialect(name string) Option { return func(d *Desk) { d.pg = name == dialect.Postgres } }
 
+// WithEventSink sets the function told, after each commit that appended
+// events, the id of the last one (the live bus wakes on it).
+func WithEventSink(fn func(lastID int)) Option { return func(d *Desk) { d.onEvents = fn } }
+
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(d *Desk) { d.log = l } }
 
@@ -74,6 +86,9 @@ func New(client *ent.Client, opts ...Option) *Desk {
 	}
 	if d.cfg.SessionTTL <= 0 {
 		d.cfg.SessionTTL = 12 * time.Hour
+	}
+	if d.cfg.EventRetention <= 0 {
+		d.cfg.EventRetention = 7 * 24 * time.Hour
 	}
 	if d.cfg.PasswordCost == 0 {
 		d.cfg.PasswordCost = bcrypt.DefaultCost
@@ -127,14 +142,38 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 			panic(v)
 		}
 	}()
-	if err := fn(tx); err != nil {
+	st := &txState{}
+	d.txs.Store(tx, st)
+	defer d.txs.Delete(tx)
+	err = fn(tx)
+	var lastEvent int
+	if err == nil {
+		// Events go in last, under the event lock, so that their ids are
+		// in commit order (see flushEvents).
+		lastEvent, err = d.flushEvents(ctx, tx, st.events)
+	}
+	if err != nil {
 		if rerr := tx.Rollback(); rerr != nil {
 			d.log.Error("rollback failed", "use_case", name, "err", rerr)
 		}
 		return err
 	}
 	if err := tx.Commit(); err != nil {
+		_ = tx.Rollback()
 		return fmt.Errorf("%s: commit: %w", name, err)
 	}
+	if lastEvent != 0 && d.onEvents != nil {
+		d.onEvents(lastEvent)
+	}
+	if st.kick {
+		d.Kick()
+	}
 	return nil
+}
+
+// txState is what a use case's transaction collects for its commit.
+type txState struct {
+	events []event
+	// kick wakes the scheduler after commit: a job is due now.
+	kick bool
 }

@@ -27,6 +27,10 @@ const (
 	CodeChatNotInProgress Code = "CHAT_NOT_IN_PROGRESS"
 	CodeLimitExhausted    Code = "LIMIT_EXHAUSTED"
 	CodeChannelInactive   Code = "CHANNEL_INACTIVE"
+
+	// Codes of live subscriptions.
+	CodeEventsExpired Code = "EVENTS_EXPIRED"
+	CodeSlowConsumer  Code = "SLOW_CONSUMER"
 )
 
 // Error is a refusal by a rule: a code, a message for humans and, for

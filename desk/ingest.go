@@ -168,8 +168,16 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 			return nil, err
 		}
 	}
-	if err := d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: res.Chat.ID,
-		Payload: map[string]any{"messageId": res.Message.ID}}); err != nil {
+	// A new chat reaches panels through its offers; a message in an open
+	// chat reaches its owner or the operators it is offered to.
+	audience := []int{}
+	if !res.NewChat {
+		if audience, err = d.chatAudience(ctx, tx, res.Chat); err != nil {
+			return nil, err
+		}
+	}
+	if err := d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: res.Chat.ID, QueueID: res.Chat.QueueID,
+		Audience: audience, Payload: map[string]any{"messageId": res.Message.ID}}); err != nil {
 		return nil, err
 	}
 	if res.NewChat {

@@ -66,15 +66,9 @@ func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
 		return fmt.Errorf("enqueue %s: %w", j.kind, err)
 	}
 	if !j.due.After(d.Now()) {
-		tx.OnCommit(func(next ent.Committer) ent.Committer {
-			return ent.CommitFunc(func(ctx context.Context, tx *ent.Tx) error {
-				err := next.Commit(ctx, tx)
-				if err == nil {
-					d.Kick()
-				}
-				return err
-			})
-		})
+		if st, ok := d.txs.Load(tx); ok {
+			st.(*txState).kick = true
+		}
 	}
 	return nil
 }
@@ -238,6 +232,8 @@ func (d *Desk) handleJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
 		return d.completeIfDue(ctx, tx, *j.ChatID)
 	case jobSessionExpired:
 		return d.expireSession(ctx, tx, ref)
+	case jobPruneEvents:
+		return d.pruneEvents(ctx, tx)
 	}
 	d.log.Error("unknown job kind", "job_id", j.ID, "kind", j.Kind)
 	return nil

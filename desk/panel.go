@@ -274,3 +274,31 @@ func (d *Desk) ChatHistory(ctx context.Context, c *ent.Chat, withAncestors bool)
 	}
 	return d.client.Message.Query().Where(message.ChatIDIn(ids...)), nil
 }
+
+// AuthorizeChatSubscription checks that the caller may follow a chat live:
+// whoever may read its messages (R24).
+func (d *Desk) AuthorizeChatSubscription(ctx context.Context, chatID int) error {
+	c, err := d.client.Chat.Get(ctx, chatID)
+	if err != nil {
+		return notFound(err, "chat", chatID)
+	}
+	if ok, err := d.CanReadMessages(ctx, c); err != nil {
+		return err
+	} else if !ok {
+		return Fail(CodeForbidden, "chat %d is visible to its operator until it is completed", chatID)
+	}
+	return nil
+}
+
+// AuthorizeQueueSubscription checks that a supervisor may follow a queue.
+func (d *Desk) AuthorizeQueueSubscription(ctx context.Context, queueID int) error {
+	if _, err := Require(ctx, AccessSupervisor); err != nil {
+		return err
+	}
+	if ok, err := d.client.Queue.Query().Where(queue.ID(queueID)).Exist(ctx); err != nil {
+		return err
+	} else if !ok {
+		return Fail(CodeNotFound, "queue %d not found", queueID)
+	}
+	return nil
+}

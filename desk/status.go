@@ -64,9 +64,13 @@ func (d *Desk) setStatus(ctx context.Context, operatorID int, status enum.Operat
 // afterStatusChange applies what a status change means for routing (R4, R9):
 // an operator turning INACTIVE gets no new chats, so their open offers go to
 // others; one turning ACTIVE releases waiting chats of their queues.
-func (d *Desk) afterStatusChange(ctx context.Context, tx *ent.Tx, op *ent.Operator, from, to enum.OperatorStatus) error {
-	if err := d.emit(ctx, tx, event{Type: EventOperatorStatus, OperatorID: op.ID,
-		Payload: map[string]any{"status": string(to), "previous": string(from)}}); err != nil {
+func (d *Desk) afterStatusChange(ctx context.Context, tx *ent.Tx, op *ent.Operator, from, to enum.OperatorStatus, reason enum.StatusChangeReason) error {
+	queues, err := tx.Operator.Query().Where(operator.ID(op.ID)).QueryQueues().IDs(ctx)
+	if err != nil {
+		return err
+	}
+	if err := d.emit(ctx, tx, event{Type: EventOperatorStatus, OperatorID: op.ID, Queues: queues,
+		Payload: map[string]any{"status": string(to), "previous": string(from), "reason": string(reason)}}); err != nil {
 		return err
 	}
 	if to == enum.StatusInactive {

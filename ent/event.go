@@ -29,7 +29,11 @@ type Event struct {
 	// Payload holds the value of the "payload" field.
 	Payload map[string]interface{} `json:"payload,omitempty"`
 	// CreatedAt holds the value of the "created_at" field.
-	CreatedAt    time.Time `json:"created_at,omitempty"`
+	CreatedAt time.Time `json:"created_at,omitempty"`
+	// Audience holds the value of the "audience" field.
+	Audience []int `json:"audience,omitempty"`
+	// QueueIds holds the value of the "queue_ids" field.
+	QueueIds     []int `json:"queue_ids,omitempty"`
 	selectValues sql.SelectValues
 }
 
@@ -38,7 +42,7 @@ func (*Event) scanValues(columns []string) ([]any, error) {
 	values := make([]any, len(columns))
 	for i := range columns {
 		switch columns[i] {
-		case event.FieldPayload:
+		case event.FieldPayload, event.FieldAudience, event.FieldQueueIds:
 			values[i] = new([]byte)
 		case event.FieldID, event.FieldChatID, event.FieldOperatorID, event.FieldQueueID:
 			values[i] = new(sql.NullInt64)
@@ -108,6 +112,22 @@ func (_m *Event) assignValues(columns []string, values []any) error {
 			} else if value.Valid {
 				_m.CreatedAt = value.Time
 			}
+		case event.FieldAudience:
+			if value, ok := values[i].(*[]byte); !ok {
+				return fmt.Errorf("unexpected type %T for field audience", values[i])
+			} else if value != nil && len(*value) > 0 {
+				if err := json.Unmarshal(*value, &_m.Audience); err != nil {
+					return fmt.Errorf("unmarshal field audience: %w", err)
+				}
+			}
+		case event.FieldQueueIds:
+			if value, ok := values[i].(*[]byte); !ok {
+				return fmt.Errorf("unexpected type %T for field queue_ids", values[i])
+			} else if value != nil && len(*value) > 0 {
+				if err := json.Unmarshal(*value, &_m.QueueIds); err != nil {
+					return fmt.Errorf("unmarshal field queue_ids: %w", err)
+				}
+			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
 		}
@@ -167,6 +187,12 @@ func (_m *Event) String() string {
 	builder.WriteString(", ")
 	builder.WriteString("created_at=")
 	builder.WriteString(_m.CreatedAt.Format(time.ANSIC))
+	builder.WriteString(", ")
+	builder.WriteString("audience=")
+	builder.WriteString(fmt.Sprintf("%v", _m.Audience))
+	builder.WriteString(", ")
+	builder.WriteString("queue_ids=")
+	builder.WriteString(fmt.Sprintf("%v", _m.QueueIds))
 	builder.WriteByte(')')
 	return builder.String()
 }

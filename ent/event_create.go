@@ -82,6 +82,18 @@ func (_c *EventCreate) SetCreatedAt(v time.Time) *EventCreate {
 	return _c
 }
 
+// SetAudience sets the "audience" field.
+func (_c *EventCreate) SetAudience(v []int) *EventCreate {
+	_c.mutation.SetAudience(v)
+	return _c
+}
+
+// SetQueueIds sets the "queue_ids" field.
+func (_c *EventCreate) SetQueueIds(v []int) *EventCreate {
+	_c.mutation.SetQueueIds(v)
+	return _c
+}
+
 // Mutation returns the EventMutation object of the builder.
 func (_c *EventCreate) Mutation() *EventMutation {
 	return _c.mutation
@@ -172,6 +184,14 @@ func (_c *EventCreate) createSpec() (*Event, *sqlgraph.CreateSpec) {
 	if value, ok := _c.mutation.CreatedAt(); ok {
 		_spec.SetField(event.FieldCreatedAt, field.TypeTime, value)
 		_node.CreatedAt = value
+	}
+	if value, ok := _c.mutation.Audience(); ok {
+		_spec.SetField(event.FieldAudience, field.TypeJSON, value)
+		_node.Audience = value
+	}
+	if value, ok := _c.mutation.QueueIds(); ok {
+		_spec.SetField(event.FieldQueueIds, field.TypeJSON, value)
+		_node.QueueIds = value
 	}
 	return _node, _spec
 }
@@ -336,6 +356,42 @@ func (u *EventUpsert) SetCreatedAt(v time.Time) *EventUpsert {
 // UpdateCreatedAt sets the "created_at" field to the value that was provided on create.
 func (u *EventUpsert) UpdateCreatedAt() *EventUpsert {
 	u.SetExcluded(event.FieldCreatedAt)
+	return u
+}
+
+// SetAudience sets the "audience" field.
+func (u *EventUpsert) SetAudience(v []int) *EventUpsert {
+	u.Set(event.FieldAudience, v)
+	return u
+}
+
+// UpdateAudience sets the "audience" field to the value that was provided on create.
+func (u *EventUpsert) UpdateAudience() *EventUpsert {
+	u.SetExcluded(event.FieldAudience)
+	return u
+}
+
+// ClearAudience clears the value of the "audience" field.
+func (u *EventUpsert) ClearAudience() *EventUpsert {
+	u.SetNull(event.FieldAudience)
+	return u
+}
+
+// SetQueueIds sets the "queue_ids" field.
+func (u *EventUpsert) SetQueueIds(v []int) *EventUpsert {
+	u.Set(event.FieldQueueIds, v)
+	return u
+}
+
+// UpdateQueueIds sets the "queue_ids" field to the value that was provided on create.
+func (u *EventUpsert) UpdateQueueIds() *EventUpsert {
+	u.SetExcluded(event.FieldQueueIds)
+	return u
+}
+
+// ClearQueueIds clears the value of the "queue_ids" field.
+func (u *EventUpsert) ClearQueueIds() *EventUpsert {
+	u.SetNull(event.FieldQueueIds)
 	return u
 }
 
@@ -509,6 +565,48 @@ func (u *EventUpsertOne) SetCreatedAt(v time.Time) *EventUpsertOne {
 func (u *EventUpsertOne) UpdateCreatedAt() *EventUpsertOne {
 	return u.Update(func(s *EventUpsert) {
 		s.UpdateCreatedAt()
+	})
+}
+
+// SetAudience sets the "audience" field.
+func (u *EventUpsertOne) SetAudience(v []int) *EventUpsertOne {
+	return u.Update(func(s *EventUpsert) {
+		s.SetAudience(v)
+	})
+}
+
+// UpdateAudience sets the "audience" field to the value that was provided on create.
+func (u *EventUpsertOne) UpdateAudience() *EventUpsertOne {
+	return u.Update(func(s *EventUpsert) {
+		s.UpdateAudience()
+	})
+}
+
+// ClearAudience clears the value of the "audience" field.
+func (u *EventUpsertOne) ClearAudience() *EventUpsertOne {
+	return u.Update(func(s *EventUpsert) {
+		s.ClearAudience()
+	})
+}
+
+// SetQueueIds sets the "queue_ids" field.
+func (u *EventUpsertOne) SetQueueIds(v []int) *EventUpsertOne {
+	return u.Update(func(s *EventUpsert) {
+		s.SetQueueIds(v)
+	})
+}
+
+// UpdateQueueIds sets the "queue_ids" field to the value that was provided on create.
+func (u *EventUpsertOne) UpdateQueueIds() *EventUpsertOne {
+	return u.Update(func(s *EventUpsert) {
+		s.UpdateQueueIds()
+	})
+}
+
+// ClearQueueIds clears the value of the "queue_ids" field.
+func (u *EventUpsertOne) ClearQueueIds() *EventUpsertOne {
+	return u.Update(func(s *EventUpsert) {
+		s.ClearQueueIds()
 	})
 }
 
@@ -845,6 +943,48 @@ func (u *EventUpsertBulk) SetCreatedAt(v time.Time) *EventUpsertBulk {
 func (u *EventUpsertBulk) UpdateCreatedAt() *EventUpsertBulk {
 	return u.Update(func(s *EventUpsert) {
 		s.UpdateCreatedAt()
+	})
+}
+
+// SetAudience sets the "audience" field.
+func (u *EventUpsertBulk) SetAudience(v []int) *EventUpsertBulk {
+	return u.Update(func(s *EventUpsert) {
+		s.SetAudience(v)
+	})
+}
+
+// UpdateAudience sets the "audience" field to the value that was provided on create.
+func (u *EventUpsertBulk) UpdateAudience() *EventUpsertBulk {
+	return u.Update(func(s *EventUpsert) {
+		s.UpdateAudience()
+	})
+}
+
+// ClearAudience clears the value of the "audience" field.
+func (u *EventUpsertBulk) ClearAudience() *EventUpsertBulk {
+	return u.Update(func(s *EventUpsert) {
+		s.ClearAudience()
+	})
+}
+
+// SetQueueIds sets the "queue_ids" field.
+func (u *EventUpsertBulk) SetQueueIds(v []int) *EventUpsertBulk {
+	return u.Update(func(s *EventUpsert) {
+		s.SetQueueIds(v)
+	})
+}
+
+// UpdateQueueIds sets the "queue_ids" field to the value that was provided on create.
+func (u *EventUpsertBulk) UpdateQueueIds() *EventUpsertBulk {
+	return u.Update(func(s *EventUpsert) {
+		s.UpdateQueueIds()
+	})
+}
+
+// ClearQueueIds clears the value of the "queue_ids" field.
+func (u *EventUpsertBulk) ClearQueueIds() *EventUpsertBulk {
+	return u.Update(func(s *EventUpsert) {
+		s.ClearQueueIds()
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
+	"entgo.io/ent/dialect/sql/sqljson"
 	"entgo.io/ent/schema/field"
 	"github.com/parleydesk/parley/ent/event"
 	"github.com/parleydesk/parley/ent/predicate"
@@ -150,6 +151,42 @@ func (_u *EventUpdate) SetNillableCreatedAt(v *time.Time) *EventUpdate {
 	return _u
 }
 
+// SetAudience sets the "audience" field.
+func (_u *EventUpdate) SetAudience(v []int) *EventUpdate {
+	_u.mutation.SetAudience(v)
+	return _u
+}
+
+// AppendAudience appends value to the "audience" field.
+func (_u *EventUpdate) AppendAudience(v []int) *EventUpdate {
+	_u.mutation.AppendAudience(v)
+	return _u
+}
+
+// ClearAudience clears the value of the "audience" field.
+func (_u *EventUpdate) ClearAudience() *EventUpdate {
+	_u.mutation.ClearAudience()
+	return _u
+}
+
+// SetQueueIds sets the "queue_ids" field.
+func (_u *EventUpdate) SetQueueIds(v []int) *EventUpdate {
+	_u.mutation.SetQueueIds(v)
+	return _u
+}
+
+// AppendQueueIds appends value to the "queue_ids" field.
+func (_u *EventUpdate) AppendQueueIds(v []int) *EventUpdate {
+	_u.mutation.AppendQueueIds(v)
+	return _u
+}
+
+// ClearQueueIds clears the value of the "queue_ids" field.
+func (_u *EventUpdate) ClearQueueIds() *EventUpdate {
+	_u.mutation.ClearQueueIds()
+	return _u
+}
+
 // Mutation returns the EventMutation object of the builder.
 func (_u *EventUpdate) Mutation() *EventMutation {
 	return _u.mutation
@@ -235,6 +272,28 @@ func (_u *EventUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	}
 	if value, ok := _u.mutation.CreatedAt(); ok {
 		_spec.SetField(event.FieldCreatedAt, field.TypeTime, value)
+	}
+	if value, ok := _u.mutation.Audience(); ok {
+		_spec.SetField(event.FieldAudience, field.TypeJSON, value)
+	}
+	if value, ok := _u.mutation.AppendedAudience(); ok {
+		_spec.AddModifier(func(u *sql.UpdateBuilder) {
+			sqljson.Append(u, event.FieldAudience, value)
+		})
+	}
+	if _u.mutation.AudienceCleared() {
+		_spec.ClearField(event.FieldAudience, field.TypeJSON)
+	}
+	if value, ok := _u.mutation.QueueIds(); ok {
+		_spec.SetField(event.FieldQueueIds, field.TypeJSON, value)
+	}
+	if value, ok := _u.mutation.AppendedQueueIds(); ok {
+		_spec.AddModifier(func(u *sql.UpdateBuilder) {
+			sqljson.Append(u, event.FieldQueueIds, value)
+		})
+	}
+	if _u.mutation.QueueIdsCleared() {
+		_spec.ClearField(event.FieldQueueIds, field.TypeJSON)
 	}
 	_spec.AddModifiers(_u.modifiers...)
 	if _node, err = sqlgraph.UpdateNodes(ctx, _u.driver, _spec); err != nil {
@@ -379,6 +438,42 @@ func (_u *EventUpdateOne) SetNillableCreatedAt(v *time.Time) *EventUpdateOne {
 	return _u
 }
 
+// SetAudience sets the "audience" field.
+func (_u *EventUpdateOne) SetAudience(v []int) *EventUpdateOne {
+	_u.mutation.SetAudience(v)
+	return _u
+}
+
+// AppendAudience appends value to the "audience" field.
+func (_u *EventUpdateOne) AppendAudience(v []int) *EventUpdateOne {
+	_u.mutation.AppendAudience(v)
+	return _u
+}
+
+// ClearAudience clears the value of the "audience" field.
+func (_u *EventUpdateOne) ClearAudience() *EventUpdateOne {
+	_u.mutation.ClearAudience()
+	return _u
+}
+
+// SetQueueIds sets the "queue_ids" field.
+func (_u *EventUpdateOne) SetQueueIds(v []int) *EventUpdateOne {
+	_u.mutation.SetQueueIds(v)
+	return _u
+}
+
+// AppendQueueIds appends value to the "queue_ids" field.
+func (_u *EventUpdateOne) AppendQueueIds(v []int) *EventUpdateOne {
+	_u.mutation.AppendQueueIds(v)
+	return _u
+}
+
+// ClearQueueIds clears the value of the "queue_ids" field.
+func (_u *EventUpdateOne) ClearQueueIds() *EventUpdateOne {
+	_u.mutation.ClearQueueIds()
+	return _u
+}
+
 // Mutation returns the EventMutation object of the builder.
 func (_u *EventUpdateOne) Mutation() *EventMutation {
 	return _u.mutation
@@ -494,6 +589,28 @@ func (_u *EventUpdateOne) sqlSave(ctx context.Context) (_node *Event, err error)
 	}
 	if value, ok := _u.mutation.CreatedAt(); ok {
 		_spec.SetField(event.FieldCreatedAt, field.TypeTime, value)
+	}
+	if value, ok := _u.mutation.Audience(); ok {
+		_spec.SetField(event.FieldAudience, field.TypeJSON, value)
+	}
+	if value, ok := _u.mutation.AppendedAudience(); ok {
+		_spec.AddModifier(func(u *sql.UpdateBuilder) {
+			sqljson.Append(u, event.FieldAudience, value)
+		})
+	}
+	if _u.mutation.AudienceCleared() {
+		_spec.ClearField(event.FieldAudience, field.TypeJSON)
+	}
+	if value, ok := _u.mutation.QueueIds(); ok {
+		_spec.SetField(event.FieldQueueIds, field.TypeJSON, value)
+	}
+	if value, ok := _u.mutation.AppendedQueueIds(); ok {
+		_spec.AddModifier(func(u *sql.UpdateBuilder) {
+			sqljson.Append(u, event.FieldQueueIds, value)
+		})
+	}
+	if _u.mutation.QueueIdsCleared() {
+		_spec.ClearField(event.FieldQueueIds, field.TypeJSON)
 	}
 	_spec.AddModifiers(_u.modifiers...)
 	_node = &Event{config: _u.config}

@@ -11794,22 +11794,26 @@ func (m *DuplicateRuleMutation) ResetEdge(name string) error {
 // EventMutation represents an operation that mutates the Event nodes in the graph.
 type EventMutation struct {
 	config
-	op             Op
-	typ            string
-	id             *int
-	_type          *string
-	chat_id        *int
-	addchat_id     *int
-	operator_id    *int
-	addoperator_id *int
-	queue_id       *int
-	addqueue_id    *int
-	payload        *map[string]interface{}
-	created_at     *time.Time
-	clearedFields  map[string]struct{}
-	done           bool
-	oldValue       func(context.Context) (*Event, error)
-	predicates     []predicate.Event
+	op              Op
+	typ             string
+	id              *int
+	_type           *string
+	chat_id         *int
+	addchat_id      *int
+	operator_id     *int
+	addoperator_id  *int
+	queue_id        *int
+	addqueue_id     *int
+	payload         *map[string]interface{}
+	created_at      *time.Time
+	audience        *[]int
+	appendaudience  []int
+	queue_ids       *[]int
+	appendqueue_ids []int
+	clearedFields   map[string]struct{}
+	done            bool
+	oldValue        func(context.Context) (*Event, error)
+	predicates      []predicate.Event
 }
 
 var _ ent.Mutation = (*EventMutation)(nil)
@@ -12241,6 +12245,136 @@ func (m *EventMutation) ResetCreatedAt() {
 	m.created_at = nil
 }
 
+// SetAudience sets the "audience" field.
+func (m *EventMutation) SetAudience(i []int) {
+	m.audience = &i
+	m.appendaudience = nil
+}
+
+// Audience returns the value of the "audience" field in the mutation.
+func (m *EventMutation) Audience() (r []int, exists bool) {
+	v := m.audience
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldAudience returns the old "audience" field's value of the Event entity.
+// If the Event object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *EventMutation) OldAudience(ctx context.Context) (v []int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldAudience is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldAudience requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldAudience: %w", err)
+	}
+	return oldValue.Audience, nil
+}
+
+// AppendAudience adds i to the "audience" field.
+func (m *EventMutation) AppendAudience(i []int) {
+	m.appendaudience = append(m.appendaudience, i...)
+}
+
+// AppendedAudience returns the list of values that were appended to the "audience" field in this mutation.
+func (m *EventMutation) AppendedAudience() ([]int, bool) {
+	if len(m.appendaudience) == 0 {
+		return nil, false
+	}
+	return m.appendaudience, true
+}
+
+// ClearAudience clears the value of the "audience" field.
+func (m *EventMutation) ClearAudience() {
+	m.audience = nil
+	m.appendaudience = nil
+	m.clearedFields[event.FieldAudience] = struct{}{}
+}
+
+// AudienceCleared returns if the "audience" field was cleared in this mutation.
+func (m *EventMutation) AudienceCleared() bool {
+	_, ok := m.clearedFields[event.FieldAudience]
+	return ok
+}
+
+// ResetAudience resets all changes to the "audience" field.
+func (m *EventMutation) ResetAudience() {
+	m.audience = nil
+	m.appendaudience = nil
+	delete(m.clearedFields, event.FieldAudience)
+}
+
+// SetQueueIds sets the "queue_ids" field.
+func (m *EventMutation) SetQueueIds(i []int) {
+	m.queue_ids = &i
+	m.appendqueue_ids = nil
+}
+
+// QueueIds returns the value of the "queue_ids" field in the mutation.
+func (m *EventMutation) QueueIds() (r []int, exists bool) {
+	v := m.queue_ids
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldQueueIds returns the old "queue_ids" field's value of the Event entity.
+// If the Event object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *EventMutation) OldQueueIds(ctx context.Context) (v []int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldQueueIds is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldQueueIds requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldQueueIds: %w", err)
+	}
+	return oldValue.QueueIds, nil
+}
+
+// AppendQueueIds adds i to the "queue_ids" field.
+func (m *EventMutation) AppendQueueIds(i []int) {
+	m.appendqueue_ids = append(m.appendqueue_ids, i...)
+}
+
+// AppendedQueueIds returns the list of values that were appended to the "queue_ids" field in this mutation.
+func (m *EventMutation) AppendedQueueIds() ([]int, bool) {
+	if len(m.appendqueue_ids) == 0 {
+		return nil, false
+	}
+	return m.appendqueue_ids, true
+}
+
+// ClearQueueIds clears the value of the "queue_ids" field.
+func (m *EventMutation) ClearQueueIds() {
+	m.queue_ids = nil
+	m.appendqueue_ids = nil
+	m.clearedFields[event.FieldQueueIds] = struct{}{}
+}
+
+// QueueIdsCleared returns if the "queue_ids" field was cleared in this mutation.
+func (m *EventMutation) QueueIdsCleared() bool {
+	_, ok := m.clearedFields[event.FieldQueueIds]
+	return ok
+}
+
+// ResetQueueIds resets all changes to the "queue_ids" field.
+func (m *EventMutation) ResetQueueIds() {
+	m.queue_ids = nil
+	m.appendqueue_ids = nil
+	delete(m.clearedFields, event.FieldQueueIds)
+}
+
 // Where appends a list predicates to the EventMutation builder.
 func (m *EventMutation) Where(ps ...predicate.Event) {
 	m.predicates = append(m.predicates, ps...)
@@ -12275,7 +12409,7 @@ func (m *EventMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *EventMutation) Fields() []string {
-	fields := make([]string, 0, 6)
+	fields := make([]string, 0, 8)
 	if m._type != nil {
 		fields = append(fields, event.FieldType)
 	}
@@ -12293,6 +12427,12 @@ func (m *EventMutation) Fields() []string {
 	}
 	if m.created_at != nil {
 		fields = append(fields, event.FieldCreatedAt)
+	}
+	if m.audience != nil {
+		fields = append(fields, event.FieldAudience)
+	}
+	if m.queue_ids != nil {
+		fields = append(fields, event.FieldQueueIds)
 	}
 	return fields
 }
@@ -12314,6 +12454,10 @@ func (m *EventMutation) Field(name string) (ent.Value, bool) {
 		return m.Payload()
 	case event.FieldCreatedAt:
 		return m.CreatedAt()
+	case event.FieldAudience:
+		return m.Audience()
+	case event.FieldQueueIds:
+		return m.QueueIds()
 	}
 	return nil, false
 }
@@ -12335,6 +12479,10 @@ func (m *EventMutation) OldField(ctx context.Context, name string) (ent.Value, e
 		return m.OldPayload(ctx)
 	case event.FieldCreatedAt:
 		return m.OldCreatedAt(ctx)
+	case event.FieldAudience:
+		return m.OldAudience(ctx)
+	case event.FieldQueueIds:
+		return m.OldQueueIds(ctx)
 	}
 	return nil, fmt.Errorf("unknown Event field %s", name)
 }
@@ -12385,6 +12533,20 @@ func (m *EventMutation) SetField(name string, value ent.Value) error {
 			return fmt.Errorf("unexpected type %T for field %s", value, name)
 		}
 		m.SetCreatedAt(v)
+		return nil
+	case event.FieldAudience:
+		v, ok := value.([]int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetAudience(v)
+		return nil
+	case event.FieldQueueIds:
+		v, ok := value.([]int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetQueueIds(v)
 		return nil
 	}
 	return fmt.Errorf("unknown Event field %s", name)
@@ -12467,6 +12629,12 @@ func (m *EventMutation) ClearedFields() []string {
 	if m.FieldCleared(event.FieldPayload) {
 		fields = append(fields, event.FieldPayload)
 	}
+	if m.FieldCleared(event.FieldAudience) {
+		fields = append(fields, event.FieldAudience)
+	}
+	if m.FieldCleared(event.FieldQueueIds) {
+		fields = append(fields, event.FieldQueueIds)
+	}
 	return fields
 }
 
@@ -12493,6 +12661,12 @@ func (m *EventMutation) ClearField(name string) error {
 	case event.FieldPayload:
 		m.ClearPayload()
 		return nil
+	case event.FieldAudience:
+		m.ClearAudience()
+		return nil
+	case event.FieldQueueIds:
+		m.ClearQueueIds()
+		return nil
 	}
 	return fmt.Errorf("unknown Event nullable field %s", name)
 }
@@ -12518,6 +12692,12 @@ func (m *EventMutation) ResetField(name string) error {
 		return nil
 	case event.FieldCreatedAt:
 		m.ResetCreatedAt()
+		return nil
+	case event.FieldAudience:
+		m.ResetAudience()
+		return nil
+	case event.FieldQueueIds:
+		m.ResetQueueIds()
 		return nil
 	}
 	return fmt.Errorf("unknown Event field %s", name)
@@ -21824,6 +22004,8 @@ type SettingMutation struct {
 	waiting_order             *enum.WaitingOrder
 	bot_completion_minutes    *int
 	addbot_completion_minutes *int
+	events_pruned_through     *int
+	addevents_pruned_through  *int
 	updated_at                *time.Time
 	clearedFields             map[string]struct{}
 	done                      bool
@@ -22169,6 +22351,62 @@ func (m *SettingMutation) ResetBotCompletionMinutes() {
 	m.addbot_completion_minutes = nil
 }
 
+// SetEventsPrunedThrough sets the "events_pruned_through" field.
+func (m *SettingMutation) SetEventsPrunedThrough(i int) {
+	m.events_pruned_through = &i
+	m.addevents_pruned_through = nil
+}
+
+// EventsPrunedThrough returns the value of the "events_pruned_through" field in the mutation.
+func (m *SettingMutation) EventsPrunedThrough() (r int, exists bool) {
+	v := m.events_pruned_through
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldEventsPrunedThrough returns the old "events_pruned_through" field's value of the Setting entity.
+// If the Setting object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *SettingMutation) OldEventsPrunedThrough(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldEventsPrunedThrough is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldEventsPrunedThrough requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldEventsPrunedThrough: %w", err)
+	}
+	return oldValue.EventsPrunedThrough, nil
+}
+
+// AddEventsPrunedThrough adds i to the "events_pruned_through" field.
+func (m *SettingMutation) AddEventsPrunedThrough(i int) {
+	if m.addevents_pruned_through != nil {
+		*m.addevents_pruned_through += i
+	} else {
+		m.addevents_pruned_through = &i
+	}
+}
+
+// AddedEventsPrunedThrough returns the value that was added to the "events_pruned_through" field in this mutation.
+func (m *SettingMutation) AddedEventsPrunedThrough() (r int, exists bool) {
+	v := m.addevents_pruned_through
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetEventsPrunedThrough resets all changes to the "events_pruned_through" field.
+func (m *SettingMutation) ResetEventsPrunedThrough() {
+	m.events_pruned_through = nil
+	m.addevents_pruned_through = nil
+}
+
 // SetUpdatedAt sets the "updated_at" field.
 func (m *SettingMutation) SetUpdatedAt(t time.Time) {
 	m.updated_at = &t
@@ -22239,7 +22477,7 @@ func (m *SettingMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *SettingMutation) Fields() []string {
-	fields := make([]string, 0, 6)
+	fields := make([]string, 0, 7)
 	if m.scope != nil {
 		fields = append(fields, setting.FieldScope)
 	}
@@ -22254,6 +22492,9 @@ func (m *SettingMutation) Fields() []string {
 	}
 	if m.bot_completion_minutes != nil {
 		fields = append(fields, setting.FieldBotCompletionMinutes)
+	}
+	if m.events_pruned_through != nil {
+		fields = append(fields, setting.FieldEventsPrunedThrough)
 	}
 	if m.updated_at != nil {
 		fields = append(fields, setting.FieldUpdatedAt)
@@ -22276,6 +22517,8 @@ func (m *SettingMutation) Field(name string) (ent.Value, bool) {
 		return m.WaitingOrder()
 	case setting.FieldBotCompletionMinutes:
 		return m.BotCompletionMinutes()
+	case setting.FieldEventsPrunedThrough:
+		return m.EventsPrunedThrough()
 	case setting.FieldUpdatedAt:
 		return m.UpdatedAt()
 	}
@@ -22297,6 +22540,8 @@ func (m *SettingMutation) OldField(ctx context.Context, name string) (ent.Value,
 		return m.OldWaitingOrder(ctx)
 	case setting.FieldBotCompletionMinutes:
 		return m.OldBotCompletionMinutes(ctx)
+	case setting.FieldEventsPrunedThrough:
+		return m.OldEventsPrunedThrough(ctx)
 	case setting.FieldUpdatedAt:
 		return m.OldUpdatedAt(ctx)
 	}
@@ -22343,6 +22588,13 @@ func (m *SettingMutation) SetField(name string, value ent.Value) error {
 		}
 		m.SetBotCompletionMinutes(v)
 		return nil
+	case setting.FieldEventsPrunedThrough:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetEventsPrunedThrough(v)
+		return nil
 	case setting.FieldUpdatedAt:
 		v, ok := value.(time.Time)
 		if !ok {
@@ -22367,6 +22619,9 @@ func (m *SettingMutation) AddedFields() []string {
 	if m.addbot_completion_minutes != nil {
 		fields = append(fields, setting.FieldBotCompletionMinutes)
 	}
+	if m.addevents_pruned_through != nil {
+		fields = append(fields, setting.FieldEventsPrunedThrough)
+	}
 	return fields
 }
 
@@ -22381,6 +22636,8 @@ func (m *SettingMutation) AddedField(name string) (ent.Value, bool) {
 		return m.AddedAcceptTimeoutSeconds()
 	case setting.FieldBotCompletionMinutes:
 		return m.AddedBotCompletionMinutes()
+	case setting.FieldEventsPrunedThrough:
+		return m.AddedEventsPrunedThrough()
 	}
 	return nil, false
 }
@@ -22410,6 +22667,13 @@ func (m *SettingMutation) AddField(name string, value ent.Value) error {
 			return fmt.Errorf("unexpected type %T for field %s", value, name)
 		}
 		m.AddBotCompletionMinutes(v)
+		return nil
+	case setting.FieldEventsPrunedThrough:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddEventsPrunedThrough(v)
 		return nil
 	}
 	return fmt.Errorf("unknown Setting numeric field %s", name)
@@ -22452,6 +22716,9 @@ func (m *SettingMutation) ResetField(name string) error {
 		return nil
 	case setting.FieldBotCompletionMinutes:
 		m.ResetBotCompletionMinutes()
+		return nil
+	case setting.FieldEventsPrunedThrough:
+		m.ResetEventsPrunedThrough()
 		return nil
 	case setting.FieldUpdatedAt:
 		m.ResetUpdatedAt()

@@ -664,6 +664,10 @@ func init() {
 			return nil
 		}
 	}()
+	// settingDescEventsPrunedThrough is the schema descriptor for events_pruned_through field.
+	settingDescEventsPrunedThrough := settingFields[5].Descriptor()
+	// setting.DefaultEventsPrunedThrough holds the default value on creation for the events_pruned_through field.
+	setting.DefaultEventsPrunedThrough = settingDescEventsPrunedThrough.Default.(int)
 	supportcaseMixin := schema.SupportCase{}.Mixin()
 	supportcaseMixinFields0 := supportcaseMixin[0].Fields()
 	_ = supportcaseMixinFields0

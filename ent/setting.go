@@ -28,6 +28,8 @@ type Setting struct {
 	WaitingOrder enum.WaitingOrder `json:"waiting_order,omitempty"`
 	// BotCompletionMinutes holds the value of the "bot_completion_minutes" field.
 	BotCompletionMinutes int `json:"bot_completion_minutes,omitempty"`
+	// EventsPrunedThrough holds the value of the "events_pruned_through" field.
+	EventsPrunedThrough int `json:"events_pruned_through,omitempty"`
 	// UpdatedAt holds the value of the "updated_at" field.
 	UpdatedAt    time.Time `json:"updated_at,omitempty"`
 	selectValues sql.SelectValues
@@ -38,7 +40,7 @@ func (*Setting) scanValues(columns []string) ([]any, error) {
 	values := make([]any, len(columns))
 	for i := range columns {
 		switch columns[i] {
-		case setting.FieldID, setting.FieldConcurrentChats, setting.FieldAcceptTimeoutSeconds, setting.FieldBotCompletionMinutes:
+		case setting.FieldID, setting.FieldConcurrentChats, setting.FieldAcceptTimeoutSeconds, setting.FieldBotCompletionMinutes, setting.FieldEventsPrunedThrough:
 			values[i] = new(sql.NullInt64)
 		case setting.FieldScope, setting.FieldWaitingOrder:
 			values[i] = new(sql.NullString)
@@ -94,6 +96,12 @@ func (_m *Setting) assignValues(columns []string, values []any) error {
 				return fmt.Errorf("unexpected type %T for field bot_completion_minutes", values[i])
 			} else if value.Valid {
 				_m.BotCompletionMinutes = int(value.Int64)
+			}
+		case setting.FieldEventsPrunedThrough:
+			if value, ok := values[i].(*sql.NullInt64); !ok {
+				return fmt.Errorf("unexpected type %T for field events_pruned_through", values[i])
+			} else if value.Valid {
+				_m.EventsPrunedThrough = int(value.Int64)
 			}
 		case setting.FieldUpdatedAt:
 			if value, ok := values[i].(*sql.NullTime); !ok {
@@ -151,6 +159,9 @@ func (_m *Setting) String() string {
 	builder.WriteString(", ")
 	builder.WriteString("bot_completion_minutes=")
 	builder.WriteString(fmt.Sprintf("%v", _m.BotCompletionMinutes))
+	builder.WriteString(", ")
+	builder.WriteString("events_pruned_through=")
+	builder.WriteString(fmt.Sprintf("%v", _m.EventsPrunedThrough))
 	builder.WriteString(", ")
 	builder.WriteString("updated_at=")
 	builder.WriteString(_m.UpdatedAt.Format(time.ANSIC))

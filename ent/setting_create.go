@@ -85,6 +85,20 @@ func (_c *SettingCreate) SetNillableBotCompletionMinutes(v *int) *SettingCreate 
 	return _c
 }
 
+// SetEventsPrunedThrough sets the "events_pruned_through" field.
+func (_c *SettingCreate) SetEventsPrunedThrough(v int) *SettingCreate {
+	_c.mutation.SetEventsPrunedThrough(v)
+	return _c
+}
+
+// SetNillableEventsPrunedThrough sets the "events_pruned_through" field if the given value is not nil.
+func (_c *SettingCreate) SetNillableEventsPrunedThrough(v *int) *SettingCreate {
+	if v != nil {
+		_c.SetEventsPrunedThrough(*v)
+	}
+	return _c
+}
+
 // SetUpdatedAt sets the "updated_at" field.
 func (_c *SettingCreate) SetUpdatedAt(v time.Time) *SettingCreate {
 	_c.mutation.SetUpdatedAt(v)
@@ -142,6 +156,10 @@ func (_c *SettingCreate) defaults() {
 		v := setting.DefaultBotCompletionMinutes
 		_c.mutation.SetBotCompletionMinutes(v)
 	}
+	if _, ok := _c.mutation.EventsPrunedThrough(); !ok {
+		v := setting.DefaultEventsPrunedThrough
+		_c.mutation.SetEventsPrunedThrough(v)
+	}
 }
 
 // check runs all checks and user-defined validators on the builder.
@@ -180,6 +198,9 @@ func (_c *SettingCreate) check() error {
 		if err := setting.BotCompletionMinutesValidator(v); err != nil {
 			return &ValidationError{Name: "bot_completion_minutes", err: fmt.Errorf(`ent: validator failed for field "Setting.bot_completion_minutes": %w`, err)}
 		}
+	}
+	if _, ok := _c.mutation.EventsPrunedThrough(); !ok {
+		return &ValidationError{Name: "events_pruned_through", err: errors.New(`ent: missing required field "Setting.events_pruned_through"`)}
 	}
 	if _, ok := _c.mutation.UpdatedAt(); !ok {
 		return &ValidationError{Name: "updated_at", err: errors.New(`ent: missing required field "Setting.updated_at"`)}
@@ -230,6 +251,10 @@ func (_c *SettingCreate) createSpec() (*Setting, *sqlgraph.CreateSpec) {
 	if value, ok := _c.mutation.BotCompletionMinutes(); ok {
 		_spec.SetField(setting.FieldBotCompletionMinutes, field.TypeInt, value)
 		_node.BotCompletionMinutes = value
+	}
+	if value, ok := _c.mutation.EventsPrunedThrough(); ok {
+		_spec.SetField(setting.FieldEventsPrunedThrough, field.TypeInt, value)
+		_node.EventsPrunedThrough = value
 	}
 	if value, ok := _c.mutation.UpdatedAt(); ok {
 		_spec.SetField(setting.FieldUpdatedAt, field.TypeTime, value)
@@ -350,6 +375,24 @@ func (u *SettingUpsert) UpdateBotCompletionMinutes() *SettingUpsert {
 // AddBotCompletionMinutes adds v to the "bot_completion_minutes" field.
 func (u *SettingUpsert) AddBotCompletionMinutes(v int) *SettingUpsert {
 	u.Add(setting.FieldBotCompletionMinutes, v)
+	return u
+}
+
+// SetEventsPrunedThrough sets the "events_pruned_through" field.
+func (u *SettingUpsert) SetEventsPrunedThrough(v int) *SettingUpsert {
+	u.Set(setting.FieldEventsPrunedThrough, v)
+	return u
+}
+
+// UpdateEventsPrunedThrough sets the "events_pruned_through" field to the value that was provided on create.
+func (u *SettingUpsert) UpdateEventsPrunedThrough() *SettingUpsert {
+	u.SetExcluded(setting.FieldEventsPrunedThrough)
+	return u
+}
+
+// AddEventsPrunedThrough adds v to the "events_pruned_through" field.
+func (u *SettingUpsert) AddEventsPrunedThrough(v int) *SettingUpsert {
+	u.Add(setting.FieldEventsPrunedThrough, v)
 	return u
 }
 
@@ -484,6 +527,27 @@ func (u *SettingUpsertOne) AddBotCompletionMinutes(v int) *SettingUpsertOne {
 func (u *SettingUpsertOne) UpdateBotCompletionMinutes() *SettingUpsertOne {
 	return u.Update(func(s *SettingUpsert) {
 		s.UpdateBotCompletionMinutes()
+	})
+}
+
+// SetEventsPrunedThrough sets the "events_pruned_through" field.
+func (u *SettingUpsertOne) SetEventsPrunedThrough(v int) *SettingUpsertOne {
+	return u.Update(func(s *SettingUpsert) {
+		s.SetEventsPrunedThrough(v)
+	})
+}
+
+// AddEventsPrunedThrough adds v to the "events_pruned_through" field.
+func (u *SettingUpsertOne) AddEventsPrunedThrough(v int) *SettingUpsertOne {
+	return u.Update(func(s *SettingUpsert) {
+		s.AddEventsPrunedThrough(v)
+	})
+}
+
+// UpdateEventsPrunedThrough sets the "events_pruned_through" field to the value that was provided on create.
+func (u *SettingUpsertOne) UpdateEventsPrunedThrough() *SettingUpsertOne {
+	return u.Update(func(s *SettingUpsert) {
+		s.UpdateEventsPrunedThrough()
 	})
 }
 
@@ -786,6 +850,27 @@ func (u *SettingUpsertBulk) AddBotCompletionMinutes(v int) *SettingUpsertBulk {
 func (u *SettingUpsertBulk) UpdateBotCompletionMinutes() *SettingUpsertBulk {
 	return u.Update(func(s *SettingUpsert) {
 		s.UpdateBotCompletionMinutes()
+	})
+}
+
+// SetEventsPrunedThrough sets the "events_pruned_through" field.
+func (u *SettingUpsertBulk) SetEventsPrunedThrough(v int) *SettingUpsertBulk {
+	return u.Update(func(s *SettingUpsert) {
+		s.SetEventsPrunedThrough(v)
+	})
+}
+
+// AddEventsPrunedThrough adds v to the "events_pruned_through" field.
+func (u *SettingUpsertBulk) AddEventsPrunedThrough(v int) *SettingUpsertBulk {
+	return u.Update(func(s *SettingUpsert) {
+		s.AddEventsPrunedThrough(v)
+	})
+}
+
+// UpdateEventsPrunedThrough sets the "events_pruned_through" field to the value that was provided on create.
+func (u *SettingUpsertBulk) UpdateEventsPrunedThrough() *SettingUpsertBulk {
+	return u.Update(func(s *SettingUpsert) {
+		s.UpdateEventsPrunedThrough()
 	})
 }
 

@@ -107,6 +107,27 @@ func (_u *SettingUpdate) AddBotCompletionMinutes(v int) *SettingUpdate {
 	return _u
 }
 
+// SetEventsPrunedThrough sets the "events_pruned_through" field.
+func (_u *SettingUpdate) SetEventsPrunedThrough(v int) *SettingUpdate {
+	_u.mutation.ResetEventsPrunedThrough()
+	_u.mutation.SetEventsPrunedThrough(v)
+	return _u
+}
+
+// SetNillableEventsPrunedThrough sets the "events_pruned_through" field if the given value is not nil.
+func (_u *SettingUpdate) SetNillableEventsPrunedThrough(v *int) *SettingUpdate {
+	if v != nil {
+		_u.SetEventsPrunedThrough(*v)
+	}
+	return _u
+}
+
+// AddEventsPrunedThrough adds value to the "events_pruned_through" field.
+func (_u *SettingUpdate) AddEventsPrunedThrough(v int) *SettingUpdate {
+	_u.mutation.AddEventsPrunedThrough(v)
+	return _u
+}
+
 // SetUpdatedAt sets the "updated_at" field.
 func (_u *SettingUpdate) SetUpdatedAt(v time.Time) *SettingUpdate {
 	_u.mutation.SetUpdatedAt(v)
@@ -217,6 +238,12 @@ func (_u *SettingUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	if value, ok := _u.mutation.AddedBotCompletionMinutes(); ok {
 		_spec.AddField(setting.FieldBotCompletionMinutes, field.TypeInt, value)
 	}
+	if value, ok := _u.mutation.EventsPrunedThrough(); ok {
+		_spec.SetField(setting.FieldEventsPrunedThrough, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.AddedEventsPrunedThrough(); ok {
+		_spec.AddField(setting.FieldEventsPrunedThrough, field.TypeInt, value)
+	}
 	if value, ok := _u.mutation.UpdatedAt(); ok {
 		_spec.SetField(setting.FieldUpdatedAt, field.TypeTime, value)
 	}
@@ -316,6 +343,27 @@ func (_u *SettingUpdateOne) SetNillableBotCompletionMinutes(v *int) *SettingUpda
 // AddBotCompletionMinutes adds value to the "bot_completion_minutes" field.
 func (_u *SettingUpdateOne) AddBotCompletionMinutes(v int) *SettingUpdateOne {
 	_u.mutation.AddBotCompletionMinutes(v)
+	return _u
+}
+
+// SetEventsPrunedThrough sets the "events_pruned_through" field.
+func (_u *SettingUpdateOne) SetEventsPrunedThrough(v int) *SettingUpdateOne {
+	_u.mutation.ResetEventsPrunedThrough()
+	_u.mutation.SetEventsPrunedThrough(v)
+	return _u
+}
+
+// SetNillableEventsPrunedThrough sets the "events_pruned_through" field if the given value is not nil.
+func (_u *SettingUpdateOne) SetNillableEventsPrunedThrough(v *int) *SettingUpdateOne {
+	if v != nil {
+		_u.SetEventsPrunedThrough(*v)
+	}
+	return _u
+}
+
+// AddEventsPrunedThrough adds value to the "events_pruned_through" field.
+func (_u *SettingUpdateOne) AddEventsPrunedThrough(v int) *SettingUpdateOne {
+	_u.mutation.AddEventsPrunedThrough(v)
 	return _u
 }
 
@@ -458,6 +506,12 @@ func (_u *SettingUpdateOne) sqlSave(ctx context.Context) (_node *Setting, err er
 	}
 	if value, ok := _u.mutation.AddedBotCompletionMinutes(); ok {
 		_spec.AddField(setting.FieldBotCompletionMinutes, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.EventsPrunedThrough(); ok {
+		_spec.SetField(setting.FieldEventsPrunedThrough, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.AddedEventsPrunedThrough(); ok {
+		_spec.AddField(setting.FieldEventsPrunedThrough, field.TypeInt, value)
 	}
 	if value, ok := _u.mutation.UpdatedAt(); ok {
 		_spec.SetField(setting.FieldUpdatedAt, field.TypeTime, value)

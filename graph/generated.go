@@ -36,9 +36,11 @@ type Config = graphql.Config[ResolverRoot, DirectiveRoot, ComplexityRoot]
 type ResolverRoot interface {
 	Channel() ChannelResolver
 	Chat() ChatResolver
+	LiveEvent() LiveEventResolver
 	Mutation() MutationResolver
 	Operator() OperatorResolver
 	Query() QueryResolver
+	Subscription() SubscriptionResolver
 }
 
 type DirectiveRoot struct {
@@ -322,6 +324,20 @@ type ComplexityRoot struct {
 		NewChat   func(childComplexity int) int
 	}
 
+	LiveEvent struct {
+		Chat       func(childComplexity int) int
+		ChatID     func(childComplexity int) int
+		CreatedAt  func(childComplexity int) int
+		ID         func(childComplexity int) int
+		Message    func(childComplexity int) int
+		Notify     func(childComplexity int) int
+		Operator   func(childComplexity int) int
+		OperatorID func(childComplexity int) int
+		Payload    func(childComplexity int) int
+		QueueID    func(childComplexity int) int
+		Type       func(childComplexity int) int
+	}
+
 	LoginPayload struct {
 		ExpiresAt func(childComplexity int) int
 		Operator  func(childComplexity int) int
@@ -575,6 +591,12 @@ type ComplexityRoot struct {
 		WaitingOrder         func(childComplexity int) int
 	}
 
+	Subscription struct {
+		Chat  func(childComplexity int, id int, after *int) int
+		Panel func(childComplexity int, after *int) int
+		Queue func(childComplexity int, id int, after *int) int
+	}
+
 	SupportCase struct {
 		Account      func(childComplexity int) int
 		Assignee     func(childComplexity int) int
@@ -632,6 +654,13 @@ type ChannelResolver interface {
 type ChatResolver interface {
 	Messages(ctx context.Context, obj *ent.Chat, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int) (*ent.MessageConnection, error)
 	History(ctx context.Context, obj *ent.Chat, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int) (*ent.MessageConnection, error)
+}
+type LiveEventResolver interface {
+	Notify(ctx context.Context, obj *ent.Event) (bool, error)
+
+	Chat(ctx context.Context, obj *ent.Event) (*ent.Chat, error)
+	Message(ctx context.Context, obj *ent.Event) (*ent.Message, error)
+	Operator(ctx context.Context, obj *ent.Event) (*ent.Operator, error)
 }
 type MutationResolver interface {
 	Login(ctx context.Context, email string, password string) (*desk.LoginResult, error)
@@ -693,6 +722,11 @@ type QueryResolver interface {
 	Panel(ctx context.Context) (*desk.Panel, error)
 	QueueOverview(ctx context.Context, id int) (*desk.QueueOverview, error)
 	TransferTargets(ctx context.Context, chatID int) (*desk.TransferTargets, error)
+}
+type SubscriptionResolver interface {
+	Panel(ctx context.Context, after *int) (<-chan *ent.Event, error)
+	Chat(ctx context.Context, id int, after *int) (<-chan *ent.Event, error)
+	Queue(ctx context.Context, id int, after *int) (<-chan *ent.Event, error)
 }
 
 // endregion ************************** generated!.gotpl **************************
@@ -1855,6 +1889,73 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.InboundMessagePayload.NewChat(childComplexity), true
+
+	case "LiveEvent.chat":
+		if e.ComplexityRoot.LiveEvent.Chat == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.Chat(childComplexity), true
+	case "LiveEvent.chatId":
+		if e.ComplexityRoot.LiveEvent.ChatID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.ChatID(childComplexity), true
+	case "LiveEvent.createdAt":
+		if e.ComplexityRoot.LiveEvent.CreatedAt == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.CreatedAt(childComplexity), true
+	case "LiveEvent.id":
+		if e.ComplexityRoot.LiveEvent.ID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.ID(childComplexity), true
+	case "LiveEvent.message":
+		if e.ComplexityRoot.LiveEvent.Message == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.Message(childComplexity), true
+	case "LiveEvent.notify":
+		if e.ComplexityRoot.LiveEvent.Notify == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.Notify(childComplexity), true
+	case "LiveEvent.operator":
+		if e.ComplexityRoot.LiveEvent.Operator == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.Operator(childComplexity), true
+	case "LiveEvent.operatorId":
+		if e.ComplexityRoot.LiveEvent.OperatorID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.OperatorID(childComplexity), true
+	case "LiveEvent.payload":
+		if e.ComplexityRoot.LiveEvent.Payload == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.Payload(childComplexity), true
+	case "LiveEvent.queueId":
+		if e.ComplexityRoot.LiveEvent.QueueID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.QueueID(childComplexity), true
+	case "LiveEvent.type":
+		if e.ComplexityRoot.LiveEvent.Type == nil {
+			break
+		}
+
+		return e.ComplexityRoot.LiveEvent.Type(childComplexity), true
 
 	case "LoginPayload.expiresAt":
 		if e.ComplexityRoot.LoginPayload.ExpiresAt == nil {
@@ -3215,6 +3316,40 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.Setting.WaitingOrder(childComplexity), true
 
+	case "Subscription.chat":
+		if e.ComplexityRoot.Subscription.Chat == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_chat_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.Chat(childComplexity, args["id"].(int), args["after"].(*int)), true
+	case "Subscription.panel":
+		if e.ComplexityRoot.Subscription.Panel == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_panel_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.Panel(childComplexity, args["after"].(*int)), true
+	case "Subscription.queue":
+		if e.ComplexityRoot.Subscription.Queue == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_queue_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.Queue(childComplexity, args["id"].(int), args["after"].(*int)), true
+
 	case "SupportCase.account":
 		if e.ComplexityRoot.SupportCase.Account == nil {
 			break
@@ -3472,6 +3607,23 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 			ctx = graphql.WithLazyInputUnmarshalerIndex(ctx, inputUnmarshalers)
 			data := ec._Mutation(ctx, opCtx.Operation.SelectionSet)
 			var buf bytes.Buffer
+			data.MarshalGQL(&buf)
+
+			return &graphql.Response{
+				Data: buf.Bytes(),
+			}
+		}
+	case ast.Subscription:
+		next := ec._Subscription(ctx, opCtx.Operation.SelectionSet)
+
+		var buf bytes.Buffer
+		return func(ctx context.Context) *graphql.Response {
+			buf.Reset()
+			data := next(ctx)
+
+			if data == nil {
+				return nil
+			}
 			data.MarshalGQL(&buf)
 
 			return &graphql.Response{
@@ -3822,6 +3974,51 @@ extend type Mutation {
   markChatRead(id: ID!): Chat! @requires(access: OPERATOR)
   "Transfers the caller's chat to a queue or an operator (R19, R20)."
   transferChat(input: TransferChatInput!): TransferChatPayload! @requires(access: OPERATOR)
+}
+
+# ---------------------------------------------------------------------------
+# Live subscriptions (R12, R24, R32) over graphql-transport-ws (and the legacy
+# graphql-ws). Authenticate in connection_init with {"Authorization": "Bearer
+# <token or API key>"}. Every event carries its id: subscribe again with
+# after: <last id seen> to receive what was missed, in order, with no gap and
+# no duplicate. Codes that end a subscription: EVENTS_EXPIRED (the id is older
+# than the retention window: refetch, then subscribe without after),
+# SLOW_CONSUMER (the client fell too far behind: resume with after),
+# UNAUTHENTICATED (the session ended or the key was revoked), FORBIDDEN.
+
+"A change recorded in the event log, delivered live."
+type LiveEvent {
+  "The event id: pass it as after to resume after a drop."
+  id: ID!
+  """
+  CHAT_CREATED, CHAT_OFFERED, OFFER_WITHDRAWN, OFFER_EXPIRED, CHAT_ACCEPTED,
+  CHAT_WAITING, MESSAGE_ADDED, CHAT_TRANSFERRED, CHAT_COMPLETED, CHAT_READ,
+  OPERATOR_STATUS_CHANGED, SESSION_ENDED, DRAFT_SAVED, DELIVERY_STATUS_CHANGED.
+  """
+  type: String!
+  createdAt: Time!
+  "Set on a chat offered to the subscribed operator: the panel plays its sound."
+  notify: Boolean!
+  chatId: ID
+  operatorId: ID
+  queueId: ID
+  "The chat as it is now (for chat events)."
+  chat: Chat
+  "The message (MESSAGE_ADDED, DELIVERY_STATUS_CHANGED)."
+  message: Message
+  "The operator concerned, as they are now (OPERATOR_STATUS_CHANGED, offers)."
+  operator: Operator
+  "Details of the change (reason, previous status, parent chat …)."
+  payload: Map
+}
+
+type Subscription {
+  "The caller's panel: chats offered to them, their chats and messages, their status."
+  panel(after: ID): LiveEvent! @requires(access: OPERATOR)
+  "One chat's messages and state: its operator, supervisors and integrations (R24)."
+  chat(id: ID!, after: ID): LiveEvent!
+  "A queue's chats and its members' availability, for supervisors."
+  queue(id: ID!, after: ID): LiveEvent! @requires(access: SUPERVISOR)
 }
 `, BuiltIn: false},
 	{Name: "ent.graphql", Input: sourceData("ent.graphql"), BuiltIn: false},
@@ -4334,6 +4531,34 @@ func (ec *executionContext) childFields_InboundMessagePayload(ctx context.Contex
 		return ec.fieldContext_InboundMessagePayload_duplicate(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type InboundMessagePayload", field.Name)
+}
+
+func (ec *executionContext) childFields_LiveEvent(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "id":
+		return ec.fieldContext_LiveEvent_id(ctx, field)
+	case "type":
+		return ec.fieldContext_LiveEvent_type(ctx, field)
+	case "createdAt":
+		return ec.fieldContext_LiveEvent_createdAt(ctx, field)
+	case "notify":
+		return ec.fieldContext_LiveEvent_notify(ctx, field)
+	case "chatId":
+		return ec.fieldContext_LiveEvent_chatId(ctx, field)
+	case "operatorId":
+		return ec.fieldContext_LiveEvent_operatorId(ctx, field)
+	case "queueId":
+		return ec.fieldContext_LiveEvent_queueId(ctx, field)
+	case "chat":
+		return ec.fieldContext_LiveEvent_chat(ctx, field)
+	case "message":
+		return ec.fieldContext_LiveEvent_message(ctx, field)
+	case "operator":
+		return ec.fieldContext_LiveEvent_operator(ctx, field)
+	case "payload":
+		return ec.fieldContext_LiveEvent_payload(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type LiveEvent", field.Name)
 }
 
 func (ec *executionContext) childFields_LoginPayload(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -6537,6 +6762,64 @@ func (ec *executionContext) field_Queue_chats_args(ctx context.Context, rawArgs 
 		return nil, err
 	}
 	args["where"] = arg5
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_chat_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOID2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg1
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_panel_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOID2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_queue_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOID2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg1
 	return args, nil
 }
 
@@ -11341,6 +11624,286 @@ func (ec *executionContext) _InboundMessagePayload_duplicate(ctx context.Context
 }
 func (ec *executionContext) fieldContext_InboundMessagePayload_duplicate(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("InboundMessagePayload", field, false, false, "Boolean")
+}
+
+func (ec *executionContext) _LiveEvent_id(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_id(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNID2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LiveEvent", field, false, false, "ID")
+}
+
+func (ec *executionContext) _LiveEvent_type(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_type(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Type, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_type(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LiveEvent", field, false, false, "String")
+}
+
+func (ec *executionContext) _LiveEvent_createdAt(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_createdAt(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.CreatedAt, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_createdAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LiveEvent", field, false, false, "Time")
+}
+
+func (ec *executionContext) _LiveEvent_notify(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_notify(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.LiveEvent().Notify(ctx, obj)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_notify(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LiveEvent", field, true, true, "Boolean")
+}
+
+func (ec *executionContext) _LiveEvent_chatId(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_chatId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ChatID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *int) graphql.Marshaler {
+			return ec.marshalOID2ᚖint(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_chatId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LiveEvent", field, false, false, "ID")
+}
+
+func (ec *executionContext) _LiveEvent_operatorId(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_operatorId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.OperatorID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *int) graphql.Marshaler {
+			return ec.marshalOID2ᚖint(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_operatorId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LiveEvent", field, false, false, "ID")
+}
+
+func (ec *executionContext) _LiveEvent_queueId(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_queueId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.QueueID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *int) graphql.Marshaler {
+			return ec.marshalOID2ᚖint(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_queueId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LiveEvent", field, false, false, "ID")
+}
+
+func (ec *executionContext) _LiveEvent_chat(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_chat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.LiveEvent().Chat(ctx, obj)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalOChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_chat(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "LiveEvent",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _LiveEvent_message(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_message(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.LiveEvent().Message(ctx, obj)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Message) graphql.Marshaler {
+			return ec.marshalOMessage2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐMessage(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_message(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "LiveEvent",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Message(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _LiveEvent_operator(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_operator(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.LiveEvent().Operator(ctx, obj)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Operator) graphql.Marshaler {
+			return ec.marshalOOperator2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐOperator(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_operator(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "LiveEvent",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Operator(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _LiveEvent_payload(ctx context.Context, field graphql.CollectedField, obj *ent.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_LiveEvent_payload(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Payload, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v map[string]any) graphql.Marshaler {
+			return ec.marshalOMap2map(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_LiveEvent_payload(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("LiveEvent", field, false, false, "Map")
 }
 
 func (ec *executionContext) _LoginPayload_token(ctx context.Context, field graphql.CollectedField, obj *desk.LoginResult) (ret graphql.Marshaler) {
@@ -17618,6 +18181,174 @@ func (ec *executionContext) _Setting_updatedAt(ctx context.Context, field graphq
 }
 func (ec *executionContext) fieldContext_Setting_updatedAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("Setting", field, false, false, "Time")
+}
+
+func (ec *executionContext) _Subscription_panel(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_panel(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().Panel(ctx, fc.Args["after"].(*int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *ent.Event
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Event
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Event) graphql.Marshaler {
+			return ec.marshalNLiveEvent2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐEvent(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_panel(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_LiveEvent(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_panel_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_chat(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_chat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().Chat(ctx, fc.Args["id"].(int), fc.Args["after"].(*int))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Event) graphql.Marshaler {
+			return ec.marshalNLiveEvent2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐEvent(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_chat(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_LiveEvent(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_chat_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_queue(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_queue(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().Queue(ctx, fc.Args["id"].(int), fc.Args["after"].(*int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "SUPERVISOR")
+				if err != nil {
+					var zeroVal *ent.Event
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Event
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Event) graphql.Marshaler {
+			return ec.marshalNLiveEvent2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐEvent(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_queue(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_LiveEvent(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_queue_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
 }
 
 func (ec *executionContext) _SupportCase_id(ctx context.Context, field graphql.CollectedField, obj *ent.SupportCase) (ret graphql.Marshaler) {
@@ -35900,6 +36631,93 @@ func (ec *executionContext) _InboundMessagePayload(ctx context.Context, sel ast.
 	return out
 }
 
+var liveEventImplementors = []string{"LiveEvent"}
+
+func (ec *executionContext) _LiveEvent(ctx context.Context, sel ast.SelectionSet, obj *ent.Event) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, liveEventImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("LiveEvent")
+		case "id":
+			out.Values[i] = ec._LiveEvent_id(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "type":
+			out.Values[i] = ec._LiveEvent_type(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "createdAt":
+			out.Values[i] = ec._LiveEvent_createdAt(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "notify":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._LiveEvent_notify(ctx, field, obj)
+				})
+		case "chatId":
+			out.Values[i] = ec._LiveEvent_chatId(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "operatorId":
+			out.Values[i] = ec._LiveEvent_operatorId(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "queueId":
+			out.Values[i] = ec._LiveEvent_queueId(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "chat":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, false,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._LiveEvent_chat(ctx, field, obj)
+				})
+		case "message":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, false,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._LiveEvent_message(ctx, field, obj)
+				})
+		case "operator":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, false,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._LiveEvent_operator(ctx, field, obj)
+				})
+		case "payload":
+			out.Values[i] = ec._LiveEvent_payload(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
 var loginPayloadImplementors = []string{"LoginPayload"}
 
 func (ec *executionContext) _LoginPayload(ctx context.Context, sel ast.SelectionSet, obj *desk.LoginResult) graphql.Marshaler {
@@ -37625,6 +38443,30 @@ func (ec *executionContext) _Setting(ctx context.Context, sel ast.SelectionSet, 
 	return out
 }
 
+var subscriptionImplementors = []string{"Subscription"}
+
+func (ec *executionContext) _Subscription(ctx context.Context, sel ast.SelectionSet) func(ctx context.Context) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, subscriptionImplementors)
+	ctx = graphql.WithFieldContext(ctx, &graphql.FieldContext{
+		Object: "Subscription",
+	})
+	if len(fields) != 1 {
+		graphql.AddErrorf(ctx, "must subscribe to exactly one stream")
+		return nil
+	}
+
+	switch fields[0].Name {
+	case "panel":
+		return ec._Subscription_panel(ctx, fields[0])
+	case "chat":
+		return ec._Subscription_chat(ctx, fields[0])
+	case "queue":
+		return ec._Subscription_queue(ctx, fields[0])
+	default:
+		panic("unknown field " + strconv.Quote(fields[0].Name))
+	}
+}
+
 var supportCaseImplementors = []string{"SupportCase", "Node"}
 
 func (ec *executionContext) _SupportCase(ctx context.Context, sel ast.SelectionSet, obj *ent.SupportCase) graphql.Marshaler {
@@ -38882,6 +39724,14 @@ func (ec *executionContext) marshalNInt2int(ctx context.Context, sel ast.Selecti
 		graphql.AddInvalidNullFromMarshaler(ctx, "Int!")
 	}
 	return res
+}
+
+func (ec *executionContext) marshalNLiveEvent2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐEvent(ctx context.Context, sel ast.SelectionSet, v *ent.Event) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "LiveEvent!")
+		return graphql.Null
+	}
+	return ec._LiveEvent(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalNLoginPayload2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐLoginResult(ctx context.Context, sel ast.SelectionSet, v *desk.LoginResult) graphql.Marshaler {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -15,10 +16,12 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
+	"github.com/coder/websocket"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/live"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/message"
 )
@@ -36,6 +39,14 @@ type Options struct {
 	// MaxUploadBytes bounds multipart uploads (default 32 MiB).
 	MaxUploadBytes int64
 	Logger         *slog.Logger
+	// Hub serves subscriptions; without it subscriptions are refused.
+	Hub *live.Hub
+	// Origins are the browser origins allowed to open a websocket (the CORS
+	// allow-list); clients that send no Origin (servers, tests) are allowed.
+	Origins []string
+	// PingInterval is how often the server pings websocket clients; one that
+	// does not answer within two intervals is dropped (default 15s).
+	PingInterval time.Duration
 }
 
 // NewHandler builds the GraphQL server over the desk: transports, limits,
@@ -57,7 +68,10 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	cfg := Config{Resolvers: &Resolver{client: d.Client(), desk: d}}
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = 15 * time.Second
+	}
+	cfg := Config{Resolvers: &Resolver{client: d.Client(), desk: d, hub: opts.Hub}}
 	cfg.Directives.Public = func(ctx context.Context, _ any, next graphql.Resolver) (any, error) {
 		return next(ctx)
 	}
@@ -68,6 +82,7 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 		return next(ctx)
 	}
 	srv := handler.New(NewExecutableSchema(cfg))
+	srv.AddTransport(websocketTransport(d, opts, log))
 	srv.AddTransport(transport.Options{})
 	srv.AddTransport(transport.GET{})
 	srv.AddTransport(transport.POST{})
@@ -89,6 +104,63 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 		return presentError(ctx, log, err)
 	})
 	return srv
+}
+
+// websocketTransport serves subscriptions over graphql-transport-ws and the
+// legacy graphql-ws: the caller authenticates in connection_init (or with the
+// upgrade request's Authorization header), origins are checked against the
+// allow-list, and ping/pong drops half-open connections.
+func websocketTransport(d *desk.Desk, opts Options, log *slog.Logger) transport.Websocket {
+	var patterns []string
+	for _, o := range opts.Origins {
+		if u, err := url.Parse(o); err == nil && u.Host != "" {
+			patterns = append(patterns, u.Host)
+		}
+	}
+	return transport.Websocket{
+		Implementation: transport.CoderWebsocketImplementation{
+			AcceptOptions: websocket.AcceptOptions{OriginPatterns: patterns},
+		},
+		InitTimeout:           10 * time.Second,
+		KeepAlivePingInterval: opts.PingInterval,
+		PingPongInterval:      opts.PingInterval,
+		InitFunc: func(ctx context.Context, p transport.InitPayload) (context.Context, *transport.InitPayload, error) {
+			credential := initCredential(p)
+			if credential == "" {
+				if desk.ActorFrom(ctx) != nil {
+					return ctx, nil, nil // authenticated by the upgrade request
+				}
+				return transport.WithWebsocketCloseCode(ctx, 4401), nil, desk.ErrUnauthenticated
+			}
+			a, err := d.Authenticate(ctx, credential)
+			if err != nil {
+				log.Info("websocket refused", "reason", err.Error())
+				return transport.WithWebsocketCloseCode(ctx, 4401), nil, desk.ErrUnauthenticated
+			}
+			return desk.WithActor(ctx, a), nil, nil
+		},
+	}
+}
+
+// initCredential reads the bearer credential of a connection_init payload:
+// {"Authorization": "Bearer …"} (any case), or {"authToken": "…"}.
+func initCredential(p transport.InitPayload) string {
+	for k, v := range p {
+		s, ok := v.(string)
+		if !ok {
+			continue
+		}
+		switch strings.ToLower(k) {
+		case "authorization":
+			if len(s) > 7 && strings.EqualFold(s[:7], "bearer ") {
+				return strings.TrimSpace(s[7:])
+			}
+			return strings.TrimSpace(s)
+		case "authtoken", "token":
+			return strings.TrimSpace(s)
+		}
+	}
+	return ""
 }
 
 // requireAuthentication refuses every root field but those marked @public

@@ -22,6 +22,9 @@ type InboundMessageInput struct {
 	Text      string  `json:"text"`
 }
 
+type Subscription struct {
+}
+
 // Who is calling.
 type Viewer struct {
 	// The operator behind a bearer token; null for an API key.

@@ -4,6 +4,7 @@ package graph
 
 import (
 	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/live"
 	"github.com/parleydesk/parley/ent"
 )
 
@@ -11,6 +12,7 @@ import (
 type Resolver struct {
 	client *ent.Client
 	desk   *desk.Desk
+	hub    *live.Hub
 }
 
 // deref returns the value of an optional argument, or its zero value.

@@ -12,6 +12,7 @@ import (
 
 	"entgo.io/contrib/entgql"
 	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/live"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
@@ -57,6 +58,37 @@ func (r *chatResolver) History(ctx context.Context, obj *ent.Chat, after *entgql
 		return nil, err
 	}
 	return q.Paginate(ctx, after, first, before, last)
+}
+
+// Notify is the resolver for the notify field.
+func (r *liveEventResolver) Notify(ctx context.Context, obj *ent.Event) (bool, error) {
+	a := desk.ActorFrom(ctx)
+	return obj.Type == desk.EventChatOffered && a != nil && obj.OperatorID != nil && *obj.OperatorID == a.OperatorID, nil
+}
+
+// Chat is the resolver for the chat field.
+func (r *liveEventResolver) Chat(ctx context.Context, obj *ent.Event) (*ent.Chat, error) {
+	if obj.ChatID == nil {
+		return nil, nil
+	}
+	return r.client.Chat.Get(ctx, *obj.ChatID)
+}
+
+// Message is the resolver for the message field.
+func (r *liveEventResolver) Message(ctx context.Context, obj *ent.Event) (*ent.Message, error) {
+	id := payloadID(obj, "messageId")
+	if id == 0 {
+		return nil, nil
+	}
+	return r.client.Message.Get(ctx, id)
+}
+
+// Operator is the resolver for the operator field.
+func (r *liveEventResolver) Operator(ctx context.Context, obj *ent.Event) (*ent.Operator, error) {
+	if obj.OperatorID == nil {
+		return nil, nil
+	}
+	return r.client.Operator.Get(ctx, *obj.OperatorID)
 }
 
 // Login is the resolver for the login field.
@@ -284,7 +316,42 @@ func (r *queryResolver) TransferTargets(ctx context.Context, chatID int) (*desk.
 	return r.desk.ChatTransferTargets(ctx, chatID)
 }
 
+// Panel is the resolver for the panel field.
+func (r *subscriptionResolver) Panel(ctx context.Context, after *int) (<-chan *ent.Event, error) {
+	a, err := desk.Require(ctx, desk.AccessOperator)
+	if err != nil {
+		return nil, err
+	}
+	return r.stream(ctx, a, live.Scope{Operator: a.OperatorID}, after)
+}
+
+// Chat is the resolver for the chat field.
+func (r *subscriptionResolver) Chat(ctx context.Context, id int, after *int) (<-chan *ent.Event, error) {
+	if err := r.desk.AuthorizeChatSubscription(ctx, id); err != nil {
+		return nil, err
+	}
+	return r.stream(ctx, desk.ActorFrom(ctx), live.Scope{Chat: id}, after)
+}
+
+// Queue is the resolver for the queue field.
+func (r *subscriptionResolver) Queue(ctx context.Context, id int, after *int) (<-chan *ent.Event, error) {
+	if err := r.desk.AuthorizeQueueSubscription(ctx, id); err != nil {
+		return nil, err
+	}
+	return r.stream(ctx, desk.ActorFrom(ctx), live.Scope{Queue: id}, after)
+}
+
+// LiveEvent returns LiveEventResolver implementation.
+func (r *Resolver) LiveEvent() LiveEventResolver { return &liveEventResolver{r} }
+
 // Mutation returns MutationResolver implementation.
 func (r *Resolver) Mutation() MutationResolver { return &mutationResolver{r} }
 
-type mutationResolver struct{ *Resolver }
+// Subscription returns SubscriptionResolver implementation.
+func (r *Resolver) Subscription() SubscriptionResolver { return &subscriptionResolver{r} }
+
+type (
+	liveEventResolver    struct{ *Resolver }
+	mutationResolver     struct{ *Resolver }
+	subscriptionResolver struct{ *Resolver }
+)

@@ -23,6 +23,10 @@ const (
 	FieldPayload = "payload"
 	// FieldCreatedAt holds the string denoting the created_at field in the database.
 	FieldCreatedAt = "created_at"
+	// FieldAudience holds the string denoting the audience field in the database.
+	FieldAudience = "audience"
+	// FieldQueueIds holds the string denoting the queue_ids field in the database.
+	FieldQueueIds = "queue_ids"
 	// Table holds the table name of the event in the database.
 	Table = "events"
 )
@@ -36,6 +40,8 @@ var Columns = []string{
 	FieldQueueID,
 	FieldPayload,
 	FieldCreatedAt,
+	FieldAudience,
+	FieldQueueIds,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).

@@ -344,6 +344,26 @@ func CreatedAtLTE(v time.Time) predicate.Event {
 	return predicate.Event(sql.FieldLTE(FieldCreatedAt, v))
 }
 
+// AudienceIsNil applies the IsNil predicate on the "audience" field.
+func AudienceIsNil() predicate.Event {
+	return predicate.Event(sql.FieldIsNull(FieldAudience))
+}
+
+// AudienceNotNil applies the NotNil predicate on the "audience" field.
+func AudienceNotNil() predicate.Event {
+	return predicate.Event(sql.FieldNotNull(FieldAudience))
+}
+
+// QueueIdsIsNil applies the IsNil predicate on the "queue_ids" field.
+func QueueIdsIsNil() predicate.Event {
+	return predicate.Event(sql.FieldIsNull(FieldQueueIds))
+}
+
+// QueueIdsNotNil applies the NotNil predicate on the "queue_ids" field.
+func QueueIdsNotNil() predicate.Event {
+	return predicate.Event(sql.FieldNotNull(FieldQueueIds))
+}
+
 // And groups predicates with the AND operator between them.
 func And(predicates ...predicate.Event) predicate.Event {
 	return predicate.Event(sql.AndPredicates(predicates...))

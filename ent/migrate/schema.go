@@ -436,6 +436,8 @@ var (
 		{Name: "queue_id", Type: field.TypeInt, Nullable: true},
 		{Name: "payload", Type: field.TypeJSON, Nullable: true},
 		{Name: "created_at", Type: field.TypeTime},
+		{Name: "audience", Type: field.TypeJSON, Nullable: true},
+		{Name: "queue_ids", Type: field.TypeJSON, Nullable: true},
 	}
 	// EventsTable holds the schema information for the "events" table.
 	EventsTable = &schema.Table{
@@ -711,6 +713,7 @@ var (
 		{Name: "accept_timeout_seconds", Type: field.TypeInt, Default: 300},
 		{Name: "waiting_order", Type: field.TypeEnum, Enums: []string{"OLDEST_FIRST", "NEWEST_FIRST"}, Default: "OLDEST_FIRST"},
 		{Name: "bot_completion_minutes", Type: field.TypeInt, Default: 60},
+		{Name: "events_pruned_through", Type: field.TypeInt, Default: 0},
 		{Name: "updated_at", Type: field.TypeTime},
 	}
 	// SettingsTable holds the schema information for the "settings" table.

@@ -127,6 +127,9 @@ func (Setting) Fields() []ent.Field {
 		field.Enum("waiting_order").GoType(enum.WaitingOrder("")).Annotations(entgql.Type("WaitingOrder")).Default(string(enum.OldestFirst)),
 		// bot_completion_minutes completes BOT_PROCESSING chats when the queue has no timeout (R29).
 		field.Int("bot_completion_minutes").Default(60).Min(1).Max(525600),
+		// events_pruned_through: the newest event id the retention job deleted;
+		// resuming a subscription from before it fails with EVENTS_EXPIRED.
+		field.Int("events_pruned_through").Default(0).Annotations(hidden()),
 		field.Time("updated_at").Annotations(readOnly()),
 	}
 }
@@ -147,6 +150,12 @@ func (Event) Fields() []ent.Field {
 		field.Int("queue_id").Optional().Nillable(),
 		field.JSON("payload", map[string]any{}).Optional(),
 		field.Time("created_at"),
+		// audience: the operators whose panel shows the change (owner,
+		// operators offered the chat, the operator concerned); queue_ids:
+		// the queues whose supervisors' view shows it. Subscriptions match
+		// on them without reading anything else.
+		field.Ints("audience").Optional(),
+		field.Ints("queue_ids").Optional(),
 	}
 }
 

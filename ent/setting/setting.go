@@ -25,6 +25,8 @@ const (
 	FieldWaitingOrder = "waiting_order"
 	// FieldBotCompletionMinutes holds the string denoting the bot_completion_minutes field in the database.
 	FieldBotCompletionMinutes = "bot_completion_minutes"
+	// FieldEventsPrunedThrough holds the string denoting the events_pruned_through field in the database.
+	FieldEventsPrunedThrough = "events_pruned_through"
 	// FieldUpdatedAt holds the string denoting the updated_at field in the database.
 	FieldUpdatedAt = "updated_at"
 	// Table holds the table name of the setting in the database.
@@ -39,6 +41,7 @@ var Columns = []string{
 	FieldAcceptTimeoutSeconds,
 	FieldWaitingOrder,
 	FieldBotCompletionMinutes,
+	FieldEventsPrunedThrough,
 	FieldUpdatedAt,
 }
 
@@ -65,6 +68,8 @@ var (
 	DefaultBotCompletionMinutes int
 	// BotCompletionMinutesValidator is a validator for the "bot_completion_minutes" field. It is called by the builders before save.
 	BotCompletionMinutesValidator func(int) error
+	// DefaultEventsPrunedThrough holds the default value on creation for the "events_pruned_through" field.
+	DefaultEventsPrunedThrough int
 )
 
 const DefaultWaitingOrder enum.WaitingOrder = "OLDEST_FIRST"
@@ -110,6 +115,11 @@ func ByWaitingOrder(opts ...sql.OrderTermOption) OrderOption {
 // ByBotCompletionMinutes orders the results by the bot_completion_minutes field.
 func ByBotCompletionMinutes(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldBotCompletionMinutes, opts...).ToFunc()
+}
+
+// ByEventsPrunedThrough orders the results by the events_pruned_through field.
+func ByEventsPrunedThrough(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldEventsPrunedThrough, opts...).ToFunc()
 }
 
 // ByUpdatedAt orders the results by the updated_at field.

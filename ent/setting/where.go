@@ -75,6 +75,11 @@ func BotCompletionMinutes(v int) predicate.Setting {
 	return predicate.Setting(sql.FieldEQ(FieldBotCompletionMinutes, v))
 }
 
+// EventsPrunedThrough applies equality check predicate on the "events_pruned_through" field. It's identical to EventsPrunedThroughEQ.
+func EventsPrunedThrough(v int) predicate.Setting {
+	return predicate.Setting(sql.FieldEQ(FieldEventsPrunedThrough, v))
+}
+
 // UpdatedAt applies equality check predicate on the "updated_at" field. It's identical to UpdatedAtEQ.
 func UpdatedAt(v time.Time) predicate.Setting {
 	return predicate.Setting(sql.FieldEQ(FieldUpdatedAt, v))
@@ -293,6 +298,46 @@ func BotCompletionMinutesLT(v int) predicate.Setting {
 // BotCompletionMinutesLTE applies the LTE predicate on the "bot_completion_minutes" field.
 func BotCompletionMinutesLTE(v int) predicate.Setting {
 	return predicate.Setting(sql.FieldLTE(FieldBotCompletionMinutes, v))
+}
+
+// EventsPrunedThroughEQ applies the EQ predicate on the "events_pruned_through" field.
+func EventsPrunedThroughEQ(v int) predicate.Setting {
+	return predicate.Setting(sql.FieldEQ(FieldEventsPrunedThrough, v))
+}
+
+// EventsPrunedThroughNEQ applies the NEQ predicate on the "events_pruned_through" field.
+func EventsPrunedThroughNEQ(v int) predicate.Setting {
+	return predicate.Setting(sql.FieldNEQ(FieldEventsPrunedThrough, v))
+}
+
+// EventsPrunedThroughIn applies the In predicate on the "events_pruned_through" field.
+func EventsPrunedThroughIn(vs ...int) predicate.Setting {
+	return predicate.Setting(sql.FieldIn(FieldEventsPrunedThrough, vs...))
+}
+
+// EventsPrunedThroughNotIn applies the NotIn predicate on the "events_pruned_through" field.
+func EventsPrunedThroughNotIn(vs ...int) predicate.Setting {
+	return predicate.Setting(sql.FieldNotIn(FieldEventsPrunedThrough, vs...))
+}
+
+// EventsPrunedThroughGT applies the GT predicate on the "events_pruned_through" field.
+func EventsPrunedThroughGT(v int) predicate.Setting {
+	return predicate.Setting(sql.FieldGT(FieldEventsPrunedThrough, v))
+}
+
+// EventsPrunedThroughGTE applies the GTE predicate on the "events_pruned_through" field.
+func EventsPrunedThroughGTE(v int) predicate.Setting {
+	return predicate.Setting(sql.FieldGTE(FieldEventsPrunedThrough, v))
+}
+
+// EventsPrunedThroughLT applies the LT predicate on the "events_pruned_through" field.
+func EventsPrunedThroughLT(v int) predicate.Setting {
+	return predicate.Setting(sql.FieldLT(FieldEventsPrunedThrough, v))
+}
+
+// EventsPrunedThroughLTE applies the LTE predicate on the "events_pruned_through" field.
+func EventsPrunedThroughLTE(v int) predicate.Setting {
+	return predicate.Setting(sql.FieldLTE(FieldEventsPrunedThrough, v))
 }
 
 // UpdatedAtEQ applies the EQ predicate on the "updated_at" field.

@@ -22,6 +22,7 @@ import (
 	"github.com/rs/cors"
 
 	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/live"
 	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/graph"
 )
@@ -34,6 +35,10 @@ type App struct {
 	Desk   *desk.Desk
 	// DemoCredentials are the logins demo mode created (printed at start).
 	DemoCredentials []desk.DemoCredential
+	// Hub delivers events to live subscriptions.
+	Hub *live.Hub
+
+	stopLive context.CancelFunc
 
 	requests atomic.Int64
 }
@@ -74,16 +79,42 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		db.Close()
 		return nil, err
 	}
-	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect), desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL})}, o.desk...)
-	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...)}
+	// The live hub is told of every local commit that appended events; on
+	// PostgreSQL other instances hear of it through NOTIFY.
+	var hub *live.Hub
+	liveCtx, stopLive := context.WithCancel(context.WithoutCancel(ctx))
+	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect),
+		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention}),
+		desk.WithEventSink(func(last int) { hub.Published(last) })}, o.desk...)
+	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...), stopLive: stopLive}
+	hubOpts := live.Options{Buffer: cfg.SubscriptionBuf, Logger: log}
+	if db.Postgres() {
+		hubOpts.Notify = live.NewNotifier(liveCtx, db.SQL, log).Notify
+	}
+	hub = live.New(a.Desk, hubOpts)
+	a.Hub = hub
+	if err := hub.Start(liveCtx); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("live events: %w", err)
+	}
+	if db.Postgres() {
+		if err := live.Listen(liveCtx, db.URL, hub, log); err != nil {
+			a.Close()
+			return nil, fmt.Errorf("listen for events: %w", err)
+		}
+	}
+	if err := a.Desk.SchedulePruning(ctx); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("schedule event pruning: %w", err)
+	}
 	if _, err := a.Desk.Settings(ctx); err != nil {
-		db.Close()
+		a.Close()
 		return nil, fmt.Errorf("settings: %w", err)
 	}
 	if cfg.AdminEmail != "" {
 		created, err := a.Desk.EnsureAdmin(ctx, cfg.AdminEmail, cfg.AdminName, cfg.AdminPassword)
 		if err != nil {
-			db.Close()
+			a.Close()
 			return nil, fmt.Errorf("first administrator: %w", err)
 		}
 		if created {
@@ -93,15 +124,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 	if cfg.Demo {
 		var err error
 		if a.DemoCredentials, err = a.Desk.SeedDemo(ctx); err != nil {
-			db.Close()
+			a.Close()
 			return nil, fmt.Errorf("demo data: %w", err)
 		}
 	}
 	return a, nil
 }
 
-// Close releases the database.
-func (a *App) Close() error { return a.DB.Close() }
+// Close ends live subscriptions and releases the database.
+func (a *App) Close() error {
+	a.stopLive()
+	return a.DB.Close()
+}
 
 // Handler is the whole HTTP surface.
 func (a *App) Handler() http.Handler {
@@ -110,6 +144,9 @@ func (a *App) Handler() http.Handler {
 		ComplexityLimit: a.Config.ComplexityLimit,
 		DepthLimit:      a.Config.DepthLimit,
 		Logger:          a.Log,
+		Hub:             a.Hub,
+		Origins:         a.Config.CORSOrigins,
+		PingInterval:    a.Config.WSPingInterval,
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", limitBody(a.Config.MaxBodyBytes, graph.Authenticate(a.Desk, a.Log, gql)))
@@ -143,12 +180,18 @@ func (a *App) Handler() http.Handler {
 // accepting, lets requests in flight finish within the shutdown timeout, and
 // closes the database.
 func (a *App) Run(ctx context.Context, ln net.Listener) error {
+	// Requests run under a context that outlives ctx, so that those in
+	// flight when ctx is cancelled finish during the shutdown; it is
+	// cancelled once Shutdown returns (or times out), which ends what
+	// Shutdown does not wait for (hijacked connections: websockets).
+	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
 	srv := &http.Server{
 		Handler:           a.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       120 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -175,6 +218,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	sctx, cancel := context.WithTimeout(context.Background(), a.Config.ShutdownTimeout)
 	defer cancel()
 	err := srv.Shutdown(sctx)
+	cancelRequests()
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}

@@ -28,6 +28,9 @@ type Config struct {
 	ComplexityLimit int           // PARLEY_COMPLEXITY_LIMIT
 	DepthLimit      int           // PARLEY_DEPTH_LIMIT
 	ShutdownTimeout time.Duration // PARLEY_SHUTDOWN_TIMEOUT
+	EventRetention  time.Duration // PARLEY_EVENT_RETENTION
+	WSPingInterval  time.Duration // PARLEY_WS_PING_INTERVAL
+	SubscriptionBuf int           // PARLEY_SUBSCRIPTION_BUFFER
 }
 
 // LoadConfig reads the configuration from getenv (os.Getenv in production).
@@ -45,6 +48,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		ComplexityLimit: 1000,
 		DepthLimit:      12,
 		ShutdownTimeout: 15 * time.Second,
+		EventRetention:  7 * 24 * time.Hour,
+		WSPingInterval:  15 * time.Second,
+		SubscriptionBuf: 256,
 	}
 	for _, o := range strings.Split(getenv("PARLEY_CORS_ORIGINS"), ",") {
 		if o = strings.TrimSpace(o); o != "" {
@@ -86,6 +92,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	boolean("PARLEY_DEMO", &c.Demo)
 	duration("PARLEY_SESSION_TTL", &c.SessionTTL)
 	duration("PARLEY_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
+	duration("PARLEY_EVENT_RETENTION", &c.EventRetention)
+	duration("PARLEY_WS_PING_INTERVAL", &c.WSPingInterval)
+	integer("PARLEY_SUBSCRIPTION_BUFFER", &c.SubscriptionBuf)
 	integer("PARLEY_COMPLEXITY_LIMIT", &c.ComplexityLimit)
 	integer("PARLEY_DEPTH_LIMIT", &c.DepthLimit)
 	var maxBody int

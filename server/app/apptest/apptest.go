@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -146,8 +147,17 @@ func New(t testing.TB, opts ...Option) *Server {
 		t.Fatalf("app.New: %v", err)
 	}
 	t.Cleanup(func() { a.Close() })
-	srv := httptest.NewServer(a.Handler())
-	t.Cleanup(srv.Close) // runs before a.Close: requests finish first
+	// Requests run under a root context cancelled first at cleanup: long
+	// requests (subscriptions over websockets, which httptest's Close does
+	// not wait for) end before the database closes.
+	root, cancelRoot := context.WithCancel(context.Background())
+	srv := httptest.NewUnstartedServer(a.Handler())
+	srv.Config.BaseContext = func(net.Listener) context.Context { return root }
+	srv.Start()
+	t.Cleanup(func() { // runs before a.Close: requests end first
+		cancelRoot()
+		srv.Close()
+	})
 	if st.rec != nil {
 		st.rec.Reset() // forget the migration and the seeding
 	}
