@@ -1,0 +1,83 @@
+package desk_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/schema/enum"
+)
+
+func TestEvents_EveryLifecycleChangeAppendsAnEventInItsTransaction(t *testing.T) {
+	w := desktest.New(t)
+	op := w.Operator(active)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{op})
+	ch := w.Channel(q, enum.ProviderAPI)
+	before, err := w.Desk.LastEventID(context.Background())
+	w.Must(err)
+	c := acceptedChat(w, ch, op, "c1")
+	_, err = w.Desk.SendMessage(w.As(op), c.ID, "hi")
+	w.Must(err)
+	_, err = w.Desk.CompleteChat(w.As(op), c.ID)
+	w.Must(err)
+	events, err := w.Desk.EventsAfter(context.Background(), before, 100)
+	w.Must(err)
+	var types []string
+	for i, e := range events {
+		types = append(types, e.Type)
+		if i > 0 && e.ID <= events[i-1].ID {
+			t.Fatalf("ids not increasing: %d after %d", e.ID, events[i-1].ID)
+		}
+	}
+	want := []string{desk.EventChatCreated, desk.EventMessageAdded, desk.EventChatOffered, desk.EventChatAccepted,
+		desk.EventMessageAdded, desk.EventChatCompleted}
+	if len(types) != len(want) {
+		t.Fatalf("events = %v, want %v", types, want)
+	}
+	for i := range want {
+		if types[i] != want[i] {
+			t.Fatalf("events = %v, want %v", types, want)
+		}
+	}
+	// The offer reaches the operator's panel; the customer's first message
+	// reaches nobody's panel (the offer carries the chat).
+	if got := events[2].Audience; len(got) != 1 || got[0] != op.ID {
+		t.Fatalf("offer audience = %v", got)
+	}
+	if got := events[0].QueueIds; len(got) != 1 || got[0] != q.ID {
+		t.Fatalf("chat created queues = %v", got)
+	}
+}
+
+func TestEvents_PrunedAfterTheRetentionWindow(t *testing.T) {
+	w := desktest.New(t)
+	q := w.Queue(enum.RuleToAll, nil)
+	ch := w.Channel(q, enum.ProviderAPI)
+	w.Inbound(ch, "old", "hi")
+	old, err := w.Desk.LastEventID(context.Background())
+	w.Must(err)
+	w.Must(w.Desk.SchedulePruning(context.Background()))
+	w.Clock.Advance(7*24*time.Hour + time.Minute)
+	w.Inbound(ch, "new", "hi")
+	w.RunJobs()
+	_, err = w.Desk.EventsAfter(context.Background(), 0, 10)
+	w.WantCode(err, desk.CodeEventsExpired)
+	events, err := w.Desk.EventsAfter(context.Background(), old, 10)
+	w.Must(err)
+	if len(events) == 0 {
+		t.Fatal("the new events were pruned too")
+	}
+	n, err := w.Client().Event.Query().Count(context.Background())
+	w.Must(err)
+	if n != len(events) {
+		t.Fatalf("%d events left, want only the %d new ones", n, len(events))
+	}
+	// The pruning job schedules its next run.
+	w.Clock.Advance(time.Hour)
+	if w.RunJobs() != 1 {
+		t.Fatal("the pruning job did not run again an hour later")
+	}
+}

@@ -1,0 +1,236 @@
+package live_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/live"
+	"github.com/parleydesk/parley/ent"
+)
+
+// memLog is an event log in memory, appended in id order like the real one.
+type memLog struct {
+	mu     sync.Mutex
+	events []*ent.Event
+	pruned int
+}
+
+func (l *memLog) append(audience ...int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	id := len(l.events) + 1
+	l.events = append(l.events, &ent.Event{ID: id, Type: desk.EventMessageAdded, Audience: audience})
+	return id
+}
+
+func (l *memLog) EventsAfter(_ context.Context, after, limit int) ([]*ent.Event, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if after < l.pruned {
+		return nil, desk.Fail(desk.CodeEventsExpired, "expired")
+	}
+	var out []*ent.Event
+	for _, e := range l.events {
+		if e.ID > after && len(out) < limit {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func (l *memLog) LastEventID(context.Context) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.events), nil
+}
+
+func start(t *testing.T, log *memLog, opt live.Options) (*live.Hub, context.CancelFunc) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	if opt.Poll == 0 {
+		opt.Poll = time.Hour // tests wake the pump explicitly
+	}
+	h := live.New(log, opt)
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return h, cancel
+}
+
+func receive(t *testing.T, st *live.Stream) *ent.Event {
+	t.Helper()
+	select {
+	case e, ok := <-st.C:
+		if !ok {
+			t.Fatalf("stream ended: %v", st.Err())
+		}
+		return e
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event within 5s")
+	}
+	return nil
+}
+
+func TestHub_DeliversOnlyTheAudienceInOrderAndResumesWithoutGapOrDuplicate(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{}
+	log.append(1)
+	h, stop := start(t, log, live.Options{})
+	defer stop()
+	actor := &desk.Actor{OperatorID: 1}
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := h.Subscribe(ctx, actor, live.Scope{Operator: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := []int{log.append(1), log.append(2, 1)}
+	log.append(2) // not for operator 1
+	h.Published(3)
+	for _, want := range mine {
+		if got := receive(t, st).ID; got != want {
+			t.Fatalf("got event %d, want %d", got, want)
+		}
+	}
+	cancel()
+	for range st.C { // ends when the client goes away
+	}
+
+	// While away, events accumulate; the pump dispatches some of them
+	// before the resumption and some after: the seam must hold.
+	var want []int
+	for range 5 {
+		want = append(want, log.append(1))
+	}
+	h.Published(0)
+	waitCursor(t, h, want[len(want)-1])
+	after := mine[len(mine)-1]
+	st2, err := h.Subscribe(context.Background(), actor, live.Scope{Operator: 1}, &after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		want = append(want, log.append(1))
+	}
+	h.Published(0)
+	for _, w := range want {
+		if got := receive(t, st2).ID; got != w {
+			t.Fatalf("resumed: got %d, want %d", got, w)
+		}
+	}
+	stop()
+	for range st2.C {
+	}
+	if err := st2.Err(); err != nil {
+		t.Fatalf("shutdown ended the stream with %v, want nil", err)
+	}
+}
+
+func waitCursor(t *testing.T, h *live.Hub, id int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Cursor() < id {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pump did not reach %d", id)
+		}
+		h.Wake()
+		time.Sleep(time.Millisecond) // polling a condition, bounded by the deadline
+	}
+}
+
+func TestHub_SlowConsumerIsEndedWithoutBlockingOthers(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{}
+	h, stop := start(t, log, live.Options{Buffer: 4})
+	defer stop()
+	slowCtx, cancelSlow := context.WithCancel(context.Background())
+	defer cancelSlow()
+	slow, err := h.Subscribe(slowCtx, &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fast, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 2}, live.Scope{Operator: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The slow subscriber reads nothing; the fast one reads everything.
+	for i := range 20 {
+		log.append(1, 2)
+		h.Published(0)
+		if got := receive(t, fast).ID; got != i+1 {
+			t.Fatalf("fast subscriber got %d, want %d", got, i+1)
+		}
+	}
+	// The slow one has at most its buffer (plus the event in hand) and then
+	// ends with SLOW_CONSUMER.
+	n := 0
+	for range slow.C {
+		n++
+	}
+	var de *desk.Error
+	if err := slow.Err(); !errors.As(err, &de) || de.Code != desk.CodeSlowConsumer {
+		t.Fatalf("slow stream ended with %v, want SLOW_CONSUMER", err)
+	}
+	if n > 6 {
+		t.Fatalf("the slow subscriber was sent %d events, more than its buffer", n)
+	}
+	stop()
+	for range fast.C {
+	}
+}
+
+func TestHub_ResumingBeforeThePrunedEventsIsRefused(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{pruned: 10}
+	for range 12 {
+		log.append(1)
+	}
+	h, stop := start(t, log, live.Options{})
+	defer stop()
+	after := 3
+	_, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, &after)
+	var de *desk.Error
+	if !errors.As(err, &de) || de.Code != desk.CodeEventsExpired {
+		t.Fatalf("err = %v, want EVENTS_EXPIRED", err)
+	}
+	if h.Subscribers() != 0 {
+		t.Fatal("a refused subscription stayed registered")
+	}
+}
+
+func TestHub_EndedSessionEndsItsSubscriptions(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{}
+	h, stop := start(t, log, live.Options{})
+	defer stop()
+	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1, SessionID: 7}, live.Scope{Operator: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1, SessionID: 8}, live.Scope{Operator: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.mu.Lock()
+	log.events = append(log.events, &ent.Event{ID: 1, Type: desk.EventSessionEnded, Payload: map[string]any{"sessionId": float64(7)}})
+	log.mu.Unlock()
+	log.append(1)
+	h.Published(0)
+	for range st.C {
+	}
+	var de *desk.Error
+	if err := st.Err(); !errors.As(err, &de) || de.Code != desk.CodeUnauthenticated {
+		t.Fatalf("ended with %v, want UNAUTHENTICATED", err)
+	}
+	if got := receive(t, other).ID; got != 2 {
+		t.Fatalf("the other session got %d, want 2", got)
+	}
+	stop()
+	for range other.C {
+	}
+}
