@@ -384,3 +384,24 @@ func truncate(s string, n int) string {
 	}
 	return s[:n]
 }
+
+// StillAuthenticated reports whether the actor's credential is still valid
+// (a live subscription checks it once registered, so that a session ended
+// meanwhile cannot keep listening).
+func (d *Desk) StillAuthenticated(ctx context.Context, a *Actor) error {
+	switch {
+	case a == nil:
+		return ErrUnauthenticated
+	case a.SessionID != 0:
+		s, err := d.client.OperatorSession.Get(ctx, a.SessionID)
+		if err != nil || s.EndedAt != nil || !d.Now().Before(s.ExpiresAt) {
+			return ErrUnauthenticated
+		}
+	case a.APIKeyID != 0:
+		k, err := d.client.ApiKey.Get(ctx, a.APIKeyID)
+		if err != nil || k.RevokedAt != nil || (k.ExpiresAt != nil && !d.Now().Before(*k.ExpiresAt)) {
+			return ErrUnauthenticated
+		}
+	}
+	return nil
+}

@@ -2,10 +2,14 @@ package desk
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/parleydesk/parley/desk/files"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chatoffer"
 	"github.com/parleydesk/parley/ent/draft"
@@ -223,20 +227,35 @@ func (d *Desk) completeIfDue(ctx context.Context, tx *ent.Tx, chatID int) error 
 // maxMessageText bounds an operator message (providers split longer ones).
 const maxMessageText = 10000
 
-// SendMessage stores an operator's message in their chat (R14): delivery
-// PENDING until the channel's outbox sends it. It sets the first response
-// time, arms the completion timeout of the queue (R18) and clears the draft
-// (R16).
-func (d *Desk) SendMessage(ctx context.Context, chatID int, text string) (*ent.Message, error) {
+// FileUpload is a file an operator sends with a message.
+type FileUpload struct {
+	Name     string
+	MimeType string
+	Body     io.Reader
+}
+
+// SendMessage stores an operator's message in their chat (R14) and puts it
+// in the outbox of the chat's channel (delivery PENDING until the provider
+// accepts it). It refuses a WhatsApp or Messenger chat whose 24-hour reply
+// window has closed, before calling anyone (R21). It sets the first
+// response time, arms the completion timeout of the queue (R18) and clears
+// the draft (R16).
+func (d *Desk) SendMessage(ctx context.Context, chatID int, text string, file *FileUpload) (*ent.Message, error) {
 	a, err := Require(ctx, AccessOperator)
 	if err != nil {
 		return nil, err
 	}
-	if strings.TrimSpace(text) == "" {
+	if strings.TrimSpace(text) == "" && file == nil {
 		return nil, invalid("text", "the message is empty")
 	}
 	if len(text) > maxMessageText {
 		return nil, invalid("text", "the message is longer than %d bytes", maxMessageText)
+	}
+	var stored *storedFile
+	if file != nil {
+		if stored, err = d.keepUpload(ctx, file); err != nil {
+			return nil, err
+		}
 	}
 	var m *ent.Message
 	err = d.inTx(ctx, "send message", func(tx *ent.Tx) error {
@@ -244,38 +263,91 @@ func (d *Desk) SendMessage(ctx context.Context, chatID int, text string) (*ent.M
 		if err != nil {
 			return err
 		}
-		now := d.Now()
-		if m, err = tx.Message.Create().SetChatID(c.ID).SetChannelID(c.ChannelID).SetDirection(enum.Outbound).
-			SetAuthorKind(enum.AuthorOperator).SetAuthorID(a.OperatorID).SetText(text).
-			SetDeliveryStatus(enum.DeliveryPending).SetCreatedAt(now).Save(ctx); err != nil {
-			return err
-		}
-		upd := tx.Chat.UpdateOneID(c.ID).SetLastMessageAt(now).SetOwnerReadAt(now)
-		if c.FirstResponseAt == nil {
-			upd.SetFirstResponseAt(now)
-		}
-		q, err := tx.Queue.Get(ctx, c.QueueID)
-		if err != nil {
-			return err
-		}
-		if q.CompletionTimeoutMinutes != nil {
-			due := now.Add(minutes(*q.CompletionTimeoutMinutes))
-			upd.SetCompletionDueAt(due)
-			if err := d.enqueue(ctx, tx, jobSpec{kind: jobCompletionDue, dedupe: "complete:" + strconv.Itoa(c.ID),
-				chatID: c.ID, due: due}); err != nil {
-				return err
-			}
-		}
-		if err := upd.Exec(ctx); err != nil {
-			return err
-		}
-		if _, err := tx.Draft.Delete().Where(draft.HasOperatorWith(operator.ID(a.OperatorID)), draft.HasChatWith(chatIs(c.ID))).Exec(ctx); err != nil {
-			return err
-		}
-		return d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, OperatorID: a.OperatorID, QueueID: c.QueueID,
-			Payload: map[string]any{"messageId": m.ID}})
+		m, err = d.postOperatorMessage(ctx, tx, c, a.OperatorID, text, stored)
+		return err
 	})
 	return detach(m, err)
+}
+
+// storedFile is an upload kept in storage, ready to attach.
+type storedFile struct {
+	key, name, mime string
+	size            int64
+	kind            enum.MessageKind
+}
+
+func (d *Desk) keepUpload(ctx context.Context, f *FileUpload) (*storedFile, error) {
+	key, size, err := d.storeUpload(ctx, f.Body)
+	if err != nil {
+		if errors.Is(err, files.ErrTooLarge) {
+			return nil, invalid("file", "the file is larger than %d bytes", d.cfg.MaxFileBytes)
+		}
+		return nil, err
+	}
+	kind := enum.KindDocument
+	if strings.HasPrefix(f.MimeType, "image/") {
+		kind = enum.KindPhoto
+	}
+	return &storedFile{key: key, name: clip(f.Name, 500), mime: clip(f.MimeType, 200), size: size, kind: kind}, nil
+}
+
+// postOperatorMessage adds an operator's message to a chat they work and
+// puts it in the outbox.
+func (d *Desk) postOperatorMessage(ctx context.Context, tx *ent.Tx, c *ent.Chat, opID int, text string, file *storedFile) (*ent.Message, error) {
+	now := d.Now()
+	ch, err := tx.Channel.Get(ctx, c.ChannelID)
+	if err != nil {
+		return nil, err
+	}
+	if windowed(ch.Provider) && c.ReplyWindowEndsAt != nil && now.After(*c.ReplyWindowEndsAt) {
+		return nil, Fail(CodeReplyWindowExpired, "the customer's 24-hour reply window closed at %s", c.ReplyWindowEndsAt.Format(time.RFC3339))
+	}
+	kind := enum.KindText
+	if file != nil {
+		kind = file.kind
+	}
+	m, err := tx.Message.Create().SetChatID(c.ID).SetChannelID(c.ChannelID).SetDirection(enum.Outbound).
+		SetAuthorKind(enum.AuthorOperator).SetAuthorID(opID).SetText(text).SetKind(kind).
+		SetDeliveryStatus(enum.DeliveryPending).SetCreatedAt(now).Save(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if file != nil {
+		if err := tx.Attachment.Create().SetMessageID(m.ID).SetKind(file.kind).SetStatus(enum.AttachmentStored).
+			SetStorageKey(file.key).SetFileName(file.name).SetMimeType(file.mime).SetSize(int(file.size)).
+			SetCreatedAt(now).Exec(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if d.adapters[ch.Provider] != nil {
+		if err := d.enqueue(ctx, tx, jobSpec{kind: jobSend, chatID: c.ID, ref: m.ID, due: now}); err != nil {
+			return nil, err
+		}
+	}
+	upd := tx.Chat.UpdateOneID(c.ID).SetLastMessageAt(now).SetOwnerReadAt(now)
+	if c.FirstResponseAt == nil {
+		upd.SetFirstResponseAt(now)
+	}
+	q, err := tx.Queue.Get(ctx, c.QueueID)
+	if err != nil {
+		return nil, err
+	}
+	if q.CompletionTimeoutMinutes != nil {
+		due := now.Add(minutes(*q.CompletionTimeoutMinutes))
+		upd.SetCompletionDueAt(due)
+		if err := d.enqueue(ctx, tx, jobSpec{kind: jobCompletionDue, dedupe: "complete:" + strconv.Itoa(c.ID),
+			chatID: c.ID, due: due}); err != nil {
+			return nil, err
+		}
+	}
+	if err := upd.Exec(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := tx.Draft.Delete().Where(draft.HasOperatorWith(operator.ID(opID)), draft.HasChatWith(chatIs(c.ID))).Exec(ctx); err != nil {
+		return nil, err
+	}
+	return m, d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, OperatorID: opID, QueueID: c.QueueID,
+		Payload: map[string]any{"messageId": m.ID}})
 }
 
 // MarkChatRead records that the owner has read every message of their chat

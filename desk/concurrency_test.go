@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -359,6 +360,10 @@ func TestR10_ConcurrentRoutingKeepsInvariants(t *testing.T) {
 		bg.Go(func() {
 			r := newRand(seed, 1000+uint64(i))
 			me := w.As(op)
+			acceptRate := 7
+			if i%4 == 3 {
+				acceptRate = 1
+			}
 			for {
 				select {
 				case <-stop:
@@ -384,7 +389,9 @@ func TestR10_ConcurrentRoutingKeepsInvariants(t *testing.T) {
 						fail("set INACTIVE: %v", err)
 					}
 				}
-				if len(p.NewChats) > 0 && r.IntN(10) < 7 {
+				// A quarter of the operators are slow to accept: their
+				// offers often time out.
+				if len(p.NewChats) > 0 && r.IntN(10) < acceptRate {
 					c := p.NewChats[r.IntN(len(p.NewChats))].Chat
 					_, err := w.Desk.AcceptChat(me, c.ID)
 					out.add("accept", err)
@@ -402,7 +409,7 @@ func TestR10_ConcurrentRoutingKeepsInvariants(t *testing.T) {
 							fail("complete %d by %d: %v", c.ID, op.ID, err)
 						}
 					case x < 45:
-						_, err := w.Desk.SendMessage(me, c.ID, "reply")
+						_, err := w.Desk.SendMessage(me, c.ID, "reply", nil)
 						out.add("send", err)
 						if !expected(err, desk.CodeNotChatOwner, desk.CodeChatCompleted) {
 							fail("send in %d by %d: %v", c.ID, op.ID, err)
@@ -471,33 +478,43 @@ func TestR10_ConcurrentRoutingKeepsInvariants(t *testing.T) {
 		}
 	})
 
-	// Two schedulers run due jobs; one also moves the clock, 200 times as
-	// fast as real time (an accept timeout of 60 s passes in 0.3 s), so
-	// that accept and completion timeouts fire while everything goes on.
-	for s := range 2 {
+	// Two schedulers run due jobs while the clock moves 200 times as fast
+	// as real time (an accept timeout of 60 s passes in 0.3 s), so that
+	// accept and completion timeouts fire while everything goes on.
+	for range 2 {
 		bg.Go(func() {
-			tick := time.NewTicker(2 * time.Millisecond)
-			defer tick.Stop()
-			last := time.Now()
 			for {
 				select {
 				case <-stop:
 					return
-				case <-tick.C:
+				default:
 				}
-				if s == 0 {
-					now := time.Now()
-					w.Clock.Advance(200 * now.Sub(last))
-					last = now
-				}
-				_, err := w.Desk.RunDueJobs(ctx)
+				n, err := w.Desk.RunDueJobs(ctx)
 				out.add("runDueJobs", err)
 				if err != nil {
 					fail("run due jobs: %v", err)
 				}
+				if n == 0 {
+					// Nothing due: wait for the clock to move on.
+					runtime.Gosched()
+				}
 			}
 		})
 	}
+	bg.Go(func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			case now := <-tick.C:
+				w.Clock.Advance(200 * now.Sub(last))
+				last = now
+			}
+		}
+	})
 
 	start := time.Now()
 	<-ingestDone
@@ -525,9 +542,13 @@ func TestR10_ConcurrentRoutingKeepsInvariants(t *testing.T) {
 		t.Errorf("the run did not exercise every call:\n%s", out.String())
 	}
 
-	// At rest: everyone ACTIVE, every due job run: no chat may be lost.
+	// At rest: everyone ACTIVE with spare capacity (an administrator raises
+	// the limits), every due job run: no chat may be lost (R9), every
+	// waiting chat is offered.
 	for _, op := range ops {
-		_, err := w.Desk.SetOperatorStatus(admin, op.ID, enum.StatusActive)
+		_, err := w.Desk.UpdateOperator(admin, op.ID, desk.UpdateOperatorInput{ChatLimit: ptr(1000)})
+		w.Must(err)
+		_, err = w.Desk.SetOperatorStatus(admin, op.ID, enum.StatusActive)
 		w.Must(err)
 	}
 	runJobsUntilIdle(t, w)
@@ -536,43 +557,57 @@ func TestR10_ConcurrentRoutingKeepsInvariants(t *testing.T) {
 	if r.Offers["EXPIRED"] == 0 {
 		t.Errorf("no accept timeout fired during the run")
 	}
+	unoffered, err := w.Client().Chat.Query().Where(chat.StatusEQ(enum.ChatWaiting),
+		chat.Not(chat.HasOffersWith(chatoffer.StatusEQ(enum.OfferOpen)))).Count(ctx)
+	w.Must(err)
+	if unoffered > 0 {
+		t.Errorf("%d waiting chats have no open offer although every operator has spare capacity", unoffered)
+	}
 
-	// Drain: the operators take and end every chat; all chats complete.
+	// Drain: all operators at once take and end the chats offered to them,
+	// until every chat is completed.
 	drainStart := time.Now()
-	for round := 0; ; round++ {
+	for pass := 0; ; pass++ {
 		open, err := w.Client().Chat.Query().Where(chat.StatusNEQ(enum.ChatCompleted)).Count(ctx)
 		w.Must(err)
 		if open == 0 {
-			t.Logf("drained in %d rounds, %v", round, time.Since(drainStart).Round(time.Millisecond))
+			t.Logf("drained in %d passes, %v", pass, time.Since(drainStart).Round(time.Millisecond))
 			break
 		}
-		if round == 200 {
-			t.Fatalf("%d chats still open after %d rounds of draining", open, round)
+		if pass == 20 {
+			t.Fatalf("%d chats still open after %d passes of draining", open, pass)
 		}
+		var wg sync.WaitGroup
 		for _, op := range ops {
-			me := w.As(op)
-			p, err := w.Desk.Panel(me)
-			w.Must(err)
-			for _, pc := range p.NewChats {
-				_, err := w.Desk.AcceptChat(me, pc.Chat.ID)
-				if !expected(err, desk.CodeChatAlreadyTaken) {
-					t.Fatalf("drain: accept %d by %d: %v", pc.Chat.ID, op.ID, err)
+			wg.Go(func() {
+				me := w.As(op)
+				p, err := w.Desk.Panel(me)
+				if err != nil {
+					t.Errorf("drain: panel: %v", err)
+					return
 				}
-			}
-			p, err = w.Desk.Panel(me)
-			w.Must(err)
-			for _, pc := range p.ActiveChats {
-				_, err := w.Desk.CompleteChat(me, pc.Chat.ID)
-				w.Must(err)
-			}
-			// The capacity freed goes to the waiting chats before the
-			// next operator's turn.
-			runJobsUntilIdle(t, w)
+				for _, pc := range p.NewChats {
+					_, err := w.Desk.AcceptChat(me, pc.Chat.ID)
+					if !expected(err, desk.CodeChatAlreadyTaken) {
+						t.Errorf("drain: accept %d by %d: %v", pc.Chat.ID, op.ID, err)
+					}
+				}
+				if p, err = w.Desk.Panel(me); err != nil {
+					t.Errorf("drain: panel: %v", err)
+					return
+				}
+				for _, pc := range p.ActiveChats {
+					if _, err := w.Desk.CompleteChat(me, pc.Chat.ID); err != nil {
+						t.Errorf("drain: complete %d by %d: %v", pc.Chat.ID, op.ID, err)
+					}
+				}
+			})
 		}
-		atRest(t, w, chk.iv, fmt.Sprintf("drain round %d", round))
+		wg.Wait()
 		if t.Failed() {
 			t.FailNow()
 		}
+		runJobsUntilIdle(t, w)
 	}
 	r = atRest(t, w, chk.iv, "drained")
 
@@ -625,6 +660,8 @@ func TestR10_ConcurrentRoutingKeepsInvariants(t *testing.T) {
 	}
 }
 
+func ptr[T any](v T) *T { return &v }
+
 func channelByID(chs []*ent.Channel, id int) *ent.Channel {
 	for _, c := range chs {
 		if c.ID == id {
@@ -669,7 +706,7 @@ func TestR10_TimersFireOnceAcrossInstances(t *testing.T) {
 		op := ops[i%len(ops)]
 		_, err := w1.Desk.AcceptChat(w1.As(op), res.Chat.ID)
 		w1.Must(err)
-		_, err = w1.Desk.SendMessage(w1.As(op), res.Chat.ID, "how can I help?")
+		_, err = w1.Desk.SendMessage(w1.As(op), res.Chat.ID, "how can I help?", nil)
 		w1.Must(err)
 		inWork = append(inWork, res.Chat.ID)
 	}
@@ -786,7 +823,7 @@ func TestTimersSurviveRestart(t *testing.T) {
 	inWork := w1.Inbound(w1.Channel(q1, enum.ProviderAPI), "c1", "hello").Chat
 	_, err := w1.Desk.AcceptChat(w1.As(a), inWork.ID)
 	w1.Must(err)
-	_, err = w1.Desk.SendMessage(w1.As(a), inWork.ID, "hi, how can I help?")
+	_, err = w1.Desk.SendMessage(w1.As(a), inWork.ID, "hi, how can I help?", nil)
 	w1.Must(err)
 	waiting := w1.Inbound(w1.Channel(q2, enum.ProviderAPI), "c2", "hello").Chat
 	first := openOffers(w1, waiting.ID)

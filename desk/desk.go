@@ -15,7 +15,10 @@ import (
 	"github.com/lib/pq"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/parleydesk/parley/channels"
+	"github.com/parleydesk/parley/desk/files"
 	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/schema/enum"
 )
 
 // Clock tells the time. Tests inject a fake one so that timeouts are tested
@@ -36,6 +39,11 @@ type Config struct {
 	SessionTTL time.Duration
 	// PasswordCost is the bcrypt cost (default bcrypt.DefaultCost; tests lower it).
 	PasswordCost int
+	// MetaAppID is Parley's Meta app id: Messenger echoes of its own sends
+	// are ignored.
+	MetaAppID string
+	// MaxFileBytes bounds a stored file (default 25 MiB).
+	MaxFileBytes int64
 	// EventRetention is how long the event log keeps events for clients
 	// resuming a subscription (default 7 days).
 	EventRetention time.Duration
@@ -56,6 +64,10 @@ type Desk struct {
 	txs sync.Map
 	// onEvents is told the last event id after each commit that appended events.
 	onEvents func(lastID int)
+	// adapters are the provider clients, by provider.
+	adapters map[enum.Provider]channels.Adapter
+	// files keeps inbound media, contact photos and uploads.
+	files files.Store
 }
 
 // Option configures a Desk.
@@ -75,12 +87,25 @@ func WithDialect(name string) Option { return func(d *Desk) { d.pg = name == dia
 // events, the id of the last one (the live bus wakes on it).
 func WithEventSink(fn func(lastID int)) Option { return func(d *Desk) { d.onEvents = fn } }
 
+// WithAdapters plugs provider adapters in (server wires them).
+func WithAdapters(as ...channels.Adapter) Option {
+	return func(d *Desk) {
+		for _, a := range as {
+			d.adapters[enum.Provider(a.Provider())] = a
+		}
+	}
+}
+
+// WithFiles sets the file storage.
+func WithFiles(s files.Store) Option { return func(d *Desk) { d.files = s } }
+
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(d *Desk) { d.log = l } }
 
 // New returns a Desk over client.
 func New(client *ent.Client, opts ...Option) *Desk {
-	d := &Desk{client: client, clock: SystemClock, log: slog.Default(), kick: make(chan struct{}, 1)}
+	d := &Desk{client: client, clock: SystemClock, log: slog.Default(), kick: make(chan struct{}, 1),
+		adapters: map[enum.Provider]channels.Adapter{}}
 	for _, o := range opts {
 		o(d)
 	}
@@ -89,6 +114,9 @@ func New(client *ent.Client, opts ...Option) *Desk {
 	}
 	if d.cfg.EventRetention <= 0 {
 		d.cfg.EventRetention = 7 * 24 * time.Hour
+	}
+	if d.cfg.MaxFileBytes <= 0 {
+		d.cfg.MaxFileBytes = 25 << 20
 	}
 	if d.cfg.PasswordCost == 0 {
 		d.cfg.PasswordCost = bcrypt.DefaultCost

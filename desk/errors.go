@@ -28,6 +28,13 @@ const (
 	CodeLimitExhausted    Code = "LIMIT_EXHAUSTED"
 	CodeChannelInactive   Code = "CHANNEL_INACTIVE"
 
+	// Codes of channels and starting chats (R14, R21).
+	CodeReplyWindowExpired Code = "REPLY_WINDOW_EXPIRED"
+	CodeNoChannel          Code = "NO_CHANNEL"
+	CodeNoIdentity         Code = "NO_IDENTITY"
+	CodeNoConversation     Code = "NO_CONVERSATION"
+	CodeActiveChatExists   Code = "ACTIVE_CHAT_EXISTS"
+
 	// Codes of live subscriptions.
 	CodeEventsExpired Code = "EVENTS_EXPIRED"
 	CodeSlowConsumer  Code = "SLOW_CONSUMER"

@@ -31,6 +31,8 @@ const (
 	EventSessionEnded     = "SESSION_ENDED"
 	EventAPIKeyRevoked    = "API_KEY_REVOKED"
 	EventDraftSaved       = "DRAFT_SAVED"
+	EventMessageEdited    = "MESSAGE_EDITED"
+	EventDeliveryStatus   = "DELIVERY_STATUS_CHANGED"
 )
 
 // event is one change to record.

@@ -25,6 +25,18 @@ type Inbound struct {
 	Kind              enum.MessageKind
 	Text              string
 	Content           map[string]any
+	// Attachments are files to copy into storage (jobs, off the
+	// acknowledgement path).
+	Attachments []InboundAttachment
+}
+
+// InboundAttachment is a file of an inbound message, by provider reference.
+type InboundAttachment struct {
+	Kind     enum.MessageKind
+	Ref      string
+	FileName string
+	MimeType string
+	Size     int64
 }
 
 // InboundIdentity is the sender of an inbound message.
@@ -44,6 +56,12 @@ type IngestResult struct {
 	// Duplicate is set when the message had been received before (R3):
 	// nothing was changed.
 	Duplicate bool
+	// NewContact is set when the sender's identity was new (R2);
+	// IdentityID is the identity.
+	NewContact bool
+	IdentityID int
+	// Attachments are the stored (PENDING) attachments.
+	Attachments []*ent.Attachment
 }
 
 // replyWindow is how long WhatsApp and Messenger let a business answer after
@@ -72,7 +90,7 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 	if in.Kind == "" {
 		in.Kind = enum.KindText
 	}
-	if in.Kind == enum.KindText && strings.TrimSpace(in.Text) == "" {
+	if in.Kind == enum.KindText && strings.TrimSpace(in.Text) == "" && len(in.Attachments) == 0 {
 		return nil, invalid("text", "a text message needs a text")
 	}
 	var res *IngestResult
@@ -114,11 +132,11 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 			return nil, err
 		}
 	}
-	contactID, err := d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity)
+	contactID, identityID, newContact, err := d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity)
 	if err != nil {
 		return nil, err
 	}
-	res := &IngestResult{}
+	res := &IngestResult{NewContact: newContact, IdentityID: identityID}
 	open, err := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(ch.ID),
 		chat.StatusNEQ(enum.ChatCompleted)).Only(ctx)
 	switch {
@@ -163,6 +181,18 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	if res.Message, err = create.Save(ctx); err != nil {
 		return nil, err
 	}
+	for _, a := range in.Attachments {
+		ac := tx.Attachment.Create().SetMessageID(res.Message.ID).SetKind(a.Kind).SetStatus(enum.AttachmentPending).
+			SetProviderFileID(a.Ref).SetFileName(clip(a.FileName, 500)).SetMimeType(clip(a.MimeType, 200)).SetCreatedAt(now)
+		if a.Size > 0 {
+			ac.SetSize(int(a.Size))
+		}
+		att, err := ac.Save(ctx)
+		if err != nil {
+			return nil, err
+		}
+		res.Attachments = append(res.Attachments, att)
+	}
 	if res.NewChat {
 		if err := d.emit(ctx, tx, event{Type: EventChatCreated, ChatID: res.Chat.ID, QueueID: res.Chat.QueueID}); err != nil {
 			return nil, err
@@ -196,21 +226,36 @@ func windowed(p enum.Provider) bool {
 
 // findOrCreateContact returns the contact of an identity, creating both on
 // the first message (R2). The identity's profile data is refreshed.
-func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity) (int, error) {
+func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity) (contactID, identityID int, created bool, err error) {
 	ident, err := tx.ContactIdentity.Query().
 		Where(contactidentity.ProviderEQ(p), contactidentity.ExternalID(id.ExternalID)).
 		Only(ctx)
 	if err == nil {
-		if (id.Name != "" && id.Name != ident.DisplayName) || (id.Username != "" && id.Username != ident.Username) {
-			if err := tx.ContactIdentity.UpdateOneID(ident.ID).SetDisplayName(clip(id.Name, 300)).
-				SetUsername(clip(id.Username, 100)).Exec(ctx); err != nil {
-				return 0, err
+		upd := tx.ContactIdentity.UpdateOneID(ident.ID)
+		changed := false
+		if id.Name != "" && id.Name != ident.DisplayName {
+			upd.SetDisplayName(clip(id.Name, 300))
+			changed = true
+		}
+		if id.Username != "" && id.Username != ident.Username {
+			upd.SetUsername(clip(id.Username, 100))
+			changed = true
+		}
+		if ident.Unreachable {
+			// A customer who writes can be written to again.
+			upd.SetUnreachable(false).SetUnreachableReason("")
+			changed = true
+		}
+		if changed {
+			if err := upd.Exec(ctx); err != nil {
+				return 0, 0, false, err
 			}
 		}
-		return ident.QueryContact().OnlyID(ctx)
+		contactID, err = ident.QueryContact().OnlyID(ctx)
+		return contactID, ident.ID, false, err
 	}
 	if !ent.IsNotFound(err) {
-		return 0, err
+		return 0, 0, false, err
 	}
 	now := d.Now()
 	create := tx.Contact.Create().SetName(clip(id.Name, 300)).SetCreatedAt(now).SetUpdatedAt(now)
@@ -222,14 +267,14 @@ func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provi
 	}
 	c, err := create.Save(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, false, err
 	}
-	ic := tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(p).SetExternalID(id.ExternalID).
-		SetDisplayName(clip(id.Name, 300)).SetUsername(clip(id.Username, 100)).SetPhone(clip(id.Phone, 50))
-	if err := ic.Exec(ctx); err != nil {
-		return 0, err
+	ident, err = tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(p).SetExternalID(id.ExternalID).
+		SetDisplayName(clip(id.Name, 300)).SetUsername(clip(id.Username, 100)).SetPhone(clip(id.Phone, 50)).Save(ctx)
+	if err != nil {
+		return 0, 0, false, err
 	}
-	return c.ID, nil
+	return c.ID, ident.ID, true, nil
 }
 
 // clip shortens s to at most n bytes on a rune boundary.

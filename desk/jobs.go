@@ -29,6 +29,10 @@ const (
 	jobOfferTimeout   = "OFFER_TIMEOUT"   // an offer was not accepted in time (payload offer)
 	jobCompletionDue  = "COMPLETION_DUE"  // customer silence completes a chat (chat_id)
 	jobSessionExpired = "SESSION_EXPIRED" // a session's token expires (payload session)
+	jobLateStatus     = "LATE_STATUS"     // a delivery status that overtook its send (ref channel)
+	jobSend           = "SEND"            // the outbox: send a message to the provider (ref message)
+	jobDownload       = "DOWNLOAD"        // copy an inbound attachment into storage (ref attachment)
+	jobFetchProfile   = "FETCH_PROFILE"   // fill a new contact from the provider's profile (ref identity)
 )
 
 const (
@@ -46,13 +50,18 @@ type jobSpec struct {
 	chatID int
 	ref    int // the row the job is about: queue, offer or session
 	due    time.Time
+	// payload adds fields to the job's payload.
+	payload map[string]any
 }
 
 // enqueue stores a job in the transaction of the use case that needs it and
 // wakes the local scheduler after commit when it is already due.
 func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
-	c := tx.Job.Create().SetKind(j.kind).SetDueAt(j.due).SetCreatedAt(d.Now()).
-		SetPayload(map[string]any{"ref": j.ref})
+	payload := map[string]any{"ref": j.ref}
+	for k, v := range j.payload {
+		payload[k] = v
+	}
+	c := tx.Job.Create().SetKind(j.kind).SetDueAt(j.due).SetCreatedAt(d.Now()).SetPayload(payload)
 	if j.chatID != 0 {
 		c.SetChatID(j.chatID)
 	}
@@ -134,6 +143,12 @@ func (d *Desk) RunDueJobs(ctx context.Context) (int, error) {
 		for _, j := range jobs {
 			if ctx.Err() != nil {
 				return ran, ctx.Err()
+			}
+			if externalJob(j.Kind) {
+				if d.runExternal(ctx, j) {
+					ran++
+				}
+				continue
 			}
 			if d.runJob(ctx, j) {
 				ran++
@@ -234,6 +249,8 @@ func (d *Desk) handleJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
 		return d.expireSession(ctx, tx, ref)
 	case jobPruneEvents:
 		return d.pruneEvents(ctx, tx)
+	case jobLateStatus:
+		return d.retryLateStatus(ctx, tx, j)
 	}
 	d.log.Error("unknown job kind", "job_id", j.ID, "kind", j.Kind)
 	return nil

@@ -405,7 +405,7 @@ func TestR12_PanelListsNewAndActiveChatsWithUnreadAndWaiting(t *testing.T) {
 	if p.Me.Load != 2 || p.Me.Availability != desk.AvailabilityActive {
 		t.Fatalf("me = %+v", p.Me)
 	}
-	_, err = w.Desk.SendMessage(w.As(op), work.ID, "yes")
+	_, err = w.Desk.SendMessage(w.As(op), work.ID, "yes", nil)
 	w.Must(err)
 	p, err = w.Desk.Panel(w.As(op))
 	w.Must(err)
@@ -425,7 +425,7 @@ func TestR17_CompleteRecordsFirstResponseAndDuration(t *testing.T) {
 	ch := w.Channel(q, enum.ProviderAPI)
 	c := acceptedChat(w, ch, op, "c1")
 	w.Clock.Advance(90 * time.Second)
-	_, err := w.Desk.SendMessage(w.As(op), c.ID, "hello")
+	_, err := w.Desk.SendMessage(w.As(op), c.ID, "hello", nil)
 	w.Must(err)
 	w.Clock.Advance(10 * time.Minute)
 	done, err := w.Desk.CompleteChat(w.As(op), c.ID)
@@ -443,7 +443,7 @@ func TestR18_CompletionTimeoutMeasuresCustomerSilence(t *testing.T) {
 	ch := w.Channel(q, enum.ProviderAPI)
 	c := acceptedChat(w, ch, op, "c1")
 
-	_, err := w.Desk.SendMessage(w.As(op), c.ID, "anything else?")
+	_, err := w.Desk.SendMessage(w.As(op), c.ID, "anything else?", nil)
 	w.Must(err)
 	if due := w.Chat(c.ID).CompletionDueAt; due == nil || !due.Equal(w.Desk.Now().Add(10*time.Minute)) {
 		t.Fatalf("due = %v, want now+10m", due)
@@ -460,7 +460,7 @@ func TestR18_CompletionTimeoutMeasuresCustomerSilence(t *testing.T) {
 		t.Fatalf("status = %s, want IN_PROGRESS (the customer answered)", got.Status)
 	}
 	// The operator answers and the customer stays silent.
-	_, err = w.Desk.SendMessage(w.As(op), c.ID, "here you go")
+	_, err = w.Desk.SendMessage(w.As(op), c.ID, "here you go", nil)
 	w.Must(err)
 	w.Clock.Advance(10 * time.Minute)
 	w.RunJobs()
@@ -486,7 +486,7 @@ func TestR19_R20_TransferToAnOperatorAndToAQueue(t *testing.T) {
 	q2 := w.Queue(enum.RuleToAvailable, []*ent.Operator{other})
 	ch := w.Channel(q, enum.ProviderAPI)
 	c := acceptedChat(w, ch, from, "c1")
-	_, err := w.Desk.SendMessage(w.As(from), c.ID, "let me pass you on")
+	_, err := w.Desk.SendMessage(w.As(from), c.ID, "let me pass you on", nil)
 	w.Must(err)
 
 	targets, err := w.Desk.ChatTransferTargets(w.As(from), c.ID)
@@ -606,9 +606,9 @@ func TestBadInput_LifecycleRefusalsChangeNothing(t *testing.T) {
 			_, err := w.Desk.TransferChat(w.As(op), desk.TransferInput{ChatID: mine.ID, OperatorID: &op.ID})
 			return err
 		}, desk.CodeValidation},
-		"send to someone else's":   {func() error { _, err := w.Desk.SendMessage(w.As(op), theirs.ID, "hi"); return err }, desk.CodeNotChatOwner},
-		"send empty":               {func() error { _, err := w.Desk.SendMessage(w.As(op), mine.ID, "  "); return err }, desk.CodeValidation},
-		"send to a completed chat": {func() error { _, err := w.Desk.SendMessage(w.As(op), done.ID, "hi"); return err }, desk.CodeChatCompleted},
+		"send to someone else's":   {func() error { _, err := w.Desk.SendMessage(w.As(op), theirs.ID, "hi", nil); return err }, desk.CodeNotChatOwner},
+		"send empty":               {func() error { _, err := w.Desk.SendMessage(w.As(op), mine.ID, "  ", nil); return err }, desk.CodeValidation},
+		"send to a completed chat": {func() error { _, err := w.Desk.SendMessage(w.As(op), done.ID, "hi", nil); return err }, desk.CodeChatCompleted},
 		"accept as an API key":     {func() error { _, err := w.Desk.AcceptChat(w.AsIntegration(), mine.ID); return err }, desk.CodeForbidden},
 		"ingest without sender": {func() error {
 			_, err := w.Desk.Ingest(ctx, desk.Inbound{ChannelID: ch.ID, Text: "x"})

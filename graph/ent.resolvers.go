@@ -141,11 +141,17 @@ func (r *queryResolver) SupportCases(ctx context.Context, after *entgql.Cursor[i
 		ent.WithSupportCaseOrder(orderBy), ent.WithSupportCaseFilter(where.Filter))
 }
 
+// Attachment returns AttachmentResolver implementation.
+func (r *Resolver) Attachment() AttachmentResolver { return &attachmentResolver{r} }
+
 // Channel returns ChannelResolver implementation.
 func (r *Resolver) Channel() ChannelResolver { return &channelResolver{r} }
 
 // Chat returns ChatResolver implementation.
 func (r *Resolver) Chat() ChatResolver { return &chatResolver{r} }
+
+// Contact returns ContactResolver implementation.
+func (r *Resolver) Contact() ContactResolver { return &contactResolver{r} }
 
 // Operator returns OperatorResolver implementation.
 func (r *Resolver) Operator() OperatorResolver { return &operatorResolver{r} }
@@ -154,8 +160,10 @@ func (r *Resolver) Operator() OperatorResolver { return &operatorResolver{r} }
 func (r *Resolver) Query() QueryResolver { return &queryResolver{r} }
 
 type (
-	channelResolver  struct{ *Resolver }
-	chatResolver     struct{ *Resolver }
-	operatorResolver struct{ *Resolver }
-	queryResolver    struct{ *Resolver }
+	attachmentResolver struct{ *Resolver }
+	channelResolver    struct{ *Resolver }
+	chatResolver       struct{ *Resolver }
+	contactResolver    struct{ *Resolver }
+	operatorResolver   struct{ *Resolver }
+	queryResolver      struct{ *Resolver }
 )

@@ -34,8 +34,11 @@ func NewExecutableSchema(cfg Config) graphql.ExecutableSchema {
 type Config = graphql.Config[ResolverRoot, DirectiveRoot, ComplexityRoot]
 
 type ResolverRoot interface {
+	Attachment() AttachmentResolver
 	Channel() ChannelResolver
 	Chat() ChatResolver
+	Contact() ContactResolver
+	ContactChannel() ContactChannelResolver
 	LiveEvent() LiveEventResolver
 	Mutation() MutationResolver
 	Operator() OperatorResolver
@@ -105,6 +108,7 @@ type ComplexityRoot struct {
 		MimeType  func(childComplexity int) int
 		Size      func(childComplexity int) int
 		Status    func(childComplexity int) int
+		URL       func(childComplexity int) int
 	}
 
 	Candidate struct {
@@ -235,8 +239,16 @@ type ComplexityRoot struct {
 		Notes        func(childComplexity int) int
 		Phone        func(childComplexity int) int
 		PhotoKey     func(childComplexity int) int
+		PhotoURL     func(childComplexity int) int
 		UpdatedAt    func(childComplexity int) int
 		Username     func(childComplexity int) int
+	}
+
+	ContactChannel struct {
+		CanWrite          func(childComplexity int) int
+		Channel           func(childComplexity int) int
+		Reason            func(childComplexity int) int
+		ReplyWindowEndsAt func(childComplexity int) int
 	}
 
 	ContactConnection struct {
@@ -378,42 +390,44 @@ type ComplexityRoot struct {
 	}
 
 	Mutation struct {
-		AcceptChat          func(childComplexity int, id int) int
-		ChangePassword      func(childComplexity int, currentPassword string, newPassword string) int
-		CompleteChat        func(childComplexity int, id int) int
-		CreateAPIKey        func(childComplexity int, input desk.CreateAPIKeyInput) int
-		CreateAccount       func(childComplexity int, input ent.CreateAccountInput) int
-		CreateChannel       func(childComplexity int, input ent.CreateChannelInput) int
-		CreateChatAction    func(childComplexity int, input ent.CreateChatActionInput) int
-		CreateContact       func(childComplexity int, input ent.CreateContactInput) int
-		CreateDuplicateRule func(childComplexity int, input ent.CreateDuplicateRuleInput) int
-		CreateOperator      func(childComplexity int, input desk.CreateOperatorInput) int
-		CreateQueue         func(childComplexity int, input ent.CreateQueueInput) int
-		CreateQuickReply    func(childComplexity int, input ent.CreateQuickReplyInput) int
-		DeleteChannel       func(childComplexity int, id int) int
-		DeleteChatAction    func(childComplexity int, id int) int
-		DeleteDuplicateRule func(childComplexity int, id int) int
-		DeleteQueue         func(childComplexity int, id int) int
-		DeleteQuickReply    func(childComplexity int, id int) int
-		Login               func(childComplexity int, email string, password string) int
-		Logout              func(childComplexity int) int
-		MarkChatRead        func(childComplexity int, id int) int
-		RevokeAPIKey        func(childComplexity int, id int) int
-		SendMessage         func(childComplexity int, chatID int, text string) int
-		SetChannelActive    func(childComplexity int, id int, active bool) int
-		SetMyStatus         func(childComplexity int, status enum.OperatorStatus) int
-		SetOperatorStatus   func(childComplexity int, id int, status enum.OperatorStatus) int
-		SimulateInbound     func(childComplexity int, input InboundMessageInput) int
-		TransferChat        func(childComplexity int, input desk.TransferInput) int
-		UpdateAccount       func(childComplexity int, id int, input ent.UpdateAccountInput) int
-		UpdateChannel       func(childComplexity int, id int, input ent.UpdateChannelInput) int
-		UpdateChatAction    func(childComplexity int, id int, input ent.UpdateChatActionInput) int
-		UpdateContact       func(childComplexity int, id int, input ent.UpdateContactInput) int
-		UpdateDuplicateRule func(childComplexity int, id int, input ent.UpdateDuplicateRuleInput) int
-		UpdateOperator      func(childComplexity int, id int, input desk.UpdateOperatorInput) int
-		UpdateQueue         func(childComplexity int, id int, input ent.UpdateQueueInput) int
-		UpdateQuickReply    func(childComplexity int, id int, input ent.UpdateQuickReplyInput) int
-		UpdateSettings      func(childComplexity int, input ent.UpdateSettingInput) int
+		AcceptChat              func(childComplexity int, id int) int
+		ChangePassword          func(childComplexity int, currentPassword string, newPassword string) int
+		CompleteChat            func(childComplexity int, id int) int
+		CreateAPIKey            func(childComplexity int, input desk.CreateAPIKeyInput) int
+		CreateAccount           func(childComplexity int, input ent.CreateAccountInput) int
+		CreateChannel           func(childComplexity int, input ent.CreateChannelInput) int
+		CreateChatAction        func(childComplexity int, input ent.CreateChatActionInput) int
+		CreateContact           func(childComplexity int, input ent.CreateContactInput) int
+		CreateDuplicateRule     func(childComplexity int, input ent.CreateDuplicateRuleInput) int
+		CreateOperator          func(childComplexity int, input desk.CreateOperatorInput) int
+		CreateQueue             func(childComplexity int, input ent.CreateQueueInput) int
+		CreateQuickReply        func(childComplexity int, input ent.CreateQuickReplyInput) int
+		DeleteChannel           func(childComplexity int, id int) int
+		DeleteChatAction        func(childComplexity int, id int) int
+		DeleteDuplicateRule     func(childComplexity int, id int) int
+		DeleteQueue             func(childComplexity int, id int) int
+		DeleteQuickReply        func(childComplexity int, id int) int
+		Login                   func(childComplexity int, email string, password string) int
+		Logout                  func(childComplexity int) int
+		MarkChatRead            func(childComplexity int, id int) int
+		RegisterTelegramWebhook func(childComplexity int, channelID int) int
+		RevokeAPIKey            func(childComplexity int, id int) int
+		SendMessage             func(childComplexity int, chatID int, text *string, file *graphql.Upload) int
+		SetChannelActive        func(childComplexity int, id int, active bool) int
+		SetMyStatus             func(childComplexity int, status enum.OperatorStatus) int
+		SetOperatorStatus       func(childComplexity int, id int, status enum.OperatorStatus) int
+		SimulateInbound         func(childComplexity int, input InboundMessageInput) int
+		StartChat               func(childComplexity int, input desk.StartChatInput) int
+		TransferChat            func(childComplexity int, input desk.TransferInput) int
+		UpdateAccount           func(childComplexity int, id int, input ent.UpdateAccountInput) int
+		UpdateChannel           func(childComplexity int, id int, input ent.UpdateChannelInput) int
+		UpdateChatAction        func(childComplexity int, id int, input ent.UpdateChatActionInput) int
+		UpdateContact           func(childComplexity int, id int, input ent.UpdateContactInput) int
+		UpdateDuplicateRule     func(childComplexity int, id int, input ent.UpdateDuplicateRuleInput) int
+		UpdateOperator          func(childComplexity int, id int, input desk.UpdateOperatorInput) int
+		UpdateQueue             func(childComplexity int, id int, input ent.UpdateQueueInput) int
+		UpdateQuickReply        func(childComplexity int, id int, input ent.UpdateQuickReplyInput) int
+		UpdateSettings          func(childComplexity int, input ent.UpdateSettingInput) int
 	}
 
 	Operator struct {
@@ -502,6 +516,7 @@ type ComplexityRoot struct {
 		Channels        func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChannelOrder, where *ent.ChannelWhereInput) int
 		ChatActions     func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChatActionOrder, where *ent.ChatActionWhereInput) int
 		Chats           func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ChatOrder, where *ent.ChatWhereInput) int
+		ContactChannels func(childComplexity int, contactID int) int
 		Contacts        func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.ContactOrder, where *ent.ContactWhereInput) int
 		DuplicateRules  func(childComplexity int, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int, orderBy *ent.DuplicateRuleOrder, where *ent.DuplicateRuleWhereInput) int
 		Me              func(childComplexity int) int
@@ -644,6 +659,9 @@ type ComplexityRoot struct {
 
 // region    ************************** generated!.gotpl **************************
 
+type AttachmentResolver interface {
+	URL(ctx context.Context, obj *ent.Attachment) (*string, error)
+}
 type ChannelResolver interface {
 	HasToken(ctx context.Context, obj *ent.Channel) (bool, error)
 	HasAppSecret(ctx context.Context, obj *ent.Channel) (bool, error)
@@ -654,6 +672,12 @@ type ChannelResolver interface {
 type ChatResolver interface {
 	Messages(ctx context.Context, obj *ent.Chat, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int) (*ent.MessageConnection, error)
 	History(ctx context.Context, obj *ent.Chat, after *entgql.Cursor[int], first *int, before *entgql.Cursor[int], last *int) (*ent.MessageConnection, error)
+}
+type ContactResolver interface {
+	PhotoURL(ctx context.Context, obj *ent.Contact) (*string, error)
+}
+type ContactChannelResolver interface {
+	Reason(ctx context.Context, obj *desk.ContactChannel) (*string, error)
 }
 type LiveEventResolver interface {
 	Notify(ctx context.Context, obj *ent.Event) (bool, error)
@@ -696,9 +720,11 @@ type MutationResolver interface {
 	SetOperatorStatus(ctx context.Context, id int, status enum.OperatorStatus) (*ent.Operator, error)
 	AcceptChat(ctx context.Context, id int) (*ent.Chat, error)
 	CompleteChat(ctx context.Context, id int) (*ent.Chat, error)
-	SendMessage(ctx context.Context, chatID int, text string) (*ent.Message, error)
+	SendMessage(ctx context.Context, chatID int, text *string, file *graphql.Upload) (*ent.Message, error)
 	MarkChatRead(ctx context.Context, id int) (*ent.Chat, error)
 	TransferChat(ctx context.Context, input desk.TransferInput) (*desk.TransferResult, error)
+	StartChat(ctx context.Context, input desk.StartChatInput) (*ent.Chat, error)
+	RegisterTelegramWebhook(ctx context.Context, channelID int) (*ent.Channel, error)
 }
 type OperatorResolver interface {
 	Availability(ctx context.Context, obj *ent.Operator) (*desk.OperatorLoad, error)
@@ -722,6 +748,7 @@ type QueryResolver interface {
 	Panel(ctx context.Context) (*desk.Panel, error)
 	QueueOverview(ctx context.Context, id int) (*desk.QueueOverview, error)
 	TransferTargets(ctx context.Context, chatID int) (*desk.TransferTargets, error)
+	ContactChannels(ctx context.Context, contactID int) ([]*desk.ContactChannel, error)
 }
 type SubscriptionResolver interface {
 	Panel(ctx context.Context, after *int) (<-chan *ent.Event, error)
@@ -975,6 +1002,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Attachment.Status(childComplexity), true
+	case "Attachment.url":
+		if e.ComplexityRoot.Attachment.URL == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Attachment.URL(childComplexity), true
 
 	case "Candidate.chosen":
 		if e.ComplexityRoot.Candidate.Chosen == nil {
@@ -1571,6 +1604,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Contact.PhotoKey(childComplexity), true
+	case "Contact.photoUrl":
+		if e.ComplexityRoot.Contact.PhotoURL == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Contact.PhotoURL(childComplexity), true
 	case "Contact.updatedAt":
 		if e.ComplexityRoot.Contact.UpdatedAt == nil {
 			break
@@ -1583,6 +1622,31 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Contact.Username(childComplexity), true
+
+	case "ContactChannel.canWrite":
+		if e.ComplexityRoot.ContactChannel.CanWrite == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ContactChannel.CanWrite(childComplexity), true
+	case "ContactChannel.channel":
+		if e.ComplexityRoot.ContactChannel.Channel == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ContactChannel.Channel(childComplexity), true
+	case "ContactChannel.reason":
+		if e.ComplexityRoot.ContactChannel.Reason == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ContactChannel.Reason(childComplexity), true
+	case "ContactChannel.replyWindowEndsAt":
+		if e.ComplexityRoot.ContactChannel.ReplyWindowEndsAt == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ContactChannel.ReplyWindowEndsAt(childComplexity), true
 
 	case "ContactConnection.edges":
 		if e.ComplexityRoot.ContactConnection.Edges == nil {
@@ -2338,6 +2402,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.MarkChatRead(childComplexity, args["id"].(int)), true
+	case "Mutation.registerTelegramWebhook":
+		if e.ComplexityRoot.Mutation.RegisterTelegramWebhook == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_registerTelegramWebhook_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.RegisterTelegramWebhook(childComplexity, args["channelId"].(int)), true
 	case "Mutation.revokeApiKey":
 		if e.ComplexityRoot.Mutation.RevokeAPIKey == nil {
 			break
@@ -2359,7 +2434,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.SendMessage(childComplexity, args["chatId"].(int), args["text"].(string)), true
+		return e.ComplexityRoot.Mutation.SendMessage(childComplexity, args["chatId"].(int), args["text"].(*string), args["file"].(*graphql.Upload)), true
 	case "Mutation.setChannelActive":
 		if e.ComplexityRoot.Mutation.SetChannelActive == nil {
 			break
@@ -2404,6 +2479,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.SimulateInbound(childComplexity, args["input"].(InboundMessageInput)), true
+	case "Mutation.startChat":
+		if e.ComplexityRoot.Mutation.StartChat == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_startChat_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.StartChat(childComplexity, args["input"].(desk.StartChatInput)), true
 	case "Mutation.transferChat":
 		if e.ComplexityRoot.Mutation.TransferChat == nil {
 			break
@@ -2890,6 +2976,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Query.Chats(childComplexity, args["after"].(*entgql.Cursor[int]), args["first"].(*int), args["before"].(*entgql.Cursor[int]), args["last"].(*int), args["orderBy"].(*ent.ChatOrder), args["where"].(*ent.ChatWhereInput)), true
+	case "Query.contactChannels":
+		if e.ComplexityRoot.Query.ContactChannels == nil {
+			break
+		}
+
+		args, err := ec.field_Query_contactChannels_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.ContactChannels(childComplexity, args["contactId"].(int)), true
 	case "Query.contacts":
 		if e.ComplexityRoot.Query.Contacts == nil {
 			break
@@ -3551,6 +3648,7 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 			graphql.NewInputUnmarshaler("QuickReplyWhereInput", ec.unmarshalInputQuickReplyWhereInput),
 			graphql.NewInputUnmarshaler("RoutingDecisionWhereInput", ec.unmarshalInputRoutingDecisionWhereInput),
 			graphql.NewInputUnmarshaler("SettingWhereInput", ec.unmarshalInputSettingWhereInput),
+			graphql.NewInputUnmarshaler("StartChatInput", ec.unmarshalInputStartChatInput),
 			graphql.NewInputUnmarshaler("SupportCaseOrder", ec.unmarshalInputSupportCaseOrder),
 			graphql.NewInputUnmarshaler("SupportCaseWhereInput", ec.unmarshalInputSupportCaseWhereInput),
 			graphql.NewInputUnmarshaler("TransferChatInput", ec.unmarshalInputTransferChatInput),
@@ -3968,8 +4066,13 @@ extend type Mutation {
   acceptChat(id: ID!): Chat! @requires(access: OPERATOR)
   "Ends the caller's chat (R17)."
   completeChat(id: ID!): Chat! @requires(access: OPERATOR)
-  "Sends a message in the caller's chat (R14); delivery starts PENDING."
-  sendMessage(chatId: ID!, text: String!): Message! @requires(access: OPERATOR)
+  """
+  Sends a message in the caller's chat (R14): text, a file (multipart
+  request), or both. Delivery starts PENDING and the outbox sends it; a
+  WhatsApp or Messenger chat whose 24-hour window has closed is refused with
+  REPLY_WINDOW_EXPIRED (R21).
+  """
+  sendMessage(chatId: ID!, text: String, file: Upload): Message! @requires(access: OPERATOR)
   "Marks every message of the caller's chat read."
   markChatRead(id: ID!): Chat! @requires(access: OPERATOR)
   "Transfers the caller's chat to a queue or an operator (R19, R20)."
@@ -4019,6 +4122,53 @@ type Subscription {
   chat(id: ID!, after: ID): LiveEvent!
   "A queue's chats and its members' availability, for supervisors."
   queue(id: ID!, after: ID): LiveEvent! @requires(access: SUPERVISOR)
+}
+
+# ---------------------------------------------------------------------------
+# Channels (R1–R3, R14, R21). Error codes: NO_CHANNEL, CHANNEL_INACTIVE,
+# NO_IDENTITY, NO_CONVERSATION, ACTIVE_CHAT_EXISTS, REPLY_WINDOW_EXPIRED.
+
+"A file in a multipart request (graphql-multipart-request-spec)."
+scalar Upload
+
+extend type Attachment {
+  "Where an authorised caller downloads the file (GET with the bearer credential); null until stored."
+  url: String
+}
+
+extend type Contact {
+  "The contact's photo, copied from the provider (GET with the bearer credential)."
+  photoUrl: String
+}
+
+"Whether a contact can be written to on a channel (R21)."
+type ContactChannel {
+  channel: Channel!
+  canWrite: Boolean!
+  "Why not: NO_IDENTITY, NO_CONVERSATION, CHANNEL_INACTIVE, ACTIVE_CHAT_EXISTS, REPLY_WINDOW_EXPIRED."
+  reason: String
+  "When the 24-hour reply window closes (WhatsApp, Messenger)."
+  replyWindowEndsAt: Time
+}
+
+"Start a chat with a contact: name a channel, or a provider whose active channel is used."
+input StartChatInput {
+  contactId: ID!
+  channelId: ID
+  provider: Provider
+  text: String!
+}
+
+extend type Query {
+  "For each channel, whether the contact can be written to and why not (R21)."
+  contactChannels(contactId: ID!): [ContactChannel!]! @requires(access: OPERATOR)
+}
+
+extend type Mutation {
+  "Starts a chat from a contact (R21); the caller owns it."
+  startChat(input: StartChatInput!): Chat! @requires(access: OPERATOR)
+  "Registers the Telegram webhook of a channel (setWebhook with its secret) at PARLEY_PUBLIC_URL."
+  registerTelegramWebhook(channelId: ID!): Channel! @requires(access: ADMIN)
 }
 `, BuiltIn: false},
 	{Name: "ent.graphql", Input: sourceData("ent.graphql"), BuiltIn: false},
@@ -4141,6 +4291,8 @@ func (ec *executionContext) childFields_Attachment(ctx context.Context, field gr
 		return ec.fieldContext_Attachment_createdAt(ctx, field)
 	case "message":
 		return ec.fieldContext_Attachment_message(ctx, field)
+	case "url":
+		return ec.fieldContext_Attachment_url(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Attachment", field.Name)
 }
@@ -4405,8 +4557,24 @@ func (ec *executionContext) childFields_Contact(ctx context.Context, field graph
 		return ec.fieldContext_Contact_chats(ctx, field)
 	case "cases":
 		return ec.fieldContext_Contact_cases(ctx, field)
+	case "photoUrl":
+		return ec.fieldContext_Contact_photoUrl(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Contact", field.Name)
+}
+
+func (ec *executionContext) childFields_ContactChannel(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "channel":
+		return ec.fieldContext_ContactChannel_channel(ctx, field)
+	case "canWrite":
+		return ec.fieldContext_ContactChannel_canWrite(ctx, field)
+	case "reason":
+		return ec.fieldContext_ContactChannel_reason(ctx, field)
+	case "replyWindowEndsAt":
+		return ec.fieldContext_ContactChannel_replyWindowEndsAt(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type ContactChannel", field.Name)
 }
 
 func (ec *executionContext) childFields_ContactConnection(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -5627,6 +5795,20 @@ func (ec *executionContext) field_Mutation_markChatRead_args(ctx context.Context
 	return args, nil
 }
 
+func (ec *executionContext) field_Mutation_registerTelegramWebhook_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "channelId",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["channelId"] = arg0
+	return args, nil
+}
+
 func (ec *executionContext) field_Mutation_revokeApiKey_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -5653,13 +5835,21 @@ func (ec *executionContext) field_Mutation_sendMessage_args(ctx context.Context,
 	}
 	args["chatId"] = arg0
 	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "text",
-		func(ctx context.Context, v any) (string, error) {
-			return ec.unmarshalNString2string(ctx, v)
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
 	args["text"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "file",
+		func(ctx context.Context, v any) (*graphql.Upload, error) {
+			return ec.unmarshalOUpload2ᚖgithubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚐUpload(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["file"] = arg2
 	return args, nil
 }
 
@@ -5727,6 +5917,20 @@ func (ec *executionContext) field_Mutation_simulateInbound_args(ctx context.Cont
 	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "input",
 		func(ctx context.Context, v any) (InboundMessageInput, error) {
 			return ec.unmarshalNInboundMessageInput2githubᚗcomᚋparleydeskᚋparleyᚋgraphᚐInboundMessageInput(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["input"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_startChat_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "input",
+		func(ctx context.Context, v any) (desk.StartChatInput, error) {
+			return ec.unmarshalNStartChatInput2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐStartChatInput(ctx, v)
 		})
 	if err != nil {
 		return nil, err
@@ -6328,6 +6532,20 @@ func (ec *executionContext) field_Query_chats_args(ctx context.Context, rawArgs 
 		return nil, err
 	}
 	args["where"] = arg5
+	return args, nil
+}
+
+func (ec *executionContext) field_Query_contactChannels_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "contactId",
+		func(ctx context.Context, v any) (int, error) {
+			return ec.unmarshalNID2int(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["contactId"] = arg0
 	return args, nil
 }
 
@@ -7836,6 +8054,29 @@ func (ec *executionContext) fieldContext_Attachment_message(_ context.Context, f
 		},
 	}
 	return fc, nil
+}
+
+func (ec *executionContext) _Attachment_url(ctx context.Context, field graphql.CollectedField, obj *ent.Attachment) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Attachment_url(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.Attachment().URL(ctx, obj)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Attachment_url(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Attachment", field, true, true, "String")
 }
 
 func (ec *executionContext) _Candidate_operatorID(ctx context.Context, field graphql.CollectedField, obj *schema.Candidate) (ret graphql.Marshaler) {
@@ -10353,6 +10594,130 @@ func (ec *executionContext) fieldContext_Contact_cases(_ context.Context, field 
 		},
 	}
 	return fc, nil
+}
+
+func (ec *executionContext) _Contact_photoUrl(ctx context.Context, field graphql.CollectedField, obj *ent.Contact) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Contact_photoUrl(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.Contact().PhotoURL(ctx, obj)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Contact_photoUrl(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Contact", field, true, true, "String")
+}
+
+func (ec *executionContext) _ContactChannel_channel(ctx context.Context, field graphql.CollectedField, obj *desk.ContactChannel) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ContactChannel_channel(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Channel, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Channel) graphql.Marshaler {
+			return ec.marshalNChannel2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChannel(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ContactChannel_channel(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "ContactChannel",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Channel(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _ContactChannel_canWrite(ctx context.Context, field graphql.CollectedField, obj *desk.ContactChannel) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ContactChannel_canWrite(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.CanWrite, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ContactChannel_canWrite(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ContactChannel", field, false, false, "Boolean")
+}
+
+func (ec *executionContext) _ContactChannel_reason(ctx context.Context, field graphql.CollectedField, obj *desk.ContactChannel) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ContactChannel_reason(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.ContactChannel().Reason(ctx, obj)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_ContactChannel_reason(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ContactChannel", field, true, true, "String")
+}
+
+func (ec *executionContext) _ContactChannel_replyWindowEndsAt(ctx context.Context, field graphql.CollectedField, obj *desk.ContactChannel) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ContactChannel_replyWindowEndsAt(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ReplyWindowEndsAt, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *time.Time) graphql.Marshaler {
+			return ec.marshalOTime2ᚖtimeᚐTime(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_ContactChannel_replyWindowEndsAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ContactChannel", field, false, false, "Time")
 }
 
 func (ec *executionContext) _ContactConnection_edges(ctx context.Context, field graphql.CollectedField, obj *ent.ContactConnection) (ret graphql.Marshaler) {
@@ -14548,7 +14913,7 @@ func (ec *executionContext) _Mutation_sendMessage(ctx context.Context, field gra
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().SendMessage(ctx, fc.Args["chatId"].(int), fc.Args["text"].(string))
+			return ec.Resolvers.Mutation().SendMessage(ctx, fc.Args["chatId"].(int), fc.Args["text"].(*string), fc.Args["file"].(*graphql.Upload))
 		},
 		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
 			directive0 := next
@@ -14718,6 +15083,130 @@ func (ec *executionContext) fieldContext_Mutation_transferChat(ctx context.Conte
 	}()
 	ctx = graphql.WithFieldContext(ctx, fc)
 	if fc.Args, err = ec.field_Mutation_transferChat_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_startChat(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_startChat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().StartChat(ctx, fc.Args["input"].(desk.StartChatInput))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal *ent.Chat
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Chat
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Chat) graphql.Marshaler {
+			return ec.marshalNChat2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChat(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_startChat(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Chat(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_startChat_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_registerTelegramWebhook(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_registerTelegramWebhook(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().RegisterTelegramWebhook(ctx, fc.Args["channelId"].(int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "ADMIN")
+				if err != nil {
+					var zeroVal *ent.Channel
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal *ent.Channel
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v *ent.Channel) graphql.Marshaler {
+			return ec.marshalNChannel2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐChannel(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_registerTelegramWebhook(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Channel(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_registerTelegramWebhook_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
 		ec.Error(ctx, err)
 		return fc, err
 	}
@@ -16873,6 +17362,68 @@ func (ec *executionContext) fieldContext_Query_transferTargets(ctx context.Conte
 	}()
 	ctx = graphql.WithFieldContext(ctx, fc)
 	if fc.Args, err = ec.field_Query_transferTargets_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Query_contactChannels(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_contactChannels(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().ContactChannels(ctx, fc.Args["contactId"].(int))
+		},
+		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
+			directive0 := next
+
+			directive1 := func(ctx context.Context) (any, error) {
+				access, err := ec.unmarshalNAccess2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐAccess(ctx, "OPERATOR")
+				if err != nil {
+					var zeroVal []*desk.ContactChannel
+					return zeroVal, err
+				}
+				if ec.Directives.Requires == nil {
+					var zeroVal []*desk.ContactChannel
+					return zeroVal, errors.New("directive requires is not implemented")
+				}
+				return ec.Directives.Requires(ctx, nil, directive0, access)
+			}
+
+			next = directive1
+			return next
+		},
+		func(ctx context.Context, selections ast.SelectionSet, v []*desk.ContactChannel) graphql.Marshaler {
+			return ec.marshalNContactChannel2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐContactChannelᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_contactChannels(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_ContactChannel(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_contactChannels_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
 		ec.Error(ctx, err)
 		return fc, err
 	}
@@ -33015,6 +33566,69 @@ func UnmarshalSettingWhereInput(ctx context.Context, raw any) (ent.SettingWhereI
 	return out, err
 }
 
+func (ec *executionContext) unmarshalInputStartChatInput(ctx context.Context, obj any) (desk.StartChatInput, error) {
+	var it desk.StartChatInput
+	if obj == nil {
+		return it, nil
+	}
+
+	asMap := map[string]any{}
+	for k, v := range obj.(map[string]any) {
+		asMap[k] = v
+	}
+
+	fieldsInOrder := [...]string{"contactId", "channelId", "provider", "text"}
+	for _, k := range fieldsInOrder {
+		v, ok := asMap[k]
+		if !ok {
+			continue
+		}
+		switch k {
+		case "contactId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("contactId"))
+			data, err := ec.unmarshalNID2int(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.ContactID = data
+		case "channelId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("channelId"))
+			data, err := ec.unmarshalOID2ᚖint(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.ChannelID = data
+		case "provider":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("provider"))
+			data, err := ec.unmarshalOProvider2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚋschemaᚋenumᚐProvider(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Provider = data
+		case "text":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("text"))
+			data, err := ec.unmarshalNString2string(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Text = data
+		}
+	}
+	return it, nil
+}
+
+// UnmarshalStartChatInput unmarshals raw into the StartChatInput input type, using the
+// unmarshaler bound to ctx's request. Call it from a resolver to decode an input
+// object that was not passed as a field argument.
+//
+// ctx must come from a gqlgen request; outside one there is no unmarshaler to use
+// and the returned error says so.
+func UnmarshalStartChatInput(ctx context.Context, raw any) (desk.StartChatInput, error) {
+	var out desk.StartChatInput
+	err := graphql.UnmarshalNamedInputFromContext(ctx, "StartChatInput", raw, &out)
+	return out, err
+}
+
 func (ec *executionContext) unmarshalInputSupportCaseOrder(ctx context.Context, obj any) (ent.SupportCaseOrder, error) {
 	var it ent.SupportCaseOrder
 	if obj == nil {
@@ -35188,6 +35802,12 @@ func (ec *executionContext) _Attachment(ctx context.Context, sel ast.SelectionSe
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Attachment_message(ctx, field, obj)
 				})
+		case "url":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, false,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Attachment_url(ctx, field, obj)
+				})
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -36029,6 +36649,61 @@ func (ec *executionContext) _Contact(ctx context.Context, sel ast.SelectionSet, 
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Contact_cases(ctx, field, obj)
 				})
+		case "photoUrl":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, false,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Contact_photoUrl(ctx, field, obj)
+				})
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var contactChannelImplementors = []string{"ContactChannel"}
+
+func (ec *executionContext) _ContactChannel(ctx context.Context, sel ast.SelectionSet, obj *desk.ContactChannel) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, contactChannelImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("ContactChannel")
+		case "channel":
+			out.Values[i] = ec._ContactChannel_channel(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "canWrite":
+			out.Values[i] = ec._ContactChannel_canWrite(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "reason":
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, false,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._ContactChannel_reason(ctx, field, obj)
+				})
+		case "replyWindowEndsAt":
+			out.Values[i] = ec._ContactChannel_replyWindowEndsAt(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -37239,6 +37914,20 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "startChat":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_startChat(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "registerTelegramWebhook":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_registerTelegramWebhook(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -37919,6 +38608,12 @@ func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) gr
 				true, true,
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Query_transferTargets(ctx, field)
+				})
+		case "contactChannels":
+			out.ResolveRootConcurrently(innerCtx, ec.OperationContext, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Query_contactChannels(ctx, field)
 				})
 		case "__type":
 			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
@@ -39464,6 +40159,30 @@ func (ec *executionContext) marshalNContact2ᚖgithubᚗcomᚋparleydeskᚋparle
 	return ec._Contact(ctx, sel, v)
 }
 
+func (ec *executionContext) marshalNContactChannel2ᚕᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐContactChannelᚄ(ctx context.Context, sel ast.SelectionSet, v []*desk.ContactChannel) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNContactChannel2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐContactChannel(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNContactChannel2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋdeskᚐContactChannel(ctx context.Context, sel ast.SelectionSet, v *desk.ContactChannel) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "ContactChannel!")
+		return graphql.Null
+	}
+	return ec._ContactChannel(ctx, sel, v)
+}
+
 func (ec *executionContext) marshalNContactConnection2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐContactConnection(ctx context.Context, sel ast.SelectionSet, v *ent.ContactConnection) graphql.Marshaler {
 	if v == nil {
 		graphql.AddInvalidNullError(ctx, "ContactConnection!")
@@ -40097,6 +40816,11 @@ func (ec *executionContext) marshalNSetting2ᚖgithubᚗcomᚋparleydeskᚋparle
 func (ec *executionContext) unmarshalNSettingWhereInput2ᚖgithubᚗcomᚋparleydeskᚋparleyᚋentᚐSettingWhereInput(ctx context.Context, v any) (*ent.SettingWhereInput, error) {
 	res, err := ec.unmarshalInputSettingWhereInput(ctx, v)
 	return &res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) unmarshalNStartChatInput2githubᚗcomᚋparleydeskᚋparleyᚋdeskᚐStartChatInput(ctx context.Context, v any) (desk.StartChatInput, error) {
+	res, err := ec.unmarshalInputStartChatInput(ctx, v)
+	return res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) unmarshalNStatusChangeReason2githubᚗcomᚋparleydeskᚋparleyᚋentᚋschemaᚋenumᚐStatusChangeReason(ctx context.Context, v any) (enum.StatusChangeReason, error) {
@@ -42821,6 +43545,24 @@ func (ec *executionContext) marshalOTime2ᚖtimeᚐTime(ctx context.Context, sel
 	_ = sel
 	_ = ctx
 	res := graphql.MarshalTime(*v)
+	return res
+}
+
+func (ec *executionContext) unmarshalOUpload2ᚖgithubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚐUpload(ctx context.Context, v any) (*graphql.Upload, error) {
+	if v == nil {
+		return nil, nil
+	}
+	res, err := graphql.UnmarshalUpload(v)
+	return &res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalOUpload2ᚖgithubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚐUpload(ctx context.Context, sel ast.SelectionSet, v *graphql.Upload) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	_ = sel
+	_ = ctx
+	res := graphql.MarshalUpload(*v)
 	return res
 }
 

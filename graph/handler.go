@@ -47,6 +47,8 @@ type Options struct {
 	// PingInterval is how often the server pings websocket clients; one that
 	// does not answer within two intervals is dropped (default 15s).
 	PingInterval time.Duration
+	// PublicURL is where providers reach this server (webhook registration).
+	PublicURL string
 }
 
 // NewHandler builds the GraphQL server over the desk: transports, limits,
@@ -71,7 +73,7 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = 15 * time.Second
 	}
-	cfg := Config{Resolvers: &Resolver{client: d.Client(), desk: d, hub: opts.Hub}}
+	cfg := Config{Resolvers: &Resolver{client: d.Client(), desk: d, hub: opts.Hub, publicURL: opts.PublicURL}}
 	cfg.Directives.Public = func(ctx context.Context, _ any, next graphql.Resolver) (any, error) {
 		return next(ctx)
 	}

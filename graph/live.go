@@ -19,12 +19,21 @@ func (r *Resolver) stream(ctx context.Context, a *desk.Actor, scope live.Scope, 
 	if r.hub == nil {
 		return nil, desk.Fail(desk.CodeInternal, "live events are not available")
 	}
+	ctx, cancel := context.WithCancel(ctx)
 	st, err := r.hub.Subscribe(ctx, a, scope, after)
 	if err != nil {
+		cancel()
+		return nil, err
+	}
+	// Registered: a credential ended from now on ends the stream; one that
+	// ended before is caught here.
+	if err := r.desk.StillAuthenticated(ctx, a); err != nil {
+		cancel()
 		return nil, err
 	}
 	out := make(chan *ent.Event)
 	go func() {
+		defer cancel()
 		defer close(out)
 		for e := range st.C {
 			select {

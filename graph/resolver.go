@@ -13,6 +13,8 @@ type Resolver struct {
 	client *ent.Client
 	desk   *desk.Desk
 	hub    *live.Hub
+	// publicURL is where providers reach this server (PARLEY_PUBLIC_URL).
+	publicURL string
 }
 
 // deref returns the value of an optional argument, or its zero value.

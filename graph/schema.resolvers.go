@@ -11,11 +11,21 @@ import (
 	"strings"
 
 	"entgo.io/contrib/entgql"
+	"github.com/99designs/gqlgen/graphql"
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/live"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
+
+// URL is the resolver for the url field.
+func (r *attachmentResolver) URL(ctx context.Context, obj *ent.Attachment) (*string, error) {
+	if obj.StorageKey == "" {
+		return nil, nil
+	}
+	u := "/files/" + strconv.Itoa(obj.ID)
+	return &u, nil
+}
 
 // HasToken is the resolver for the hasToken field.
 func (r *channelResolver) HasToken(ctx context.Context, obj *ent.Channel) (bool, error) {
@@ -58,6 +68,24 @@ func (r *chatResolver) History(ctx context.Context, obj *ent.Chat, after *entgql
 		return nil, err
 	}
 	return q.Paginate(ctx, after, first, before, last)
+}
+
+// PhotoURL is the resolver for the photoUrl field.
+func (r *contactResolver) PhotoURL(ctx context.Context, obj *ent.Contact) (*string, error) {
+	if obj.PhotoKey == "" {
+		return nil, nil
+	}
+	u := "/files/contacts/" + strconv.Itoa(obj.ID) + "/photo"
+	return &u, nil
+}
+
+// Reason is the resolver for the reason field.
+func (r *contactChannelResolver) Reason(ctx context.Context, obj *desk.ContactChannel) (*string, error) {
+	if obj.Reason == "" {
+		return nil, nil
+	}
+	s := string(obj.Reason)
+	return &s, nil
 }
 
 // Notify is the resolver for the notify field.
@@ -263,8 +291,12 @@ func (r *mutationResolver) CompleteChat(ctx context.Context, id int) (*ent.Chat,
 }
 
 // SendMessage is the resolver for the sendMessage field.
-func (r *mutationResolver) SendMessage(ctx context.Context, chatID int, text string) (*ent.Message, error) {
-	return r.desk.SendMessage(ctx, chatID, text)
+func (r *mutationResolver) SendMessage(ctx context.Context, chatID int, text *string, file *graphql.Upload) (*ent.Message, error) {
+	var upload *desk.FileUpload
+	if file != nil {
+		upload = &desk.FileUpload{Name: file.Filename, MimeType: file.ContentType, Body: file.File}
+	}
+	return r.desk.SendMessage(ctx, chatID, deref(text), upload)
 }
 
 // MarkChatRead is the resolver for the markChatRead field.
@@ -275,6 +307,16 @@ func (r *mutationResolver) MarkChatRead(ctx context.Context, id int) (*ent.Chat,
 // TransferChat is the resolver for the transferChat field.
 func (r *mutationResolver) TransferChat(ctx context.Context, input desk.TransferInput) (*desk.TransferResult, error) {
 	return r.desk.TransferChat(ctx, input)
+}
+
+// StartChat is the resolver for the startChat field.
+func (r *mutationResolver) StartChat(ctx context.Context, input desk.StartChatInput) (*ent.Chat, error) {
+	return r.desk.StartChat(ctx, input)
+}
+
+// RegisterTelegramWebhook is the resolver for the registerTelegramWebhook field.
+func (r *mutationResolver) RegisterTelegramWebhook(ctx context.Context, channelID int) (*ent.Channel, error) {
+	return r.desk.RegisterTelegramWebhook(ctx, channelID, r.publicURL)
 }
 
 // Availability is the resolver for the availability field.
@@ -316,6 +358,11 @@ func (r *queryResolver) TransferTargets(ctx context.Context, chatID int) (*desk.
 	return r.desk.ChatTransferTargets(ctx, chatID)
 }
 
+// ContactChannels is the resolver for the contactChannels field.
+func (r *queryResolver) ContactChannels(ctx context.Context, contactID int) ([]*desk.ContactChannel, error) {
+	return r.desk.ContactChannels(ctx, contactID)
+}
+
 // Panel is the resolver for the panel field.
 func (r *subscriptionResolver) Panel(ctx context.Context, after *int) (<-chan *ent.Event, error) {
 	a, err := desk.Require(ctx, desk.AccessOperator)
@@ -341,6 +388,9 @@ func (r *subscriptionResolver) Queue(ctx context.Context, id int, after *int) (<
 	return r.stream(ctx, desk.ActorFrom(ctx), live.Scope{Queue: id}, after)
 }
 
+// ContactChannel returns ContactChannelResolver implementation.
+func (r *Resolver) ContactChannel() ContactChannelResolver { return &contactChannelResolver{r} }
+
 // LiveEvent returns LiveEventResolver implementation.
 func (r *Resolver) LiveEvent() LiveEventResolver { return &liveEventResolver{r} }
 
@@ -351,7 +401,8 @@ func (r *Resolver) Mutation() MutationResolver { return &mutationResolver{r} }
 func (r *Resolver) Subscription() SubscriptionResolver { return &subscriptionResolver{r} }
 
 type (
-	liveEventResolver    struct{ *Resolver }
-	mutationResolver     struct{ *Resolver }
-	subscriptionResolver struct{ *Resolver }
+	contactChannelResolver struct{ *Resolver }
+	liveEventResolver      struct{ *Resolver }
+	mutationResolver       struct{ *Resolver }
+	subscriptionResolver   struct{ *Resolver }
 )

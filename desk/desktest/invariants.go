@@ -229,19 +229,21 @@ func (c *checkRun) counts() error {
 	return nil
 }
 
-// loadSQL is each operator's load (R7): chats in work plus open offers.
-const loadSQL = `(SELECT COUNT(*) FROM chats x WHERE x.owner_id = o.id AND x.status = 'IN_PROGRESS') +
-  (SELECT COUNT(*) FROM chat_offers y WHERE y.operator_id = o.id AND y.status = 'OPEN')`
+// loadsSQL is each operator's load (R7): chats in work plus open offers,
+// as rows (operator, load), for operators with a load.
+const loadsSQL = `(SELECT op, COUNT(*) AS n FROM (
+    SELECT owner_id AS op FROM chats WHERE status = 'IN_PROGRESS' AND owner_id IS NOT NULL
+    UNION ALL SELECT operator_id AS op FROM chat_offers WHERE status = 'OPEN') u GROUP BY op)`
 
 // limits: no operator's chats in work plus open offers exceed their limit
 // (R7, R10). An operator without an override may route in queues with
 // different limits; the bound is then the highest that can apply.
 func (c *checkRun) limits() error {
-	return c.violations("R7 load over limit", `SELECT o.id, o.status, load, lim FROM (
-  SELECT o.id, o.status, `+loadSQL+` AS load,
+	return c.violations("R7 load over limit", `SELECT id, status, load, lim FROM (
+  SELECT o.id, o.status, COALESCE(l.n, 0) AS load,
     COALESCE(o.chat_limit, (SELECT MAX(m) FROM (SELECT chat_limit AS m FROM queues
       UNION ALL SELECT concurrent_chats FROM settings WHERE scope = 'system' UNION ALL SELECT 5 AS m) ms)) AS lim
-  FROM operators o) o WHERE load > lim`, "operator", "status", "load", "limit")
+  FROM operators o LEFT JOIN `+loadsSQL+` l ON l.op = o.id) o WHERE load > lim`, "operator", "status", "load", "limit")
 }
 
 // ownership: a chat in work has one owner, who accepted its one ACCEPTED
@@ -418,9 +420,9 @@ GROUP BY chat_routing_decisions`, func(scan func(...any) error) error {
 // system message saying so, no chat has two (R18: the timer fired once),
 // and no chat completed twice (one CHAT_COMPLETED event).
 func (c *checkRun) completion() error {
-	if err := c.violations("R18 completion timeout without exactly one system message", `SELECT id, completion_reason, sys FROM (
-  SELECT c.id, c.completion_reason, (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id AND m.author_kind = 'SYSTEM') AS sys
-  FROM chats c) t WHERE sys > 1 OR (completion_reason = 'COMPLETION_TIMEOUT' AND sys <> 1)`, "chat", "reason", "system_messages"); err != nil {
+	if err := c.violations("R18 completion timeout without exactly one system message", `SELECT c.id, c.completion_reason, COALESCE(m.n, 0)
+FROM chats c LEFT JOIN (SELECT chat_id, COUNT(*) AS n FROM messages WHERE author_kind = 'SYSTEM' GROUP BY chat_id) m ON m.chat_id = c.id
+WHERE COALESCE(m.n, 0) > 1 OR (c.completion_reason = 'COMPLETION_TIMEOUT' AND COALESCE(m.n, 0) <> 1)`, "chat", "reason", "system_messages"); err != nil {
 		return err
 	}
 	return c.violations("R17 chat completed twice", `SELECT chat_id, COUNT(*) FROM events WHERE type = 'CHAT_COMPLETED'
@@ -675,7 +677,8 @@ func (c *checkRun) quiescent() error {
 	}
 	return c.violations("R9 chat lost: waiting although a member can take it", `SELECT c.id, q.routing_rule, o.id, o.load,
   COALESCE(o.chat_limit, q.chat_limit, s.dflt) FROM (
-  SELECT o.id, o.status, o.disabled, o.chat_limit, `+loadSQL+` AS load FROM operators o) o
+  SELECT o.id, o.status, o.disabled, o.chat_limit, COALESCE(l.n, 0) AS load
+  FROM operators o LEFT JOIN `+loadsSQL+` l ON l.op = o.id) o
 JOIN queue_members m ON m.operator_id = o.id
 JOIN queues q ON q.id = m.queue_id
 JOIN chats c ON c.queue_id = q.id AND c.status = 'WAITING'

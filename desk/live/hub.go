@@ -330,6 +330,10 @@ func (h *Hub) Subscribe(ctx context.Context, actor *desk.Actor, scope Scope, aft
 				if e.ID > hwm {
 					break
 				}
+				if endsSessions(e)(actor) {
+					h.remove(s)
+					return nil, desk.ErrUnauthenticated
+				}
 				if scope.match(e) {
 					if len(backlog) == maxReplay {
 						h.remove(s)

@@ -144,7 +144,7 @@ func DirectionValidator(d enum.Direction) error {
 // AuthorKindValidator is a validator for the "author_kind" field enum values. It is called by the builders before save.
 func AuthorKindValidator(ak enum.AuthorKind) error {
 	switch ak {
-	case "CUSTOMER", "OPERATOR", "SYSTEM", "BOT":
+	case "CUSTOMER", "OPERATOR", "SYSTEM", "BOT", "EXTERNAL":
 		return nil
 	default:
 		return fmt.Errorf("message: invalid enum value for author_kind field: %q", ak)

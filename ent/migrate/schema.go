@@ -507,7 +507,7 @@ var (
 	MessagesColumns = []*schema.Column{
 		{Name: "id", Type: field.TypeInt, Increment: true},
 		{Name: "direction", Type: field.TypeEnum, Enums: []string{"INBOUND", "OUTBOUND"}},
-		{Name: "author_kind", Type: field.TypeEnum, Enums: []string{"CUSTOMER", "OPERATOR", "SYSTEM", "BOT"}},
+		{Name: "author_kind", Type: field.TypeEnum, Enums: []string{"CUSTOMER", "OPERATOR", "SYSTEM", "BOT", "EXTERNAL"}},
 		{Name: "kind", Type: field.TypeEnum, Enums: []string{"TEXT", "PHOTO", "DOCUMENT", "AUDIO", "VOICE", "VIDEO", "STICKER", "LOCATION", "CONTACT", "INTERACTIVE", "REACTION", "UNSUPPORTED"}, Default: "TEXT"},
 		{Name: "text", Type: field.TypeString, Size: 2147483647, Default: ""},
 		{Name: "content", Type: field.TypeJSON, Nullable: true},

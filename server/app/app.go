@@ -22,9 +22,11 @@ import (
 	"github.com/rs/cors"
 
 	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/files"
 	"github.com/parleydesk/parley/desk/live"
 	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/graph"
+	"github.com/parleydesk/parley/server/webhooks"
 )
 
 // App is a running Parley instance.
@@ -83,9 +85,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 	// PostgreSQL other instances hear of it through NOTIFY.
 	var hub *live.Hub
 	liveCtx, stopLive := context.WithCancel(context.WithoutCancel(ctx))
+	store, err := files.NewDir(cfg.FilesDir)
+	if err != nil {
+		db.Close()
+		stopLive()
+		return nil, err
+	}
 	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect),
-		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention}),
-		desk.WithEventSink(func(last int) { hub.Published(last) })}, o.desk...)
+		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention, MetaAppID: cfg.MetaAppID}),
+		desk.WithEventSink(func(last int) { hub.Published(last) }),
+		desk.WithFiles(store), desk.WithAdapters(adapters(cfg)...)}, o.desk...)
 	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...), stopLive: stopLive}
 	hubOpts := live.Options{Buffer: cfg.SubscriptionBuf, Logger: log}
 	if db.Postgres() {
@@ -147,9 +156,17 @@ func (a *App) Handler() http.Handler {
 		Hub:             a.Hub,
 		Origins:         a.Config.CORSOrigins,
 		PingInterval:    a.Config.WSPingInterval,
+		PublicURL:       a.Config.PublicURL,
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", limitBody(a.Config.MaxBodyBytes, graph.Authenticate(a.Desk, a.Log, gql)))
+	webhooks.Register(mux, a.Desk, a.Log, a.Config.WebhookMaxBytes)
+	mux.Handle("GET /files/{id}", graph.Authenticate(a.Desk, a.Log, a.serveFile(func(r *http.Request, id int) (*desk.StoredFile, error) {
+		return a.Desk.OpenAttachment(r.Context(), id)
+	})))
+	mux.Handle("GET /files/contacts/{id}/photo", graph.Authenticate(a.Desk, a.Log, a.serveFile(func(r *http.Request, id int) (*desk.StoredFile, error) {
+		return a.Desk.OpenContactPhoto(r.Context(), id)
+	})))
 	if a.Config.Introspection {
 		mux.Handle("GET /playground", playground.Handler("Parley", "/graphql"))
 	}

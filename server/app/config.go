@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +32,13 @@ type Config struct {
 	EventRetention  time.Duration // PARLEY_EVENT_RETENTION
 	WSPingInterval  time.Duration // PARLEY_WS_PING_INTERVAL
 	SubscriptionBuf int           // PARLEY_SUBSCRIPTION_BUFFER
+	PublicURL       string        // PARLEY_PUBLIC_URL
+	FilesDir        string        // PARLEY_FILES_DIR
+	TelegramAPIURL  string        // PARLEY_TELEGRAM_API_URL
+	GraphAPIURL     string        // PARLEY_GRAPH_API_URL
+	GraphAPIVersion string        // PARLEY_GRAPH_API_VERSION
+	MetaAppID       string        // PARLEY_META_APP_ID
+	WebhookMaxBytes int64         // PARLEY_WEBHOOK_MAX_BYTES
 }
 
 // LoadConfig reads the configuration from getenv (os.Getenv in production).
@@ -51,6 +59,13 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		EventRetention:  7 * 24 * time.Hour,
 		WSPingInterval:  15 * time.Second,
 		SubscriptionBuf: 256,
+		PublicURL:       strings.TrimRight(getenv("PARLEY_PUBLIC_URL"), "/"),
+		FilesDir:        getenv("PARLEY_FILES_DIR"),
+		TelegramAPIURL:  envOr(getenv, "PARLEY_TELEGRAM_API_URL", "https://api.telegram.org"),
+		GraphAPIURL:     envOr(getenv, "PARLEY_GRAPH_API_URL", "https://graph.facebook.com"),
+		GraphAPIVersion: envOr(getenv, "PARLEY_GRAPH_API_VERSION", "v25.0"),
+		MetaAppID:       getenv("PARLEY_META_APP_ID"),
+		WebhookMaxBytes: 4 << 20,
 	}
 	for _, o := range strings.Split(getenv("PARLEY_CORS_ORIGINS"), ",") {
 		if o = strings.TrimSpace(o); o != "" {
@@ -97,10 +112,17 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	integer("PARLEY_SUBSCRIPTION_BUFFER", &c.SubscriptionBuf)
 	integer("PARLEY_COMPLEXITY_LIMIT", &c.ComplexityLimit)
 	integer("PARLEY_DEPTH_LIMIT", &c.DepthLimit)
-	var maxBody int
+	var maxBody, webhookMax int
 	integer("PARLEY_MAX_BODY_BYTES", &maxBody)
 	if maxBody > 0 {
 		c.MaxBodyBytes = int64(maxBody)
+	}
+	integer("PARLEY_WEBHOOK_MAX_BYTES", &webhookMax)
+	if webhookMax > 0 {
+		c.WebhookMaxBytes = int64(webhookMax)
+	}
+	if c.FilesDir == "" {
+		c.FilesDir = filepath.Join(c.DataDir, "files")
 	}
 	if v := getenv("PARLEY_LOG_LEVEL"); v != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {

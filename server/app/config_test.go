@@ -20,7 +20,8 @@ func TestConfig_Defaults(t *testing.T) {
 		Addr: ":8080", DataDir: "data", AdminName: "Administrator", LogFormat: "text", LogLevel: slog.LevelInfo,
 		SessionTTL: 12 * time.Hour, MaxBodyBytes: 1 << 20, ComplexityLimit: 1000, DepthLimit: 12,
 		ShutdownTimeout: 15 * time.Second, EventRetention: 7 * 24 * time.Hour, WSPingInterval: 15 * time.Second,
-		SubscriptionBuf: 256,
+		SubscriptionBuf: 256, FilesDir: "data/files", TelegramAPIURL: "https://api.telegram.org",
+		GraphAPIURL: "https://graph.facebook.com", GraphAPIVersion: "v25.0", WebhookMaxBytes: 4 << 20,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -49,6 +50,13 @@ func TestConfig_ReadsEveryVariable(t *testing.T) {
 		"PARLEY_EVENT_RETENTION":     "48h",
 		"PARLEY_WS_PING_INTERVAL":    "5s",
 		"PARLEY_SUBSCRIPTION_BUFFER": "64",
+		"PARLEY_PUBLIC_URL":          "https://desk.example/",
+		"PARLEY_FILES_DIR":           "/srv/files",
+		"PARLEY_TELEGRAM_API_URL":    "http://tg.fake",
+		"PARLEY_GRAPH_API_URL":       "http://graph.fake",
+		"PARLEY_GRAPH_API_VERSION":   "v99.0",
+		"PARLEY_META_APP_ID":         "1234",
+		"PARLEY_WEBHOOK_MAX_BYTES":   "1000",
 	}
 	c, err := app.LoadConfig(func(k string) string { return env[k] })
 	if err != nil {
@@ -60,7 +68,8 @@ func TestConfig_ReadsEveryVariable(t *testing.T) {
 		SessionTTL: 30 * time.Minute, AdminEmail: "root@example.com", AdminPassword: "long-password", AdminName: "Root",
 		Demo: true, LogLevel: slog.LevelDebug, LogFormat: "json", MaxBodyBytes: 2048, ComplexityLimit: 50,
 		DepthLimit: 5, ShutdownTimeout: 3 * time.Second, EventRetention: 48 * time.Hour, WSPingInterval: 5 * time.Second,
-		SubscriptionBuf: 64,
+		SubscriptionBuf: 64, PublicURL: "https://desk.example", FilesDir: "/srv/files", TelegramAPIURL: "http://tg.fake",
+		GraphAPIURL: "http://graph.fake", GraphAPIVersion: "v99.0", MetaAppID: "1234", WebhookMaxBytes: 1000,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("config:\n got %+v\nwant %+v", c, want)

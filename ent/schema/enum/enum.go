@@ -163,9 +163,14 @@ const (
 	AuthorOperator AuthorKind = "OPERATOR"
 	AuthorSystem   AuthorKind = "SYSTEM"
 	AuthorBot      AuthorKind = "BOT"
+	// AuthorExternal: someone outside Parley wrote to the customer on the
+	// channel (the Page Inbox, another app), seen as a Messenger echo.
+	AuthorExternal AuthorKind = "EXTERNAL"
 )
 
-func (AuthorKind) Values() []string { return []string{"CUSTOMER", "OPERATOR", "SYSTEM", "BOT"} }
+func (AuthorKind) Values() []string {
+	return []string{"CUSTOMER", "OPERATOR", "SYSTEM", "BOT", "EXTERNAL"}
+}
 
 // MessageKind is the content type of a message; nothing is dropped silently,
 // an unknown content is stored as UNSUPPORTED.

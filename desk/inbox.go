@@ -1,0 +1,334 @@
+package desk
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/parleydesk/parley/channels"
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chat"
+	"github.com/parleydesk/parley/ent/contact"
+	"github.com/parleydesk/parley/ent/contactidentity"
+	"github.com/parleydesk/parley/ent/inbounddelivery"
+	"github.com/parleydesk/parley/ent/message"
+	"github.com/parleydesk/parley/ent/schema/enum"
+)
+
+// Provider deliveries (R1–R3). A webhook handler verifies the delivery with
+// the channel's secret, has the adapter parse it, then calls ApplyDelivery:
+// one transaction stores the raw body under its provider key and applies
+// every update, so a redelivery (same key, or same message ids) changes
+// nothing and a crash before commit leaves the provider to retry. Slow work
+// (profile photos, media) is enqueued as jobs in the same transaction.
+
+// WebhookChannel returns the channel a webhook URL names, with its secrets,
+// if it exists for that provider and is active.
+func (d *Desk) WebhookChannel(ctx context.Context, id int, provider enum.Provider) (channels.Channel, error) {
+	ch, err := d.client.Channel.Get(ctx, id)
+	if ent.IsNotFound(err) || (err == nil && ch.Provider != provider) {
+		return channels.Channel{}, Fail(CodeNotFound, "no %s channel %d", provider, id)
+	}
+	if err != nil {
+		return channels.Channel{}, err
+	}
+	if !ch.Active {
+		return channels.Channel{}, Fail(CodeChannelInactive, "channel %d is inactive", id)
+	}
+	return d.adapterChannel(ch), nil
+}
+
+// adapterChannel is what an adapter needs of a channel, secrets included.
+func (d *Desk) adapterChannel(ch *ent.Channel) channels.Channel {
+	return channels.Channel{ID: ch.ID, Provider: string(ch.Provider), ExternalID: ch.ExternalID, Token: ch.Token,
+		AppSecret: ch.AppSecret, VerifyToken: ch.VerifyToken, WebhookSecret: ch.WebhookSecret, AppID: d.cfg.MetaAppID}
+}
+
+// Adapter returns the provider's adapter, if Parley has one.
+func (d *Desk) Adapter(p enum.Provider) channels.Adapter { return d.adapters[p] }
+
+// DeliveryResult says what a delivery did.
+type DeliveryResult struct {
+	// Duplicate: the delivery had been received before; nothing changed.
+	Duplicate bool
+	Applied   int
+	Ignored   int
+}
+
+// ApplyDelivery stores a verified delivery and applies its updates, exactly
+// once (R3).
+func (d *Desk) ApplyDelivery(ctx context.Context, ch channels.Channel, del channels.Delivery, body []byte) (*DeliveryResult, error) {
+	var res *DeliveryResult
+	var err error
+	for attempt := 1; attempt <= maxIngestAttempts; attempt++ {
+		err = d.inTx(ctx, "apply delivery", func(tx *ent.Tx) error {
+			res, err = d.applyDelivery(ctx, tx, ch, del, body)
+			return err
+		})
+		if err == nil || !ent.IsConstraintError(err) {
+			break
+		}
+	}
+	return res, err
+}
+
+func (d *Desk) applyDelivery(ctx context.Context, tx *ent.Tx, ch channels.Channel, del channels.Delivery, body []byte) (*DeliveryResult, error) {
+	res := &DeliveryResult{}
+	if del.Key != "" {
+		_, err := tx.InboundDelivery.Create().SetChannelID(ch.ID).SetProviderKey(del.Key).SetBody(body).
+			SetReceivedAt(d.Now()).SetProcessedAt(d.Now()).
+			OnConflictColumns(inbounddelivery.FieldChannelID, inbounddelivery.FieldProviderKey).DoNothing().ID(ctx)
+		if isNoRows(err) {
+			res.Duplicate = true
+			return res, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, u := range del.Updates {
+		if u.AccountRef != "" && ch.ExternalID != "" && u.AccountRef != ch.ExternalID {
+			d.log.Warn("delivery for another account ignored", "channel_id", ch.ID, "account", u.AccountRef)
+			res.Ignored++
+			continue
+		}
+		applied, err := d.applyUpdate(ctx, tx, ch, u)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", u.Kind, u.MessageID, err)
+		}
+		if applied {
+			res.Applied++
+		} else {
+			res.Ignored++
+		}
+	}
+	return res, nil
+}
+
+func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
+	switch u.Kind {
+	case channels.UpdateMessage:
+		return true, d.applyMessage(ctx, tx, ch, u)
+	case channels.UpdateEdit:
+		return d.applyEdit(ctx, tx, ch, u)
+	case channels.UpdateStatus:
+		return d.applyStatus(ctx, tx, ch.ID, u, true)
+	case channels.UpdateReachability:
+		return d.applyReachability(ctx, tx, ch, u)
+	case channels.UpdateEcho:
+		return d.applyEcho(ctx, tx, ch, u)
+	}
+	d.log.Debug("update ignored", "channel_id", ch.ID, "kind", u.Kind, "reason", u.Reason)
+	return false, nil
+}
+
+func (d *Desk) applyMessage(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) error {
+	in := Inbound{ChannelID: ch.ID, ProviderMessageID: u.MessageID, Kind: enum.MessageKind(u.MessageKind),
+		Text: u.Text, Content: u.Content,
+		Identity: InboundIdentity{ExternalID: u.Sender.ExternalID, Name: u.Sender.Name, Username: u.Sender.Username, Phone: u.Sender.Phone}}
+	if message.KindValidator(in.Kind) != nil {
+		in.Content = map[string]any{"providerKind": u.MessageKind}
+		in.Kind = enum.KindUnsupported
+	}
+	for _, a := range u.Attachments {
+		in.Attachments = append(in.Attachments, InboundAttachment{Kind: enum.MessageKind(a.Kind), Ref: a.Ref,
+			FileName: a.FileName, MimeType: a.MimeType, Size: a.Size})
+	}
+	res, err := d.ingest(ctx, tx, in)
+	if err != nil || res.Duplicate {
+		return err
+	}
+	for _, a := range res.Attachments {
+		if err := d.enqueue(ctx, tx, jobSpec{kind: jobDownload, chatID: res.Chat.ID, ref: a.ID, due: d.Now()}); err != nil {
+			return err
+		}
+	}
+	if res.NewContact {
+		return d.enqueue(ctx, tx, jobSpec{kind: jobFetchProfile, ref: res.IdentityID, due: d.Now(),
+			payload: map[string]any{"channel": ch.ID}})
+	}
+	return nil
+}
+
+// applyEdit records a customer's edit of a message (Telegram): the text
+// changes, the previous one is kept.
+func (d *Desk) applyEdit(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
+	m, err := tx.Message.Query().Where(message.ChannelID(ch.ID), message.ProviderMessageID(u.MessageID)).Only(ctx)
+	if ent.IsNotFound(err) {
+		return false, nil // an edit of a message we never got
+	}
+	if err != nil || m.Text == u.Text {
+		return false, err
+	}
+	m, err = tx.Message.UpdateOneID(m.ID).SetText(u.Text).SetEditedAt(d.Now()).
+		SetPreviousTexts(append(m.PreviousTexts, m.Text)).Save(ctx)
+	if err != nil {
+		return false, err
+	}
+	c, err := tx.Chat.Get(ctx, m.ChatID)
+	if err != nil {
+		return false, err
+	}
+	audience, err := d.chatAudience(ctx, tx, c)
+	if err != nil {
+		return false, err
+	}
+	return true, d.emit(ctx, tx, event{Type: EventMessageEdited, ChatID: c.ID, QueueID: c.QueueID, Audience: audience,
+		Payload: map[string]any{"messageId": m.ID}})
+}
+
+// applyStatus moves an outbound message's delivery status forward, never
+// back: sent < delivered < read, failed is terminal, whatever the arrival
+// order (R14). A status for a message whose send has not been recorded yet
+// is retried by a job. An empty message id with a READ status is a
+// Messenger read watermark: every outbound message to that customer up to
+// the time is read.
+func (d *Desk) applyStatus(ctx context.Context, tx *ent.Tx, channelID int, u channels.Update, retry bool) (bool, error) {
+	status := enum.DeliveryStatus(u.Status)
+	if message.DeliveryStatusValidator(status) != nil {
+		return false, nil
+	}
+	if u.MessageID == "" {
+		return d.applyReadWatermark(ctx, tx, channelID, u)
+	}
+	m, err := tx.Message.Query().Where(message.ChannelID(channelID), message.ProviderMessageID(u.MessageID)).Only(ctx)
+	if ent.IsNotFound(err) {
+		if !retry {
+			return false, nil
+		}
+		// The status may have overtaken the send's answer: try again soon.
+		return false, d.enqueue(ctx, tx, jobSpec{kind: jobLateStatus, ref: channelID, due: d.Now().Add(5 * time.Second),
+			payload: map[string]any{"messageId": u.MessageID, "status": u.Status, "code": u.ErrorCode, "title": u.ErrorTitle}})
+	}
+	if err != nil {
+		return false, err
+	}
+	return d.setDeliveryStatus(ctx, tx, m, status, u.ErrorCode, u.ErrorTitle)
+}
+
+// setDeliveryStatus applies a status if it moves the message forward.
+func (d *Desk) setDeliveryStatus(ctx context.Context, tx *ent.Tx, m *ent.Message, status enum.DeliveryStatus, code, reason string) (bool, error) {
+	if m.DeliveryStatus != nil && status.Rank() <= m.DeliveryStatus.Rank() {
+		return false, nil
+	}
+	now := d.Now()
+	upd := tx.Message.UpdateOneID(m.ID).SetDeliveryStatus(status)
+	switch status {
+	case enum.DeliverySent:
+		upd.SetSentAt(now)
+	case enum.DeliveryDelivered:
+		upd.SetDeliveredAt(now)
+	case enum.DeliveryRead:
+		upd.SetReadAt(now)
+	case enum.DeliveryFailed:
+		upd.SetDeliveryErrorCode(clip(code, 100)).SetDeliveryError(clip(reason, 1000))
+	}
+	if err := upd.Exec(ctx); err != nil {
+		return false, err
+	}
+	c, err := tx.Chat.Get(ctx, m.ChatID)
+	if err != nil {
+		return false, err
+	}
+	audience := []int{}
+	if c.OwnerID != nil {
+		audience = []int{*c.OwnerID}
+	}
+	return true, d.emit(ctx, tx, event{Type: EventDeliveryStatus, ChatID: c.ID, QueueID: c.QueueID, Audience: audience,
+		Payload: map[string]any{"messageId": m.ID, "status": string(status)}})
+}
+
+func (d *Desk) applyReadWatermark(ctx context.Context, tx *ent.Tx, channelID int, u channels.Update) (bool, error) {
+	ident, err := tx.ContactIdentity.Query().Where(contactidentity.ExternalID(u.Sender.ExternalID),
+		contactidentity.HasContactWith(contact.HasChatsWith(chat.ChannelID(channelID)))).First(ctx)
+	if ent.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	contactID, err := ident.QueryContact().OnlyID(ctx)
+	if err != nil {
+		return false, err
+	}
+	upTo := u.Time
+	if upTo.IsZero() {
+		upTo = d.Now()
+	}
+	msgs, err := tx.Message.Query().Where(message.ChannelID(channelID), message.DirectionEQ(enum.Outbound),
+		message.DeliveryStatusIn(enum.DeliverySent, enum.DeliveryDelivered), message.SentAtLTE(upTo),
+		message.HasChatWith(chat.ContactID(contactID))).All(ctx)
+	if err != nil {
+		return false, err
+	}
+	changed := false
+	for _, m := range msgs {
+		ok, err := d.setDeliveryStatus(ctx, tx, m, enum.DeliveryRead, "", "")
+		if err != nil {
+			return false, err
+		}
+		changed = changed || ok
+	}
+	return changed, nil
+}
+
+// applyReachability marks a customer's identity unreachable when they
+// blocked us, and reachable again when they unblocked us.
+func (d *Desk) applyReachability(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
+	reason := ""
+	if !u.Reachable {
+		reason = "blocked by the user"
+	}
+	n, err := tx.ContactIdentity.Update().Where(contactidentity.ProviderEQ(enum.Provider(ch.Provider)),
+		contactidentity.ExternalID(u.Sender.ExternalID)).SetUnreachable(!u.Reachable).SetUnreachableReason(reason).Save(ctx)
+	return n > 0, err
+}
+
+// applyEcho records a message that another app or the Page Inbox sent to
+// the customer (Messenger echo), in the customer's open chat on the channel.
+func (d *Desk) applyEcho(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
+	c, err := tx.Chat.Query().Where(chat.ChannelID(ch.ID), chat.StatusNEQ(enum.ChatCompleted),
+		chat.HasContactWith(contact.HasIdentitiesWith(contactidentity.ProviderEQ(enum.Provider(ch.Provider)),
+			contactidentity.ExternalID(u.Sender.ExternalID)))).Only(ctx)
+	if ent.IsNotFound(err) {
+		return false, nil // no conversation in Parley to show it in
+	}
+	if err != nil {
+		return false, err
+	}
+	if exists, err := tx.Message.Query().Where(message.ChannelID(ch.ID), message.ProviderMessageID(u.MessageID)).Exist(ctx); err != nil || exists {
+		return false, err
+	}
+	kind := enum.MessageKind(u.MessageKind)
+	if message.KindValidator(kind) != nil {
+		kind = enum.KindText
+	}
+	m, err := tx.Message.Create().SetChatID(c.ID).SetChannelID(ch.ID).SetDirection(enum.Outbound).
+		SetAuthorKind(enum.AuthorExternal).SetKind(kind).SetText(u.Text).SetProviderMessageID(u.MessageID).
+		SetDeliveryStatus(enum.DeliverySent).SetSentAt(d.Now()).SetCreatedAt(d.Now()).Save(ctx)
+	if err != nil {
+		return false, err
+	}
+	audience, err := d.chatAudience(ctx, tx, c)
+	if err != nil {
+		return false, err
+	}
+	return true, d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, QueueID: c.QueueID, Audience: audience,
+		Payload: map[string]any{"messageId": m.ID}})
+}
+
+// retryLateStatus applies a status that arrived before its message's send
+// was recorded.
+func (d *Desk) retryLateStatus(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
+	str := func(k string) string { s, _ := j.Payload[k].(string); return s }
+	if ok, err := tx.Message.Query().Where(message.ChannelID(jobRef(j)), message.ProviderMessageID(str("messageId"))).Exist(ctx); err != nil {
+		return err
+	} else if !ok {
+		return errNotYet // retried with backoff, then given up
+	}
+	_, err := d.applyStatus(ctx, tx, jobRef(j), channels.Update{MessageID: str("messageId"), Status: str("status"),
+		ErrorCode: str("code"), ErrorTitle: str("title")}, false)
+	return err
+}
+
+var errNotYet = fmt.Errorf("the message of the status is not recorded yet")

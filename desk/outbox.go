@@ -1,0 +1,388 @@
+package desk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/parleydesk/parley/channels"
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/attachment"
+	"github.com/parleydesk/parley/ent/contactidentity"
+	"github.com/parleydesk/parley/ent/job"
+	"github.com/parleydesk/parley/ent/message"
+	"github.com/parleydesk/parley/ent/schema/enum"
+)
+
+// The outbox (R14) and the other jobs that call a provider: sending a
+// message, copying an inbound file into storage, filling a new contact from
+// the provider's profile. A provider call never runs inside a database
+// transaction (it may take seconds; SQLite would be locked meanwhile): the
+// job is claimed with a lease longer than the call's timeout, the call is
+// made, then one transaction records the outcome and marks the job done only
+// if the lease still holds. Transient failures are retried with backoff or
+// the provider's retry_after; permanent ones are recorded with the
+// provider's reason. A process dying between the provider's acceptance and
+// that transaction means one resend when the lease expires: providers offer
+// no idempotency key, so the outbox chooses at-least-once over losing a
+// message in that window.
+
+// externalJob reports whether a job kind calls a provider.
+func externalJob(kind string) bool {
+	return kind == jobSend || kind == jobDownload || kind == jobFetchProfile
+}
+
+// maxSendAttempts bounds the retries of transient failures.
+const maxSendAttempts = 8
+
+// retryLater is a transient failure of an external job.
+type retryLater struct {
+	err   error
+	after time.Duration
+}
+
+func (r *retryLater) Error() string { return r.err.Error() }
+
+// runExternal runs a job that calls a provider.
+func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
+	var err error
+	switch j.Kind {
+	case jobSend:
+		err = d.send(ctx, j)
+	case jobDownload:
+		err = d.download(ctx, j)
+	case jobFetchProfile:
+		err = d.fetchProfile(ctx, j)
+	}
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, errJobLost) {
+		d.log.Warn("job claimed elsewhere", "job_id", j.ID, "kind", j.Kind)
+		return false
+	}
+	delay := time.Duration(j.Attempts*j.Attempts) * time.Second
+	var rl *retryLater
+	if errors.As(err, &rl) && rl.after > 0 {
+		delay = rl.after
+	}
+	d.log.Warn("job will be retried", "job_id", j.ID, "kind", j.Kind, "attempt", j.Attempts, "in", delay, "err", err)
+	if j.Attempts >= maxSendAttempts {
+		if gerr := d.giveUp(ctx, j, err); gerr != nil {
+			d.log.Error("give up job", "job_id", j.ID, "err", gerr)
+		}
+		return false
+	}
+	if uerr := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending)).
+		SetLastError(truncate(err.Error(), 1000)).SetLockedUntil(d.Now().Add(delay)).Exec(ctx); uerr != nil {
+		d.log.Error("record job retry", "job_id", j.ID, "err", uerr)
+	}
+	return false
+}
+
+// finishJob marks a claimed job done in tx, failing if the claim was lost.
+func (d *Desk) finishJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
+	n, err := tx.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending), job.LockedUntilEQ(*j.LockedUntil)).
+		SetStatus(enum.JobDone).SetDoneAt(d.Now()).Save(ctx)
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return errJobLost
+	}
+	return nil
+}
+
+// done finishes a job that had nothing (left) to do.
+func (d *Desk) done(ctx context.Context, j *ent.Job) error {
+	return d.inTx(ctx, "finish job", func(tx *ent.Tx) error { return d.finishJob(ctx, tx, j) })
+}
+
+// giveUp ends a job whose transient failures outlasted the retries: a
+// message is FAILED, an attachment FAILED.
+func (d *Desk) giveUp(ctx context.Context, j *ent.Job, cause error) error {
+	return d.inTx(ctx, "give up job", func(tx *ent.Tx) error {
+		switch j.Kind {
+		case jobSend:
+			m, err := tx.Message.Get(ctx, jobRef(j))
+			if err == nil {
+				if _, err := d.setDeliveryStatus(ctx, tx, m, enum.DeliveryFailed, "RETRIES_EXHAUSTED", cause.Error()); err != nil {
+					return err
+				}
+			}
+		case jobDownload:
+			if err := tx.Attachment.UpdateOneID(jobRef(j)).SetStatus(enum.AttachmentFailed).Exec(ctx); err != nil && !ent.IsNotFound(err) {
+				return err
+			}
+		}
+		return tx.Job.UpdateOneID(j.ID).SetStatus(enum.JobFailed).SetDoneAt(d.Now()).
+			SetLastError(truncate(cause.Error(), 1000)).Exec(ctx)
+	})
+}
+
+// send delivers one outbound message through its channel's adapter.
+func (d *Desk) send(ctx context.Context, j *ent.Job) error {
+	m, err := d.client.Message.Query().Where(message.ID(jobRef(j))).
+		WithChat(func(q *ent.ChatQuery) { q.WithChannel() }).WithAttachments().Only(ctx)
+	if ent.IsNotFound(err) {
+		return d.done(ctx, j)
+	}
+	if err != nil {
+		return err
+	}
+	if m.DeliveryStatus == nil || *m.DeliveryStatus != enum.DeliveryPending {
+		return d.done(ctx, j) // sent, failed, or settled by another instance
+	}
+	c, ch := m.Edges.Chat, m.Edges.Chat.Edges.Channel
+	fail := func(code, reason string, unreachable bool) error {
+		return d.inTx(ctx, "send failed", func(tx *ent.Tx) error {
+			if err := d.finishJob(ctx, tx, j); err != nil {
+				return err
+			}
+			if unreachable {
+				if err := tx.ContactIdentity.Update().Where(contactidentity.ProviderEQ(ch.Provider),
+					contactidentity.HasContactWith(contactIs(c.ContactID))).
+					SetUnreachable(true).SetUnreachableReason(clip(reason, 500)).Exec(ctx); err != nil {
+					return err
+				}
+			}
+			_, err := d.setDeliveryStatus(ctx, tx, m, enum.DeliveryFailed, code, reason)
+			return err
+		})
+	}
+	adapter := d.adapters[ch.Provider]
+	if adapter == nil {
+		return fail("NO_ADAPTER", fmt.Sprintf("Parley cannot send on %s channels", ch.Provider), false)
+	}
+	if !ch.Active {
+		return fail(string(CodeChannelInactive), "the channel is inactive", false)
+	}
+	if windowed(ch.Provider) && c.ReplyWindowEndsAt != nil && d.Now().After(*c.ReplyWindowEndsAt) {
+		return fail(string(CodeReplyWindowExpired), "the 24-hour reply window has closed", false)
+	}
+	ident, err := d.client.ContactIdentity.Query().Where(contactidentity.ProviderEQ(ch.Provider),
+		contactidentity.HasContactWith(contactIs(c.ContactID))).Order(ent.Desc(contactidentity.FieldID)).First(ctx)
+	if ent.IsNotFound(err) {
+		return fail(string(CodeNoIdentity), "the contact has no identity on this provider", false)
+	}
+	if err != nil {
+		return err
+	}
+	out := channels.Outbound{To: ident.ExternalID, Phone: ident.Phone, Text: m.Text}
+	for _, a := range m.Edges.Attachments {
+		if a.StorageKey == "" {
+			continue
+		}
+		data, err := d.readFile(ctx, a.StorageKey)
+		if err != nil {
+			return err
+		}
+		out.File = &channels.OutboundFile{Kind: string(a.Kind), Name: a.FileName, MimeType: a.MimeType, Data: data}
+		break
+	}
+	res, err := adapter.Send(ctx, d.adapterChannel(ch), out)
+	if err != nil {
+		se := channels.AsSendError(err)
+		if se.Permanent {
+			code := se.Code
+			if se.WindowClosed {
+				code = string(CodeReplyWindowExpired) + ":" + se.Code
+			}
+			return fail(code, se.Reason, se.Unreachable)
+		}
+		return &retryLater{err: se, after: se.RetryAfter}
+	}
+	return d.inTx(ctx, "message sent", func(tx *ent.Tx) error {
+		if err := d.finishJob(ctx, tx, j); err != nil {
+			return err
+		}
+		// A status may have been applied already (it can overtake the
+		// answer): keep the furthest one.
+		if err := tx.Message.UpdateOneID(m.ID).SetProviderMessageID(res.MessageID).Exec(ctx); err != nil {
+			return err
+		}
+		_, err := d.setDeliveryStatus(ctx, tx, m, enum.DeliverySent, "", "")
+		return err
+	})
+}
+
+func (d *Desk) readFile(ctx context.Context, key string) ([]byte, error) {
+	if d.files == nil {
+		return nil, errors.New("no file storage")
+	}
+	r, err := d.files.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(io.LimitReader(r, d.cfg.MaxFileBytes+1))
+}
+
+// download copies an inbound attachment into Parley's storage (provider
+// URLs expire).
+func (d *Desk) download(ctx context.Context, j *ent.Job) error {
+	a, err := d.client.Attachment.Query().Where(attachment.ID(jobRef(j))).
+		WithMessage(func(q *ent.MessageQuery) { q.WithChat(func(q *ent.ChatQuery) { q.WithChannel() }) }).Only(ctx)
+	if ent.IsNotFound(err) {
+		return d.done(ctx, j)
+	}
+	if err != nil {
+		return err
+	}
+	if a.Status != enum.AttachmentPending || a.Edges.Message == nil || d.files == nil {
+		return d.done(ctx, j)
+	}
+	ch := a.Edges.Message.Edges.Chat.Edges.Channel
+	adapter := d.adapters[ch.Provider]
+	if adapter == nil {
+		return d.done(ctx, j)
+	}
+	f, err := adapter.Download(ctx, d.adapterChannel(ch), a.ProviderFileID)
+	if err != nil {
+		return &retryLater{err: fmt.Errorf("download attachment %d: %w", a.ID, err)}
+	}
+	defer f.Body.Close()
+	key, size, err := d.files.Put(ctx, "media", f.Body, d.cfg.MaxFileBytes)
+	if err != nil {
+		return &retryLater{err: fmt.Errorf("store attachment %d: %w", a.ID, err)}
+	}
+	return d.inTx(ctx, "attachment stored", func(tx *ent.Tx) error {
+		if err := d.finishJob(ctx, tx, j); err != nil {
+			return err
+		}
+		upd := tx.Attachment.UpdateOneID(a.ID).SetStatus(enum.AttachmentStored).SetStorageKey(key).SetSize(int(size))
+		if a.MimeType == "" && f.MimeType != "" {
+			upd.SetMimeType(clip(f.MimeType, 200))
+		}
+		if a.FileName == "" && f.Name != "" {
+			upd.SetFileName(clip(f.Name, 500))
+		}
+		return upd.Exec(ctx)
+	})
+}
+
+// fetchProfile fills a new contact from the provider's profile: the name
+// when the delivery had none, and the photo, copied into storage (R2).
+func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
+	ident, err := d.client.ContactIdentity.Query().Where(contactidentity.ID(jobRef(j))).WithContact().Only(ctx)
+	if ent.IsNotFound(err) {
+		return d.done(ctx, j)
+	}
+	if err != nil {
+		return err
+	}
+	adapter := d.adapters[ident.Provider]
+	chID, _ := j.Payload["channel"].(float64)
+	ch, err := d.client.Channel.Get(ctx, int(chID))
+	if adapter == nil || ent.IsNotFound(err) {
+		return d.done(ctx, j)
+	}
+	if err != nil {
+		return err
+	}
+	p, err := adapter.Profile(ctx, d.adapterChannel(ch), ident.ExternalID)
+	if errors.Is(err, channels.ErrUnsupported) {
+		return d.done(ctx, j)
+	}
+	if err != nil {
+		return &retryLater{err: fmt.Errorf("profile of identity %d: %w", ident.ID, err)}
+	}
+	photoKey := ""
+	if p.PhotoRef != "" && d.files != nil {
+		f, err := adapter.Download(ctx, d.adapterChannel(ch), p.PhotoRef)
+		if err != nil {
+			return &retryLater{err: fmt.Errorf("profile photo of identity %d: %w", ident.ID, err)}
+		}
+		photoKey, _, err = d.files.Put(ctx, "photos", f.Body, d.cfg.MaxFileBytes)
+		f.Body.Close()
+		if err != nil {
+			return &retryLater{err: err}
+		}
+	}
+	return d.inTx(ctx, "profile fetched", func(tx *ent.Tx) error {
+		if err := d.finishJob(ctx, tx, j); err != nil {
+			return err
+		}
+		c := ident.Edges.Contact
+		upd := tx.Contact.UpdateOneID(c.ID).SetUpdatedAt(d.Now())
+		if c.Name == "" && p.Name != "" {
+			upd.SetName(clip(p.Name, 300))
+		}
+		if c.Username == "" && p.Username != "" {
+			upd.SetUsername(clip(p.Username, 100))
+		}
+		if c.Phone == "" && p.Phone != "" {
+			upd.SetPhone(clip(p.Phone, 50))
+		}
+		if photoKey != "" {
+			upd.SetPhotoKey(photoKey)
+		}
+		return upd.Exec(ctx)
+	})
+}
+
+// storeUpload keeps an operator's file for an outbound message.
+func (d *Desk) storeUpload(ctx context.Context, r io.Reader) (string, int64, error) {
+	if d.files == nil {
+		return "", 0, Fail(CodeValidation, "file storage is not configured")
+	}
+	key, size, err := d.files.Put(ctx, "uploads", r, d.cfg.MaxFileBytes)
+	if err != nil {
+		return "", 0, err
+	}
+	return key, size, nil
+}
+
+// StoredFile is a file read back from storage; the caller closes Body.
+type StoredFile struct {
+	Body     io.ReadCloser
+	Name     string
+	MimeType string
+}
+
+// OpenAttachment returns a stored attachment for a caller allowed to read
+// its chat's messages (R24).
+func (d *Desk) OpenAttachment(ctx context.Context, id int) (*StoredFile, error) {
+	if ActorFrom(ctx) == nil {
+		return nil, ErrUnauthenticated
+	}
+	a, err := d.client.Attachment.Query().Where(attachment.ID(id)).WithMessage(func(q *ent.MessageQuery) { q.WithChat() }).Only(ctx)
+	if err != nil {
+		return nil, notFound(err, "file", id)
+	}
+	if a.Edges.Message == nil || a.StorageKey == "" || d.files == nil {
+		return nil, Fail(CodeNotFound, "file %d is not stored", id)
+	}
+	if ok, err := d.CanReadMessages(ctx, a.Edges.Message.Edges.Chat); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, Fail(CodeNotFound, "file %d not found", id)
+	}
+	r, err := d.files.Open(ctx, a.StorageKey)
+	if err != nil {
+		return nil, err
+	}
+	return &StoredFile{Body: r, Name: a.FileName, MimeType: a.MimeType}, nil
+}
+
+// OpenContactPhoto returns a contact's stored photo to any authenticated
+// caller.
+func (d *Desk) OpenContactPhoto(ctx context.Context, contactID int) (*StoredFile, error) {
+	if ActorFrom(ctx) == nil {
+		return nil, ErrUnauthenticated
+	}
+	c, err := d.client.Contact.Get(ctx, contactID)
+	if err != nil {
+		return nil, notFound(err, "contact", contactID)
+	}
+	if c.PhotoKey == "" || d.files == nil {
+		return nil, Fail(CodeNotFound, "contact %d has no photo", contactID)
+	}
+	r, err := d.files.Open(ctx, c.PhotoKey)
+	if err != nil {
+		return nil, err
+	}
+	return &StoredFile{Body: r, Name: "photo", MimeType: "image/jpeg"}, nil
+}
