@@ -20,14 +20,16 @@ import (
 // message, copying an inbound file into storage, filling a new contact from
 // the provider's profile. A provider call never runs inside a database
 // transaction (it may take seconds; SQLite would be locked meanwhile): the
-// job is claimed with a lease longer than the call's timeout, the call is
-// made, then one transaction records the outcome and marks the job done only
-// if the lease still holds. Transient failures are retried with backoff or
-// the provider's retry_after; permanent ones are recorded with the
-// provider's reason. A process dying between the provider's acceptance and
-// that transaction means one resend when the lease expires: providers offer
-// no idempotency key, so the outbox chooses at-least-once over losing a
-// message in that window.
+// job is claimed with a lease longer than the call's timeout, marked "call
+// started", the call is made, then one transaction records the outcome and
+// marks the job done only if the lease still holds. Transient failures are
+// retried with backoff or the provider's retry_after; permanent ones are
+// recorded with the provider's reason. Sends are at most once: none of the
+// providers takes an idempotency key, so a process that dies between the
+// provider's acceptance and recording it leaves the message FAILED with code
+// UNCONFIRMED (visible to the operator, who may resend) instead of sending it
+// twice. Media downloads and profile fetches are idempotent and simply run
+// again.
 
 // externalJob reports whether a job kind calls a provider.
 func externalJob(kind string) bool {
@@ -64,6 +66,9 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 		return false
 	}
 	delay := time.Duration(j.Attempts*j.Attempts) * time.Second
+	// The provider answered (or was never reached): the next attempt is a
+	// fresh call, not an unconfirmed one.
+	upd := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending)).ClearCallStartedAt()
 	var rl *retryLater
 	if errors.As(err, &rl) && rl.after > 0 {
 		delay = rl.after
@@ -75,8 +80,7 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 		}
 		return false
 	}
-	if uerr := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending)).
-		SetLastError(truncate(err.Error(), 1000)).SetLockedUntil(d.Now().Add(delay)).Exec(ctx); uerr != nil {
+	if uerr := upd.SetLastError(truncate(err.Error(), 1000)).SetLockedUntil(d.Now().Add(delay)).Exec(ctx); uerr != nil {
 		d.log.Error("record job retry", "job_id", j.ID, "err", uerr)
 	}
 	return false
@@ -86,6 +90,20 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 func (d *Desk) finishJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
 	n, err := tx.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending), job.LockedUntilEQ(*j.LockedUntil)).
 		SetStatus(enum.JobDone).SetDoneAt(d.Now()).Save(ctx)
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return errJobLost
+	}
+	return nil
+}
+
+// markCallStarted records, under the job's lease, that a provider call is
+// about to be made.
+func (d *Desk) markCallStarted(ctx context.Context, j *ent.Job) error {
+	n, err := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending), job.LockedUntilEQ(*j.LockedUntil)).
+		SetCallStartedAt(d.Now()).Save(ctx)
 	if err != nil {
 		return err
 	}
@@ -181,6 +199,17 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 		}
 		out.File = &channels.OutboundFile{Kind: string(a.Kind), Name: a.FileName, MimeType: a.MimeType, Data: data}
 		break
+	}
+	// At most once: a claim that finds the previous attempt's call still
+	// marked in flight knows that process died mid-call, possibly after
+	// the provider accepted the message; none of the providers takes an
+	// idempotency key, so the message is marked FAILED (unconfirmed)
+	// rather than risk sending it twice.
+	if j.CallStartedAt != nil {
+		return fail("UNCONFIRMED", "the server stopped while sending; the message may not have been delivered", false)
+	}
+	if err := d.markCallStarted(ctx, j); err != nil {
+		return err
 	}
 	res, err := adapter.Send(ctx, d.adapterChannel(ch), out)
 	if err != nil {

@@ -40,8 +40,10 @@ type Job struct {
 	// CreatedAt holds the value of the "created_at" field.
 	CreatedAt time.Time `json:"created_at,omitempty"`
 	// DoneAt holds the value of the "done_at" field.
-	DoneAt       *time.Time `json:"done_at,omitempty"`
-	selectValues sql.SelectValues
+	DoneAt *time.Time `json:"done_at,omitempty"`
+	// CallStartedAt holds the value of the "call_started_at" field.
+	CallStartedAt *time.Time `json:"call_started_at,omitempty"`
+	selectValues  sql.SelectValues
 }
 
 // scanValues returns the types for scanning values from sql.Rows.
@@ -55,7 +57,7 @@ func (*Job) scanValues(columns []string) ([]any, error) {
 			values[i] = new(sql.NullInt64)
 		case job.FieldKind, job.FieldDedupeKey, job.FieldStatus, job.FieldLastError:
 			values[i] = new(sql.NullString)
-		case job.FieldDueAt, job.FieldLockedUntil, job.FieldCreatedAt, job.FieldDoneAt:
+		case job.FieldDueAt, job.FieldLockedUntil, job.FieldCreatedAt, job.FieldDoneAt, job.FieldCallStartedAt:
 			values[i] = new(sql.NullTime)
 		default:
 			values[i] = new(sql.UnknownType)
@@ -150,6 +152,13 @@ func (_m *Job) assignValues(columns []string, values []any) error {
 				_m.DoneAt = new(time.Time)
 				*_m.DoneAt = value.Time
 			}
+		case job.FieldCallStartedAt:
+			if value, ok := values[i].(*sql.NullTime); !ok {
+				return fmt.Errorf("unexpected type %T for field call_started_at", values[i])
+			} else if value.Valid {
+				_m.CallStartedAt = new(time.Time)
+				*_m.CallStartedAt = value.Time
+			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
 		}
@@ -224,6 +233,11 @@ func (_m *Job) String() string {
 	builder.WriteString(", ")
 	if v := _m.DoneAt; v != nil {
 		builder.WriteString("done_at=")
+		builder.WriteString(v.Format(time.ANSIC))
+	}
+	builder.WriteString(", ")
+	if v := _m.CallStartedAt; v != nil {
+		builder.WriteString("call_started_at=")
 		builder.WriteString(v.Format(time.ANSIC))
 	}
 	builder.WriteByte(')')

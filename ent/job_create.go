@@ -145,6 +145,20 @@ func (_c *JobCreate) SetNillableDoneAt(v *time.Time) *JobCreate {
 	return _c
 }
 
+// SetCallStartedAt sets the "call_started_at" field.
+func (_c *JobCreate) SetCallStartedAt(v time.Time) *JobCreate {
+	_c.mutation.SetCallStartedAt(v)
+	return _c
+}
+
+// SetNillableCallStartedAt sets the "call_started_at" field if the given value is not nil.
+func (_c *JobCreate) SetNillableCallStartedAt(v *time.Time) *JobCreate {
+	if v != nil {
+		_c.SetCallStartedAt(*v)
+	}
+	return _c
+}
+
 // Mutation returns the JobMutation object of the builder.
 func (_c *JobCreate) Mutation() *JobMutation {
 	return _c.mutation
@@ -282,6 +296,10 @@ func (_c *JobCreate) createSpec() (*Job, *sqlgraph.CreateSpec) {
 	if value, ok := _c.mutation.DoneAt(); ok {
 		_spec.SetField(job.FieldDoneAt, field.TypeTime, value)
 		_node.DoneAt = &value
+	}
+	if value, ok := _c.mutation.CallStartedAt(); ok {
+		_spec.SetField(job.FieldCallStartedAt, field.TypeTime, value)
+		_node.CallStartedAt = &value
 	}
 	return _node, _spec
 }
@@ -512,6 +530,24 @@ func (u *JobUpsert) UpdateDoneAt() *JobUpsert {
 // ClearDoneAt clears the value of the "done_at" field.
 func (u *JobUpsert) ClearDoneAt() *JobUpsert {
 	u.SetNull(job.FieldDoneAt)
+	return u
+}
+
+// SetCallStartedAt sets the "call_started_at" field.
+func (u *JobUpsert) SetCallStartedAt(v time.Time) *JobUpsert {
+	u.Set(job.FieldCallStartedAt, v)
+	return u
+}
+
+// UpdateCallStartedAt sets the "call_started_at" field to the value that was provided on create.
+func (u *JobUpsert) UpdateCallStartedAt() *JobUpsert {
+	u.SetExcluded(job.FieldCallStartedAt)
+	return u
+}
+
+// ClearCallStartedAt clears the value of the "call_started_at" field.
+func (u *JobUpsert) ClearCallStartedAt() *JobUpsert {
+	u.SetNull(job.FieldCallStartedAt)
 	return u
 }
 
@@ -762,6 +798,27 @@ func (u *JobUpsertOne) UpdateDoneAt() *JobUpsertOne {
 func (u *JobUpsertOne) ClearDoneAt() *JobUpsertOne {
 	return u.Update(func(s *JobUpsert) {
 		s.ClearDoneAt()
+	})
+}
+
+// SetCallStartedAt sets the "call_started_at" field.
+func (u *JobUpsertOne) SetCallStartedAt(v time.Time) *JobUpsertOne {
+	return u.Update(func(s *JobUpsert) {
+		s.SetCallStartedAt(v)
+	})
+}
+
+// UpdateCallStartedAt sets the "call_started_at" field to the value that was provided on create.
+func (u *JobUpsertOne) UpdateCallStartedAt() *JobUpsertOne {
+	return u.Update(func(s *JobUpsert) {
+		s.UpdateCallStartedAt()
+	})
+}
+
+// ClearCallStartedAt clears the value of the "call_started_at" field.
+func (u *JobUpsertOne) ClearCallStartedAt() *JobUpsertOne {
+	return u.Update(func(s *JobUpsert) {
+		s.ClearCallStartedAt()
 	})
 }
 
@@ -1176,6 +1233,27 @@ func (u *JobUpsertBulk) UpdateDoneAt() *JobUpsertBulk {
 func (u *JobUpsertBulk) ClearDoneAt() *JobUpsertBulk {
 	return u.Update(func(s *JobUpsert) {
 		s.ClearDoneAt()
+	})
+}
+
+// SetCallStartedAt sets the "call_started_at" field.
+func (u *JobUpsertBulk) SetCallStartedAt(v time.Time) *JobUpsertBulk {
+	return u.Update(func(s *JobUpsert) {
+		s.SetCallStartedAt(v)
+	})
+}
+
+// UpdateCallStartedAt sets the "call_started_at" field to the value that was provided on create.
+func (u *JobUpsertBulk) UpdateCallStartedAt() *JobUpsertBulk {
+	return u.Update(func(s *JobUpsert) {
+		s.UpdateCallStartedAt()
+	})
+}
+
+// ClearCallStartedAt clears the value of the "call_started_at" field.
+func (u *JobUpsertBulk) ClearCallStartedAt() *JobUpsertBulk {
+	return u.Update(func(s *JobUpsert) {
+		s.ClearCallStartedAt()
 	})
 }
 

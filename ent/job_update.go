@@ -226,6 +226,26 @@ func (_u *JobUpdate) ClearDoneAt() *JobUpdate {
 	return _u
 }
 
+// SetCallStartedAt sets the "call_started_at" field.
+func (_u *JobUpdate) SetCallStartedAt(v time.Time) *JobUpdate {
+	_u.mutation.SetCallStartedAt(v)
+	return _u
+}
+
+// SetNillableCallStartedAt sets the "call_started_at" field if the given value is not nil.
+func (_u *JobUpdate) SetNillableCallStartedAt(v *time.Time) *JobUpdate {
+	if v != nil {
+		_u.SetCallStartedAt(*v)
+	}
+	return _u
+}
+
+// ClearCallStartedAt clears the value of the "call_started_at" field.
+func (_u *JobUpdate) ClearCallStartedAt() *JobUpdate {
+	_u.mutation.ClearCallStartedAt()
+	return _u
+}
+
 // Mutation returns the JobMutation object of the builder.
 func (_u *JobUpdate) Mutation() *JobMutation {
 	return _u.mutation
@@ -342,6 +362,12 @@ func (_u *JobUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	}
 	if _u.mutation.DoneAtCleared() {
 		_spec.ClearField(job.FieldDoneAt, field.TypeTime)
+	}
+	if value, ok := _u.mutation.CallStartedAt(); ok {
+		_spec.SetField(job.FieldCallStartedAt, field.TypeTime, value)
+	}
+	if _u.mutation.CallStartedAtCleared() {
+		_spec.ClearField(job.FieldCallStartedAt, field.TypeTime)
 	}
 	_spec.AddModifiers(_u.modifiers...)
 	if _node, err = sqlgraph.UpdateNodes(ctx, _u.driver, _spec); err != nil {
@@ -561,6 +587,26 @@ func (_u *JobUpdateOne) ClearDoneAt() *JobUpdateOne {
 	return _u
 }
 
+// SetCallStartedAt sets the "call_started_at" field.
+func (_u *JobUpdateOne) SetCallStartedAt(v time.Time) *JobUpdateOne {
+	_u.mutation.SetCallStartedAt(v)
+	return _u
+}
+
+// SetNillableCallStartedAt sets the "call_started_at" field if the given value is not nil.
+func (_u *JobUpdateOne) SetNillableCallStartedAt(v *time.Time) *JobUpdateOne {
+	if v != nil {
+		_u.SetCallStartedAt(*v)
+	}
+	return _u
+}
+
+// ClearCallStartedAt clears the value of the "call_started_at" field.
+func (_u *JobUpdateOne) ClearCallStartedAt() *JobUpdateOne {
+	_u.mutation.ClearCallStartedAt()
+	return _u
+}
+
 // Mutation returns the JobMutation object of the builder.
 func (_u *JobUpdateOne) Mutation() *JobMutation {
 	return _u.mutation
@@ -707,6 +753,12 @@ func (_u *JobUpdateOne) sqlSave(ctx context.Context) (_node *Job, err error) {
 	}
 	if _u.mutation.DoneAtCleared() {
 		_spec.ClearField(job.FieldDoneAt, field.TypeTime)
+	}
+	if value, ok := _u.mutation.CallStartedAt(); ok {
+		_spec.SetField(job.FieldCallStartedAt, field.TypeTime, value)
+	}
+	if _u.mutation.CallStartedAtCleared() {
+		_spec.ClearField(job.FieldCallStartedAt, field.TypeTime)
 	}
 	_spec.AddModifiers(_u.modifiers...)
 	_node = &Job{config: _u.config}

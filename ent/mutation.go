@@ -13427,26 +13427,27 @@ func (m *InboundDeliveryMutation) ResetEdge(name string) error {
 // JobMutation represents an operation that mutates the Job nodes in the graph.
 type JobMutation struct {
 	config
-	op            Op
-	typ           string
-	id            *int
-	kind          *string
-	dedupe_key    *string
-	chat_id       *int
-	addchat_id    *int
-	payload       *map[string]interface{}
-	due_at        *time.Time
-	status        *enum.JobStatus
-	attempts      *int
-	addattempts   *int
-	locked_until  *time.Time
-	last_error    *string
-	created_at    *time.Time
-	done_at       *time.Time
-	clearedFields map[string]struct{}
-	done          bool
-	oldValue      func(context.Context) (*Job, error)
-	predicates    []predicate.Job
+	op              Op
+	typ             string
+	id              *int
+	kind            *string
+	dedupe_key      *string
+	chat_id         *int
+	addchat_id      *int
+	payload         *map[string]interface{}
+	due_at          *time.Time
+	status          *enum.JobStatus
+	attempts        *int
+	addattempts     *int
+	locked_until    *time.Time
+	last_error      *string
+	created_at      *time.Time
+	done_at         *time.Time
+	call_started_at *time.Time
+	clearedFields   map[string]struct{}
+	done            bool
+	oldValue        func(context.Context) (*Job, error)
+	predicates      []predicate.Job
 }
 
 var _ ent.Mutation = (*JobMutation)(nil)
@@ -14062,6 +14063,55 @@ func (m *JobMutation) ResetDoneAt() {
 	delete(m.clearedFields, job.FieldDoneAt)
 }
 
+// SetCallStartedAt sets the "call_started_at" field.
+func (m *JobMutation) SetCallStartedAt(t time.Time) {
+	m.call_started_at = &t
+}
+
+// CallStartedAt returns the value of the "call_started_at" field in the mutation.
+func (m *JobMutation) CallStartedAt() (r time.Time, exists bool) {
+	v := m.call_started_at
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldCallStartedAt returns the old "call_started_at" field's value of the Job entity.
+// If the Job object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *JobMutation) OldCallStartedAt(ctx context.Context) (v *time.Time, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldCallStartedAt is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldCallStartedAt requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldCallStartedAt: %w", err)
+	}
+	return oldValue.CallStartedAt, nil
+}
+
+// ClearCallStartedAt clears the value of the "call_started_at" field.
+func (m *JobMutation) ClearCallStartedAt() {
+	m.call_started_at = nil
+	m.clearedFields[job.FieldCallStartedAt] = struct{}{}
+}
+
+// CallStartedAtCleared returns if the "call_started_at" field was cleared in this mutation.
+func (m *JobMutation) CallStartedAtCleared() bool {
+	_, ok := m.clearedFields[job.FieldCallStartedAt]
+	return ok
+}
+
+// ResetCallStartedAt resets all changes to the "call_started_at" field.
+func (m *JobMutation) ResetCallStartedAt() {
+	m.call_started_at = nil
+	delete(m.clearedFields, job.FieldCallStartedAt)
+}
+
 // Where appends a list predicates to the JobMutation builder.
 func (m *JobMutation) Where(ps ...predicate.Job) {
 	m.predicates = append(m.predicates, ps...)
@@ -14096,7 +14146,7 @@ func (m *JobMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *JobMutation) Fields() []string {
-	fields := make([]string, 0, 11)
+	fields := make([]string, 0, 12)
 	if m.kind != nil {
 		fields = append(fields, job.FieldKind)
 	}
@@ -14130,6 +14180,9 @@ func (m *JobMutation) Fields() []string {
 	if m.done_at != nil {
 		fields = append(fields, job.FieldDoneAt)
 	}
+	if m.call_started_at != nil {
+		fields = append(fields, job.FieldCallStartedAt)
+	}
 	return fields
 }
 
@@ -14160,6 +14213,8 @@ func (m *JobMutation) Field(name string) (ent.Value, bool) {
 		return m.CreatedAt()
 	case job.FieldDoneAt:
 		return m.DoneAt()
+	case job.FieldCallStartedAt:
+		return m.CallStartedAt()
 	}
 	return nil, false
 }
@@ -14191,6 +14246,8 @@ func (m *JobMutation) OldField(ctx context.Context, name string) (ent.Value, err
 		return m.OldCreatedAt(ctx)
 	case job.FieldDoneAt:
 		return m.OldDoneAt(ctx)
+	case job.FieldCallStartedAt:
+		return m.OldCallStartedAt(ctx)
 	}
 	return nil, fmt.Errorf("unknown Job field %s", name)
 }
@@ -14277,6 +14334,13 @@ func (m *JobMutation) SetField(name string, value ent.Value) error {
 		}
 		m.SetDoneAt(v)
 		return nil
+	case job.FieldCallStartedAt:
+		v, ok := value.(time.Time)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetCallStartedAt(v)
+		return nil
 	}
 	return fmt.Errorf("unknown Job field %s", name)
 }
@@ -14352,6 +14416,9 @@ func (m *JobMutation) ClearedFields() []string {
 	if m.FieldCleared(job.FieldDoneAt) {
 		fields = append(fields, job.FieldDoneAt)
 	}
+	if m.FieldCleared(job.FieldCallStartedAt) {
+		fields = append(fields, job.FieldCallStartedAt)
+	}
 	return fields
 }
 
@@ -14383,6 +14450,9 @@ func (m *JobMutation) ClearField(name string) error {
 		return nil
 	case job.FieldDoneAt:
 		m.ClearDoneAt()
+		return nil
+	case job.FieldCallStartedAt:
+		m.ClearCallStartedAt()
 		return nil
 	}
 	return fmt.Errorf("unknown Job nullable field %s", name)
@@ -14424,6 +14494,9 @@ func (m *JobMutation) ResetField(name string) error {
 		return nil
 	case job.FieldDoneAt:
 		m.ResetDoneAt()
+		return nil
+	case job.FieldCallStartedAt:
+		m.ResetCallStartedAt()
 		return nil
 	}
 	return fmt.Errorf("unknown Job field %s", name)

@@ -283,6 +283,9 @@ func launch(t *testing.T, bin, dbURL, name string) (*instance, error) {
 		"PARLEY_ADMIN_PASSWORD="+adminPassword,
 		// info: the listener's disconnect and reconnect are awaited in the log.
 		"PARLEY_LOG_LEVEL=info",
+		// Subscribers are read only when the test looks: no graphql-transport-ws
+		// ping deadline (two intervals) may expire meanwhile.
+		"PARLEY_WS_PING_INTERVAL=2m",
 	)
 	logs := newLogWatcher()
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -435,12 +438,16 @@ func panelEvents(t *testing.T, db *sql.DB, opID, after int) []int {
 func listenerBackend(t *testing.T, db *sql.DB, in *instance, terminated ...int) int {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
+	exclude := []int64{} // not nil: pq.Array(nil) is NULL, and pid = ANY(NULL) is never false
+	for _, pid := range terminated {
+		exclude = append(exclude, int64(pid))
+	}
 	for {
 		ports := localPorts(t, in.cmd.Process.Pid)
 		var pids []int
 		rows, err := db.Query(`SELECT pid FROM pg_stat_activity
 		  WHERE application_name = $1 AND client_port = ANY($2) AND NOT pid = ANY($3)`,
-			live.ListenerName, pq.Array(ports), pq.Array(terminated))
+			live.ListenerName, pq.Array(ports), pq.Array(exclude))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -37,6 +37,8 @@ const (
 	FieldCreatedAt = "created_at"
 	// FieldDoneAt holds the string denoting the done_at field in the database.
 	FieldDoneAt = "done_at"
+	// FieldCallStartedAt holds the string denoting the call_started_at field in the database.
+	FieldCallStartedAt = "call_started_at"
 	// Table holds the table name of the job in the database.
 	Table = "jobs"
 )
@@ -55,6 +57,7 @@ var Columns = []string{
 	FieldLastError,
 	FieldCreatedAt,
 	FieldDoneAt,
+	FieldCallStartedAt,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).
@@ -140,6 +143,11 @@ func ByCreatedAt(opts ...sql.OrderTermOption) OrderOption {
 // ByDoneAt orders the results by the done_at field.
 func ByDoneAt(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldDoneAt, opts...).ToFunc()
+}
+
+// ByCallStartedAt orders the results by the call_started_at field.
+func ByCallStartedAt(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldCallStartedAt, opts...).ToFunc()
 }
 
 var (

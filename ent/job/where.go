@@ -100,6 +100,11 @@ func DoneAt(v time.Time) predicate.Job {
 	return predicate.Job(sql.FieldEQ(FieldDoneAt, v))
 }
 
+// CallStartedAt applies equality check predicate on the "call_started_at" field. It's identical to CallStartedAtEQ.
+func CallStartedAt(v time.Time) predicate.Job {
+	return predicate.Job(sql.FieldEQ(FieldCallStartedAt, v))
+}
+
 // KindEQ applies the EQ predicate on the "kind" field.
 func KindEQ(v string) predicate.Job {
 	return predicate.Job(sql.FieldEQ(FieldKind, v))
@@ -623,6 +628,56 @@ func DoneAtIsNil() predicate.Job {
 // DoneAtNotNil applies the NotNil predicate on the "done_at" field.
 func DoneAtNotNil() predicate.Job {
 	return predicate.Job(sql.FieldNotNull(FieldDoneAt))
+}
+
+// CallStartedAtEQ applies the EQ predicate on the "call_started_at" field.
+func CallStartedAtEQ(v time.Time) predicate.Job {
+	return predicate.Job(sql.FieldEQ(FieldCallStartedAt, v))
+}
+
+// CallStartedAtNEQ applies the NEQ predicate on the "call_started_at" field.
+func CallStartedAtNEQ(v time.Time) predicate.Job {
+	return predicate.Job(sql.FieldNEQ(FieldCallStartedAt, v))
+}
+
+// CallStartedAtIn applies the In predicate on the "call_started_at" field.
+func CallStartedAtIn(vs ...time.Time) predicate.Job {
+	return predicate.Job(sql.FieldIn(FieldCallStartedAt, vs...))
+}
+
+// CallStartedAtNotIn applies the NotIn predicate on the "call_started_at" field.
+func CallStartedAtNotIn(vs ...time.Time) predicate.Job {
+	return predicate.Job(sql.FieldNotIn(FieldCallStartedAt, vs...))
+}
+
+// CallStartedAtGT applies the GT predicate on the "call_started_at" field.
+func CallStartedAtGT(v time.Time) predicate.Job {
+	return predicate.Job(sql.FieldGT(FieldCallStartedAt, v))
+}
+
+// CallStartedAtGTE applies the GTE predicate on the "call_started_at" field.
+func CallStartedAtGTE(v time.Time) predicate.Job {
+	return predicate.Job(sql.FieldGTE(FieldCallStartedAt, v))
+}
+
+// CallStartedAtLT applies the LT predicate on the "call_started_at" field.
+func CallStartedAtLT(v time.Time) predicate.Job {
+	return predicate.Job(sql.FieldLT(FieldCallStartedAt, v))
+}
+
+// CallStartedAtLTE applies the LTE predicate on the "call_started_at" field.
+func CallStartedAtLTE(v time.Time) predicate.Job {
+	return predicate.Job(sql.FieldLTE(FieldCallStartedAt, v))
+}
+
+// CallStartedAtIsNil applies the IsNil predicate on the "call_started_at" field.
+func CallStartedAtIsNil() predicate.Job {
+	return predicate.Job(sql.FieldIsNull(FieldCallStartedAt))
+}
+
+// CallStartedAtNotNil applies the NotNil predicate on the "call_started_at" field.
+func CallStartedAtNotNil() predicate.Job {
+	return predicate.Job(sql.FieldNotNull(FieldCallStartedAt))
 }
 
 // And groups predicates with the AND operator between them.

@@ -489,6 +489,7 @@ var (
 		{Name: "last_error", Type: field.TypeString, Nullable: true},
 		{Name: "created_at", Type: field.TypeTime},
 		{Name: "done_at", Type: field.TypeTime, Nullable: true},
+		{Name: "call_started_at", Type: field.TypeTime, Nullable: true},
 	}
 	// JobsTable holds the schema information for the "jobs" table.
 	JobsTable = &schema.Table{

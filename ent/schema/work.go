@@ -185,6 +185,9 @@ func (Job) Fields() []ent.Field {
 		field.String("last_error").Optional(),
 		field.Time("created_at"),
 		field.Time("done_at").Optional().Nillable(),
+		// call_started_at is set while a provider call of the job is in
+		// flight; a claim that finds it set knows a process died mid-call.
+		field.Time("call_started_at").Optional().Nillable(),
 	}
 }
 

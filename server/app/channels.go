@@ -2,7 +2,9 @@ package app
 
 import (
 	"github.com/parleydesk/parley/channels"
+	"github.com/parleydesk/parley/channels/messenger"
 	"github.com/parleydesk/parley/channels/telegram"
+	"github.com/parleydesk/parley/channels/whatsapp"
 )
 
 // adapters builds the provider adapters from the configuration (base URLs
@@ -10,5 +12,5 @@ import (
 func adapters(cfg Config) []channels.Adapter {
 	c := channels.Config{TelegramBaseURL: cfg.TelegramAPIURL, GraphBaseURL: cfg.GraphAPIURL,
 		GraphVersion: cfg.GraphAPIVersion}.WithDefaults()
-	return []channels.Adapter{telegram.New(c)}
+	return []channels.Adapter{telegram.New(c), whatsapp.New(c), messenger.New(c)}
 }

@@ -151,7 +151,7 @@ func New(t testing.TB, opts ...Option) *Server {
 	// requests (subscriptions over websockets, which httptest's Close does
 	// not wait for) end before the database closes.
 	root, cancelRoot := context.WithCancel(context.Background())
-	srv := httptest.NewUnstartedServer(a.Handler())
+	srv := httptest.NewUnstartedServer(markRequests(a.Handler()))
 	srv.Config.BaseContext = func(net.Listener) context.Context { return root }
 	srv.Start()
 	t.Cleanup(func() { // runs before a.Close: requests end first
@@ -452,8 +452,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// Recorder keeps the SQL statements a server sends (see WithRecorder):
-// tests count queries (no N+1) or prove that nothing was written.
+// Recorder keeps the SQL statements a server sends while serving HTTP
+// requests (see WithRecorder): tests count queries (no N+1) or prove that
+// nothing was written. Statements of background goroutines are left out.
 type Recorder struct {
 	mu    sync.Mutex
 	stmts []string
@@ -461,9 +462,23 @@ type Recorder struct {
 
 var writeStmt = regexp.MustCompile(`(?is)query=.*(\bINSERT\s+INTO\b|\bUPDATE\s+\S+\s+SET\b|\bDELETE\s+FROM\b)`)
 
-func (r *Recorder) record(_ context.Context, s string) {
+// requestKey marks the context of an HTTP request to the test server, so
+// that the Recorder keeps what requests cause and not the statements of
+// background work (the scheduler, the event pump) that happen meanwhile.
+type requestKey struct{}
+
+func markRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, true)))
+	})
+}
+
+func (r *Recorder) record(ctx context.Context, s string) {
 	if !strings.Contains(s, "query=") {
 		return // BEGIN, COMMIT and ROLLBACK are logged without a query
+	}
+	if ctx.Value(requestKey{}) == nil {
+		return // background work, not caused by a request
 	}
 	r.mu.Lock()
 	r.stmts = append(r.stmts, s)
