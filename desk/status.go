@@ -6,8 +6,8 @@ import (
 
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
-	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/chatoffer"
+	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/operator"
 	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
@@ -21,7 +21,6 @@ type (
 func chatIs(id int) predicate.Chat { return chat.ID(id) }
 
 func contactIs(id int) predicate.Contact { return contact.ID(id) }
-
 
 func minutes(n int) time.Duration { return time.Duration(n) * time.Minute }
 

@@ -64,7 +64,7 @@ type Options struct {
 	// (default 1s).
 	Poll time.Duration
 	// Batch is how many events one read takes (default 500).
-	Batch int
+	Batch  int
 	Logger *slog.Logger
 	// Notify, when set, tells other instances that events up to lastID
 	// were committed (PostgreSQL NOTIFY).

@@ -84,9 +84,10 @@ const ADMIN = { email: 'ada@e2e.parley', password: 'e2e-admin-password-1' };
 
 /**
  * Starts a server and waits until /readyz answers 200.
- * @param {{database?: 'sqlite' | 'postgres'}} opts
+ * @param {{database?: 'sqlite' | 'postgres', env?: Record<string, string>}} opts
+ *   env: more variables for the server (they override the defaults here)
  */
-export async function startServer({ database = 'sqlite' } = {}) {
+export async function startServer({ database = 'sqlite', env: extraEnv = {} } = {}) {
   const bin = serverBinary();
   const dataDir = mkdtempSync(join(tmpdir(), 'parley-e2e-data-'));
   let schema;
@@ -103,7 +104,7 @@ export async function startServer({ database = 'sqlite' } = {}) {
     PARLEY_ADMIN_PASSWORD: ADMIN.password,
     PARLEY_LOG_LEVEL: 'warn',
     PARLEY_INTROSPECTION: 'false',
-  });
+  }, extraEnv);
   const cleanup = () => {
     rmSync(dataDir, { recursive: true, force: true });
     if (schema) schema.drop();
