@@ -237,10 +237,11 @@ func (d *Desk) endSessions(ctx context.Context, tx *ent.Tx, operatorID int, ids 
 	if err != nil || stillLive {
 		return err
 	}
-	op, err := tx.Operator.Get(ctx, operatorID)
-	if err != nil {
+	locked, err := d.lockOperators(ctx, tx, operator.ID(operatorID))
+	if err != nil || len(locked) == 0 {
 		return err
 	}
+	op := locked[0]
 	if op.StatusBeforeLogout != nil {
 		return nil
 	}
@@ -252,6 +253,17 @@ func (d *Desk) endSessions(ctx context.Context, tx *ent.Tx, operatorID int, ids 
 
 // changeStatus sets an operator's status and records the change (R6).
 func (d *Desk) changeStatus(ctx context.Context, tx *ent.Tx, op *ent.Operator, to enum.OperatorStatus, reason enum.StatusChangeReason) error {
+	// Re-read under the row lock: the status may have changed since op was
+	// read, and the history must chain (each change's previous is the last
+	// change's status).
+	locked, err := d.lockOperators(ctx, tx, operator.ID(op.ID))
+	if err != nil {
+		return err
+	}
+	if len(locked) == 0 {
+		return Fail(CodeNotFound, "operator %d not found", op.ID)
+	}
+	op = locked[0]
 	if op.Status == to {
 		return nil
 	}

@@ -85,8 +85,13 @@ func (d *Desk) accept(ctx context.Context, tx *ent.Tx, chatID, me int) (*ent.Cha
 		SetAcceptedAt(now).Save(ctx); err != nil {
 		return nil, err
 	}
-	if err := tx.ChatOffer.UpdateOneID(offer.ID).SetStatus(enum.OfferAccepted).SetClosedAt(now).Exec(ctx); err != nil {
+	// Conditional: an offer withdrawn meanwhile (the operator was set
+	// INACTIVE by a supervisor) cannot be accepted.
+	if n, err := tx.ChatOffer.Update().Where(chatoffer.ID(offer.ID), chatoffer.StatusEQ(enum.OfferOpen)).
+		SetStatus(enum.OfferAccepted).SetClosedAt(now).Save(ctx); err != nil {
 		return nil, err
+	} else if n != 1 {
+		return nil, Fail(CodeChatNotOffered, "the offer of chat %d was withdrawn", c.ID)
 	}
 	if err := tx.Operator.UpdateOneID(me).SetLastAcceptedAt(now).Exec(ctx); err != nil {
 		return nil, err
@@ -105,20 +110,25 @@ func (d *Desk) withdrawOffers(ctx context.Context, tx *ent.Tx, where ...predicat
 	if err != nil || len(offers) == 0 {
 		return err
 	}
-	ids := make([]int, len(offers))
 	ops := make([]int, 0, len(offers))
-	for i, o := range offers {
-		ids[i] = o.ID
-		ops = append(ops, o.OperatorID)
-	}
-	if err := tx.ChatOffer.Update().Where(chatoffer.IDIn(ids...)).
-		SetStatus(enum.OfferWithdrawn).SetClosedAt(d.Now()).Exec(ctx); err != nil {
-		return err
-	}
 	for _, o := range offers {
+		// One by one and only if still open: an offer accepted or expired
+		// meanwhile by another transaction is left as it is.
+		n, err := tx.ChatOffer.Update().Where(chatoffer.ID(o.ID), chatoffer.StatusEQ(enum.OfferOpen)).
+			SetStatus(enum.OfferWithdrawn).SetClosedAt(d.Now()).Save(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			continue
+		}
+		ops = append(ops, o.OperatorID)
 		if err := d.emit(ctx, tx, event{Type: EventOfferWithdrawn, ChatID: o.ChatID, OperatorID: o.OperatorID}); err != nil {
 			return err
 		}
+	}
+	if len(ops) == 0 {
+		return nil
 	}
 	qids, err := tx.Queue.Query().Where(queue.HasMembersWith(operator.IDIn(ops...))).IDs(ctx)
 	if err != nil {
@@ -394,8 +404,9 @@ func (d *Desk) expireOffer(ctx context.Context, tx *ent.Tx, offerID int) error {
 		return err
 	}
 	now := d.Now()
-	if err := tx.ChatOffer.UpdateOneID(o.ID).SetStatus(enum.OfferExpired).SetClosedAt(now).Exec(ctx); err != nil {
-		return err
+	if n, err := tx.ChatOffer.Update().Where(chatoffer.ID(o.ID), chatoffer.StatusEQ(enum.OfferOpen)).
+		SetStatus(enum.OfferExpired).SetClosedAt(now).Save(ctx); err != nil || n == 0 {
+		return err // withdrawn meanwhile: nothing expires
 	}
 	op, err := tx.Operator.UpdateOneID(o.OperatorID).AddMissedOffers(1).Save(ctx)
 	if err != nil {

@@ -174,6 +174,9 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 	d.txs.Store(tx, st)
 	defer d.txs.Delete(tx)
 	err = fn(tx)
+	if err == nil {
+		err = d.flushReleases(ctx, tx, st)
+	}
 	var lastEvent int
 	if err == nil {
 		// Events go in last, under the event lock, so that their ids are
@@ -202,6 +205,9 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 // txState is what a use case's transaction collects for its commit.
 type txState struct {
 	events []event
+	// releases are the queues whose waiting chats to release (R9), enqueued
+	// at the end (see flushReleases).
+	releases map[int]bool
 	// kick wakes the scheduler after commit: a job is due now.
 	kick bool
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -284,7 +285,39 @@ func (d *Desk) releaseCapacity(ctx context.Context, tx *ent.Tx, operatorID int) 
 	return nil
 }
 
-// releaseQueueLater enqueues a release of a queue's waiting chats, due now.
-func (d *Desk) releaseQueueLater(ctx context.Context, tx *ent.Tx, queueID int) error {
-	return d.enqueue(ctx, tx, jobSpec{kind: jobRelease, dedupe: "release:" + strconv.Itoa(queueID), ref: queueID, due: d.Now()})
+// releaseQueueLater asks for a release of a queue's waiting chats, due now.
+// The job is written at the end of the transaction (flushReleases).
+func (d *Desk) releaseQueueLater(_ context.Context, tx *ent.Tx, queueID int) error {
+	v, ok := d.txs.Load(tx)
+	if !ok {
+		return fmt.Errorf("release of queue %d outside a use case transaction", queueID)
+	}
+	st := v.(*txState)
+	if st.releases == nil {
+		st.releases = map[int]bool{}
+	}
+	st.releases[queueID] = true
+	return nil
+}
+
+// flushReleases writes the release jobs a transaction asked for, last and
+// in queue order. A release job is one row per queue (its dedupe key), which
+// concurrent transactions upsert: taking those row locks after every other
+// lock of the use case, in one global order, means a transaction waiting for
+// one never holds a chat or operator lock another waits for (no deadlock).
+func (d *Desk) flushReleases(ctx context.Context, tx *ent.Tx, st *txState) error {
+	if len(st.releases) == 0 {
+		return nil
+	}
+	ids := make([]int, 0, len(st.releases))
+	for id := range st.releases {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if err := d.enqueue(ctx, tx, jobSpec{kind: jobRelease, dedupe: "release:" + strconv.Itoa(id), ref: id, due: d.Now()}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http/httptrace"
+	"sync/atomic"
 	"time"
 
 	"github.com/parleydesk/parley/channels"
@@ -211,7 +213,8 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 	if err := d.markCallStarted(ctx, j); err != nil {
 		return err
 	}
-	res, err := adapter.Send(ctx, d.adapterChannel(ch), out)
+	callCtx, handedOver := traceHandOver(ctx)
+	res, err := adapter.Send(callCtx, d.adapterChannel(ch), out)
 	if err != nil {
 		se := channels.AsSendError(err)
 		if se.Permanent {
@@ -220,6 +223,15 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 				code = string(CodeReplyWindowExpired) + ":" + se.Code
 			}
 			return fail(code, se.Reason, se.Unreachable)
+		}
+		// A transport failure (no answer from the provider) after a whole
+		// request was written: the provider may have accepted the message
+		// and its answer was lost (connection reset, timeout). Sending again
+		// could deliver it twice, so it is unconfirmed, as after a crash. A
+		// failure before anything was handed over (connection refused, DNS)
+		// is retried.
+		if se.Code == codeTransport && handedOver.Load() {
+			return fail("UNCONFIRMED", "the connection to the provider failed after the message was handed over; it may have been delivered ("+clip(se.Reason, 500)+")", false)
 		}
 		return &retryLater{err: se, after: se.RetryAfter}
 	}
@@ -235,6 +247,23 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 		_, err := d.setDeliveryStatus(ctx, tx, m, enum.DeliverySent, "", "")
 		return err
 	})
+}
+
+// codeTransport is the SendError code of a failure the provider did not
+// answer (channels.AsSendError, the Telegram adapter).
+const codeTransport = "TRANSPORT"
+
+// traceHandOver returns a context whose HTTP requests report, through the
+// flag, that at least one of them was written whole to a provider.
+func traceHandOver(ctx context.Context) (context.Context, *atomic.Bool) {
+	var wrote atomic.Bool
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) {
+			if i.Err == nil {
+				wrote.Store(true)
+			}
+		},
+	}), &wrote
 }
 
 func (d *Desk) readFile(ctx context.Context, key string) ([]byte, error) {
