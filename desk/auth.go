@@ -382,7 +382,7 @@ func (d *Desk) EnsureAdmin(ctx context.Context, email, name, password string) (c
 	_, err = d.CreateOperator(ctx, CreateOperatorInput{Email: email, Name: name, Password: password, Role: enum.RoleAdmin})
 	if err != nil {
 		var de *Error
-		if errors.As(err, &de) && de.Code == CodeConflict {
+		if (errors.As(err, &de) && de.Code == CodeConflict) || ent.IsConstraintError(err) {
 			return false, nil // created meanwhile by another instance
 		}
 		return false, err

@@ -149,15 +149,50 @@ func (d *Desk) ownChat(ctx context.Context, tx *ent.Tx, chatID, me int) (*ent.Ch
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case c.Status == enum.ChatCompleted:
-		return nil, Fail(CodeChatCompleted, "chat %d is completed", c.ID)
-	case c.OwnerID == nil || *c.OwnerID != me:
-		return nil, Fail(CodeNotChatOwner, "chat %d is not yours", c.ID)
-	case c.Status != enum.ChatInProgress:
-		return nil, Fail(CodeChatNotInProgress, "chat %d is not in progress", c.ID)
+	if err := checkOwnChat(c, me); err != nil {
+		return nil, err
 	}
 	return c, nil
+}
+
+// checkOwnChat refuses a chat that is not IN_PROGRESS with me as owner.
+func checkOwnChat(c *ent.Chat, me int) error {
+	switch {
+	case c.Status == enum.ChatCompleted:
+		return Fail(CodeChatCompleted, "chat %d is completed", c.ID)
+	case c.OwnerID == nil || *c.OwnerID != me:
+		return Fail(CodeNotChatOwner, "chat %d is not yours", c.ID)
+	case c.Status != enum.ChatInProgress:
+		return Fail(CodeChatNotInProgress, "chat %d is not in progress", c.ID)
+	}
+	return nil
+}
+
+// checkReplyWindow refuses a WhatsApp or Messenger chat whose 24-hour
+// reply window has closed (R21).
+func (d *Desk) checkReplyWindow(ch *ent.Channel, c *ent.Chat) error {
+	if windowed(ch.Provider) && c.ReplyWindowEndsAt != nil && d.Now().After(*c.ReplyWindowEndsAt) {
+		return Fail(CodeReplyWindowExpired, "the customer's 24-hour reply window closed at %s", c.ReplyWindowEndsAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// precheckSend refuses, before an upload is stored, a message that the
+// transaction would refuse: file storage has no delete, so a refused
+// upload would stay there for good. The transaction checks again.
+func (d *Desk) precheckSend(ctx context.Context, chatID, me int) error {
+	c, err := d.client.Chat.Get(ctx, chatID)
+	if err != nil {
+		return notFound(err, "chat", chatID)
+	}
+	if err := checkOwnChat(c, me); err != nil {
+		return err
+	}
+	ch, err := d.client.Channel.Get(ctx, c.ChannelID)
+	if err != nil {
+		return err
+	}
+	return d.checkReplyWindow(ch, c)
 }
 
 // CompleteChat ends a chat of the calling operator (R17).
@@ -263,6 +298,9 @@ func (d *Desk) SendMessage(ctx context.Context, chatID int, text string, file *F
 	}
 	var stored *storedFile
 	if file != nil {
+		if err := d.precheckSend(ctx, chatID, a.OperatorID); err != nil {
+			return nil, err
+		}
 		if stored, err = d.keepUpload(ctx, file); err != nil {
 			return nil, err
 		}
@@ -309,8 +347,8 @@ func (d *Desk) postOperatorMessage(ctx context.Context, tx *ent.Tx, c *ent.Chat,
 	if err != nil {
 		return nil, err
 	}
-	if windowed(ch.Provider) && c.ReplyWindowEndsAt != nil && now.After(*c.ReplyWindowEndsAt) {
-		return nil, Fail(CodeReplyWindowExpired, "the customer's 24-hour reply window closed at %s", c.ReplyWindowEndsAt.Format(time.RFC3339))
+	if err := d.checkReplyWindow(ch, c); err != nil {
+		return nil, err
 	}
 	kind := enum.KindText
 	if file != nil {

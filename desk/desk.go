@@ -5,7 +5,9 @@ package desk
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"math/rand/v2"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -141,6 +143,12 @@ func (d *Desk) inTx(ctx context.Context, name string, fn func(tx *ent.Tx) error)
 			return err
 		}
 		d.log.Debug("transaction retried", "use_case", name, "attempt", attempt, "err", err)
+		// A short random pause lets the transaction that won go first.
+		select {
+		case <-time.After(time.Duration(rand.IntN(attempt*5)+1) * time.Millisecond):
+		case <-ctx.Done():
+			return err
+		}
 	}
 }
 
@@ -184,7 +192,9 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 		lastEvent, err = d.flushEvents(ctx, tx, st.events)
 	}
 	if err != nil {
-		if rerr := tx.Rollback(); rerr != nil {
+		// database/sql has already rolled back a transaction whose context
+		// was cancelled (a shutdown): that is not a failure to report.
+		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
 			d.log.Error("rollback failed", "use_case", name, "err", rerr)
 		}
 		return err

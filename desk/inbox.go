@@ -247,10 +247,7 @@ func (d *Desk) applyReadWatermark(ctx context.Context, tx *ent.Tx, channelID int
 	if err != nil {
 		return false, err
 	}
-	contactID, err := ident.QueryContact().OnlyID(ctx)
-	if err != nil {
-		return false, err
-	}
+	contactID := ident.ContactID
 	upTo := u.Time
 	if upTo.IsZero() {
 		upTo = d.Now()

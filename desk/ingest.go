@@ -137,16 +137,15 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		return nil, err
 	}
 	res := &IngestResult{NewContact: newContact, IdentityID: identityID}
-	open, err := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(ch.ID),
-		chat.StatusNEQ(enum.ChatCompleted)).Only(ctx)
+	openQ := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(ch.ID), chat.StatusNEQ(enum.ChatCompleted))
+	if d.pg {
+		openQ = openQ.ForUpdate()
+	}
+	open, err := openQ.Only(ctx)
 	switch {
 	case ent.IsNotFound(err):
-		queueID, err := ch.QueryQueue().OnlyID(ctx)
-		if err != nil {
-			return nil, err
-		}
 		create := tx.Chat.Create().SetStatus(enum.ChatWaiting).SetChannelID(ch.ID).SetContactID(contactID).
-			SetQueueID(queueID).SetCreatedAt(now).SetLastMessageAt(now).SetLastInboundAt(now)
+			SetQueueID(ch.QueueID).SetCreatedAt(now).SetLastMessageAt(now).SetLastInboundAt(now)
 		if windowed(ch.Provider) {
 			create.SetReplyWindowEndsAt(now.Add(replyWindow))
 		}
@@ -157,17 +156,19 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	case err != nil:
 		return nil, err
 	default:
-		if open, err = d.lockChat(ctx, tx, open.ID); err != nil {
-			return nil, err
-		}
-		// A customer message clears the completion timer (R18).
-		upd := tx.Chat.UpdateOneID(open.ID).SetLastMessageAt(now).SetLastInboundAt(now).ClearCompletionDueAt()
+		// A customer message clears the completion timer (R18). The row is
+		// locked (PostgreSQL) by the query above.
+		upd := tx.Chat.Update().Where(chat.ID(open.ID)).SetLastMessageAt(now).SetLastInboundAt(now).ClearCompletionDueAt()
+		open.LastMessageAt, open.LastInboundAt, open.CompletionDueAt = now, &now, nil
 		if windowed(ch.Provider) {
-			upd.SetReplyWindowEndsAt(now.Add(replyWindow))
+			ends := now.Add(replyWindow)
+			upd.SetReplyWindowEndsAt(ends)
+			open.ReplyWindowEndsAt = &ends
 		}
-		if res.Chat, err = upd.Save(ctx); err != nil {
+		if err := upd.Exec(ctx); err != nil {
 			return nil, err
 		}
+		res.Chat = open
 	}
 	create := tx.Message.Create().SetChatID(res.Chat.ID).SetChannelID(ch.ID).
 		SetDirection(enum.Inbound).SetAuthorKind(enum.AuthorCustomer).SetKind(in.Kind).
@@ -251,8 +252,7 @@ func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provi
 				return 0, 0, false, err
 			}
 		}
-		contactID, err = ident.QueryContact().OnlyID(ctx)
-		return contactID, ident.ID, false, err
+		return ident.ContactID, ident.ID, false, nil
 	}
 	if !ent.IsNotFound(err) {
 		return 0, 0, false, err

@@ -214,6 +214,8 @@ func (d *Desk) runJob(ctx context.Context, j *ent.Job) bool {
 	switch {
 	case err == nil:
 		return true
+	case ctx.Err() != nil:
+		return false // shutting down: the lease expires and another run retries it
 	case errors.Is(err, errJobLost):
 		d.log.Warn("job claimed elsewhere", "job_id", j.ID, "kind", j.Kind)
 		return false

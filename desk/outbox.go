@@ -63,6 +63,9 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 	if err == nil {
 		return true
 	}
+	if ctx.Err() != nil {
+		return false // shutting down: the lease expires and another run retries it
+	}
 	if errors.Is(err, errJobLost) {
 		d.log.Warn("job claimed elsewhere", "job_id", j.ID, "kind", j.Kind)
 		return false

@@ -262,9 +262,12 @@ func (r *router) waitingOrder() enum.WaitingOrder {
 func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int, error) {
 	tx, d := r.tx, r.d
 	now := d.Now()
-	open, missed, err := d.offersOf(ctx, tx, c.ID)
-	if err != nil {
-		return nil, err
+	open, missed := map[int]bool{}, map[int]bool{}
+	if trigger != TriggerNewChat && trigger != TriggerTransfer {
+		var err error
+		if open, missed, err = d.offersOf(ctx, tx, c.ID); err != nil {
+			return nil, err
+		}
 	}
 	rule := r.q.RoutingRule
 	if rule != enum.RuleToAll && len(open) > 0 {
@@ -322,30 +325,38 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 	}
 
 	var offered []int
+	creates := make([]*ent.ChatOfferCreate, 0, len(chosen))
+	var expires time.Time
+	if rule != enum.RuleToAll {
+		expires = now.Add(r.acceptTimeout())
+	}
 	for _, i := range chosen {
 		m := r.members[i]
 		cands[i].Chosen = true
-		create := tx.ChatOffer.Create().SetChatID(c.ID).SetOperatorID(m.op.ID).
-			SetStatus(enum.OfferOpen).SetCreatedAt(now)
-		var expires time.Time
+		create := tx.ChatOffer.Create().SetChatID(c.ID).SetOperatorID(m.op.ID).SetStatus(enum.OfferOpen).SetCreatedAt(now)
 		if rule != enum.RuleToAll {
-			expires = now.Add(r.acceptTimeout())
 			create.SetExpiresAt(expires)
 		}
-		o, err := create.Save(ctx)
+		creates = append(creates, create)
+		m.load++
+		offered = append(offered, m.op.ID)
+	}
+	if len(creates) > 0 {
+		// One statement for all the offers of a TO_ALL chat.
+		offers, err := tx.ChatOffer.CreateBulk(creates...).Save(ctx)
 		if err != nil {
 			return nil, err
 		}
-		if rule != enum.RuleToAll {
-			if err := d.enqueue(ctx, tx, jobSpec{kind: jobOfferTimeout, chatID: c.ID, ref: o.ID, due: expires}); err != nil {
+		for _, o := range offers {
+			if rule != enum.RuleToAll {
+				if err := d.enqueue(ctx, tx, jobSpec{kind: jobOfferTimeout, chatID: c.ID, ref: o.ID, due: expires}); err != nil {
+					return nil, err
+				}
+			}
+			if err := d.emit(ctx, tx, event{Type: EventChatOffered, ChatID: c.ID, OperatorID: o.OperatorID, QueueID: r.q.ID,
+				Payload: map[string]any{"offerId": o.ID}}); err != nil {
 				return nil, err
 			}
-		}
-		m.load++
-		offered = append(offered, m.op.ID)
-		if err := d.emit(ctx, tx, event{Type: EventChatOffered, ChatID: c.ID, OperatorID: m.op.ID, QueueID: r.q.ID,
-			Payload: map[string]any{"offerId": o.ID}}); err != nil {
-			return nil, err
 		}
 	}
 	if rule == enum.RuleRoundRobin && len(offered) == 1 {
@@ -355,7 +366,7 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 		r.q.RrLastOperatorID = &offered[0]
 	}
 	if len(offered) > 0 {
-		if err := tx.Chat.UpdateOneID(c.ID).SetOfferedAt(now).Exec(ctx); err != nil {
+		if err := tx.Chat.Update().Where(chat.ID(c.ID)).SetOfferedAt(now).Exec(ctx); err != nil {
 			return nil, err
 		}
 	}

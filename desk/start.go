@@ -138,7 +138,21 @@ func (d *Desk) StartChat(ctx context.Context, in StartChatInput) (*ent.Chat, err
 		return nil, invalid("channelId", "give either a channel or a provider")
 	}
 	var c *ent.Chat
-	err = d.inTx(ctx, "start chat", func(tx *ent.Tx) error {
+	// A chat opened with the contact on the channel by a concurrent start
+	// (or first message) makes the unique index of open chats refuse this
+	// one: run again, to answer ACTIVE_CHAT_EXISTS as canStart says it.
+	for attempt := 1; attempt <= maxIngestAttempts; attempt++ {
+		c, err = d.startChat(ctx, a, in)
+		if err == nil || !ent.IsConstraintError(err) {
+			break
+		}
+	}
+	return detach(c, err)
+}
+
+func (d *Desk) startChat(ctx context.Context, a *Actor, in StartChatInput) (*ent.Chat, error) {
+	var c *ent.Chat
+	err := d.inTx(ctx, "start chat", func(tx *ent.Tx) error {
 		if _, err := tx.Contact.Get(ctx, in.ContactID); err != nil {
 			return notFound(err, "contact", in.ContactID)
 		}
@@ -153,10 +167,7 @@ func (d *Desk) StartChat(ctx context.Context, in StartChatInput) (*ent.Chat, err
 		if !cc.CanWrite {
 			return Fail(cc.Reason, "%s", startRefusal(cc.Reason))
 		}
-		queueID, err := ch.QueryQueue().OnlyID(ctx)
-		if err != nil {
-			return err
-		}
+		queueID := ch.QueueID
 		now := d.Now()
 		create := tx.Chat.Create().SetStatus(enum.ChatInProgress).SetChannelID(ch.ID).SetContactID(in.ContactID).
 			SetQueueID(queueID).SetOwnerID(a.OperatorID).SetCreatedAt(now).SetAcceptedAt(now).SetLastMessageAt(now)
@@ -176,7 +187,7 @@ func (d *Desk) StartChat(ctx context.Context, in StartChatInput) (*ent.Chat, err
 		c, err = tx.Chat.Get(ctx, c.ID)
 		return err
 	})
-	return detach(c, err)
+	return c, err
 }
 
 // startChannel resolves the channel of a StartChat: the one named, or the

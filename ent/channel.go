@@ -43,11 +43,12 @@ type Channel struct {
 	BotMode enum.BotMode `json:"bot_mode,omitempty"`
 	// BotAppID holds the value of the "bot_app_id" field.
 	BotAppID string `json:"bot_app_id,omitempty"`
+	// QueueID holds the value of the "queue_id" field.
+	QueueID int `json:"queue_id,omitempty"`
 	// Edges holds the relations/edges for other nodes in the graph.
 	// The values are being populated by the ChannelQuery when eager-loading is set.
-	Edges          ChannelEdges `json:"edges"`
-	queue_channels *int
-	selectValues   sql.SelectValues
+	Edges        ChannelEdges `json:"edges"`
+	selectValues sql.SelectValues
 }
 
 // ChannelEdges holds the relations/edges for other nodes in the graph.
@@ -92,14 +93,12 @@ func (*Channel) scanValues(columns []string) ([]any, error) {
 		switch columns[i] {
 		case channel.FieldActive:
 			values[i] = new(sql.NullBool)
-		case channel.FieldID:
+		case channel.FieldID, channel.FieldQueueID:
 			values[i] = new(sql.NullInt64)
 		case channel.FieldProvider, channel.FieldName, channel.FieldExternalID, channel.FieldToken, channel.FieldAppSecret, channel.FieldVerifyToken, channel.FieldWebhookSecret, channel.FieldBotMode, channel.FieldBotAppID:
 			values[i] = new(sql.NullString)
 		case channel.FieldCreatedAt, channel.FieldUpdatedAt:
 			values[i] = new(sql.NullTime)
-		case channel.ForeignKeys[0]: // queue_channels
-			values[i] = new(sql.NullInt64)
 		default:
 			values[i] = new(sql.UnknownType)
 		}
@@ -193,12 +192,11 @@ func (_m *Channel) assignValues(columns []string, values []any) error {
 			} else if value.Valid {
 				_m.BotAppID = value.String
 			}
-		case channel.ForeignKeys[0]:
+		case channel.FieldQueueID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field queue_channels", value)
+				return fmt.Errorf("unexpected type %T for field queue_id", values[i])
 			} else if value.Valid {
-				_m.queue_channels = new(int)
-				*_m.queue_channels = int(value.Int64)
+				_m.QueueID = int(value.Int64)
 			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
@@ -277,6 +275,9 @@ func (_m *Channel) String() string {
 	builder.WriteString(", ")
 	builder.WriteString("bot_app_id=")
 	builder.WriteString(_m.BotAppID)
+	builder.WriteString(", ")
+	builder.WriteString("queue_id=")
+	builder.WriteString(fmt.Sprintf("%v", _m.QueueID))
 	builder.WriteByte(')')
 	return builder.String()
 }

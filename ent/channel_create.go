@@ -177,9 +177,9 @@ func (_c *ChannelCreate) SetNillableBotAppID(v *string) *ChannelCreate {
 	return _c
 }
 
-// SetQueueID sets the "queue" edge to the Queue entity by ID.
-func (_c *ChannelCreate) SetQueueID(id int) *ChannelCreate {
-	_c.mutation.SetQueueID(id)
+// SetQueueID sets the "queue_id" field.
+func (_c *ChannelCreate) SetQueueID(v int) *ChannelCreate {
+	_c.mutation.SetQueueID(v)
 	return _c
 }
 
@@ -301,6 +301,9 @@ func (_c *ChannelCreate) check() error {
 			return &ValidationError{Name: "bot_app_id", err: fmt.Errorf(`ent: validator failed for field "Channel.bot_app_id": %w`, err)}
 		}
 	}
+	if _, ok := _c.mutation.QueueID(); !ok {
+		return &ValidationError{Name: "queue_id", err: errors.New(`ent: missing required field "Channel.queue_id"`)}
+	}
 	if len(_c.mutation.QueueIDs()) == 0 {
 		return &ValidationError{Name: "queue", err: errors.New(`ent: missing required edge "Channel.queue"`)}
 	}
@@ -393,7 +396,7 @@ func (_c *ChannelCreate) createSpec() (*Channel, *sqlgraph.CreateSpec) {
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.queue_channels = &nodes[0]
+		_node.QueueID = nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	if nodes := _c.mutation.ChatsIDs(); len(nodes) > 0 {
@@ -617,6 +620,18 @@ func (u *ChannelUpsert) UpdateBotAppID() *ChannelUpsert {
 // ClearBotAppID clears the value of the "bot_app_id" field.
 func (u *ChannelUpsert) ClearBotAppID() *ChannelUpsert {
 	u.SetNull(channel.FieldBotAppID)
+	return u
+}
+
+// SetQueueID sets the "queue_id" field.
+func (u *ChannelUpsert) SetQueueID(v int) *ChannelUpsert {
+	u.Set(channel.FieldQueueID, v)
+	return u
+}
+
+// UpdateQueueID sets the "queue_id" field to the value that was provided on create.
+func (u *ChannelUpsert) UpdateQueueID() *ChannelUpsert {
+	u.SetExcluded(channel.FieldQueueID)
 	return u
 }
 
@@ -847,6 +862,20 @@ func (u *ChannelUpsertOne) UpdateBotAppID() *ChannelUpsertOne {
 func (u *ChannelUpsertOne) ClearBotAppID() *ChannelUpsertOne {
 	return u.Update(func(s *ChannelUpsert) {
 		s.ClearBotAppID()
+	})
+}
+
+// SetQueueID sets the "queue_id" field.
+func (u *ChannelUpsertOne) SetQueueID(v int) *ChannelUpsertOne {
+	return u.Update(func(s *ChannelUpsert) {
+		s.SetQueueID(v)
+	})
+}
+
+// UpdateQueueID sets the "queue_id" field to the value that was provided on create.
+func (u *ChannelUpsertOne) UpdateQueueID() *ChannelUpsertOne {
+	return u.Update(func(s *ChannelUpsert) {
+		s.UpdateQueueID()
 	})
 }
 
@@ -1243,6 +1272,20 @@ func (u *ChannelUpsertBulk) UpdateBotAppID() *ChannelUpsertBulk {
 func (u *ChannelUpsertBulk) ClearBotAppID() *ChannelUpsertBulk {
 	return u.Update(func(s *ChannelUpsert) {
 		s.ClearBotAppID()
+	})
+}
+
+// SetQueueID sets the "queue_id" field.
+func (u *ChannelUpsertBulk) SetQueueID(v int) *ChannelUpsertBulk {
+	return u.Update(func(s *ChannelUpsert) {
+		s.SetQueueID(v)
+	})
+}
+
+// UpdateQueueID sets the "queue_id" field to the value that was provided on create.
+func (u *ChannelUpsertBulk) UpdateQueueID() *ChannelUpsertBulk {
+	return u.Update(func(s *ChannelUpsert) {
+		s.UpdateQueueID()
 	})
 }
 

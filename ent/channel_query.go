@@ -28,7 +28,6 @@ type ChannelQuery struct {
 	predicates     []predicate.Channel
 	withQueue      *QueueQuery
 	withChats      *ChatQuery
-	withFKs        bool
 	loadTotal      []func(context.Context, []*Channel) error
 	modifiers      []func(*sql.Selector)
 	withNamedChats map[string]*ChatQuery
@@ -412,19 +411,12 @@ func (_q *ChannelQuery) prepareQuery(ctx context.Context) error {
 func (_q *ChannelQuery) sqlAll(ctx context.Context, hooks ...queryHook) ([]*Channel, error) {
 	var (
 		nodes       = []*Channel{}
-		withFKs     = _q.withFKs
 		_spec       = _q.querySpec()
 		loadedTypes = [2]bool{
 			_q.withQueue != nil,
 			_q.withChats != nil,
 		}
 	)
-	if _q.withQueue != nil {
-		withFKs = true
-	}
-	if withFKs {
-		_spec.Node.Columns = append(_spec.Node.Columns, channel.ForeignKeys...)
-	}
 	_spec.ScanValues = func(columns []string) ([]any, error) {
 		return (*Channel).scanValues(nil, columns)
 	}
@@ -478,10 +470,7 @@ func (_q *ChannelQuery) loadQueue(ctx context.Context, query *QueueQuery, nodes 
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*Channel)
 	for i := range nodes {
-		if nodes[i].queue_channels == nil {
-			continue
-		}
-		fk := *nodes[i].queue_channels
+		fk := nodes[i].QueueID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -498,7 +487,7 @@ func (_q *ChannelQuery) loadQueue(ctx context.Context, query *QueueQuery, nodes 
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "queue_channels" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "queue_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -564,6 +553,9 @@ func (_q *ChannelQuery) querySpec() *sqlgraph.QuerySpec {
 			if fields[i] != channel.FieldID {
 				_spec.Node.Columns = append(_spec.Node.Columns, fields[i])
 			}
+		}
+		if _q.withQueue != nil {
+			_spec.Node.AddColumnOnce(channel.FieldQueueID)
 		}
 	}
 	if ps := _q.predicates; len(ps) > 0 {

@@ -200,9 +200,17 @@ func (_u *ChannelUpdate) ClearBotAppID() *ChannelUpdate {
 	return _u
 }
 
-// SetQueueID sets the "queue" edge to the Queue entity by ID.
-func (_u *ChannelUpdate) SetQueueID(id int) *ChannelUpdate {
-	_u.mutation.SetQueueID(id)
+// SetQueueID sets the "queue_id" field.
+func (_u *ChannelUpdate) SetQueueID(v int) *ChannelUpdate {
+	_u.mutation.SetQueueID(v)
+	return _u
+}
+
+// SetNillableQueueID sets the "queue_id" field if the given value is not nil.
+func (_u *ChannelUpdate) SetNillableQueueID(v *int) *ChannelUpdate {
+	if v != nil {
+		_u.SetQueueID(*v)
+	}
 	return _u
 }
 
@@ -652,9 +660,17 @@ func (_u *ChannelUpdateOne) ClearBotAppID() *ChannelUpdateOne {
 	return _u
 }
 
-// SetQueueID sets the "queue" edge to the Queue entity by ID.
-func (_u *ChannelUpdateOne) SetQueueID(id int) *ChannelUpdateOne {
-	_u.mutation.SetQueueID(id)
+// SetQueueID sets the "queue_id" field.
+func (_u *ChannelUpdateOne) SetQueueID(v int) *ChannelUpdateOne {
+	_u.mutation.SetQueueID(v)
+	return _u
+}
+
+// SetNillableQueueID sets the "queue_id" field if the given value is not nil.
+func (_u *ChannelUpdateOne) SetNillableQueueID(v *int) *ChannelUpdateOne {
+	if v != nil {
+		_u.SetQueueID(*v)
+	}
 	return _u
 }
 

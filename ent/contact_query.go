@@ -620,7 +620,9 @@ func (_q *ContactQuery) loadIdentities(ctx context.Context, query *ContactIdenti
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(contactidentity.FieldContactID)
+	}
 	query.Where(predicate.ContactIdentity(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(contact.IdentitiesColumn), fks...))
 	}))
@@ -629,13 +631,10 @@ func (_q *ContactQuery) loadIdentities(ctx context.Context, query *ContactIdenti
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.contact_identities
-		if fk == nil {
-			return fmt.Errorf(`foreign-key "contact_identities" is nil for node %v`, n.ID)
-		}
-		node, ok := nodeids[*fk]
+		fk := n.ContactID
+		node, ok := nodeids[fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "contact_identities" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "contact_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}

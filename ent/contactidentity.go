@@ -37,11 +37,12 @@ type ContactIdentity struct {
 	Unreachable bool `json:"unreachable,omitempty"`
 	// UnreachableReason holds the value of the "unreachable_reason" field.
 	UnreachableReason string `json:"unreachable_reason,omitempty"`
+	// ContactID holds the value of the "contact_id" field.
+	ContactID int `json:"contact_id,omitempty"`
 	// Edges holds the relations/edges for other nodes in the graph.
 	// The values are being populated by the ContactIdentityQuery when eager-loading is set.
-	Edges              ContactIdentityEdges `json:"edges"`
-	contact_identities *int
-	selectValues       sql.SelectValues
+	Edges        ContactIdentityEdges `json:"edges"`
+	selectValues sql.SelectValues
 }
 
 // ContactIdentityEdges holds the relations/edges for other nodes in the graph.
@@ -73,14 +74,12 @@ func (*ContactIdentity) scanValues(columns []string) ([]any, error) {
 		switch columns[i] {
 		case contactidentity.FieldUnreachable:
 			values[i] = new(sql.NullBool)
-		case contactidentity.FieldID:
+		case contactidentity.FieldID, contactidentity.FieldContactID:
 			values[i] = new(sql.NullInt64)
 		case contactidentity.FieldProvider, contactidentity.FieldExternalID, contactidentity.FieldDisplayName, contactidentity.FieldUsername, contactidentity.FieldPhone, contactidentity.FieldUnreachableReason:
 			values[i] = new(sql.NullString)
 		case contactidentity.FieldCreatedAt, contactidentity.FieldUpdatedAt:
 			values[i] = new(sql.NullTime)
-		case contactidentity.ForeignKeys[0]: // contact_identities
-			values[i] = new(sql.NullInt64)
 		default:
 			values[i] = new(sql.UnknownType)
 		}
@@ -156,12 +155,11 @@ func (_m *ContactIdentity) assignValues(columns []string, values []any) error {
 			} else if value.Valid {
 				_m.UnreachableReason = value.String
 			}
-		case contactidentity.ForeignKeys[0]:
+		case contactidentity.FieldContactID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
-				return fmt.Errorf("unexpected type %T for edge-field contact_identities", value)
+				return fmt.Errorf("unexpected type %T for field contact_id", values[i])
 			} else if value.Valid {
-				_m.contact_identities = new(int)
-				*_m.contact_identities = int(value.Int64)
+				_m.ContactID = int(value.Int64)
 			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
@@ -230,6 +228,9 @@ func (_m *ContactIdentity) String() string {
 	builder.WriteString(", ")
 	builder.WriteString("unreachable_reason=")
 	builder.WriteString(_m.UnreachableReason)
+	builder.WriteString(", ")
+	builder.WriteString("contact_id=")
+	builder.WriteString(fmt.Sprintf("%v", _m.ContactID))
 	builder.WriteByte(')')
 	return builder.String()
 }

@@ -134,9 +134,9 @@ func (_c *ContactIdentityCreate) SetNillableUnreachableReason(v *string) *Contac
 	return _c
 }
 
-// SetContactID sets the "contact" edge to the Contact entity by ID.
-func (_c *ContactIdentityCreate) SetContactID(id int) *ContactIdentityCreate {
-	_c.mutation.SetContactID(id)
+// SetContactID sets the "contact_id" field.
+func (_c *ContactIdentityCreate) SetContactID(v int) *ContactIdentityCreate {
+	_c.mutation.SetContactID(v)
 	return _c
 }
 
@@ -236,6 +236,9 @@ func (_c *ContactIdentityCreate) check() error {
 	if _, ok := _c.mutation.Unreachable(); !ok {
 		return &ValidationError{Name: "unreachable", err: errors.New(`ent: missing required field "ContactIdentity.unreachable"`)}
 	}
+	if _, ok := _c.mutation.ContactID(); !ok {
+		return &ValidationError{Name: "contact_id", err: errors.New(`ent: missing required field "ContactIdentity.contact_id"`)}
+	}
 	if len(_c.mutation.ContactIDs()) == 0 {
 		return &ValidationError{Name: "contact", err: errors.New(`ent: missing required edge "ContactIdentity.contact"`)}
 	}
@@ -316,7 +319,7 @@ func (_c *ContactIdentityCreate) createSpec() (*ContactIdentity, *sqlgraph.Creat
 		for _, k := range nodes {
 			edge.Target.Nodes = append(edge.Target.Nodes, k)
 		}
-		_node.contact_identities = &nodes[0]
+		_node.ContactID = nodes[0]
 		_spec.Edges = append(_spec.Edges, edge)
 	}
 	return _node, _spec
@@ -464,6 +467,18 @@ func (u *ContactIdentityUpsert) UpdateUnreachableReason() *ContactIdentityUpsert
 // ClearUnreachableReason clears the value of the "unreachable_reason" field.
 func (u *ContactIdentityUpsert) ClearUnreachableReason() *ContactIdentityUpsert {
 	u.SetNull(contactidentity.FieldUnreachableReason)
+	return u
+}
+
+// SetContactID sets the "contact_id" field.
+func (u *ContactIdentityUpsert) SetContactID(v int) *ContactIdentityUpsert {
+	u.Set(contactidentity.FieldContactID, v)
+	return u
+}
+
+// UpdateContactID sets the "contact_id" field to the value that was provided on create.
+func (u *ContactIdentityUpsert) UpdateContactID() *ContactIdentityUpsert {
+	u.SetExcluded(contactidentity.FieldContactID)
 	return u
 }
 
@@ -627,6 +642,20 @@ func (u *ContactIdentityUpsertOne) UpdateUnreachableReason() *ContactIdentityUps
 func (u *ContactIdentityUpsertOne) ClearUnreachableReason() *ContactIdentityUpsertOne {
 	return u.Update(func(s *ContactIdentityUpsert) {
 		s.ClearUnreachableReason()
+	})
+}
+
+// SetContactID sets the "contact_id" field.
+func (u *ContactIdentityUpsertOne) SetContactID(v int) *ContactIdentityUpsertOne {
+	return u.Update(func(s *ContactIdentityUpsert) {
+		s.SetContactID(v)
+	})
+}
+
+// UpdateContactID sets the "contact_id" field to the value that was provided on create.
+func (u *ContactIdentityUpsertOne) UpdateContactID() *ContactIdentityUpsertOne {
+	return u.Update(func(s *ContactIdentityUpsert) {
+		s.UpdateContactID()
 	})
 }
 
@@ -956,6 +985,20 @@ func (u *ContactIdentityUpsertBulk) UpdateUnreachableReason() *ContactIdentityUp
 func (u *ContactIdentityUpsertBulk) ClearUnreachableReason() *ContactIdentityUpsertBulk {
 	return u.Update(func(s *ContactIdentityUpsert) {
 		s.ClearUnreachableReason()
+	})
+}
+
+// SetContactID sets the "contact_id" field.
+func (u *ContactIdentityUpsertBulk) SetContactID(v int) *ContactIdentityUpsertBulk {
+	return u.Update(func(s *ContactIdentityUpsert) {
+		s.SetContactID(v)
+	})
+}
+
+// UpdateContactID sets the "contact_id" field to the value that was provided on create.
+func (u *ContactIdentityUpsertBulk) UpdateContactID() *ContactIdentityUpsertBulk {
+	return u.Update(func(s *ContactIdentityUpsert) {
+		s.UpdateContactID()
 	})
 }
 

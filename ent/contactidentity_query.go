@@ -25,7 +25,6 @@ type ContactIdentityQuery struct {
 	inters      []Interceptor
 	predicates  []predicate.ContactIdentity
 	withContact *ContactQuery
-	withFKs     bool
 	loadTotal   []func(context.Context, []*ContactIdentity) error
 	modifiers   []func(*sql.Selector)
 	// intermediate query (i.e. traversal path).
@@ -374,18 +373,11 @@ func (_q *ContactIdentityQuery) prepareQuery(ctx context.Context) error {
 func (_q *ContactIdentityQuery) sqlAll(ctx context.Context, hooks ...queryHook) ([]*ContactIdentity, error) {
 	var (
 		nodes       = []*ContactIdentity{}
-		withFKs     = _q.withFKs
 		_spec       = _q.querySpec()
 		loadedTypes = [1]bool{
 			_q.withContact != nil,
 		}
 	)
-	if _q.withContact != nil {
-		withFKs = true
-	}
-	if withFKs {
-		_spec.Node.Columns = append(_spec.Node.Columns, contactidentity.ForeignKeys...)
-	}
 	_spec.ScanValues = func(columns []string) ([]any, error) {
 		return (*ContactIdentity).scanValues(nil, columns)
 	}
@@ -425,10 +417,7 @@ func (_q *ContactIdentityQuery) loadContact(ctx context.Context, query *ContactQ
 	ids := make([]int, 0, len(nodes))
 	nodeids := make(map[int][]*ContactIdentity)
 	for i := range nodes {
-		if nodes[i].contact_identities == nil {
-			continue
-		}
-		fk := *nodes[i].contact_identities
+		fk := nodes[i].ContactID
 		if _, ok := nodeids[fk]; !ok {
 			ids = append(ids, fk)
 		}
@@ -445,7 +434,7 @@ func (_q *ContactIdentityQuery) loadContact(ctx context.Context, query *ContactQ
 	for _, n := range neighbors {
 		nodes, ok := nodeids[n.ID]
 		if !ok {
-			return fmt.Errorf(`unexpected foreign-key "contact_identities" returned %v`, n.ID)
+			return fmt.Errorf(`unexpected foreign-key "contact_id" returned %v`, n.ID)
 		}
 		for i := range nodes {
 			assign(nodes[i], n)
@@ -481,6 +470,9 @@ func (_q *ContactIdentityQuery) querySpec() *sqlgraph.QuerySpec {
 			if fields[i] != contactidentity.FieldID {
 				_spec.Node.Columns = append(_spec.Node.Columns, fields[i])
 			}
+		}
+		if _q.withContact != nil {
+			_spec.Node.AddColumnOnce(contactidentity.FieldContactID)
 		}
 	}
 	if ps := _q.predicates; len(ps) > 0 {

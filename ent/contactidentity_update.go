@@ -130,9 +130,17 @@ func (_u *ContactIdentityUpdate) ClearUnreachableReason() *ContactIdentityUpdate
 	return _u
 }
 
-// SetContactID sets the "contact" edge to the Contact entity by ID.
-func (_u *ContactIdentityUpdate) SetContactID(id int) *ContactIdentityUpdate {
-	_u.mutation.SetContactID(id)
+// SetContactID sets the "contact_id" field.
+func (_u *ContactIdentityUpdate) SetContactID(v int) *ContactIdentityUpdate {
+	_u.mutation.SetContactID(v)
+	return _u
+}
+
+// SetNillableContactID sets the "contact_id" field if the given value is not nil.
+func (_u *ContactIdentityUpdate) SetNillableContactID(v *int) *ContactIdentityUpdate {
+	if v != nil {
+		_u.SetContactID(*v)
+	}
 	return _u
 }
 
@@ -410,9 +418,17 @@ func (_u *ContactIdentityUpdateOne) ClearUnreachableReason() *ContactIdentityUpd
 	return _u
 }
 
-// SetContactID sets the "contact" edge to the Contact entity by ID.
-func (_u *ContactIdentityUpdateOne) SetContactID(id int) *ContactIdentityUpdateOne {
-	_u.mutation.SetContactID(id)
+// SetContactID sets the "contact_id" field.
+func (_u *ContactIdentityUpdateOne) SetContactID(v int) *ContactIdentityUpdateOne {
+	_u.mutation.SetContactID(v)
+	return _u
+}
+
+// SetNillableContactID sets the "contact_id" field if the given value is not nil.
+func (_u *ContactIdentityUpdateOne) SetNillableContactID(v *int) *ContactIdentityUpdateOne {
+	if v != nil {
+		_u.SetContactID(*v)
+	}
 	return _u
 }
 

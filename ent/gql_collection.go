@@ -442,6 +442,10 @@ func (_q *ChannelQuery) collectField(ctx context.Context, oneNode bool, opCtx *g
 				return err
 			}
 			_q.withQueue = query
+			if _, ok := fieldSeen[channel.FieldQueueID]; !ok {
+				selectedFields = append(selectedFields, channel.FieldQueueID)
+				fieldSeen[channel.FieldQueueID] = struct{}{}
+			}
 
 		case "chats":
 			var (
@@ -1454,6 +1458,10 @@ func (_q *ContactIdentityQuery) collectField(ctx context.Context, oneNode bool, 
 				return err
 			}
 			_q.withContact = query
+			if _, ok := fieldSeen[contactidentity.FieldContactID]; !ok {
+				selectedFields = append(selectedFields, contactidentity.FieldContactID)
+				fieldSeen[contactidentity.FieldContactID] = struct{}{}
+			}
 		case "createdAt":
 			if _, ok := fieldSeen[contactidentity.FieldCreatedAt]; !ok {
 				selectedFields = append(selectedFields, contactidentity.FieldCreatedAt)

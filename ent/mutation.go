@@ -3335,27 +3335,51 @@ func (m *ChannelMutation) ResetBotAppID() {
 	delete(m.clearedFields, channel.FieldBotAppID)
 }
 
-// SetQueueID sets the "queue" edge to the Queue entity by id.
-func (m *ChannelMutation) SetQueueID(id int) {
-	m.queue = &id
+// SetQueueID sets the "queue_id" field.
+func (m *ChannelMutation) SetQueueID(i int) {
+	m.queue = &i
+}
+
+// QueueID returns the value of the "queue_id" field in the mutation.
+func (m *ChannelMutation) QueueID() (r int, exists bool) {
+	v := m.queue
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldQueueID returns the old "queue_id" field's value of the Channel entity.
+// If the Channel object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChannelMutation) OldQueueID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldQueueID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldQueueID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldQueueID: %w", err)
+	}
+	return oldValue.QueueID, nil
+}
+
+// ResetQueueID resets all changes to the "queue_id" field.
+func (m *ChannelMutation) ResetQueueID() {
+	m.queue = nil
 }
 
 // ClearQueue clears the "queue" edge to the Queue entity.
 func (m *ChannelMutation) ClearQueue() {
 	m.clearedqueue = true
+	m.clearedFields[channel.FieldQueueID] = struct{}{}
 }
 
 // QueueCleared reports if the "queue" edge to the Queue entity was cleared.
 func (m *ChannelMutation) QueueCleared() bool {
 	return m.clearedqueue
-}
-
-// QueueID returns the "queue" edge ID in the mutation.
-func (m *ChannelMutation) QueueID() (id int, exists bool) {
-	if m.queue != nil {
-		return *m.queue, true
-	}
-	return
 }
 
 // QueueIDs returns the "queue" edge IDs in the mutation.
@@ -3462,7 +3486,7 @@ func (m *ChannelMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *ChannelMutation) Fields() []string {
-	fields := make([]string, 0, 12)
+	fields := make([]string, 0, 13)
 	if m.created_at != nil {
 		fields = append(fields, channel.FieldCreatedAt)
 	}
@@ -3499,6 +3523,9 @@ func (m *ChannelMutation) Fields() []string {
 	if m.bot_app_id != nil {
 		fields = append(fields, channel.FieldBotAppID)
 	}
+	if m.queue != nil {
+		fields = append(fields, channel.FieldQueueID)
+	}
 	return fields
 }
 
@@ -3531,6 +3558,8 @@ func (m *ChannelMutation) Field(name string) (ent.Value, bool) {
 		return m.BotMode()
 	case channel.FieldBotAppID:
 		return m.BotAppID()
+	case channel.FieldQueueID:
+		return m.QueueID()
 	}
 	return nil, false
 }
@@ -3564,6 +3593,8 @@ func (m *ChannelMutation) OldField(ctx context.Context, name string) (ent.Value,
 		return m.OldBotMode(ctx)
 	case channel.FieldBotAppID:
 		return m.OldBotAppID(ctx)
+	case channel.FieldQueueID:
+		return m.OldQueueID(ctx)
 	}
 	return nil, fmt.Errorf("unknown Channel field %s", name)
 }
@@ -3657,6 +3688,13 @@ func (m *ChannelMutation) SetField(name string, value ent.Value) error {
 		}
 		m.SetBotAppID(v)
 		return nil
+	case channel.FieldQueueID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetQueueID(v)
+		return nil
 	}
 	return fmt.Errorf("unknown Channel field %s", name)
 }
@@ -3664,13 +3702,16 @@ func (m *ChannelMutation) SetField(name string, value ent.Value) error {
 // AddedFields returns all numeric fields that were incremented/decremented during
 // this mutation.
 func (m *ChannelMutation) AddedFields() []string {
-	return nil
+	var fields []string
+	return fields
 }
 
 // AddedField returns the numeric value that was incremented/decremented on a field
 // with the given name. The second boolean return value indicates that this field
 // was not set, or was not defined in the schema.
 func (m *ChannelMutation) AddedField(name string) (ent.Value, bool) {
+	switch name {
+	}
 	return nil, false
 }
 
@@ -3780,6 +3821,9 @@ func (m *ChannelMutation) ResetField(name string) error {
 		return nil
 	case channel.FieldBotAppID:
 		m.ResetBotAppID()
+		return nil
+	case channel.FieldQueueID:
+		m.ResetQueueID()
 		return nil
 	}
 	return fmt.Errorf("unknown Channel field %s", name)
@@ -9636,27 +9680,51 @@ func (m *ContactIdentityMutation) ResetUnreachableReason() {
 	delete(m.clearedFields, contactidentity.FieldUnreachableReason)
 }
 
-// SetContactID sets the "contact" edge to the Contact entity by id.
-func (m *ContactIdentityMutation) SetContactID(id int) {
-	m.contact = &id
+// SetContactID sets the "contact_id" field.
+func (m *ContactIdentityMutation) SetContactID(i int) {
+	m.contact = &i
+}
+
+// ContactID returns the value of the "contact_id" field in the mutation.
+func (m *ContactIdentityMutation) ContactID() (r int, exists bool) {
+	v := m.contact
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldContactID returns the old "contact_id" field's value of the ContactIdentity entity.
+// If the ContactIdentity object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ContactIdentityMutation) OldContactID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldContactID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldContactID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldContactID: %w", err)
+	}
+	return oldValue.ContactID, nil
+}
+
+// ResetContactID resets all changes to the "contact_id" field.
+func (m *ContactIdentityMutation) ResetContactID() {
+	m.contact = nil
 }
 
 // ClearContact clears the "contact" edge to the Contact entity.
 func (m *ContactIdentityMutation) ClearContact() {
 	m.clearedcontact = true
+	m.clearedFields[contactidentity.FieldContactID] = struct{}{}
 }
 
 // ContactCleared reports if the "contact" edge to the Contact entity was cleared.
 func (m *ContactIdentityMutation) ContactCleared() bool {
 	return m.clearedcontact
-}
-
-// ContactID returns the "contact" edge ID in the mutation.
-func (m *ContactIdentityMutation) ContactID() (id int, exists bool) {
-	if m.contact != nil {
-		return *m.contact, true
-	}
-	return
 }
 
 // ContactIDs returns the "contact" edge IDs in the mutation.
@@ -9709,7 +9777,7 @@ func (m *ContactIdentityMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *ContactIdentityMutation) Fields() []string {
-	fields := make([]string, 0, 9)
+	fields := make([]string, 0, 10)
 	if m.created_at != nil {
 		fields = append(fields, contactidentity.FieldCreatedAt)
 	}
@@ -9737,6 +9805,9 @@ func (m *ContactIdentityMutation) Fields() []string {
 	if m.unreachable_reason != nil {
 		fields = append(fields, contactidentity.FieldUnreachableReason)
 	}
+	if m.contact != nil {
+		fields = append(fields, contactidentity.FieldContactID)
+	}
 	return fields
 }
 
@@ -9763,6 +9834,8 @@ func (m *ContactIdentityMutation) Field(name string) (ent.Value, bool) {
 		return m.Unreachable()
 	case contactidentity.FieldUnreachableReason:
 		return m.UnreachableReason()
+	case contactidentity.FieldContactID:
+		return m.ContactID()
 	}
 	return nil, false
 }
@@ -9790,6 +9863,8 @@ func (m *ContactIdentityMutation) OldField(ctx context.Context, name string) (en
 		return m.OldUnreachable(ctx)
 	case contactidentity.FieldUnreachableReason:
 		return m.OldUnreachableReason(ctx)
+	case contactidentity.FieldContactID:
+		return m.OldContactID(ctx)
 	}
 	return nil, fmt.Errorf("unknown ContactIdentity field %s", name)
 }
@@ -9862,6 +9937,13 @@ func (m *ContactIdentityMutation) SetField(name string, value ent.Value) error {
 		}
 		m.SetUnreachableReason(v)
 		return nil
+	case contactidentity.FieldContactID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetContactID(v)
+		return nil
 	}
 	return fmt.Errorf("unknown ContactIdentity field %s", name)
 }
@@ -9869,13 +9951,16 @@ func (m *ContactIdentityMutation) SetField(name string, value ent.Value) error {
 // AddedFields returns all numeric fields that were incremented/decremented during
 // this mutation.
 func (m *ContactIdentityMutation) AddedFields() []string {
-	return nil
+	var fields []string
+	return fields
 }
 
 // AddedField returns the numeric value that was incremented/decremented on a field
 // with the given name. The second boolean return value indicates that this field
 // was not set, or was not defined in the schema.
 func (m *ContactIdentityMutation) AddedField(name string) (ent.Value, bool) {
+	switch name {
+	}
 	return nil, false
 }
 
@@ -9964,6 +10049,9 @@ func (m *ContactIdentityMutation) ResetField(name string) error {
 		return nil
 	case contactidentity.FieldUnreachableReason:
 		m.ResetUnreachableReason()
+		return nil
+	case contactidentity.FieldContactID:
+		m.ResetContactID()
 		return nil
 	}
 	return fmt.Errorf("unknown ContactIdentity field %s", name)

@@ -650,7 +650,9 @@ func (_q *QueueQuery) loadChannels(ctx context.Context, query *ChannelQuery, nod
 			init(nodes[i])
 		}
 	}
-	query.withFKs = true
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(channel.FieldQueueID)
+	}
 	query.Where(predicate.Channel(func(s *sql.Selector) {
 		s.Where(sql.InValues(s.C(queue.ChannelsColumn), fks...))
 	}))
@@ -659,13 +661,10 @@ func (_q *QueueQuery) loadChannels(ctx context.Context, query *ChannelQuery, nod
 		return err
 	}
 	for _, n := range neighbors {
-		fk := n.queue_channels
-		if fk == nil {
-			return fmt.Errorf(`foreign-key "queue_channels" is nil for node %v`, n.ID)
-		}
-		node, ok := nodeids[*fk]
+		fk := n.QueueID
+		node, ok := nodeids[fk]
 		if !ok {
-			return fmt.Errorf(`unexpected referenced foreign-key "queue_channels" returned %v for node %v`, *fk, n.ID)
+			return fmt.Errorf(`unexpected referenced foreign-key "queue_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}

@@ -190,6 +190,10 @@ const CodeBadRequest desk.Code = "BAD_REQUEST"
 // CodeQueryTooLarge is the code of a document over the parser's token limit.
 const CodeQueryTooLarge desk.Code = "QUERY_TOO_LARGE"
 
+// CodeIntrospectionDisabled answers __schema and __type when introspection
+// is off.
+const CodeIntrospectionDisabled desk.Code = "INTROSPECTION_DISABLED"
+
 // resolverError marks an error returned by a resolver (as opposed to one of
 // the GraphQL layer, such as a malformed argument), so that the presenter
 // knows an unclassified one is internal.
@@ -218,6 +222,9 @@ func presentError(ctx context.Context, log *slog.Logger, err error) *gqlerror.Er
 	var re resolverError
 	switch {
 	case errors.As(err, &de):
+	case errors.As(err, &re) && re.err.Error() == "introspection disabled":
+		// gqlgen's refusal of __schema/__type when introspection is off.
+		de = desk.Fail(CodeIntrospectionDisabled, "introspection is disabled on this server (PARLEY_INTROSPECTION)")
 	case errors.As(err, &re):
 		de = desk.AsError(re.err)
 		if de.Code == desk.CodeInternal {

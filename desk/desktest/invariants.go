@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -137,16 +136,12 @@ func (iv *Invariants) Check(ctx context.Context, opt CheckOptions) (*Report, err
 	}
 	defer tx.Rollback() //nolint:errcheck
 	c := &checkRun{iv: iv, tx: tx, ctx: ctx, opt: opt, r: &Report{}}
-	for i, step := range []func() error{
+	for _, step := range []func() error{
 		c.counts, c.limits, c.ownership, c.offers, c.openChats, c.offerTimers, c.completion,
 		c.messages, c.events, c.statusHistory, c.decisions, c.jobs, c.quiescent,
 	} {
-		t0 := time.Now()
 		if err := step(); err != nil {
 			return nil, err
-		}
-		if os.Getenv("INV_TIMING") != "" {
-			fmt.Fprintf(os.Stderr, "step %d: %v\n", i, time.Since(t0))
 		}
 	}
 	sort.Strings(c.r.Violations)
@@ -617,10 +612,14 @@ func (c *checkRun) decision(id, chat int, rule, trigger, outcome string, rawCand
 	}
 }
 
-// jobs: no timer failed.
+// routingJobs are the kinds of job the routing engine's timers use (the
+// outbox and downloads, which depend on providers, are not checked here).
+const routingJobs = `('RELEASE', 'OFFER_TIMEOUT', 'COMPLETION_DUE', 'SESSION_EXPIRED')`
+
+// jobs: no routing timer failed, not even once.
 func (c *checkRun) jobs() error {
 	return c.violations("R10 job failed", `SELECT id, kind, status, attempts, last_error FROM jobs
-WHERE status = 'FAILED' OR last_error IS NOT NULL`, "job", "kind", "status", "attempts", "error")
+WHERE kind IN `+routingJobs+` AND (status = 'FAILED' OR last_error IS NOT NULL)`, "job", "kind", "status", "attempts", "error")
 }
 
 // quiescent: at rest, every timer due has fired and no chat is lost (R9):
@@ -660,7 +659,7 @@ func (c *checkRun) quiescent() error {
 	}); err != nil {
 		return err
 	}
-	if err := c.each(`SELECT id, kind, due_at, locked_until FROM jobs WHERE status = 'PENDING'`, func(scan func(...any) error) error {
+	if err := c.each(`SELECT id, kind, due_at, locked_until FROM jobs WHERE status = 'PENDING' AND kind IN `+routingJobs, func(scan func(...any) error) error {
 		var id int
 		var kind string
 		var due time.Time

@@ -41,6 +41,8 @@ const (
 	FieldBotMode = "bot_mode"
 	// FieldBotAppID holds the string denoting the bot_app_id field in the database.
 	FieldBotAppID = "bot_app_id"
+	// FieldQueueID holds the string denoting the queue_id field in the database.
+	FieldQueueID = "queue_id"
 	// EdgeQueue holds the string denoting the queue edge name in mutations.
 	EdgeQueue = "queue"
 	// EdgeChats holds the string denoting the chats edge name in mutations.
@@ -53,7 +55,7 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "queue" package.
 	QueueInverseTable = "queues"
 	// QueueColumn is the table column denoting the queue relation/edge.
-	QueueColumn = "queue_channels"
+	QueueColumn = "queue_id"
 	// ChatsTable is the table that holds the chats relation/edge.
 	ChatsTable = "chats"
 	// ChatsInverseTable is the table name for the Chat entity.
@@ -78,23 +80,13 @@ var Columns = []string{
 	FieldWebhookSecret,
 	FieldBotMode,
 	FieldBotAppID,
-}
-
-// ForeignKeys holds the SQL foreign-keys that are owned by the "channels"
-// table and are not defined as standalone fields in the schema.
-var ForeignKeys = []string{
-	"queue_channels",
+	FieldQueueID,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).
 func ValidColumn(column string) bool {
 	for i := range Columns {
 		if column == Columns[i] {
-			return true
-		}
-	}
-	for i := range ForeignKeys {
-		if column == ForeignKeys[i] {
 			return true
 		}
 	}
@@ -206,6 +198,11 @@ func ByBotMode(opts ...sql.OrderTermOption) OrderOption {
 // ByBotAppID orders the results by the bot_app_id field.
 func ByBotAppID(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldBotAppID, opts...).ToFunc()
+}
+
+// ByQueueID orders the results by the queue_id field.
+func ByQueueID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldQueueID, opts...).ToFunc()
 }
 
 // ByQueueField orders the results by queue field.

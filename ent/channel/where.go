@@ -106,6 +106,11 @@ func BotAppID(v string) predicate.Channel {
 	return predicate.Channel(sql.FieldEQ(FieldBotAppID, v))
 }
 
+// QueueID applies equality check predicate on the "queue_id" field. It's identical to QueueIDEQ.
+func QueueID(v int) predicate.Channel {
+	return predicate.Channel(sql.FieldEQ(FieldQueueID, v))
+}
+
 // CreatedAtEQ applies the EQ predicate on the "created_at" field.
 func CreatedAtEQ(v time.Time) predicate.Channel {
 	return predicate.Channel(sql.FieldEQ(FieldCreatedAt, v))
@@ -769,6 +774,26 @@ func BotAppIDEqualFold(v string) predicate.Channel {
 // BotAppIDContainsFold applies the ContainsFold predicate on the "bot_app_id" field.
 func BotAppIDContainsFold(v string) predicate.Channel {
 	return predicate.Channel(sql.FieldContainsFold(FieldBotAppID, v))
+}
+
+// QueueIDEQ applies the EQ predicate on the "queue_id" field.
+func QueueIDEQ(v int) predicate.Channel {
+	return predicate.Channel(sql.FieldEQ(FieldQueueID, v))
+}
+
+// QueueIDNEQ applies the NEQ predicate on the "queue_id" field.
+func QueueIDNEQ(v int) predicate.Channel {
+	return predicate.Channel(sql.FieldNEQ(FieldQueueID, v))
+}
+
+// QueueIDIn applies the In predicate on the "queue_id" field.
+func QueueIDIn(vs ...int) predicate.Channel {
+	return predicate.Channel(sql.FieldIn(FieldQueueID, vs...))
+}
+
+// QueueIDNotIn applies the NotIn predicate on the "queue_id" field.
+func QueueIDNotIn(vs ...int) predicate.Channel {
+	return predicate.Channel(sql.FieldNotIn(FieldQueueID, vs...))
 }
 
 // HasQueue applies the HasEdge predicate on the "queue" edge.

@@ -55,7 +55,7 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "contactidentity" package.
 	IdentitiesInverseTable = "contact_identities"
 	// IdentitiesColumn is the table column denoting the identities relation/edge.
-	IdentitiesColumn = "contact_identities"
+	IdentitiesColumn = "contact_id"
 	// ChatsTable is the table that holds the chats relation/edge.
 	ChatsTable = "chats"
 	// ChatsInverseTable is the table name for the Chat entity.

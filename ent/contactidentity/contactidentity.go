@@ -35,6 +35,8 @@ const (
 	FieldUnreachable = "unreachable"
 	// FieldUnreachableReason holds the string denoting the unreachable_reason field in the database.
 	FieldUnreachableReason = "unreachable_reason"
+	// FieldContactID holds the string denoting the contact_id field in the database.
+	FieldContactID = "contact_id"
 	// EdgeContact holds the string denoting the contact edge name in mutations.
 	EdgeContact = "contact"
 	// Table holds the table name of the contactidentity in the database.
@@ -45,7 +47,7 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "contact" package.
 	ContactInverseTable = "contacts"
 	// ContactColumn is the table column denoting the contact relation/edge.
-	ContactColumn = "contact_identities"
+	ContactColumn = "contact_id"
 )
 
 // Columns holds all SQL columns for contactidentity fields.
@@ -60,23 +62,13 @@ var Columns = []string{
 	FieldPhone,
 	FieldUnreachable,
 	FieldUnreachableReason,
-}
-
-// ForeignKeys holds the SQL foreign-keys that are owned by the "contact_identities"
-// table and are not defined as standalone fields in the schema.
-var ForeignKeys = []string{
-	"contact_identities",
+	FieldContactID,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).
 func ValidColumn(column string) bool {
 	for i := range Columns {
 		if column == Columns[i] {
-			return true
-		}
-	}
-	for i := range ForeignKeys {
-		if column == ForeignKeys[i] {
 			return true
 		}
 	}
@@ -163,6 +155,11 @@ func ByUnreachable(opts ...sql.OrderTermOption) OrderOption {
 // ByUnreachableReason orders the results by the unreachable_reason field.
 func ByUnreachableReason(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldUnreachableReason, opts...).ToFunc()
+}
+
+// ByContactID orders the results by the contact_id field.
+func ByContactID(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldContactID, opts...).ToFunc()
 }
 
 // ByContactField orders the results by contact field.

@@ -96,6 +96,11 @@ func UnreachableReason(v string) predicate.ContactIdentity {
 	return predicate.ContactIdentity(sql.FieldEQ(FieldUnreachableReason, v))
 }
 
+// ContactID applies equality check predicate on the "contact_id" field. It's identical to ContactIDEQ.
+func ContactID(v int) predicate.ContactIdentity {
+	return predicate.ContactIdentity(sql.FieldEQ(FieldContactID, v))
+}
+
 // CreatedAtEQ applies the EQ predicate on the "created_at" field.
 func CreatedAtEQ(v time.Time) predicate.ContactIdentity {
 	return predicate.ContactIdentity(sql.FieldEQ(FieldCreatedAt, v))
@@ -579,6 +584,26 @@ func UnreachableReasonEqualFold(v string) predicate.ContactIdentity {
 // UnreachableReasonContainsFold applies the ContainsFold predicate on the "unreachable_reason" field.
 func UnreachableReasonContainsFold(v string) predicate.ContactIdentity {
 	return predicate.ContactIdentity(sql.FieldContainsFold(FieldUnreachableReason, v))
+}
+
+// ContactIDEQ applies the EQ predicate on the "contact_id" field.
+func ContactIDEQ(v int) predicate.ContactIdentity {
+	return predicate.ContactIdentity(sql.FieldEQ(FieldContactID, v))
+}
+
+// ContactIDNEQ applies the NEQ predicate on the "contact_id" field.
+func ContactIDNEQ(v int) predicate.ContactIdentity {
+	return predicate.ContactIdentity(sql.FieldNEQ(FieldContactID, v))
+}
+
+// ContactIDIn applies the In predicate on the "contact_id" field.
+func ContactIDIn(vs ...int) predicate.ContactIdentity {
+	return predicate.ContactIdentity(sql.FieldIn(FieldContactID, vs...))
+}
+
+// ContactIDNotIn applies the NotIn predicate on the "contact_id" field.
+func ContactIDNotIn(vs ...int) predicate.ContactIdentity {
+	return predicate.ContactIdentity(sql.FieldNotIn(FieldContactID, vs...))
 }
 
 // HasContact applies the HasEdge predicate on the "contact" edge.

@@ -95,7 +95,7 @@ var (
 		{Name: "webhook_secret", Type: field.TypeString, Nullable: true},
 		{Name: "bot_mode", Type: field.TypeEnum, Enums: []string{"NONE", "FIRST_LINE", "FULL"}, Default: "NONE"},
 		{Name: "bot_app_id", Type: field.TypeString, Nullable: true, Size: 100},
-		{Name: "queue_channels", Type: field.TypeInt},
+		{Name: "queue_id", Type: field.TypeInt},
 	}
 	// ChannelsTable holds the schema information for the "channels" table.
 	ChannelsTable = &schema.Table{
@@ -330,7 +330,7 @@ var (
 		{Name: "phone", Type: field.TypeString, Nullable: true, Size: 50},
 		{Name: "unreachable", Type: field.TypeBool, Default: false},
 		{Name: "unreachable_reason", Type: field.TypeString, Nullable: true},
-		{Name: "contact_identities", Type: field.TypeInt},
+		{Name: "contact_id", Type: field.TypeInt},
 	}
 	// ContactIdentitiesTable holds the schema information for the "contact_identities" table.
 	ContactIdentitiesTable = &schema.Table{

@@ -60,7 +60,7 @@ const (
 	// It exists in this package in order to avoid circular dependency with the "channel" package.
 	ChannelsInverseTable = "channels"
 	// ChannelsColumn is the table column denoting the channels relation/edge.
-	ChannelsColumn = "queue_channels"
+	ChannelsColumn = "queue_id"
 	// ChatsTable is the table that holds the chats relation/edge.
 	ChatsTable = "chats"
 	// ChatsInverseTable is the table name for the Chat entity.

@@ -61,12 +61,13 @@ func (ContactIdentity) Fields() []ent.Field {
 		// unreachable: the user blocked the bot, or the provider refuses to deliver.
 		field.Bool("unreachable").Default(false),
 		field.String("unreachable_reason").Optional(),
+		field.Int("contact_id").Annotations(hidden()),
 	}
 }
 
 func (ContactIdentity) Edges() []ent.Edge {
 	return []ent.Edge{
-		edge.From("contact", Contact.Type).Ref("identities").Unique().Required(),
+		edge.From("contact", Contact.Type).Ref("identities").Unique().Required().Field("contact_id"),
 	}
 }
 

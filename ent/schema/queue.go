@@ -76,12 +76,13 @@ func (Channel) Fields() []ent.Field {
 		field.Enum("bot_mode").GoType(enum.BotMode("")).Annotations(entgql.Type("BotMode")).Default(string(enum.BotNone)),
 		// bot_app_id is the Meta app that owns threads in bot mode.
 		field.String("bot_app_id").Optional().MaxLen(100),
+		field.Int("queue_id").Annotations(hidden()),
 	}
 }
 
 func (Channel) Edges() []ent.Edge {
 	return []ent.Edge{
-		edge.From("queue", Queue.Type).Ref("channels").Unique().Required(),
+		edge.From("queue", Queue.Type).Ref("channels").Unique().Required().Field("queue_id"),
 		edge.To("chats", Chat.Type).Annotations(entgql.RelayConnection(), readOnly()),
 	}
 }

@@ -148,8 +148,9 @@ type closeNotifyingListener struct {
 }
 
 func (l *closeNotifyingListener) Close() error {
+	err := l.Listener.Close()
 	l.once.Do(func() { close(l.closed) })
-	return l.Listener.Close()
+	return err
 }
 
 // TestHTTP_RunShutsDownGracefully: cancelling Run's context stops accepting
