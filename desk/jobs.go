@@ -201,15 +201,7 @@ func (d *Desk) runJob(ctx context.Context, j *ent.Job) bool {
 		if err := d.handleJob(ctx, tx, j); err != nil {
 			return err
 		}
-		n, err := tx.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending), job.LockedUntilEQ(*j.LockedUntil)).
-			SetStatus(enum.JobDone).SetDoneAt(d.Now()).Save(ctx)
-		if err != nil {
-			return err
-		}
-		if n != 1 {
-			return errJobLost
-		}
-		return nil
+		return d.finishJob(ctx, tx, j)
 	})
 	switch {
 	case err == nil:

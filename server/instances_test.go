@@ -404,6 +404,15 @@ func TestR10_TwoServerProcesses(t *testing.T) {
 	if chats != int(newChats.Load()) {
 		t.Errorf("%d chats stored, %d acknowledged as new", chats, newChats.Load())
 	}
+	dbg, _ := db.Query(`SELECT o.operator_id, o.status, COUNT(*), MIN(o.expires_at) FROM chat_offers o JOIN chats c ON c.id = o.chat_id JOIN queues q ON q.id = c.queue_id WHERE q.routing_rule = 'TO_AVAILABLE' GROUP BY 1, 2 ORDER BY 1, 2`)
+	for dbg.Next() {
+		var op, n int
+		var st string
+		var exp sql.NullTime
+		dbg.Scan(&op, &st, &n, &exp)
+		t.Logf("DEBUG op %d %s %d %v now %v", op, st, n, exp, time.Now())
+	}
+	dbg.Close()
 	t.Logf("done at %v", time.Since(began).Round(time.Millisecond))
 }
 
