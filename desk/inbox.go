@@ -3,6 +3,7 @@ package desk
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/parleydesk/parley/channels"
@@ -92,6 +93,14 @@ func (d *Desk) applyDelivery(ctx context.Context, tx *ent.Tx, ch channels.Channe
 			res.Ignored++
 			continue
 		}
+		u = withoutNUL(u)
+		// An event that cannot be stored is skipped, never failed: the
+		// provider would redeliver the whole batch for days (R3).
+		if why := unusable(u); why != "" {
+			d.log.Warn("update ignored", "channel_id", ch.ID, "kind", u.Kind, "message_id", clip(u.MessageID, 100), "reason", why)
+			res.Ignored++
+			continue
+		}
 		applied, err := d.applyUpdate(ctx, tx, ch, u)
 		if err != nil {
 			return nil, fmt.Errorf("%s %s: %w", u.Kind, u.MessageID, err)
@@ -103,6 +112,70 @@ func (d *Desk) applyDelivery(ctx context.Context, tx *ent.Tx, ch channels.Channe
 		}
 	}
 	return res, nil
+}
+
+// unusable says why an update cannot be stored, or "": a message or echo
+// needs its customer's id (contacts are keyed on it) and ids the database
+// takes (external ids up to 200 bytes, message ids up to 300); an echo
+// needs its message id (it deduplicates echoes).
+func unusable(u channels.Update) string {
+	if u.Kind != channels.UpdateMessage && u.Kind != channels.UpdateEcho {
+		return ""
+	}
+	switch id := strings.TrimSpace(u.Sender.ExternalID); {
+	case id == "":
+		return "no customer id"
+	case len(id) > 200:
+		return "customer id longer than 200 bytes"
+	case len(u.MessageID) > 300:
+		return "message id longer than 300 bytes"
+	case u.Kind == channels.UpdateEcho && u.MessageID == "":
+		return "echo without a message id"
+	}
+	return ""
+}
+
+// withoutNUL removes U+0000 from the strings of an update: PostgreSQL
+// refuses it in text and jsonb columns (SQLite keeps it), and it means
+// nothing in a chat.
+func withoutNUL(u channels.Update) channels.Update {
+	s := func(v string) string { return strings.ReplaceAll(v, "\x00", "") }
+	u.Sender.ExternalID, u.Sender.Name, u.Sender.Username = s(u.Sender.ExternalID), s(u.Sender.Name), s(u.Sender.Username)
+	u.Sender.Phone, u.Sender.PhotoRef = s(u.Sender.Phone), s(u.Sender.PhotoRef)
+	u.MessageID, u.MessageKind, u.Text = s(u.MessageID), s(u.MessageKind), s(u.Text)
+	u.Status, u.ErrorCode, u.ErrorTitle = s(u.Status), s(u.ErrorCode), s(u.ErrorTitle)
+	if u.Content != nil {
+		u.Content = withoutNULValue(u.Content).(map[string]any)
+	}
+	if u.Attachments != nil {
+		atts := make([]channels.Attachment, len(u.Attachments))
+		for i, a := range u.Attachments {
+			a.Kind, a.Ref, a.FileName, a.MimeType = s(a.Kind), s(a.Ref), s(a.FileName), s(a.MimeType)
+			atts[i] = a
+		}
+		u.Attachments = atts
+	}
+	return u
+}
+
+func withoutNULValue(v any) any {
+	switch v := v.(type) {
+	case string:
+		return strings.ReplaceAll(v, "\x00", "")
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, x := range v {
+			out[strings.ReplaceAll(k, "\x00", "")] = withoutNULValue(x)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = withoutNULValue(x)
+		}
+		return out
+	}
+	return v
 }
 
 func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
@@ -276,8 +349,10 @@ func (d *Desk) applyReachability(ctx context.Context, tx *ent.Tx, ch channels.Ch
 	if !u.Reachable {
 		reason = "blocked by the user"
 	}
+	// Only a change is written: a redelivery changes nothing.
 	n, err := tx.ContactIdentity.Update().Where(contactidentity.ProviderEQ(enum.Provider(ch.Provider)),
-		contactidentity.ExternalID(u.Sender.ExternalID)).SetUnreachable(!u.Reachable).SetUnreachableReason(reason).Save(ctx)
+		contactidentity.ExternalID(u.Sender.ExternalID), contactidentity.UnreachableNEQ(!u.Reachable)).
+		SetUnreachable(!u.Reachable).SetUnreachableReason(reason).Save(ctx)
 	return n > 0, err
 }
 

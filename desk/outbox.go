@@ -71,9 +71,15 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 		return false
 	}
 	delay := time.Duration(j.Attempts*j.Attempts) * time.Second
-	// The provider answered (or was never reached): the next attempt is a
-	// fresh call, not an unconfirmed one.
-	upd := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending)).ClearCallStartedAt()
+	upd := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending))
+	// The provider answered that it did not take the message (or was never
+	// reached): the next attempt is a fresh call, not an unconfirmed one.
+	// When the call was made but its outcome could not be recorded, the
+	// call stays marked: the next claim settles it as UNCONFIRMED.
+	var cm *callMade
+	if !errors.As(err, &cm) {
+		upd.ClearCallStartedAt()
+	}
 	var rl *retryLater
 	if errors.As(err, &rl) && rl.after > 0 {
 		delay = rl.after
@@ -211,7 +217,7 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 	// idempotency key, so the message is marked FAILED (unconfirmed)
 	// rather than risk sending it twice.
 	if j.CallStartedAt != nil {
-		return fail("UNCONFIRMED", "the server stopped while sending; the message may not have been delivered", false)
+		return afterCall(fail("UNCONFIRMED", "the server stopped while sending; the message may not have been delivered", false))
 	}
 	if err := d.markCallStarted(ctx, j); err != nil {
 		return err
@@ -225,7 +231,7 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 			if se.WindowClosed {
 				code = string(CodeReplyWindowExpired) + ":" + se.Code
 			}
-			return fail(code, se.Reason, se.Unreachable)
+			return afterCall(fail(code, se.Reason, se.Unreachable))
 		}
 		// A transport failure (no answer from the provider) after a whole
 		// request was written: the provider may have accepted the message
@@ -234,22 +240,42 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 		// failure before anything was handed over (connection refused, DNS)
 		// is retried.
 		if se.Code == codeTransport && handedOver.Load() {
-			return fail("UNCONFIRMED", "the connection to the provider failed after the message was handed over; it may have been delivered ("+clip(se.Reason, 500)+")", false)
+			return afterCall(fail("UNCONFIRMED", "the connection to the provider failed after the message was handed over; it may have been delivered ("+clip(se.Reason, 500)+")", false))
 		}
 		return &retryLater{err: se, after: se.RetryAfter}
 	}
-	return d.inTx(ctx, "message sent", func(tx *ent.Tx) error {
+	return afterCall(d.inTx(ctx, "message sent", func(tx *ent.Tx) error {
 		if err := d.finishJob(ctx, tx, j); err != nil {
 			return err
 		}
 		// A status may have been applied already (it can overtake the
-		// answer): keep the furthest one.
-		if err := tx.Message.UpdateOneID(m.ID).SetProviderMessageID(res.MessageID).Exec(ctx); err != nil {
-			return err
+		// answer): keep the furthest one. An answer without an id (Telegram
+		// said ok in a shape not understood) leaves it unset: ids are unique
+		// per channel.
+		if res.MessageID != "" {
+			if err := tx.Message.UpdateOneID(m.ID).SetProviderMessageID(res.MessageID).Exec(ctx); err != nil {
+				return err
+			}
 		}
 		_, err := d.setDeliveryStatus(ctx, tx, m, enum.DeliverySent, "", "")
 		return err
-	})
+	}))
+}
+
+// callMade is a failure to record the outcome of a provider call that was
+// made (the provider may have taken the message): the job keeps its call
+// marked started, so that the next claim settles the message as
+// UNCONFIRMED instead of sending it again.
+type callMade struct{ err error }
+
+func (c *callMade) Error() string { return "recording the provider's answer: " + c.err.Error() }
+func (c *callMade) Unwrap() error { return c.err }
+
+func afterCall(err error) error {
+	if err == nil || errors.Is(err, errJobLost) {
+		return err
+	}
+	return &callMade{err: err}
 }
 
 // codeTransport is the SendError code of a failure the provider did not

@@ -175,9 +175,8 @@ func TestR14_SendFiles(t *testing.T) {
 // message (multipart filedata) and sends the text after it.
 func TestR14_SendFileOnMetaChannels(t *testing.T) {
 	t.Parallel()
+	r := newRig(t)
 	t.Run("WHATSAPP", func(t *testing.T) {
-		t.Parallel()
-		r := newRig(t)
 		r.graph.Script("POST /"+waPhoneID+"/media", apptest.JSONReply(http.StatusOK, []byte(`{"id":"1037543291543636"}`)))
 		r.graph.Script("POST /"+waPhoneID+"/messages", apptest.JSONReply(http.StatusOK, apptest.Fixture(t, "whatsapp", "send_text_success.json")))
 		_, chatID := r.openChat(t, "WHATSAPP")
@@ -198,8 +197,6 @@ func TestR14_SendFileOnMetaChannels(t *testing.T) {
 		}
 	})
 	t.Run("MESSENGER", func(t *testing.T) {
-		t.Parallel()
-		r := newRig(t)
 		key := "POST /" + fbPageID + "/messages"
 		r.graph.Script(key,
 			apptest.JSONReply(http.StatusOK, []byte(`{"recipient_id":"`+fbPSID+`","message_id":"m_file_1"}`)),

@@ -68,73 +68,82 @@ func (r *rig) outboundCount(t *testing.T, token string, chatID int) int {
 // no window.
 func TestR21_ReplyWindow(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
+	r := newRig(t)
+	type windowed struct {
 		provider, key, externalID string
-	}{
-		{"WHATSAPP", "POST /" + waPhoneID + "/messages", waBSUID},
-		{"MESSENGER", "POST /" + fbPageID + "/messages", fbPSID},
-	} {
-		t.Run(tc.provider, func(t *testing.T) {
-			t.Parallel()
-			r := newRig(t)
-			channelID, chatID := r.openChat(t, tc.provider)
-			r.run(t)
-			start := r.s.Clock.Now()
-			c := r.chat(t, r.op.Token, chatID)
-			if c.ReplyWindowEndsAt == nil || !c.ReplyWindowEndsAt.Equal(start.Add(24*time.Hour)) {
-				t.Fatalf("replyWindowEndsAt = %v, want %v (24 h after the customer's message)", c.ReplyWindowEndsAt, start.Add(24*time.Hour))
-			}
-
-			// The customer writes again 23 hours later: the window moves.
-			r.s.Clock.Advance(23 * time.Hour)
-			if _, err := r.s.Desk().Ingest(bg, desk.Inbound{ChannelID: channelID, ProviderMessageID: "second-" + tc.provider,
-				Identity: desk.InboundIdentity{ExternalID: tc.externalID}, Text: "Any news?"}); err != nil {
-				t.Fatal(err)
-			}
-			second := r.s.Clock.Now()
-			if c := r.chat(t, r.op.Token, chatID); c.ReplyWindowEndsAt == nil || !c.ReplyWindowEndsAt.Equal(second.Add(24*time.Hour)) {
-				t.Fatalf("replyWindowEndsAt after the second message = %v, want %v", c.ReplyWindowEndsAt, second.Add(24*time.Hour))
-			}
-
-			// Queued a second before the window closes, picked up after: the
-			// outbox does not call the provider.
-			r.s.Clock.Advance(24*time.Hour - time.Second)
-			queued := r.send(t, r.op.Token, chatID, "Just in time?")
-			r.s.Clock.Advance(2 * time.Second)
-			r.run(t)
-			m := r.message(t, r.op.Token, queued)
-			if m.DeliveryStatus != "FAILED" || str(m.DeliveryErrorCode) != "REPLY_WINDOW_EXPIRED" {
-				t.Fatalf("message queued before the window closed = %+v, want FAILED REPLY_WINDOW_EXPIRED", m)
-			}
-
-			// Past the window, sendMessage is refused and nothing is stored.
-			before := r.outboundCount(t, r.op.Token, chatID)
-			r.s.Do(t, r.op.Token, sendMessageMutation, map[string]any{"chat": apptest.ID(chatID), "text": "Hello?"}).
-				Expect(t, "REPLY_WINDOW_EXPIRED")
-			if n := r.outboundCount(t, r.op.Token, chatID); n != before {
-				t.Fatalf("%d outbound messages after the refusal, want %d", n, before)
-			}
-			r.advance(t, time.Hour)
-			if n := r.graph.Count(tc.key); n != 0 {
-				t.Fatalf("the provider was called %d times outside the window", n)
-			}
-		})
+		channelID, chatID         int
+	}
+	cases := []*windowed{
+		{provider: "WHATSAPP", key: "POST /" + waPhoneID + "/messages", externalID: waBSUID},
+		{provider: "MESSENGER", key: "POST /" + fbPageID + "/messages", externalID: fbPSID},
+	}
+	for _, c := range cases {
+		c.channelID, c.chatID = r.openChat(t, c.provider)
+	}
+	_, tgChat := r.openChat(t, "TELEGRAM")
+	r.run(t)
+	start := r.s.Clock.Now()
+	for _, c := range cases {
+		v := r.chat(t, r.op.Token, c.chatID)
+		if v.ReplyWindowEndsAt == nil || !v.ReplyWindowEndsAt.Equal(start.Add(24*time.Hour)) {
+			t.Fatalf("%s replyWindowEndsAt = %v, want %v (24 h after the customer's message)", c.provider, v.ReplyWindowEndsAt, start.Add(24*time.Hour))
+		}
+	}
+	if v := r.chat(t, r.op.Token, tgChat); v.ReplyWindowEndsAt != nil {
+		t.Fatalf("a Telegram chat has a reply window: %v", v.ReplyWindowEndsAt)
 	}
 
-	t.Run("TELEGRAM", func(t *testing.T) {
-		t.Parallel()
-		r := newRig(t)
-		_, chatID := r.openChat(t, "TELEGRAM")
-		if c := r.chat(t, r.op.Token, chatID); c.ReplyWindowEndsAt != nil {
-			t.Fatalf("a Telegram chat has a reply window: %v", c.ReplyWindowEndsAt)
+	// The customers write again 23 hours later: the windows move.
+	r.s.Clock.Advance(23 * time.Hour)
+	second := r.s.Clock.Now()
+	for _, c := range cases {
+		if _, err := r.s.Desk().Ingest(bg, desk.Inbound{ChannelID: c.channelID, ProviderMessageID: "second-" + c.provider,
+			Identity: desk.InboundIdentity{ExternalID: c.externalID}, Text: "Any news?"}); err != nil {
+			t.Fatal(err)
 		}
-		r.s.Clock.Advance(72 * time.Hour)
-		id := r.send(t, r.op.Token, chatID, "Three days later")
-		r.run(t)
-		if m := r.message(t, r.op.Token, id); m.DeliveryStatus != "SENT" || r.tg.Count("sendMessage") != 1 {
-			t.Fatalf("message = %+v after %d calls", m, r.tg.Count("sendMessage"))
+		if v := r.chat(t, r.op.Token, c.chatID); v.ReplyWindowEndsAt == nil || !v.ReplyWindowEndsAt.Equal(second.Add(24*time.Hour)) {
+			t.Fatalf("%s replyWindowEndsAt after the second message = %v, want %v", c.provider, v.ReplyWindowEndsAt, second.Add(24*time.Hour))
 		}
-	})
+	}
+
+	// Queued a second before the window closes, picked up after: the
+	// outbox does not call the provider.
+	r.s.Clock.Advance(24*time.Hour - time.Second)
+	queued := map[string]int{}
+	for _, c := range cases {
+		queued[c.provider] = r.send(t, r.op.Token, c.chatID, "Just in time?")
+	}
+	r.s.Clock.Advance(2 * time.Second)
+	r.run(t)
+	for _, c := range cases {
+		m := r.message(t, r.op.Token, queued[c.provider])
+		if m.DeliveryStatus != "FAILED" || str(m.DeliveryErrorCode) != "REPLY_WINDOW_EXPIRED" {
+			t.Fatalf("%s message queued before the window closed = %+v, want FAILED REPLY_WINDOW_EXPIRED", c.provider, m)
+		}
+	}
+
+	// Past the window, sendMessage is refused and nothing is stored.
+	for _, c := range cases {
+		before := r.outboundCount(t, r.op.Token, c.chatID)
+		r.s.Do(t, r.op.Token, sendMessageMutation, map[string]any{"chat": apptest.ID(c.chatID), "text": "Hello?"}).
+			Expect(t, "REPLY_WINDOW_EXPIRED")
+		if n := r.outboundCount(t, r.op.Token, c.chatID); n != before {
+			t.Fatalf("%s: %d outbound messages after the refusal, want %d", c.provider, n, before)
+		}
+	}
+	r.advance(t, time.Hour)
+	for _, c := range cases {
+		if n := r.graph.Count(c.key); n != 0 {
+			t.Fatalf("%s was called %d times outside the window", c.provider, n)
+		}
+	}
+
+	// Telegram, two days after the customer's message.
+	id := r.send(t, r.op.Token, tgChat, "Two days later")
+	r.run(t)
+	if m := r.message(t, r.op.Token, id); m.DeliveryStatus != "SENT" || r.tg.Count("sendMessage") != 1 {
+		t.Fatalf("Telegram message = %+v after %d calls", m, r.tg.Count("sendMessage"))
+	}
 }
 
 type contactChannelView struct {

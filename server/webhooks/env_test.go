@@ -12,7 +12,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -279,6 +281,37 @@ func (e *env) deliverConcurrently(t testing.TB, prov, name string, n int) {
 	}
 }
 
+// variant is a fixture's events in another body: a Telegram Update with
+// another update_id, a Meta body with a trailing newline (another hash,
+// re-signed).
+func variant(t testing.TB, prov, name string) []byte {
+	t.Helper()
+	body := fixture(t, prov, name)
+	if prov != "telegram" {
+		return append(slices.Clone(body), '\n')
+	}
+	key := deliveryKey(t, prov, body)
+	n, _ := strconv.ParseInt(key, 10, 64)
+	out := strings.Replace(string(body), `"update_id": `+key, `"update_id": `+strconv.FormatInt(n+1000000, 10), 1)
+	if out == string(body) {
+		t.Fatalf("%s: update_id not found", name)
+	}
+	return []byte(out)
+}
+
+// deliverVariant delivers variant(prov, name), signed, and expects 200.
+func (e *env) deliverVariant(t testing.TB, prov, name string) {
+	t.Helper()
+	body := variant(t, prov, name)
+	h, v := "X-Telegram-Bot-Api-Secret-Token", tgWebhookSecret
+	if prov != "telegram" {
+		h, v = "X-Hub-Signature-256", sign(body, metaAppSecret)
+	}
+	if r := e.request(t, http.MethodPost, e.Paths[prov], body, h, v); r.Status != http.StatusOK {
+		t.Fatalf("deliver a variant of %s/%s: status %d %q, want 200", prov, name, r.Status, r.Body)
+	}
+}
+
 // counts is the number of rows of every table.
 func (e *env) counts(t testing.TB) map[string]int { return e.RowCounts(t) }
 
@@ -347,6 +380,22 @@ func (e *env) dump(t testing.TB) map[string][]string {
 func (e *env) wantUnchanged(t testing.TB, before map[string][]string, what string) {
 	t.Helper()
 	if diff := cmp.Diff(before, e.dump(t)); diff != "" {
+		t.Errorf("%s changed the database (-before +after):\n%s", what, diff)
+	}
+}
+
+// wantUnchangedBut is wantUnchanged except for one table, which must have
+// grown by exactly one row.
+func (e *env) wantUnchangedBut(t testing.TB, before map[string][]string, what, table string) {
+	t.Helper()
+	after := e.dump(t)
+	if n := len(after[table]) - len(before[table]); n != 1 {
+		t.Errorf("%s added %d rows to %s, want 1", what, n, table)
+	}
+	if len(after[table]) >= len(before[table]) {
+		after[table] = after[table][:len(before[table])]
+	}
+	if diff := cmp.Diff(before, after); diff != "" {
 		t.Errorf("%s changed the database (-before +after):\n%s", what, diff)
 	}
 }

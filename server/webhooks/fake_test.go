@@ -91,7 +91,7 @@ var cdnMime = map[string]string{".jpg": "image/jpeg", ".png": "image/png", ".pdf
 //	POST /bot{token}/getFile               get_file_success.json (file_id and file_path of the request)
 //	POST /bot{token}/getUserProfilePhotos  get_user_profile_photos_success.json
 //	GET  /file/bot{token}/{path}           fakeFile("telegram", file id)
-//	GET  /v25.0/{psid}?fields=…            user_profile_success.json (page token)
+//	GET  /v25.0/{psid}?fields=…            user_profile_success.json, id = psid (page token)
 //	GET  /v25.0/{media id}                 media_retrieve_success.json, url → /wa-media/{id} (WhatsApp token)
 //	GET  /wa-media/{id}                    fakeFile("whatsapp", id) (WhatsApp token)
 //	POST /v25.0/{phone number id}/messages send_text_success.json (WhatsApp token)
@@ -105,6 +105,7 @@ type fakeProvider struct {
 
 	mu       sync.Mutex
 	requests []string // "METHOD path" of every request
+	sends    [][]byte // bodies of the WhatsApp sends
 }
 
 func newFakeProvider() *fakeProvider {
@@ -154,6 +155,19 @@ func (f *fakeProvider) Requests(prefix string) []string {
 	for _, r := range f.requests {
 		if strings.HasPrefix(r, prefix) {
 			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Sends returns the bodies of the WhatsApp sends that contain substr.
+func (f *fakeProvider) Sends(substr string) [][]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out [][]byte
+	for _, b := range f.sends {
+		if strings.Contains(string(b), substr) {
+			out = append(out, b)
 		}
 	}
 	return out
@@ -236,14 +250,16 @@ func (f *fakeProvider) graph(w http.ResponseWriter, r *http.Request, seg []strin
 			graphError(w, f.cached("messenger", "error_invalid_token.json"))
 			return
 		}
-		var prof map[string]any
-		_ = json.Unmarshal(f.cached("messenger", "user_profile_success.json"), &prof)
-		if prof["id"] != seg[0] {
-			graphError(w, []byte(`{"error":{"message":"(#100) No profile available for that user.","type":"OAuthException","code":100,"error_subcode":2018218}}`))
+		w.Header().Set("Content-Type", "application/json")
+		if seg[0] == peterPSID {
+			_, _ = w.Write(f.cached("messenger", "user_profile_success.json"))
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(f.cached("messenger", "user_profile_success.json"))
+		// Another customer: the same profile under their id.
+		var prof map[string]any
+		_ = json.Unmarshal(f.cached("messenger", "user_profile_success.json"), &prof)
+		prof["id"] = seg[0]
+		_ = json.NewEncoder(w).Encode(prof)
 	case len(seg) == 1 && r.Method == http.MethodGet:
 		// WhatsApp media retrieve: the URL points back at the fake.
 		if auth != "Bearer "+waToken {
@@ -260,7 +276,10 @@ func (f *fakeProvider) graph(w http.ResponseWriter, r *http.Request, seg []strin
 			graphError(w, f.cached("whatsapp", "error_190_token_expired.json"))
 			return
 		}
-		_, _ = io.Copy(io.Discard, r.Body)
+		body, _ := io.ReadAll(r.Body)
+		f.mu.Lock()
+		f.sends = append(f.sends, body)
+		f.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(f.cached("whatsapp", "send_text_success.json"))
 	default:

@@ -123,6 +123,11 @@ func replayConversation(t *testing.T, e *env, prov string, cases []replayCase, c
 				e.deliver(t, prov, c.name)
 			}
 			e.wantUnchanged(t, snap, "redelivering "+c.name)
+			// The same events in another delivery (Meta batches as it
+			// likes; a new update_id): stored as a delivery, deduplicated
+			// by message id, statuses monotonic: nothing else changes.
+			e.deliverVariant(t, prov, c.name)
+			e.wantUnchangedBut(t, snap, "delivering "+c.name+" again in another body", "inbound_deliveries")
 		})
 		if !ok {
 			return // later fixtures build on this one
