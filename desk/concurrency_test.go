@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -483,20 +482,21 @@ func TestR10_ConcurrentRoutingKeepsInvariants(t *testing.T) {
 	// accept and completion timeouts fire while everything goes on.
 	for range 2 {
 		bg.Go(func() {
+			idle := time.NewTicker(2 * time.Millisecond)
+			defer idle.Stop()
 			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
 				n, err := w.Desk.RunDueJobs(ctx)
 				out.add("runDueJobs", err)
 				if err != nil {
 					fail("run due jobs: %v", err)
 				}
-				if n == 0 {
-					// Nothing due: wait for the clock to move on.
-					runtime.Gosched()
+				if n > 0 {
+					continue
+				}
+				select { // nothing due: let the clock move on
+				case <-stop:
+					return
+				case <-idle.C:
 				}
 			}
 		})

@@ -64,6 +64,8 @@ type Desk struct {
 	kick chan struct{}
 	// txs holds the state of the transactions in flight (*ent.Tx → *txState).
 	txs sync.Map
+	// writeMu queues this process's write transactions on SQLite.
+	writeMu sync.Mutex
 	// onEvents is told the last event id after each commit that appended events.
 	onEvents func(lastID int)
 	// adapters are the provider clients, by provider.
@@ -168,6 +170,12 @@ func retryable(err error) bool {
 }
 
 func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) error) error {
+	if !d.pg {
+		// SQLite has one writer at a time and makes the others poll
+		// (busy_timeout); queueing them here instead is fairer and faster.
+		d.writeMu.Lock()
+		defer d.writeMu.Unlock()
+	}
 	tx, err := d.client.Tx(ctx)
 	if err != nil {
 		return fmt.Errorf("%s: begin: %w", name, err)

@@ -30,8 +30,11 @@ import (
 // providers takes an idempotency key, so a process that dies between the
 // provider's acceptance and recording it leaves the message FAILED with code
 // UNCONFIRMED (visible to the operator, who may resend) instead of sending it
-// twice. Media downloads and profile fetches are idempotent and simply run
-// again.
+// twice; so does a call whose answer is lost after the request was handed
+// over (connection reset, timeout) or whose outcome cannot be recorded. Only
+// failures the provider answered, or calls that never left (connection
+// refused), are retried. Media downloads and profile fetches are idempotent
+// and simply run again.
 
 // externalJob reports whether a job kind calls a provider.
 func externalJob(kind string) bool {

@@ -3919,7 +3919,7 @@ extend type Mutation {
 type Candidate {
   operatorID: ID!
   name: String!
-  "ACTIVE, INACTIVE or LIMIT_EXHAUSTED at the time of the attempt."
+  "The operator's status at the time of the attempt (ACTIVE or INACTIVE); excluded says LIMIT_EXHAUSTED."
   status: String!
   "Chats in work plus chats offered and not accepted."
   load: Int!

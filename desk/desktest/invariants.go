@@ -20,6 +20,11 @@ import (
 //
 // The checker is stateful only to avoid re-reading every routing decision at
 // every run: decisions never change once written, so each is verified once.
+// A few checks read the event log, whose ids follow commit order; pruning
+// old events only makes them see less.
+//
+// Use one checker per database, from any goroutine (checks are serialised).
+// Report lists the violations; the caller decides how to fail.
 type Invariants struct {
 	db *sql.DB
 	pg bool
@@ -232,7 +237,8 @@ const loadsSQL = `(SELECT op, COUNT(*) AS n FROM (
 
 // limits: no operator's chats in work plus open offers exceed their limit
 // (R7, R10). An operator without an override may route in queues with
-// different limits; the bound is then the highest that can apply.
+// different limits; the bound is then the highest that can apply. (A test
+// that lowers a limit below an operator's load must not use this check.)
 func (c *checkRun) limits() error {
 	return c.violations("R7 load over limit", `SELECT id, status, load, lim FROM (
   SELECT o.id, o.status, COALESCE(l.n, 0) AS load,

@@ -220,6 +220,38 @@ func TestR14_SendFileOnMetaChannels(t *testing.T) {
 		if m := r.message(t, r.op.Token, apptest.ParseID(t, out.SendMessage.ID)); m.DeliveryStatus != "SENT" {
 			t.Fatalf("message = %+v", m)
 		}
+
+		// The file goes out, then the text meets a transient error: a
+		// retry of the whole message would show the customer the file
+		// twice (at most once, as Telegram's multi-part sends do).
+		t.Run("text fails after the file", func(t *testing.T) {
+			// Remove once messenger.Adapter.Send makes a failure after the
+			// file was delivered permanent (as telegram.Adapter.Send does
+			// for later parts): today the retry sends the file again.
+			t.Skip("KNOWN BUG channels/messenger/messenger.go Send: a transient failure of the text after the file resends the file")
+			base := r.graph.Count(key)
+			r.graph.Script(key,
+				apptest.JSONReply(http.StatusOK, []byte(`{"recipient_id":"`+fbPSID+`","message_id":"m_file_2"}`)),
+				apptest.JSONReply(http.StatusInternalServerError, []byte(`{"error":{"message":"An unexpected error has occurred. Please retry your request later.","type":"OAuthException","code":2,"is_transient":true,"fbtrace_id":"Fk3"}}`)),
+				apptest.JSONReply(http.StatusOK, []byte(`{"recipient_id":"`+fbPSID+`","message_id":"m_later"}`)))
+			r.sendFile(t, r.op.Token, chatID, "Second label", "label2.png", "image/png", pngBytes).OK(t).Decode(t, &out)
+			r.run(t)
+			for range 3 {
+				r.advance(t, time.Hour)
+			}
+			files := 0
+			for _, c := range r.graph.Calls(key)[base:] {
+				if _, ok := c.Files["filedata"]; ok {
+					files++
+				}
+			}
+			if files != 1 {
+				t.Errorf("the file was sent %d times, want once", files)
+			}
+			if m := r.message(t, r.op.Token, apptest.ParseID(t, out.SendMessage.ID)); m.DeliveryStatus != "FAILED" {
+				t.Errorf("message = %+v, want FAILED (part of it was delivered)", m)
+			}
+		})
 	})
 }
 

@@ -103,9 +103,8 @@ type fakeProvider struct {
 
 	fixtures map[string][]byte // "provider/name" → bytes
 
-	mu       sync.Mutex
-	requests []string // "METHOD path" of every request
-	sends    [][]byte // bodies of the WhatsApp sends
+	mu    sync.Mutex
+	sends [][]byte // bodies of the WhatsApp sends
 }
 
 func newFakeProvider() *fakeProvider {
@@ -146,20 +145,6 @@ func (f *fakeProvider) preload(t testing.TB) {
 	}
 }
 
-// Requests returns the requests received so far whose "METHOD path" has
-// the prefix.
-func (f *fakeProvider) Requests(prefix string) []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []string
-	for _, r := range f.requests {
-		if strings.HasPrefix(r, prefix) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // Sends returns the bodies of the WhatsApp sends that contain substr.
 func (f *fakeProvider) Sends(substr string) [][]byte {
 	f.mu.Lock()
@@ -174,9 +159,6 @@ func (f *fakeProvider) Sends(substr string) [][]byte {
 }
 
 func (f *fakeProvider) serve(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	f.requests = append(f.requests, r.Method+" "+r.URL.Path)
-	f.mu.Unlock()
 	p := r.URL.Path
 	switch {
 	case strings.HasPrefix(p, "/bot"):

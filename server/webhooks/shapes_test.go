@@ -6,6 +6,7 @@ import (
 
 	"github.com/parleydesk/parley/ent/message"
 	"github.com/parleydesk/parley/ent/schema/enum"
+	"github.com/parleydesk/parley/server/app/apptest"
 )
 
 // Shapes the conversations of TestReplayFixtures do not reach: a WhatsApp
@@ -34,7 +35,8 @@ func TestEdgeCases(t *testing.T) {
 		if _, err := e.Desk().AcceptChat(e.asOperator(), c.ID); err != nil {
 			t.Fatal(err)
 		}
-		const reply = "Hello Sheena, a reply to a username-only account"
+		// Unique: the fake is shared by the tests of the binary (-count).
+		reply := "Hello Sheena, a reply to a username-only account " + apptest.Unique("#")
 		if _, err := e.Desk().SendMessage(e.asOperator(), c.ID, reply, nil); err != nil {
 			t.Fatal(err)
 		}
