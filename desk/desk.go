@@ -7,9 +7,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"math/rand/v2"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 

@@ -179,6 +179,13 @@ func withoutNULValue(v any) any {
 }
 
 func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
+	if (u.Kind == channels.UpdateMessage || u.Kind == channels.UpdateEcho || u.Kind == channels.UpdateReachability) &&
+		u.Sender.ExternalID == "" {
+		// Nobody to attach it to: refusing the whole delivery would only
+		// make the provider redeliver it forever.
+		d.log.Warn("update without a sender ignored", "channel_id", ch.ID, "kind", u.Kind, "message_id", u.MessageID)
+		return false, nil
+	}
 	switch u.Kind {
 	case channels.UpdateMessage:
 		return true, d.applyMessage(ctx, tx, ch, u)

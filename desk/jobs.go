@@ -37,7 +37,9 @@ const (
 )
 
 const (
-	jobLease       = time.Minute
+	// jobLease outlasts the longest provider call sequence of a job (a
+	// Telegram text split in several parts, 30s timeout each).
+	jobLease       = 5 * time.Minute
 	jobMaxAttempts = 10
 	jobBatch       = 16
 	// schedulerPoll bounds how late a job enqueued by another instance runs.

@@ -1348,11 +1348,6 @@ func (_q *ContactQuery) collectField(ctx context.Context, oneNode bool, opCtx *g
 				selectedFields = append(selectedFields, contact.FieldUsername)
 				fieldSeen[contact.FieldUsername] = struct{}{}
 			}
-		case "photoKey":
-			if _, ok := fieldSeen[contact.FieldPhotoKey]; !ok {
-				selectedFields = append(selectedFields, contact.FieldPhotoKey)
-				fieldSeen[contact.FieldPhotoKey] = struct{}{}
-			}
 		case "notes":
 			if _, ok := fieldSeen[contact.FieldNotes]; !ok {
 				selectedFields = append(selectedFields, contact.FieldNotes)

@@ -3586,23 +3586,6 @@ type ContactWhereInput struct {
 	UsernameEqualFold    *string  `json:"usernameEqualFold,omitempty"`
 	UsernameContainsFold *string  `json:"usernameContainsFold,omitempty"`
 
-	// "photo_key" field predicates.
-	PhotoKey             *string  `json:"photoKey,omitempty"`
-	PhotoKeyNEQ          *string  `json:"photoKeyNEQ,omitempty"`
-	PhotoKeyIn           []string `json:"photoKeyIn,omitempty"`
-	PhotoKeyNotIn        []string `json:"photoKeyNotIn,omitempty"`
-	PhotoKeyGT           *string  `json:"photoKeyGT,omitempty"`
-	PhotoKeyGTE          *string  `json:"photoKeyGTE,omitempty"`
-	PhotoKeyLT           *string  `json:"photoKeyLT,omitempty"`
-	PhotoKeyLTE          *string  `json:"photoKeyLTE,omitempty"`
-	PhotoKeyContains     *string  `json:"photoKeyContains,omitempty"`
-	PhotoKeyHasPrefix    *string  `json:"photoKeyHasPrefix,omitempty"`
-	PhotoKeyHasSuffix    *string  `json:"photoKeyHasSuffix,omitempty"`
-	PhotoKeyIsNil        bool     `json:"photoKeyIsNil,omitempty"`
-	PhotoKeyNotNil       bool     `json:"photoKeyNotNil,omitempty"`
-	PhotoKeyEqualFold    *string  `json:"photoKeyEqualFold,omitempty"`
-	PhotoKeyContainsFold *string  `json:"photoKeyContainsFold,omitempty"`
-
 	// "notes" field predicates.
 	Notes             *string  `json:"notes,omitempty"`
 	NotesNEQ          *string  `json:"notesNEQ,omitempty"`
@@ -3965,51 +3948,6 @@ func (i *ContactWhereInput) P() (predicate.Contact, error) {
 	}
 	if i.UsernameContainsFold != nil {
 		predicates = append(predicates, contact.UsernameContainsFold(*i.UsernameContainsFold))
-	}
-	if i.PhotoKey != nil {
-		predicates = append(predicates, contact.PhotoKeyEQ(*i.PhotoKey))
-	}
-	if i.PhotoKeyNEQ != nil {
-		predicates = append(predicates, contact.PhotoKeyNEQ(*i.PhotoKeyNEQ))
-	}
-	if len(i.PhotoKeyIn) > 0 {
-		predicates = append(predicates, contact.PhotoKeyIn(i.PhotoKeyIn...))
-	}
-	if len(i.PhotoKeyNotIn) > 0 {
-		predicates = append(predicates, contact.PhotoKeyNotIn(i.PhotoKeyNotIn...))
-	}
-	if i.PhotoKeyGT != nil {
-		predicates = append(predicates, contact.PhotoKeyGT(*i.PhotoKeyGT))
-	}
-	if i.PhotoKeyGTE != nil {
-		predicates = append(predicates, contact.PhotoKeyGTE(*i.PhotoKeyGTE))
-	}
-	if i.PhotoKeyLT != nil {
-		predicates = append(predicates, contact.PhotoKeyLT(*i.PhotoKeyLT))
-	}
-	if i.PhotoKeyLTE != nil {
-		predicates = append(predicates, contact.PhotoKeyLTE(*i.PhotoKeyLTE))
-	}
-	if i.PhotoKeyContains != nil {
-		predicates = append(predicates, contact.PhotoKeyContains(*i.PhotoKeyContains))
-	}
-	if i.PhotoKeyHasPrefix != nil {
-		predicates = append(predicates, contact.PhotoKeyHasPrefix(*i.PhotoKeyHasPrefix))
-	}
-	if i.PhotoKeyHasSuffix != nil {
-		predicates = append(predicates, contact.PhotoKeyHasSuffix(*i.PhotoKeyHasSuffix))
-	}
-	if i.PhotoKeyIsNil {
-		predicates = append(predicates, contact.PhotoKeyIsNil())
-	}
-	if i.PhotoKeyNotNil {
-		predicates = append(predicates, contact.PhotoKeyNotNil())
-	}
-	if i.PhotoKeyEqualFold != nil {
-		predicates = append(predicates, contact.PhotoKeyEqualFold(*i.PhotoKeyEqualFold))
-	}
-	if i.PhotoKeyContainsFold != nil {
-		predicates = append(predicates, contact.PhotoKeyContainsFold(*i.PhotoKeyContainsFold))
 	}
 	if i.Notes != nil {
 		predicates = append(predicates, contact.NotesEQ(*i.Notes))

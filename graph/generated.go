@@ -238,7 +238,6 @@ type ComplexityRoot struct {
 		Name         func(childComplexity int) int
 		Notes        func(childComplexity int) int
 		Phone        func(childComplexity int) int
-		PhotoKey     func(childComplexity int) int
 		PhotoURL     func(childComplexity int) int
 		UpdatedAt    func(childComplexity int) int
 		Username     func(childComplexity int) int
@@ -1598,12 +1597,6 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Contact.Phone(childComplexity), true
-	case "Contact.photoKey":
-		if e.ComplexityRoot.Contact.PhotoKey == nil {
-			break
-		}
-
-		return e.ComplexityRoot.Contact.PhotoKey(childComplexity), true
 	case "Contact.photoUrl":
 		if e.ComplexityRoot.Contact.PhotoURL == nil {
 			break
@@ -4543,8 +4536,6 @@ func (ec *executionContext) childFields_Contact(ctx context.Context, field graph
 		return ec.fieldContext_Contact_email(ctx, field)
 	case "username":
 		return ec.fieldContext_Contact_username(ctx, field)
-	case "photoKey":
-		return ec.fieldContext_Contact_photoKey(ctx, field)
 	case "notes":
 		return ec.fieldContext_Contact_notes(ctx, field)
 	case "mergedIntoID":
@@ -10384,29 +10375,6 @@ func (ec *executionContext) _Contact_username(ctx context.Context, field graphql
 	)
 }
 func (ec *executionContext) fieldContext_Contact_username(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("Contact", field, false, false, "String")
-}
-
-func (ec *executionContext) _Contact_photoKey(ctx context.Context, field graphql.CollectedField, obj *ent.Contact) (ret graphql.Marshaler) {
-	return graphql.ResolveField(
-		ctx,
-		ec.OperationContext,
-		field,
-		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
-			return ec.fieldContext_Contact_photoKey(ctx, field)
-		},
-		func(ctx context.Context) (any, error) {
-			return obj.PhotoKey, nil
-		},
-		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
-			return ec.marshalOString2string(ctx, selections, v)
-		},
-		true,
-		false,
-	)
-}
-func (ec *executionContext) fieldContext_Contact_photoKey(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("Contact", field, false, false, "String")
 }
 
@@ -26829,7 +26797,7 @@ func (ec *executionContext) unmarshalInputContactWhereInput(ctx context.Context,
 		asMap[k] = v
 	}
 
-	fieldsInOrder := [...]string{"not", "and", "or", "id", "idNEQ", "idIn", "idNotIn", "idGT", "idGTE", "idLT", "idLTE", "createdAt", "createdAtNEQ", "createdAtIn", "createdAtNotIn", "createdAtGT", "createdAtGTE", "createdAtLT", "createdAtLTE", "updatedAt", "updatedAtNEQ", "updatedAtIn", "updatedAtNotIn", "updatedAtGT", "updatedAtGTE", "updatedAtLT", "updatedAtLTE", "name", "nameNEQ", "nameIn", "nameNotIn", "nameGT", "nameGTE", "nameLT", "nameLTE", "nameContains", "nameHasPrefix", "nameHasSuffix", "nameEqualFold", "nameContainsFold", "phone", "phoneNEQ", "phoneIn", "phoneNotIn", "phoneGT", "phoneGTE", "phoneLT", "phoneLTE", "phoneContains", "phoneHasPrefix", "phoneHasSuffix", "phoneIsNil", "phoneNotNil", "phoneEqualFold", "phoneContainsFold", "email", "emailNEQ", "emailIn", "emailNotIn", "emailGT", "emailGTE", "emailLT", "emailLTE", "emailContains", "emailHasPrefix", "emailHasSuffix", "emailIsNil", "emailNotNil", "emailEqualFold", "emailContainsFold", "username", "usernameNEQ", "usernameIn", "usernameNotIn", "usernameGT", "usernameGTE", "usernameLT", "usernameLTE", "usernameContains", "usernameHasPrefix", "usernameHasSuffix", "usernameIsNil", "usernameNotNil", "usernameEqualFold", "usernameContainsFold", "photoKey", "photoKeyNEQ", "photoKeyIn", "photoKeyNotIn", "photoKeyGT", "photoKeyGTE", "photoKeyLT", "photoKeyLTE", "photoKeyContains", "photoKeyHasPrefix", "photoKeyHasSuffix", "photoKeyIsNil", "photoKeyNotNil", "photoKeyEqualFold", "photoKeyContainsFold", "notes", "notesNEQ", "notesIn", "notesNotIn", "notesGT", "notesGTE", "notesLT", "notesLTE", "notesContains", "notesHasPrefix", "notesHasSuffix", "notesIsNil", "notesNotNil", "notesEqualFold", "notesContainsFold", "mergedIntoID", "mergedIntoIDNEQ", "mergedIntoIDIn", "mergedIntoIDNotIn", "mergedIntoIDGT", "mergedIntoIDGTE", "mergedIntoIDLT", "mergedIntoIDLTE", "mergedIntoIDIsNil", "mergedIntoIDNotNil", "hasAccount", "hasAccountWith", "hasIdentities", "hasIdentitiesWith", "hasChats", "hasChatsWith", "hasCases", "hasCasesWith"}
+	fieldsInOrder := [...]string{"not", "and", "or", "id", "idNEQ", "idIn", "idNotIn", "idGT", "idGTE", "idLT", "idLTE", "createdAt", "createdAtNEQ", "createdAtIn", "createdAtNotIn", "createdAtGT", "createdAtGTE", "createdAtLT", "createdAtLTE", "updatedAt", "updatedAtNEQ", "updatedAtIn", "updatedAtNotIn", "updatedAtGT", "updatedAtGTE", "updatedAtLT", "updatedAtLTE", "name", "nameNEQ", "nameIn", "nameNotIn", "nameGT", "nameGTE", "nameLT", "nameLTE", "nameContains", "nameHasPrefix", "nameHasSuffix", "nameEqualFold", "nameContainsFold", "phone", "phoneNEQ", "phoneIn", "phoneNotIn", "phoneGT", "phoneGTE", "phoneLT", "phoneLTE", "phoneContains", "phoneHasPrefix", "phoneHasSuffix", "phoneIsNil", "phoneNotNil", "phoneEqualFold", "phoneContainsFold", "email", "emailNEQ", "emailIn", "emailNotIn", "emailGT", "emailGTE", "emailLT", "emailLTE", "emailContains", "emailHasPrefix", "emailHasSuffix", "emailIsNil", "emailNotNil", "emailEqualFold", "emailContainsFold", "username", "usernameNEQ", "usernameIn", "usernameNotIn", "usernameGT", "usernameGTE", "usernameLT", "usernameLTE", "usernameContains", "usernameHasPrefix", "usernameHasSuffix", "usernameIsNil", "usernameNotNil", "usernameEqualFold", "usernameContainsFold", "notes", "notesNEQ", "notesIn", "notesNotIn", "notesGT", "notesGTE", "notesLT", "notesLTE", "notesContains", "notesHasPrefix", "notesHasSuffix", "notesIsNil", "notesNotNil", "notesEqualFold", "notesContainsFold", "mergedIntoID", "mergedIntoIDNEQ", "mergedIntoIDIn", "mergedIntoIDNotIn", "mergedIntoIDGT", "mergedIntoIDGTE", "mergedIntoIDLT", "mergedIntoIDLTE", "mergedIntoIDIsNil", "mergedIntoIDNotNil", "hasAccount", "hasAccountWith", "hasIdentities", "hasIdentitiesWith", "hasChats", "hasChatsWith", "hasCases", "hasCasesWith"}
 	for _, k := range fieldsInOrder {
 		v, ok := asMap[k]
 		if !ok {
@@ -27431,111 +27399,6 @@ func (ec *executionContext) unmarshalInputContactWhereInput(ctx context.Context,
 				return it, err
 			}
 			it.UsernameContainsFold = data
-		case "photoKey":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKey"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKey = data
-		case "photoKeyNEQ":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyNEQ"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyNEQ = data
-		case "photoKeyIn":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyIn"))
-			data, err := ec.unmarshalOString2ᚕstringᚄ(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyIn = data
-		case "photoKeyNotIn":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyNotIn"))
-			data, err := ec.unmarshalOString2ᚕstringᚄ(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyNotIn = data
-		case "photoKeyGT":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyGT"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyGT = data
-		case "photoKeyGTE":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyGTE"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyGTE = data
-		case "photoKeyLT":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyLT"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyLT = data
-		case "photoKeyLTE":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyLTE"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyLTE = data
-		case "photoKeyContains":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyContains"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyContains = data
-		case "photoKeyHasPrefix":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyHasPrefix"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyHasPrefix = data
-		case "photoKeyHasSuffix":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyHasSuffix"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyHasSuffix = data
-		case "photoKeyIsNil":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyIsNil"))
-			data, err := ec.unmarshalOBoolean2bool(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyIsNil = data
-		case "photoKeyNotNil":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyNotNil"))
-			data, err := ec.unmarshalOBoolean2bool(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyNotNil = data
-		case "photoKeyEqualFold":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyEqualFold"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyEqualFold = data
-		case "photoKeyContainsFold":
-			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("photoKeyContainsFold"))
-			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
-			if err != nil {
-				return it, err
-			}
-			it.PhotoKeyContainsFold = data
 		case "notes":
 			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("notes"))
 			data, err := ec.unmarshalOString2ᚖstring(ctx, v)
@@ -36607,11 +36470,6 @@ func (ec *executionContext) _Contact(ctx context.Context, sel ast.SelectionSet, 
 			}
 		case "username":
 			out.Values[i] = ec._Contact_username(ctx, field, obj)
-			if out.Values[i] == graphql.RequiredNull {
-				atomic.AddUint32(&out.Invalids, 1)
-			}
-		case "photoKey":
-			out.Values[i] = ec._Contact_photoKey(ctx, field, obj)
 			if out.Values[i] == graphql.RequiredNull {
 				atomic.AddUint32(&out.Invalids, 1)
 			}

@@ -103,7 +103,13 @@ func (a *Adapter) Send(ctx context.Context, ch channels.Channel, out channels.Ou
 			JSON:   req,
 		}, &ans)
 		if err != nil {
-			return channels.SendResult{}, metagraph.Classify(err, sendRules)
+			se := channels.AsSendError(metagraph.Classify(err, sendRules))
+			if out.File != nil && !se.Permanent {
+				// The file went out already: retrying would send it twice.
+				se.Permanent = true
+				se.Reason = "the file was sent but its text was not: " + se.Reason
+			}
+			return channels.SendResult{}, se
 		}
 		res.MessageID = ans.MessageID
 	}

@@ -23,7 +23,7 @@ func (Contact) Fields() []ent.Field {
 		field.String("email").Optional().MaxLen(254),
 		field.String("username").Optional().MaxLen(100),
 		// photo_key is the file in Parley's storage (provider URLs expire, R2).
-		field.String("photo_key").Optional().Annotations(readOnly()),
+		field.String("photo_key").Optional().Annotations(hidden()),
 		field.String("notes").Optional().MaxLen(10000),
 		// merged_into_id is set on a contact merged into another (R22).
 		field.Int("merged_into_id").Optional().Nillable().Annotations(readOnly()),

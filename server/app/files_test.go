@@ -225,10 +225,6 @@ func TestR14_SendFileOnMetaChannels(t *testing.T) {
 		// retry of the whole message would show the customer the file
 		// twice (at most once, as Telegram's multi-part sends do).
 		t.Run("text fails after the file", func(t *testing.T) {
-			// Remove once messenger.Adapter.Send makes a failure after the
-			// file was delivered permanent (as telegram.Adapter.Send does
-			// for later parts): today the retry sends the file again.
-			t.Skip("KNOWN BUG channels/messenger/messenger.go Send: a transient failure of the text after the file resends the file")
 			base := r.graph.Count(key)
 			r.graph.Script(key,
 				apptest.JSONReply(http.StatusOK, []byte(`{"recipient_id":"`+fbPSID+`","message_id":"m_file_2"}`)),

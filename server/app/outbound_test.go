@@ -640,7 +640,7 @@ func TestR14_Outbound(t *testing.T) {
 				if m := r.message(t, r.op.Token, id); m.DeliveryStatus != "PENDING" || calls() != 1 {
 					t.Fatalf("message %+v after %d calls, while the lease holds", m, calls())
 				}
-				r.advance(t, time.Minute+time.Second) // the lease expires; another claim
+				r.advance(t, 5*time.Minute+time.Second) // the lease expires; another claim
 				m := r.message(t, r.op.Token, id)
 				if m.DeliveryStatus != "FAILED" || str(m.DeliveryErrorCode) != "UNCONFIRMED" || str(m.DeliveryError) == "" {
 					t.Fatalf("message = %+v, want FAILED UNCONFIRMED", m)

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -106,6 +107,9 @@ func Config(t testing.TB) app.Config {
 	cfg.AdminEmail, cfg.AdminPassword, cfg.AdminName = AdminEmail, AdminPassword, "Test Admin"
 	cfg.SessionTTL = SessionTTL
 	cfg.ShutdownTimeout = 10 * time.Second
+	// Never inside the repository: every test server has its own files.
+	cfg.DataDir = t.TempDir()
+	cfg.FilesDir = filepath.Join(cfg.DataDir, "files")
 	return cfg
 }
 
