@@ -170,6 +170,16 @@ func parseEvent(ch channels.Channel, pageID string, raw json.RawMessage) []chann
 		Sender:     channels.Identity{ExternalID: ev.Sender.ID.String()},
 		Time:       metagraph.UnixMillis(ev.Timestamp),
 	}
+	// A message names its customer: the sender, or an echo's recipient.
+	customer := ev.Sender.ID.String()
+	if ev.Message != nil && ev.Message.IsEcho {
+		customer = ev.Recipient.ID.String()
+	}
+	if customer == "" && (ev.Message != nil || ev.Postback != nil || ev.MessageEdit != nil || ev.Reaction != nil) {
+		u := base
+		u.Kind, u.Reason = channels.UpdateIgnored, "messenger event without a customer id"
+		return []channels.Update{u}
+	}
 	switch {
 	case ev.Message != nil && ev.Message.IsEcho:
 		return []channels.Update{echo(ch, pageID, ev)}

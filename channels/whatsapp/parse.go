@@ -321,6 +321,11 @@ func parseMessage(m message, contacts []contact) channels.Update {
 	default:
 		unsupported(&u, m)
 	}
+	if u.Kind == channels.UpdateMessage && u.Sender.ExternalID == "" {
+		// Neither from_user_id, from nor a contact: no customer to file it under.
+		return channels.Update{Kind: channels.UpdateIgnored, MessageID: m.ID, Time: u.Time,
+			Reason: "whatsapp message without a sender"}
+	}
 	return u
 }
 

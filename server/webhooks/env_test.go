@@ -87,9 +87,9 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 				o.cfg(c)
 			}
 		}),
-		// apptest replaces the desk's whole Config with its own (session
-		// TTL, bcrypt cost), which drops the MetaAppID that app.New passes
-		// from PARLEY_META_APP_ID: set it again (see the report).
+		// apptest.New gives the desk a whole Config of its own (session
+		// TTL, bcrypt cost), applied after app.New's, which drops the
+		// MetaAppID app.New takes from PARLEY_META_APP_ID: set it again.
 		apptest.WithDeskOptions(desk.WithConfig(desk.Config{SessionTTL: apptest.SessionTTL,
 			PasswordCost: bcrypt.MinCost, MetaAppID: o.metaAppID})),
 	)

@@ -142,7 +142,8 @@ func New(t testing.TB, opts ...Option) *Server {
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	deskOpts := append([]desk.Option{
 		desk.WithClock(clock),
-		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, PasswordCost: bcrypt.MinCost}),
+		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, PasswordCost: bcrypt.MinCost,
+			MetaAppID: cfg.MetaAppID, EventRetention: cfg.EventRetention}),
 	}, st.desk...)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
