@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/parleydesk/parley/ent"
 	entevent "github.com/parleydesk/parley/ent/event"
 	"github.com/parleydesk/parley/ent/schema/enum"
+	"github.com/parleydesk/parley/server/app"
 	"github.com/parleydesk/parley/server/app/apptest"
 )
 
@@ -246,4 +249,28 @@ func TestR32_SubscriptionsAreAuthorised(t *testing.T) {
 			t.Fatalf("queue event = %+v, want CHAT_CREATED", ev)
 		}
 	})
+}
+
+func TestR32_WebsocketOriginsComeFromTheCORSAllowList(t *testing.T) {
+	s := apptest.New(t, apptest.WithConfig(func(c *app.Config) { c.CORSOrigins = []string{"https://desk.example"} }))
+	op := s.CreateOperator(t, enum.RoleOperator)
+	// An allowed browser origin connects and authenticates.
+	ws := s.DialWS(t, "graphql-transport-ws", map[string]string{"Origin": "https://desk.example"})
+	ws.Send("connection_init", "", map[string]any{"Authorization": "Bearer " + op.Token})
+	if m := ws.Next(); m.Type != "connection_ack" {
+		t.Fatalf("allowed origin: got %s %s", m.Type, m.Payload)
+	}
+	// Another origin is refused at the upgrade.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(s.URL, "http")+"/graphql", &websocket.DialOptions{
+		Subprotocols: []string{"graphql-transport-ws"},
+		HTTPHeader:   map[string][]string{"Origin": {"https://evil.example"}},
+	})
+	if err == nil {
+		t.Fatal("a websocket from a foreign origin was accepted")
+	}
+	if resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("foreign origin answered %v, want 403", resp)
+	}
 }
