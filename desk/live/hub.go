@@ -318,18 +318,19 @@ func (h *Hub) Subscribe(ctx context.Context, actor *desk.Actor, scope Scope, aft
 	var backlog []*ent.Event
 	last := hwm
 	if after != nil {
+		// Replay the log after the client's id. Reading past hwm is safe:
+		// those events also reach the queue, where ids up to last are
+		// skipped. The first read happens even when there seems to be
+		// nothing to replay, so that an id older than the retention window
+		// is refused whatever the pump has seen.
 		last = *after
-		for last < hwm {
+		for {
 			events, err := h.src.EventsAfter(ctx, last, h.opt.Batch)
 			if err != nil {
 				h.remove(s)
 				return nil, err
 			}
-			progressed := false
 			for _, e := range events {
-				if e.ID > hwm {
-					break
-				}
 				if endsSessions(e)(actor) {
 					h.remove(s)
 					return nil, desk.ErrUnauthenticated
@@ -341,15 +342,13 @@ func (h *Hub) Subscribe(ctx context.Context, actor *desk.Actor, scope Scope, aft
 					}
 					backlog = append(backlog, e)
 				}
-				last, progressed = e.ID, true
+				last = e.ID
 			}
-			if !progressed {
+			if len(events) < h.opt.Batch {
 				break
 			}
 		}
-		if last < hwm {
-			last = hwm // nothing else below hwm exists
-		}
+		last = max(last, *after)
 	}
 	out := make(chan *ent.Event)
 	st := &Stream{C: out}
