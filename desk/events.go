@@ -163,6 +163,12 @@ func (d *Desk) EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event,
 	if after < s.EventsPrunedThrough {
 		return nil, Fail(CodeEventsExpired, "events after %d are older than the retention window; refetch and subscribe again", after)
 	}
+	return d.ReadEvents(ctx, after, limit)
+}
+
+// ReadEvents returns up to limit events with an id above after, oldest
+// first, without the retention check (the live pump's read).
+func (d *Desk) ReadEvents(ctx context.Context, after, limit int) ([]*ent.Event, error) {
 	return d.client.Event.Query().Where(entevent.IDGT(after)).Order(ent.Asc(entevent.FieldID)).Limit(limit).All(ctx)
 }
 

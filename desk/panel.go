@@ -88,8 +88,14 @@ func (d *Desk) Panel(ctx context.Context) (*Panel, error) {
 		return nil, ErrUnauthenticated
 	}
 	p := &Panel{Me: me[0]}
-	newChats, err := d.client.Chat.Query().Where(chat.StatusEQ(enum.ChatWaiting),
-		chat.HasOffersWith(chatoffer.OperatorID(a.OperatorID), chatoffer.StatusEQ(enum.OfferOpen))).
+	// The operator's open offers first (index on operator and status),
+	// rather than an EXISTS over every waiting chat.
+	offered, err := d.client.ChatOffer.Query().Where(chatoffer.OperatorID(a.OperatorID), chatoffer.StatusEQ(enum.OfferOpen)).
+		Limit(panelChatLimit).Select(chatoffer.FieldChatID).Ints(ctx)
+	if err != nil {
+		return nil, err
+	}
+	newChats, err := d.client.Chat.Query().Where(chat.StatusEQ(enum.ChatWaiting), chat.IDIn(offered...)).
 		Order(ent.Asc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit).All(ctx)
 	if err != nil {
 		return nil, err

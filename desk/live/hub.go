@@ -14,7 +14,6 @@ package live
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"slices"
 	"sync"
@@ -29,6 +28,9 @@ type Source interface {
 	// EventsAfter returns events with an id above after, oldest first; it
 	// fails with EVENTS_EXPIRED when some were pruned.
 	EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event, error)
+	// ReadEvents is EventsAfter without the retention check (the pump
+	// starts at the newest event and never resumes from before the window).
+	ReadEvents(ctx context.Context, after, limit int) ([]*ent.Event, error)
 	LastEventID(ctx context.Context) (int, error)
 }
 
@@ -194,15 +196,9 @@ func (h *Hub) pumpOnce(ctx context.Context) (int, error) {
 	return len(events), nil
 }
 
-// readAfter reads the log for the pump, which never resumes from before the
-// retention window (it starts at the newest event).
+// readAfter reads the log for the pump.
 func (h *Hub) readAfter(ctx context.Context, after int) ([]*ent.Event, error) {
-	events, err := h.src.EventsAfter(ctx, after, h.opt.Batch)
-	var de *desk.Error
-	if errors.As(err, &de) && de.Code == desk.CodeEventsExpired {
-		h.opt.Logger.Warn("live: the pump fell behind the retention window", "after", after)
-	}
-	return events, err
+	return h.src.ReadEvents(ctx, after, h.opt.Batch)
 }
 
 // endsSessions returns a predicate telling whether an event ends the live

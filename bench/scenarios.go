@@ -1,0 +1,1045 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/parleydesk/parley/desk/store"
+)
+
+// runner holds what the scenarios share.
+type runner struct {
+	opt  options
+	rep  *report
+	tmp  string
+	bin  string
+	fake *fakeProviders
+	// base is the bare insert+commit result per database and concurrency.
+	base map[string]map[int]baseStat
+	// capacity is the ingest rate at c=8 per database (half of it loads the
+	// latency scenario).
+	capacity map[string]float64
+}
+
+type baseStat struct {
+	tps float64
+	lat samples
+}
+
+var concurrencies = []int{1, 8, 32}
+
+func dbLabel(kind string) string {
+	if kind == dbPostgres {
+		return "PostgreSQL"
+	}
+	return "SQLite"
+}
+
+// ---------------------------------------------------------------------------
+// Scenario 1: the bare write rate of the database.
+
+func (r *runner) baseline(ctx context.Context, kind string) error {
+	var d *database
+	var err error
+	if kind == dbPostgres {
+		if d, err = newPostgres(ctx, r.opt.pgURL, "base"); err != nil {
+			return err
+		}
+	} else {
+		d = newSQLite(r.tmp, "baseline")
+	}
+	defer func() {
+		if !r.opt.keep {
+			d.drop()
+		}
+	}()
+	var db *sql.DB
+	if kind == dbPostgres {
+		db, err = sql.Open("postgres", d.url)
+	} else {
+		db, err = sql.Open("sqlite", store.SQLiteDSN(d.sqlitePath))
+	}
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(32)
+	ddl := []string{`CREATE TABLE bench_insert (id bigserial PRIMARY KEY, k bigint NOT NULL, body text NOT NULL,
+		created_at timestamptz NOT NULL DEFAULT now())`, `CREATE INDEX bench_insert_k ON bench_insert (k)`}
+	ins := `INSERT INTO bench_insert (k, body) VALUES ($1, $2)`
+	if kind == dbSQLite {
+		ddl[0] = `CREATE TABLE bench_insert (id integer PRIMARY KEY AUTOINCREMENT, k integer NOT NULL, body text NOT NULL,
+			created_at datetime NOT NULL DEFAULT CURRENT_TIMESTAMP)`
+		ins = `INSERT INTO bench_insert (k, body) VALUES (?, ?)`
+	}
+	for _, q := range ddl {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	r.base[kind] = map[int]baseStat{}
+	body := strings.Repeat("Hello! Where is my order #A-1042? ", 2)
+	for _, c := range concurrencies {
+		conns := make([]*sql.Conn, c)
+		for i := range conns {
+			if conns[i], err = db.Conn(ctx); err != nil {
+				return fmt.Errorf("c=%d: connection %d: %w", c, i, err)
+			}
+		}
+		// A short warm-up, then the measured phase.
+		for _, dur := range []time.Duration{r.opt.duration / 5, r.opt.duration} {
+			st, err := insertLoop(ctx, conns, ins, body, dur)
+			if err != nil {
+				return fmt.Errorf("c=%d: %w", c, err)
+			}
+			r.base[kind][c] = st
+		}
+		for _, cn := range conns {
+			cn.Close()
+		}
+		st := r.base[kind][c]
+		r.rep.add(row{DB: dbLabel(kind), Figure: fmt.Sprintf("Bare insert+commit, c=%d: transactions/s", c),
+			Value: num(st.tps), Limit: "(the limit)"})
+		r.rep.add(row{DB: dbLabel(kind), Figure: fmt.Sprintf("Bare insert+commit, c=%d: latency p50 / p99", c),
+			Value: p50p99(st.lat), Limit: "(the limit)"})
+	}
+	return nil
+}
+
+// insertLoop runs BEGIN; INSERT one row; COMMIT on every connection for dur.
+func insertLoop(ctx context.Context, conns []*sql.Conn, ins, body string, dur time.Duration) (baseStat, error) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		all   samples
+		first error
+	)
+	start := time.Now()
+	deadline := start.Add(dur)
+	for w, cn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var lat samples
+			k := int64(w) << 40
+			for n := 0; n < 2_000_000 && time.Now().Before(deadline) && ctx.Err() == nil; n++ {
+				t0 := time.Now()
+				tx, err := cn.BeginTx(ctx, nil)
+				if err == nil {
+					if _, err = tx.ExecContext(ctx, ins, k+int64(n)*7919%1_000_003, body); err != nil {
+						_ = tx.Rollback()
+					} else {
+						err = tx.Commit()
+					}
+				}
+				if err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					break
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	return baseStat{tps: float64(len(all)) / el.Seconds(), lat: all}, first
+}
+
+// ---------------------------------------------------------------------------
+// The server under test.
+
+// env is a running server over a fresh database, with an administrator.
+type env struct {
+	kind  string
+	label string
+	db    *database
+	srv   *serverProc
+	gql   *gqlClient
+	web   *http.Client
+	admin string
+	keep  bool
+}
+
+func (r *runner) startEnv(ctx context.Context, kind, label string) (*env, error) {
+	e := &env{kind: kind, label: label, keep: r.opt.keep}
+	var err error
+	if kind == dbPostgres {
+		if e.db, err = newPostgres(ctx, r.opt.pgURL, label); err != nil {
+			return nil, err
+		}
+	} else {
+		e.db = newSQLite(filepath.Join(r.tmp, kind+"-"+label), "parley")
+		_ = os.MkdirAll(filepath.Dir(e.db.sqlitePath), 0o750)
+	}
+	start := time.Now()
+	e.srv, err = startServer(ctx, r.bin, e.db.url, filepath.Join(r.tmp, kind+"-"+label), r.fake.srv.URL)
+	if err != nil {
+		e.db.drop()
+		return nil, err
+	}
+	e.gql = &gqlClient{base: e.srv.base, http: newHTTPClient(64)}
+	e.web = newHTTPClient(64)
+	if e.admin, _, err = e.gql.login(ctx, adminEmail, benchPass); err != nil {
+		e.close()
+		return nil, fmt.Errorf("admin login: %w", err)
+	}
+	logf("%s: server %s started (pid %d) on %s in %.1fs", dbLabel(kind), label, e.srv.pid, e.srv.addr, time.Since(start).Seconds())
+	return e, nil
+}
+
+func (e *env) close() {
+	e.srv.stop()
+	if n := e.srv.logCount("ERROR"); n > 0 {
+		logf("%s: the server logged %d errors; last lines:\n%s", dbLabel(e.kind), n, e.srv.logTail(10))
+	}
+	if !e.keep {
+		e.db.drop()
+	}
+}
+
+// noteLog adds the server's warnings and errors, by message, to the notes.
+func (r *runner) noteLog(e *env) {
+	var parts []string
+	for msg, n := range e.srv.logSummary() {
+		parts = append(parts, fmt.Sprintf("%d× %s", n, msg))
+	}
+	if len(parts) > 0 {
+		sort.Strings(parts)
+		r.rep.note("%s server (%s) logged: %s", dbLabel(e.kind), e.label, strings.Join(parts[:min(len(parts), 8)], "; "))
+	}
+}
+
+// verify counts, over the sets, the inbound messages of their channels, the
+// chats of their queues, those offered, and their MESSAGE_ADDED events.
+func (e *env) verify(ctx context.Context, sets []*benchSet) (msgs, chats, offered, events int64, err error) {
+	db, err := e.db.sql()
+	if err != nil {
+		return
+	}
+	p := e.db.ph
+	for _, s := range sets {
+		var m, c, o, ev int64
+		err = db.QueryRowContext(ctx, fmt.Sprintf(`SELECT
+		(SELECT count(*) FROM messages WHERE channel_id IN (%s, %s) AND direction = 'INBOUND'),
+		(SELECT count(*) FROM chats WHERE queue_id = %s),
+		(SELECT count(*) FROM chats WHERE queue_id = %s AND offered_at IS NOT NULL),
+		(SELECT count(*) FROM events WHERE type = 'MESSAGE_ADDED' AND chat_id IN (SELECT id FROM chats WHERE queue_id = %s))`,
+			p(1), p(2), p(3), p(4), p(5)), s.TG.ID, s.WA.ID, s.QueueID, s.QueueID, s.QueueID).Scan(&m, &c, &o, &ev)
+		if err != nil {
+			return
+		}
+		msgs, chats, offered, events = msgs+m, chats+c, offered+o, events+ev
+	}
+	return
+}
+
+// drain waits until the jobs a burst of deliveries left due now (profile
+// fetches of new contacts, releases) are done, so that one phase does not
+// pay for the previous one. It stops early when the count stops falling
+// (a job backing off after failures), and logs what is left.
+func (e *env) drain(ctx context.Context, timeout time.Duration) int {
+	db, err := e.db.sql()
+	if err != nil {
+		return -1
+	}
+	const immediate = `status = 'PENDING' AND kind IN ('FETCH_PROFILE', 'DOWNLOAD', 'SEND', 'RELEASE', 'LATE_STATUS')`
+	deadline := time.Now().Add(timeout)
+	last, since := -1, time.Now()
+	for {
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM jobs WHERE "+immediate).Scan(&n); err != nil {
+			return -1
+		}
+		if n != last {
+			last, since = n, time.Now()
+		}
+		if n == 0 || time.Now().After(deadline) || time.Since(since) > 3*time.Second || ctx.Err() != nil {
+			if n > 0 {
+				var sb strings.Builder
+				rows, err := db.QueryContext(ctx, "SELECT kind, attempts, coalesce(last_error, '') FROM jobs WHERE "+immediate+" LIMIT 3")
+				if err == nil {
+					for rows.Next() {
+						var kind, lastErr string
+						var attempts int
+						if rows.Scan(&kind, &attempts, &lastErr) == nil {
+							fmt.Fprintf(&sb, "; %s attempt %d %.120s", kind, attempts, lastErr)
+						}
+					}
+					rows.Close()
+				}
+				logf("%s: %d jobs still pending%s", dbLabel(e.kind), n, sb.String())
+			}
+			return n
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ensureRoom adds sets made by mk until the traffic takes n more new chats
+// without saturating its operators.
+func ensureRoom(t *traffic, n int, mk func() (*benchSet, error)) error {
+	for t.room() < n {
+		s, err := mk()
+		if err != nil {
+			return err
+		}
+		t.add(s)
+	}
+	return nil
+}
+
+// expectedNew estimates the new chats of a phase at rate, with a margin.
+func expectedNew(rate, newFrac float64, dur time.Duration) int {
+	return int(rate*1.5*newFrac*dur.Seconds()) + 50
+}
+
+// ---------------------------------------------------------------------------
+// Scenario 2: ingest.
+
+// newShare is the share of deliveries from new contacts (each opens a chat);
+// the rest go to contacts whose chat is open.
+const newShare = 0.3
+
+func (r *runner) ingest(ctx context.Context, e *env) error {
+	o := r.opt
+	label := dbLabel(e.kind)
+	traffics := map[int]*traffic{}
+	for _, c := range concurrencies {
+		k := 0
+		mk := func() (*benchSet, error) {
+			k++
+			return newSet(ctx, e.gql, e.admin, fmt.Sprintf("Ingest c%d-%d", c, k), "TO_ALL", o.operators)
+		}
+		s, err := mk()
+		if err != nil {
+			return err
+		}
+		traffics[c] = newTraffic(e.srv.base, newShare, s)
+		// Warm-up: connections, caches, a first population of contacts; and
+		// enough operators for the phase at the rate it showed.
+		w := drive(ctx, e.web, traffics[c], loadSpec{conc: c, dur: o.duration / 5}, hooks{})
+		if err := ensureRoom(traffics[c], expectedNew(w.rate(), newShare, o.duration), mk); err != nil {
+			return err
+		}
+	}
+	countTx := e.kind == dbPostgres
+	e.drain(ctx, 30*time.Second)
+	settle := func() {
+		if countTx && !o.quick {
+			logf("%s: waiting %s for PostgreSQL to flush its transaction counters", label, statsFlush)
+			time.Sleep(statsFlush)
+		}
+	}
+	settle()
+	var x0 int64
+	if countTx {
+		var err error
+		if x0, err = e.db.xactCommit(ctx); err != nil {
+			return err
+		}
+	}
+	txPerMsg := map[int]float64{}
+	phaseDur := map[int]time.Duration{}
+	msgs := map[int]int{}
+	for _, c := range concurrencies {
+		sets := traffics[c].allSets()
+		m0, ch0, of0, ev0, err := e.verify(ctx, sets)
+		if err != nil {
+			return err
+		}
+		var prof *profiler
+		if c == 8 && o.profileDir != "" {
+			prof = startProfile(ctx, e, o.profileDir, o.duration)
+		}
+		t0 := time.Now()
+		split := startCPUSplit(e.srv.pid)
+		res := drive(ctx, e.web, traffics[c], loadSpec{conc: c, dur: o.duration}, hooks{})
+		cpu := split.finish()
+		if prof != nil {
+			prof.finish()
+		}
+		e.drain(ctx, 30*time.Second)
+		settle()
+		phaseDur[c] = time.Since(t0)
+		msgs[c] = res.acked
+		if countTx {
+			x1, err := e.db.xactCommit(ctx)
+			if err != nil {
+				return err
+			}
+			// Two of the counted transactions are the counter reads.
+			txPerMsg[c] = float64(x1-x0-2) / float64(max(res.acked, 1))
+			x0 = x1
+		}
+		m1, ch1, of1, ev1, err := e.verify(ctx, sets)
+		if err != nil {
+			return err
+		}
+		bs := r.base[e.kind][c]
+		rate := res.rate()
+		if c == 8 {
+			r.capacity[e.kind] = rate
+		}
+		target, verdict := "", ""
+		if c == 8 && e.kind == dbPostgres {
+			target, verdict = "≥ 20% of bare", r.rep.verdict(rate >= 0.2*bs.tps)
+		}
+		if c == 8 && e.kind == dbSQLite {
+			target, verdict = "≥ 1,000 msg/s", r.rep.verdict(rate >= 1000)
+		}
+		val := num(rate) + " msg/s"
+		if res.failed > 0 {
+			val += fmt.Sprintf(" (%d refused: %s)", res.failed, res.errSummary())
+		}
+		r.rep.add(row{DB: label, Figure: fmt.Sprintf("Ingest c=%d: messages/s", c), Value: val,
+			Limit: num(bs.tps) + " tx/s bare", Ratio: pctOf(rate, bs.tps), Target: target, Result: verdict})
+		r.rep.add(row{DB: label, Figure: fmt.Sprintf("Ingest c=%d: CPU used (cores)", c), Value: cpu})
+		r.rep.add(row{DB: label, Figure: fmt.Sprintf("Ingest c=%d: acknowledgement p50 / p99", c), Value: p50p99(res.ack),
+			Limit: p50p99(bs.lat) + " bare", Ratio: ratio(float64(res.ack.pct(99)), float64(bs.lat.pct(99)))})
+		dm, dch, dof, dev := m1-m0, ch1-ch0, of1-of0, ev1-ev0
+		ok := dm == int64(res.acked) && dof == dch && dev == dm && traffics[c].overflow.Load() == 0
+		res2 := "ok"
+		if !ok {
+			res2 = "LOST"
+		}
+		r.rep.add(row{DB: label, Figure: fmt.Sprintf("Ingest c=%d: stored / routed / evented", c),
+			Value:  fmt.Sprintf("%s acked: %s stored, %s/%s new chats offered, %s events", num(float64(res.acked)), num(float64(dm)), num(float64(dof)), num(float64(dch)), num(float64(dev))),
+			Target: "all", Result: res2})
+	}
+	if countTx {
+		bg := 0.0
+		if !o.quick {
+			// The idle server's own transactions (scheduler and event pump
+			// polls) over a window with nothing else.
+			x1 := x0
+			time.Sleep(statsFlush)
+			x2, err := e.db.xactCommit(ctx)
+			if err != nil {
+				return err
+			}
+			bg = float64(x2-x1-2) / statsFlush.Seconds()
+		}
+		for _, c := range concurrencies {
+			target, verdict := "", ""
+			if c == 8 {
+				target, verdict = "≤ 2", r.rep.verdict(txPerMsg[c] <= 2)
+			}
+			net := txPerMsg[c] - bg*phaseDur[c].Seconds()/float64(max(msgs[c], 1))
+			val := fmt.Sprintf("%.2f", txPerMsg[c])
+			if !o.quick {
+				val += fmt.Sprintf(" (%.2f net of the idle %.1f/s)", net, bg)
+			} else {
+				val += " (quick: counters not settled)"
+			}
+			if !e.db.dedicated() {
+				val += " (shared database: includes other clients)"
+			}
+			r.rep.add(row{DB: label, Figure: fmt.Sprintf("Ingest c=%d: committed transactions per message", c), Value: val,
+				Limit: "1 (one commit)", Ratio: fmt.Sprintf("%.2f×", txPerMsg[c]), Target: target, Result: verdict})
+		}
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios 3 and 4: webhook → panel, inbound → offer.
+
+// latencySet is a run of bench sets whose operators each hold a panel
+// subscription.
+type latencySet struct {
+	e    *env
+	r    *runner
+	name string
+	tr   *traffic
+	subs []*subscription
+	trk  *tracker
+	st   *subStats
+	k    int
+}
+
+func (r *runner) newLatencySet(ctx context.Context, e *env, name string, newFrac float64) (*latencySet, error) {
+	ls := &latencySet{e: e, r: r, name: name, tr: newTraffic(e.srv.base, newFrac), trk: newTracker(), st: &subStats{}, k: r.opt.operators}
+	s, err := ls.mk(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ls.tr.add(s)
+	// Warm-up: every operator receives the events of a few deliveries.
+	ph := &deliveryPhase{}
+	drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: 10 * time.Second, maxN: 30}, ls.hooks(ph))
+	if got := ls.trk.wait(ph, 10*time.Second); got.got < got.expected {
+		ls.close()
+		return nil, fmt.Errorf("warm-up: %d of %d events reached the panels (%v)", got.got, got.expected, ls.st.lastEnd.Load())
+	}
+	return ls, nil
+}
+
+// mk creates a set and subscribes each of its operators' panels.
+func (ls *latencySet) mk(ctx context.Context) (*benchSet, error) {
+	s, err := newSet(ctx, ls.e.gql, ls.e.admin, fmt.Sprintf("%s %d", ls.name, len(ls.subs)/ls.k+1), "TO_ALL", ls.k)
+	if err != nil {
+		return nil, err
+	}
+	subs, err := connectMany(ctx, ls.e.srv.base, len(s.Ops), 4, func(i int) string { return s.Ops[i].Token }, ls.st,
+		func(int) func(time.Time, *liveEvent) { return ls.trk.receive })
+	if err != nil {
+		return nil, err
+	}
+	ls.subs = append(ls.subs, subs...)
+	// A subscription is live once the server has registered it, a moment
+	// after the subscribe message: wait until a delivery reaches every
+	// panel of the set.
+	for attempt := 1; ; attempt++ {
+		ph := &deliveryPhase{}
+		d := delivery{seq: msgSeq.Add(1), isNew: true, contact: contactRef{n: contactSeq.Add(1), set: s}}
+		d.req = s.telegramRequest(ls.e.srv.base, d.contact, d.seq).WithContext(ctx)
+		ls.trk.expect(d, time.Now(), ls.k, ph)
+		resp, err := ls.e.web.Do(d.req)
+		if err != nil {
+			return nil, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if got := ls.trk.wait(ph, time.Second); got.got == got.expected {
+			break
+		}
+		if attempt == 20 {
+			return nil, fmt.Errorf("the panel subscriptions of %s receive nothing (%v)", s.Name, ls.st.lastEnd.Load())
+		}
+	}
+	return s, nil
+}
+
+// prepare makes room for a phase of dur at rate.
+func (ls *latencySet) prepare(ctx context.Context, rate float64, dur time.Duration) error {
+	return ensureRoom(ls.tr, expectedNew(rate, ls.tr.newFrac, dur), func() (*benchSet, error) { return ls.mk(ctx) })
+}
+
+func (ls *latencySet) hooks(ph *deliveryPhase) hooks {
+	return hooks{
+		before: func(d delivery, start time.Time) { ls.trk.expect(d, start, ls.k, ph) },
+		after: func(d delivery, _ time.Time, ok bool) {
+			if !ok {
+				ls.trk.failed(d)
+			}
+		},
+	}
+}
+
+func (ls *latencySet) close() { closeAll(ls.subs) }
+
+func delivered(ph deliveryPhase) string {
+	return fmt.Sprintf("%s of %s delivered", num(float64(ph.got)), num(float64(ph.expected)))
+}
+
+func (r *runner) panelLatency(ctx context.Context, e *env) error {
+	label := dbLabel(e.kind)
+	capacity := r.capacity[e.kind]
+	if capacity == 0 {
+		// The ingest scenario did not run: measure the capacity at c=8.
+		s, err := newSet(ctx, e.gql, e.admin, "Calibration", "TO_ALL", r.opt.operators)
+		if err != nil {
+			return err
+		}
+		tr := newTraffic(e.srv.base, newShare, s)
+		capacity = drive(ctx, e.web, tr, loadSpec{conc: 8, dur: min(r.opt.duration, 3*time.Second), maxN: rotateAt * 3}, hooks{}).rate()
+		r.rep.note("%s: ingest capacity at c=8 calibrated at %s msg/s for the webhook → panel scenario.", label, num(capacity))
+	}
+	ls, err := r.newLatencySet(ctx, e, "Panel", newShare)
+	if err != nil {
+		return err
+	}
+	defer ls.close()
+	bs := r.base[e.kind]
+	c1 := drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: r.opt.duration / 5}, hooks{}).rate()
+	for _, p := range []struct {
+		name   string
+		spec   loadSpec
+		target time.Duration
+		bare   samples
+	}{
+		{"c=1", loadSpec{conc: 1, dur: r.opt.duration}, 5 * time.Millisecond, bs[1].lat},
+		{fmt.Sprintf("c=8 at half capacity (%s/s)", num(capacity/2)), loadSpec{conc: 8, rate: capacity / 2, dur: r.opt.duration}, 12 * time.Millisecond, bs[8].lat},
+	} {
+		rate := p.spec.rate
+		if rate == 0 {
+			rate = c1
+		}
+		if err := ls.prepare(ctx, rate, p.spec.dur); err != nil {
+			return err
+		}
+		e.drain(ctx, 30*time.Second)
+		ph := &deliveryPhase{}
+		res := drive(ctx, e.web, ls.tr, p.spec, ls.hooks(ph))
+		got := ls.trk.wait(ph, 10*time.Second)
+		target, verdict := "", ""
+		if e.kind == dbPostgres {
+			target, verdict = "p99 ≤ "+ms(p.target), r.rep.verdict(got.receipts.pct(99) <= p.target && got.got == got.expected)
+		}
+		r.rep.add(row{DB: label, Figure: "Webhook → panel " + p.name + ": p50 / p99",
+			Value: p50p99(got.receipts) + fmt.Sprintf(" (%d operators per chat; %s; ack p99 %s)", ls.k, delivered(got), ms(res.ack.pct(99))),
+			Limit: p50p99(p.bare) + " bare commit", Ratio: ratio(float64(got.receipts.pct(99)), float64(p.bare.pct(99))),
+			Target: target, Result: verdict})
+	}
+	if n := ls.st.ended.Load(); n > 0 {
+		r.rep.note("%s: %d panel subscriptions ended during the webhook → panel scenario (%v).", label, n, ls.st.lastEnd.Load())
+	}
+	return nil
+}
+
+func (r *runner) offerLatency(ctx context.Context, e *env) error {
+	label := dbLabel(e.kind)
+	ls, err := r.newLatencySet(ctx, e, "Offer", 1)
+	if err != nil {
+		return err
+	}
+	defer ls.close()
+	c1 := drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: r.opt.duration / 5, maxN: rotateAt / 2}, hooks{}).rate()
+	if err := ls.prepare(ctx, c1, r.opt.duration); err != nil {
+		return err
+	}
+	e.drain(ctx, 30*time.Second)
+	ph := &deliveryPhase{}
+	res := drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: r.opt.duration}, ls.hooks(ph))
+	got := ls.trk.wait(ph, 10*time.Second)
+	bare := r.base[e.kind][1].lat
+	target, verdict := "", ""
+	if e.kind == dbPostgres {
+		target, verdict = "p99 ≤ 10 ms", r.rep.verdict(got.first.pct(99) <= 10*time.Millisecond && got.got == got.expected)
+	}
+	r.rep.add(row{DB: label, Figure: "Inbound → offer on a panel, c=1: p50 / p99",
+		Value: p50p99(got.first) + fmt.Sprintf(" (first of %d operators; all: %s; %s; ack p99 %s)", ls.k,
+			p50p99(got.receipts), delivered(got), ms(res.ack.pct(99))),
+		Limit: p50p99(bare) + " bare commit", Ratio: ratio(float64(got.first.pct(99)), float64(bare.pct(99))),
+		Target: target, Result: verdict})
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Scenario 5: many subscribers.
+
+// targetedMembers is how many of the subscribed operators are members of the
+// queue whose chats are offered to one operator at a time.
+const targetedMembers = 50
+
+func (r *runner) subscribers(ctx context.Context, e *env) error {
+	label := dbLabel(e.kind)
+	o := r.opt
+	maxN := o.subscribers[len(o.subscribers)-1]
+	members := min(targetedMembers, o.subscribers[0])
+	start := time.Now()
+	var ops []operatorRef
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		// SQLite: the server may hold the write lock longer than the busy
+		// timeout under load; try again.
+		if ops, err = seedOperators(ctx, e.db, "sub", maxN, func(i int) bool { return i < members }); err == nil {
+			break
+		}
+		logf("%s: seed operators: %v", label, err)
+	}
+	if err != nil {
+		return fmt.Errorf("seed operators: %w", err)
+	}
+	logf("%s: seeded %d operators with sessions in %.1fs", label, maxN, time.Since(start).Seconds())
+	// A queue offering each chat to one member (TO_AVAILABLE), so that its
+	// events target single operators among all the subscribers.
+	var q struct {
+		CreateQueue struct{ ID string } `json:"createQueue"`
+	}
+	memberIDs := make([]string, members)
+	for i := range memberIDs {
+		memberIDs[i] = ops[i].ID
+	}
+	if err := e.gql.do(ctx, e.admin, `mutation($in: CreateQueueInput!) { createQueue(input: $in) { id } }`,
+		map[string]any{"in": map[string]any{"name": "Targeted", "routingRule": "TO_AVAILABLE", "acceptTimeoutSeconds": 86400,
+			"acceptTimeoutAction": "COUNT_MISSED", "memberIDs": memberIDs}}, &q); err != nil {
+		return fmt.Errorf("create queue: %w", err)
+	}
+	set := &benchSet{Name: "Targeted", QueueID: q.CreateQueue.ID, Ops: ops[:members]}
+	if set.TG, set.WA, err = newChannels(ctx, e.gql, e.admin, "Targeted", set.QueueID); err != nil {
+		return err
+	}
+	tr := newTraffic(e.srv.base, 1, set)
+
+	// The bare websocket server, measured at the same counts first.
+	bare, err := startBareServer()
+	if err != nil {
+		return err
+	}
+	type bareFig struct {
+		perConn float64
+		idleCPU float64
+		push    samples
+	}
+	bareAt := map[int]bareFig{}
+	func() {
+		defer bare.stop()
+		time.Sleep(300 * time.Millisecond)
+		rss0 := rss(bare.pid())
+		var mu sync.Mutex
+		starts := map[string]time.Time{}
+		var lat samples
+		sink := func(at time.Time, b []byte) {
+			mu.Lock()
+			defer mu.Unlock()
+			if t, ok := starts[string(b)]; ok {
+				lat = append(lat, at.Sub(t))
+				delete(starts, string(b))
+			}
+		}
+		var conns []*bareConn
+		defer func() { closeBare(conns) }()
+		for _, n := range o.subscribers {
+			more, err := connectBare(ctx, bare.base, len(conns), n, 32, sink)
+			if err != nil {
+				logf("%s: bare websocket server: %v", label, err)
+				return
+			}
+			conns = append(conns, more...)
+			time.Sleep(time.Second)
+			f := bareFig{perConn: float64(rss(bare.pid())-rss0) / float64(n)}
+			c0 := cpuTime(bare.pid())
+			time.Sleep(2 * time.Second)
+			f.idleCPU = (cpuTime(bare.pid()) - c0).Seconds() / 2
+			mu.Lock()
+			lat = nil
+			mu.Unlock()
+			rng := rand.New(rand.NewPCG(1, uint64(n)))
+			deadline := time.Now().Add(o.duration)
+			for k := 0; k < 50*int(o.duration/time.Second+1) && time.Now().Before(deadline); k++ {
+				key := "p" + strconv.Itoa(k)
+				i := rng.IntN(n)
+				mu.Lock()
+				starts[key] = time.Now()
+				mu.Unlock()
+				resp, err := e.web.Post(bare.base+"/push?i="+strconv.Itoa(i), "text/plain", strings.NewReader(key))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(200 * time.Millisecond)
+			mu.Lock()
+			f.push = append(samples(nil), lat...)
+			mu.Unlock()
+			bareAt[n] = f
+		}
+	}()
+
+	// Parley: the same counts of authenticated panel subscriptions.
+	trk := newTracker()
+	st := &subStats{}
+	time.Sleep(time.Second)
+	rss0 := rss(e.srv.pid)
+	var subs []*subscription
+	defer func() { closeAll(subs) }()
+	for _, n := range o.subscribers {
+		t0 := time.Now()
+		more, err := connectMany(ctx, e.srv.base, n-len(subs), 32,
+			func(i int) string { return ops[len(subs)+i].Token }, st,
+			func(int) func(time.Time, *liveEvent) { return trk.receive })
+		if err != nil {
+			return err
+		}
+		subs = append(subs, more...)
+		logf("%s: %d panel subscriptions open (%d added in %.1fs)", label, len(subs), len(more), time.Since(t0).Seconds())
+		time.Sleep(2 * time.Second)
+		perSub := float64(rss(e.srv.pid)-rss0) / float64(n)
+		c0 := cpuTime(e.srv.pid)
+		idle := 5 * time.Second
+		if o.quick {
+			idle = time.Second
+		}
+		time.Sleep(idle)
+		idleCPU := (cpuTime(e.srv.pid) - c0).Seconds() / idle.Seconds()
+		// Chats offered to one operator each, at a modest pace.
+		ph := &deliveryPhase{}
+		res := drive(ctx, e.web, tr, loadSpec{conc: 4, rate: 50, dur: o.duration}, hooks{
+			before: func(d delivery, s time.Time) { trk.expect(d, s, 1, ph) },
+			after: func(d delivery, _ time.Time, ok bool) {
+				if !ok {
+					trk.failed(d)
+				}
+			},
+		})
+		got := trk.wait(ph, 10*time.Second)
+		bf := bareAt[n]
+		isMax := n == maxN && n >= 10_000
+		memTarget, memVerdict, latTarget, latVerdict := "", "", "", ""
+		if e.kind == dbPostgres && (isMax || o.quick && n == maxN) {
+			memTarget, memVerdict = "≤ 48 KB", r.rep.verdict(perSub <= 48*1024)
+			latTarget, latVerdict = "p99 ≤ 50 ms", r.rep.verdict(got.receipts.pct(99) <= 50*time.Millisecond && got.got == got.expected)
+		}
+		r.rep.add(row{DB: label, Figure: fmt.Sprintf("%s subscriptions: server memory per subscription", num(float64(n))),
+			Value: fmt.Sprintf("%.1f KB (RSS %s MB)", perSub/1024, num(float64(rss(e.srv.pid))/(1<<20))),
+			Limit: fmt.Sprintf("%.1f KB bare websocket", bf.perConn/1024), Ratio: ratio(perSub, bf.perConn),
+			Target: memTarget, Result: memVerdict})
+		r.rep.add(row{DB: label, Figure: fmt.Sprintf("%s subscriptions: idle server CPU", num(float64(n))),
+			Value: fmt.Sprintf("%.1f%% of a core", 100*idleCPU), Limit: fmt.Sprintf("%.1f%% bare websocket", 100*bf.idleCPU)})
+		r.rep.add(row{DB: label, Figure: fmt.Sprintf("%s subscriptions: event targeted to one operator, p50 / p99", num(float64(n))),
+			Value: p50p99(got.receipts) + fmt.Sprintf(" (%s; ack p99 %s)", delivered(got), ms(res.ack.pct(99))),
+			Limit: p50p99(bf.push) + " bare push", Ratio: ratio(float64(got.receipts.pct(99)), float64(bf.push.pct(99))),
+			Target: latTarget, Result: latVerdict})
+	}
+	if n := st.ended.Load(); n > 0 {
+		r.rep.note("%s: %d of the panel subscriptions ended during the subscribers scenario (%v).", label, n, st.lastEnd.Load())
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Scenario 6: growth.
+
+const panelQuery = `query { panel { me { availability load limit }
+  newChats { chat { id status contact { name } } lastMessage { id text createdAt } unreadCount waitingSeconds }
+  activeChats { chat { id status contact { name } } lastMessage { id text createdAt } unreadCount waitingSeconds } } }`
+
+const chatListQuery = `query { chats(first: 20, where: {statusIn: [WAITING, IN_PROGRESS]}, orderBy: {field: CREATED_AT, direction: DESC}) {
+  totalCount
+  edges { node { id status createdAt lastMessageAt contact { name } channel { name provider } queue { name } owner { name }
+    messages(first: 5) { edges { node { direction text createdAt } } } } } } }`
+
+// queryLatency runs a query sequentially for dur (at most n times), as the
+// token(i) of the i-th run.
+func queryLatency(ctx context.Context, c *gqlClient, query string, token func(int) string, dur time.Duration, n int) (samples, error) {
+	var lat samples
+	deadline := time.Now().Add(dur)
+	for i := 0; i < n && time.Now().Before(deadline); i++ {
+		t0 := time.Now()
+		if err := c.do(ctx, token(i), query, nil, nil); err != nil {
+			return lat, err
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	return lat, nil
+}
+
+// growthSetup creates the seeded queue and API channel (through GraphQL)
+// and the operators who own the seeded chats (in the database).
+func (r *runner) growthSetup(ctx context.Context, e *env) (growthPlan, error) {
+	o := r.opt
+	var q struct {
+		CreateQueue struct{ ID string } `json:"createQueue"`
+	}
+	if err := e.gql.do(ctx, e.admin, `mutation { createQueue(input: {name: "Seeded", routingRule: TO_AVAILABLE}) { id } }`, nil, &q); err != nil {
+		return growthPlan{}, err
+	}
+	var ch struct {
+		CreateChannel struct{ ID string } `json:"createChannel"`
+	}
+	if err := e.gql.do(ctx, e.admin, `mutation($q: ID!) { createChannel(input: {provider: API, name: "Seeded API", queueID: $q}) { id } }`,
+		map[string]any{"q": q.CreateQueue.ID}, &ch); err != nil {
+		return growthPlan{}, err
+	}
+	nOps := (o.seedOpenChats + openChatsPerOperator - 1) / openChatsPerOperator
+	ops, err := seedOperators(ctx, e.db, "owner", nOps, nil)
+	if err != nil {
+		return growthPlan{}, err
+	}
+	plan := growthPlan{ops: ops, messagesPerChat: max(1, o.seedMessages/(2*o.seedOpenChats))}
+	plan.channelID, _ = strconv.ParseInt(ch.CreateChannel.ID, 10, 64)
+	plan.queueID, _ = strconv.ParseInt(q.CreateQueue.ID, 10, 64)
+	return plan, nil
+}
+
+// seedOnly is -seed: the growth data set in a fresh database, kept for
+// exploring by hand.
+func (r *runner) seedOnly(ctx context.Context, e *env) error {
+	plan, err := r.growthSetup(ctx, e)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := seedChats(ctx, e.db, plan, 0, r.opt.seedOpenChats, nil); err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	if err := settle(ctx, e.db); err != nil {
+		return err
+	}
+	e.keep = true
+	r.rep.note("%s: seeded %s messages and %s open chats in %.0f s; kept: DATABASE_URL=%s (administrator %s, password %s; operator %s has a panel: Authorization: Bearer %s)",
+		dbLabel(e.kind), num(float64(2*r.opt.seedOpenChats*plan.messagesPerChat)), num(float64(r.opt.seedOpenChats)),
+		time.Since(start).Seconds(), e.db.url, adminEmail, benchPass, plan.ops[0].ID, plan.ops[0].Token)
+	return nil
+}
+
+func (r *runner) growth(ctx context.Context, e *env) error {
+	label := dbLabel(e.kind)
+	o := r.opt
+	openChats := o.seedOpenChats
+	plan, err := r.growthSetup(ctx, e)
+	if err != nil {
+		return err
+	}
+	ops, nOps := plan.ops, len(plan.ops)
+	// The measured operators' own chats exist in both databases: the empty
+	// one holds only them, the grown one everything else too.
+	const measuredOps = 10
+	small := measuredOps * openChatsPerOperator
+	if err := seedChats(ctx, e.db, plan, 0, small, nil); err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	if err := settle(ctx, e.db); err != nil {
+		return err
+	}
+	measure := func(phase string) (panel, list samples, rate float64, err error) {
+		qd := o.duration
+		if panel, err = queryLatency(ctx, e.gql, panelQuery, func(i int) string { return ops[i%measuredOps].Token }, qd, 2000); err != nil {
+			return
+		}
+		if list, err = queryLatency(ctx, e.gql, chatListQuery, func(int) string { return e.admin }, qd, 2000); err != nil {
+			return
+		}
+		s, err := newSet(ctx, e.gql, e.admin, "Growth "+phase, "TO_ALL", o.operators)
+		if err != nil {
+			return
+		}
+		tr := newTraffic(e.srv.base, newShare, s)
+		w := drive(ctx, e.web, tr, loadSpec{conc: 8, dur: o.duration / 5}, hooks{})
+		k := 0
+		if err = ensureRoom(tr, expectedNew(w.rate(), newShare, o.duration), func() (*benchSet, error) {
+			k++
+			return newSet(ctx, e.gql, e.admin, fmt.Sprintf("Growth %s %d", phase, k), "TO_ALL", o.operators)
+		}); err != nil {
+			return
+		}
+		e.drain(ctx, 30*time.Second)
+		res := drive(ctx, e.web, tr, loadSpec{conc: 8, dur: o.duration}, hooks{})
+		if res.failed > 0 {
+			r.rep.note("%s growth (%s): %d deliveries refused: %s", label, phase, res.failed, res.errSummary())
+		}
+		return panel, list, res.rate(), nil
+	}
+	p0, l0, rate0, err := measure("empty")
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	lastLog := time.Now()
+	if err := seedChats(ctx, e.db, plan, small, openChats, func(done int) {
+		if time.Since(lastLog) > 5*time.Second {
+			lastLog = time.Now()
+			logf("%s: seed: %d of %d contacts", label, done, openChats-small)
+		}
+	}); err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	seedTook := time.Since(start)
+	if err := settle(ctx, e.db); err != nil {
+		return err
+	}
+	totalMsgs := 2 * openChats * plan.messagesPerChat
+	logf("%s: seed: %s messages, %s open chats (%s chats) in %.1fs (+vacuum, analyze, checkpoint %.1fs); database %s MB",
+		label, num(float64(totalMsgs)), num(float64(openChats)), num(float64(2*openChats)), seedTook.Seconds(),
+		time.Since(start).Seconds()-seedTook.Seconds(), num(float64(dbSize(ctx, e.db))/(1<<20)))
+	r.rep.note("%s growth: the seed step wrote %s messages, %s open and %s completed chats, %s contacts and %s operators in %.0f s, directly in the database.",
+		label, num(float64(totalMsgs)), num(float64(openChats)), num(float64(openChats)), num(float64(openChats)), num(float64(nOps)), seedTook.Seconds())
+	p1, l1, rate1, err := measure("grown")
+	if err != nil {
+		return err
+	}
+	size := fmt.Sprintf("%s msgs, %s open chats", compact(totalMsgs), compact(openChats))
+	for _, q := range []struct {
+		name         string
+		empty, grown samples
+	}{{"panel query", p0, p1}, {"chat-list query (20 of the open chats, totalCount)", l0, l1}} {
+		target, verdict := "", ""
+		if e.kind == dbPostgres {
+			target, verdict = "p99 ≤ 20 ms", r.rep.verdict(q.grown.pct(99) <= 20*time.Millisecond)
+		}
+		r.rep.add(row{DB: label, Figure: fmt.Sprintf("Growth (%s): %s p50 / p99", size, q.name), Value: p50p99(q.grown),
+			Limit: p50p99(q.empty) + " empty DB", Ratio: ratio(float64(q.grown.pct(99)), float64(q.empty.pct(99))),
+			Target: target, Result: verdict})
+	}
+	target, verdict := "", ""
+	if e.kind == dbPostgres {
+		target, verdict = "≥ 80% of empty", r.rep.verdict(rate1 >= 0.8*rate0)
+	}
+	r.rep.add(row{DB: label, Figure: fmt.Sprintf("Growth (%s): ingest c=8", size), Value: num(rate1) + " msg/s",
+		Limit: num(rate0) + " msg/s empty DB", Ratio: pctOf(rate1, rate0), Target: target, Result: verdict})
+	return nil
+}
+
+func compact(n int) string {
+	switch {
+	case n >= 1_000_000 && n%100_000 == 0:
+		return strconv.FormatFloat(float64(n)/1e6, 'f', -1, 64) + "M"
+	case n >= 1000 && n%100 == 0:
+		return strconv.FormatFloat(float64(n)/1e3, 'f', -1, 64) + "k"
+	}
+	return strconv.Itoa(n)
+}
+
+// ---------------------------------------------------------------------------
+// Profiling hooks (-profile-dir).
+
+type profiler struct {
+	waits *waitSampler
+	perf  *exec.Cmd
+	dir   string
+	label string
+	out   bytes.Buffer
+}
+
+// startProfile samples what the server's PostgreSQL backends wait on and,
+// when perf is installed, records the server's stacks.
+func startProfile(ctx context.Context, e *env, dir string, dur time.Duration) *profiler {
+	_ = os.MkdirAll(dir, 0o750)
+	p := &profiler{dir: dir, label: dbLabel(e.kind)}
+	if e.kind == dbPostgres {
+		p.waits = e.db.sampleWaits(ctx, 10*time.Millisecond)
+	}
+	if path, err := exec.LookPath("perf"); err == nil {
+		// perf report needs the binary to name the functions.
+		if b, err := os.ReadFile(e.srv.cmd.Path); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, "parley"), b, 0o750)
+		}
+		out := filepath.Join(dir, "perf-"+e.kind+".data")
+		p.perf = exec.Command(path, "record", "-F", "499", "-g", "-p", strconv.Itoa(e.srv.pid), "-o", out, "--", "sleep", strconv.Itoa(int(dur.Seconds())))
+		p.perf.Stdout, p.perf.Stderr = &p.out, &p.out
+		if err := p.perf.Start(); err != nil {
+			p.perf = nil
+		}
+	}
+	return p
+}
+
+func (p *profiler) finish() {
+	var lines []string
+	if p.waits != nil {
+		lines = p.waits.finish(25)
+	}
+	if p.perf != nil {
+		_ = p.perf.Process.Signal(syscall.SIGINT)
+		_ = p.perf.Wait()
+	}
+	if p.waits != nil {
+		f := filepath.Join(p.dir, "pg-waits-"+strings.ToLower(p.label)+".txt")
+		_ = os.WriteFile(f, []byte(strings.Join(lines, "\n")+"\n"), 0o640)
+		logf("profile: PostgreSQL waits during ingest c=8 (average backends in each state):\n%s", strings.Join(lines, "\n"))
+	}
+}
