@@ -305,8 +305,9 @@ func (h *Hub) Subscribe(ctx context.Context, actor *desk.Actor, scope Scope, aft
 		h.mu.Unlock()
 		return nil, desk.Fail(desk.CodeInternal, "the server is shutting down")
 	}
-	// Events above hwm will arrive through the queue; the replay reads the
-	// log up to hwm.
+	// Registered before the replay reads the log: every event the pump
+	// dispatches from now on (ids above hwm) reaches the queue, so nothing
+	// falls between the replay and the live stream.
 	hwm := h.cursor
 	h.subs[s] = struct{}{}
 	h.mu.Unlock()

@@ -217,13 +217,10 @@ function scenario(database) {
     assert.equal(exit.code, 0, `the server exited with ${JSON.stringify(exit)}:\n${server.logs()}`);
   });
 
-  // Known server bug (reported): SIGTERM cancels the scheduler's context in
-  // the middle of a job (here the RELEASE job that completeChat enqueues),
-  // which is then logged as failed at ERROR level ("rollback failed", "job
-  // failed: context canceled", "record job failure").
-  test('the graceful stop logs no error', {
-    todo: 'server bug: a job in flight at SIGTERM is logged as failed (context canceled)',
-  }, () => {
+  // SIGTERM may cancel a job in flight (here the RELEASE job that
+  // completeChat enqueues): its lease expires and another run retries it,
+  // with nothing logged as an error.
+  test('the graceful stop logs no error', () => {
     assert.ok(server.exited(), 'the server is still running');
     assert.doesNotMatch(server.logs(), /level=ERROR/, `the stop logged an error:\n${server.logs()}`);
   });
