@@ -139,9 +139,21 @@ func (d *Desk) Now() time.Time { return d.clock.Now().UTC().Truncate(time.Micros
 // PostgreSQL a transaction chosen as a deadlock victim or failing to
 // serialise is run again (fn must not keep state across attempts).
 func (d *Desk) inTx(ctx context.Context, name string, fn func(tx *ent.Tx) error) error {
+	return d.inTxRetrying(ctx, name, fn, retryable)
+}
+
+// inTxRacing is inTx for use cases that create rows a concurrent one may
+// create first (a contact's identity, a contact's open chat on a channel, a
+// provider message id): when a unique index refuses the row, the use case
+// runs again and finds the row that won.
+func (d *Desk) inTxRacing(ctx context.Context, name string, fn func(tx *ent.Tx) error) error {
+	return d.inTxRetrying(ctx, name, fn, func(err error) bool { return retryable(err) || ent.IsConstraintError(err) })
+}
+
+func (d *Desk) inTxRetrying(ctx context.Context, name string, fn func(tx *ent.Tx) error, again func(error) bool) error {
 	for attempt := 1; ; attempt++ {
 		err := d.inTxOnce(ctx, name, fn)
-		if err == nil || attempt == maxTxAttempts || !retryable(err) {
+		if err == nil || attempt == maxTxAttempts || !again(err) {
 			return err
 		}
 		d.log.Debug("transaction retried", "use_case", name, "attempt", attempt, "err", err)

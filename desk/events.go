@@ -122,6 +122,12 @@ func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) (int
 	return last, nil
 }
 
+// Notifies reports whether an event calls for the panel's notification to
+// the actor (R12: a chat offered to them; the SPA plays its sound).
+func Notifies(e *ent.Event, a *Actor) bool {
+	return e.Type == EventChatOffered && a != nil && e.OperatorID != nil && *e.OperatorID == a.OperatorID
+}
+
 // chatAudience is who sees a change of a chat on their panel: its owner, or
 // the operators it is offered to while it waits.
 func (d *Desk) chatAudience(ctx context.Context, tx *ent.Tx, c *ent.Chat) ([]int, error) {

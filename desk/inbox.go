@@ -60,16 +60,11 @@ type DeliveryResult struct {
 // once (R3).
 func (d *Desk) ApplyDelivery(ctx context.Context, ch channels.Channel, del channels.Delivery, body []byte) (*DeliveryResult, error) {
 	var res *DeliveryResult
-	var err error
-	for attempt := 1; attempt <= maxIngestAttempts; attempt++ {
-		err = d.inTx(ctx, "apply delivery", func(tx *ent.Tx) error {
-			res, err = d.applyDelivery(ctx, tx, ch, del, body)
-			return err
-		})
-		if err == nil || !ent.IsConstraintError(err) {
-			break
-		}
-	}
+	err := d.inTxRacing(ctx, "apply delivery", func(tx *ent.Tx) error {
+		var err error
+		res, err = d.applyDelivery(ctx, tx, ch, del, body)
+		return err
+	})
 	return res, err
 }
 

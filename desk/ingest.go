@@ -68,10 +68,6 @@ type IngestResult struct {
 // the customer's last message (R21).
 const replyWindow = 24 * time.Hour
 
-// maxIngestAttempts bounds retries when a concurrent delivery created the
-// same contact, chat or message first.
-const maxIngestAttempts = 3
-
 // Ingest stores an inbound message (R1–R3): the contact is found by identity
 // or created, the message is appended to the contact's open chat on the
 // channel or opens a new chat, which is routed in the same transaction.
@@ -94,18 +90,11 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 		return nil, invalid("text", "a text message needs a text")
 	}
 	var res *IngestResult
-	var err error
-	for attempt := 1; attempt <= maxIngestAttempts; attempt++ {
-		err = d.inTx(ctx, "ingest", func(tx *ent.Tx) error {
-			res, err = d.ingest(ctx, tx, in)
-			return err
-		})
-		// A unique index refused a row a concurrent delivery created first
-		// (identity, open chat, provider message id): run again to find it.
-		if err == nil || !ent.IsConstraintError(err) {
-			break
-		}
-	}
+	err := d.inTxRacing(ctx, "ingest", func(tx *ent.Tx) error {
+		var err error
+		res, err = d.ingest(ctx, tx, in)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

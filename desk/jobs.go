@@ -253,8 +253,12 @@ func (d *Desk) handleJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
 	return nil
 }
 
-func jobRef(j *ent.Job) int {
-	switch v := j.Payload["ref"].(type) {
+func jobRef(j *ent.Job) int { return PayloadInt(j.Payload, "ref") }
+
+// PayloadInt reads an id from a JSON payload (an event's, a job's): numbers
+// decode as float64 once stored; 0 when absent.
+func PayloadInt(payload map[string]any, key string) int {
+	switch v := payload[key].(type) {
 	case float64:
 		return int(v)
 	case int:

@@ -364,8 +364,7 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 		return err
 	}
 	adapter := d.adapters[ident.Provider]
-	chID, _ := j.Payload["channel"].(float64)
-	ch, err := d.client.Channel.Get(ctx, int(chID))
+	ch, err := d.client.Channel.Get(ctx, PayloadInt(j.Payload, "channel"))
 	if adapter == nil || ent.IsNotFound(err) {
 		return d.done(ctx, j)
 	}

@@ -137,22 +137,17 @@ func (d *Desk) StartChat(ctx context.Context, in StartChatInput) (*ent.Chat, err
 	if (in.ChannelID == nil) == (in.Provider == nil) {
 		return nil, invalid("channelId", "give either a channel or a provider")
 	}
-	var c *ent.Chat
-	// A chat opened with the contact on the channel by a concurrent start
-	// (or first message) makes the unique index of open chats refuse this
-	// one: run again, to answer ACTIVE_CHAT_EXISTS as canStart says it.
-	for attempt := 1; attempt <= maxIngestAttempts; attempt++ {
-		c, err = d.startChat(ctx, a, in)
-		if err == nil || !ent.IsConstraintError(err) {
-			break
-		}
-	}
+	c, err := d.startChat(ctx, a, in)
 	return detach(c, err)
 }
 
 func (d *Desk) startChat(ctx context.Context, a *Actor, in StartChatInput) (*ent.Chat, error) {
 	var c *ent.Chat
-	err := d.inTx(ctx, "start chat", func(tx *ent.Tx) error {
+	// A chat opened with the contact on the channel by a concurrent start
+	// (or first message) makes the unique index of open chats refuse this
+	// one: the racing transaction runs again and answers ACTIVE_CHAT_EXISTS
+	// as canStart says it.
+	err := d.inTxRacing(ctx, "start chat", func(tx *ent.Tx) error {
 		if _, err := tx.Contact.Get(ctx, in.ContactID); err != nil {
 			return notFound(err, "contact", in.ContactID)
 		}

@@ -50,15 +50,3 @@ func (r *Resolver) stream(ctx context.Context, a *desk.Actor, scope live.Scope, 
 	}()
 	return out, nil
 }
-
-// payloadID reads an id from an event's payload (JSON numbers decode as
-// float64).
-func payloadID(e *ent.Event, key string) int {
-	switch v := e.Payload[key].(type) {
-	case float64:
-		return int(v)
-	case int:
-		return v
-	}
-	return 0
-}

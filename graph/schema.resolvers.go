@@ -90,8 +90,7 @@ func (r *contactChannelResolver) Reason(ctx context.Context, obj *desk.ContactCh
 
 // Notify is the resolver for the notify field.
 func (r *liveEventResolver) Notify(ctx context.Context, obj *ent.Event) (bool, error) {
-	a := desk.ActorFrom(ctx)
-	return obj.Type == desk.EventChatOffered && a != nil && obj.OperatorID != nil && *obj.OperatorID == a.OperatorID, nil
+	return desk.Notifies(obj, desk.ActorFrom(ctx)), nil
 }
 
 // Chat is the resolver for the chat field.
@@ -104,7 +103,7 @@ func (r *liveEventResolver) Chat(ctx context.Context, obj *ent.Event) (*ent.Chat
 
 // Message is the resolver for the message field.
 func (r *liveEventResolver) Message(ctx context.Context, obj *ent.Event) (*ent.Message, error) {
-	id := payloadID(obj, "messageId")
+	id := desk.PayloadInt(obj.Payload, "messageId")
 	if id == 0 {
 		return nil, nil
 	}

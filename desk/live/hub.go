@@ -205,10 +205,7 @@ func (h *Hub) readAfter(ctx context.Context, after int) ([]*ent.Event, error) {
 // subscriptions of an actor: a session that ended, an API key revoked, an
 // operator set INACTIVE by an administrator (R32).
 func endsSessions(e *ent.Event) func(*desk.Actor) bool {
-	id := func(key string) int {
-		v, _ := e.Payload[key].(float64)
-		return int(v)
-	}
+	id := func(key string) int { return desk.PayloadInt(e.Payload, key) }
 	switch e.Type {
 	case desk.EventSessionEnded:
 		sid := id("sessionId")

@@ -8,6 +8,7 @@
 package webhooks
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,6 +18,13 @@ import (
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/ent/schema/enum"
+)
+
+// Codes of refusals that are not use-case errors.
+const (
+	codeBadRequest  desk.Code = "BAD_REQUEST"
+	codeTooLarge    desk.Code = "REQUEST_TOO_LARGE"
+	codeUnavailable desk.Code = "UNAVAILABLE"
 )
 
 // DefaultMaxBody bounds a delivery (Meta sends up to 3 MB).
@@ -51,17 +59,25 @@ func metaVerify(r *http.Request, body []byte, ch channels.Channel) bool {
 	return channels.VerifyMetaSignature(r.Header.Get("X-Hub-Signature-256"), body, ch.AppSecret)
 }
 
-// refuse answers an error status with a short reason and logs it.
-func (h *handler) refuse(w http.ResponseWriter, r *http.Request, status int, reason string, args ...any) {
-	h.log.Warn("webhook refused", append([]any{"path", r.URL.Path, "status", status, "reason", reason}, args...)...)
-	http.Error(w, reason, status)
+// refuse answers an error status with a stable code and a short reason, in
+// the error shape of the rest of the API, and logs it.
+func (h *handler) refuse(w http.ResponseWriter, r *http.Request, status int, code desk.Code, reason string, args ...any) {
+	h.log.Warn("webhook refused", append([]any{"path", r.URL.Path, "status", status, "code", code, "reason", reason}, args...)...)
+	writeError(w, status, code, reason)
+}
+
+func writeError(w http.ResponseWriter, status int, code desk.Code, reason string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []any{map[string]any{
+		"message": reason, "extensions": map[string]any{"code": string(code)}}}})
 }
 
 // channel finds the active channel of the URL, or answers the refusal.
 func (h *handler) channel(w http.ResponseWriter, r *http.Request, p enum.Provider) (channels.Channel, bool) {
 	id, err := strconv.Atoi(r.PathValue("id"))
 	if err != nil {
-		h.refuse(w, r, http.StatusNotFound, "unknown channel")
+		h.refuse(w, r, http.StatusNotFound, desk.CodeNotFound, "unknown channel")
 		return channels.Channel{}, false
 	}
 	ch, err := h.desk.WebhookChannel(r.Context(), id, p)
@@ -70,12 +86,12 @@ func (h *handler) channel(w http.ResponseWriter, r *http.Request, p enum.Provide
 	case err == nil:
 		return ch, true
 	case errors.As(err, &de) && de.Code == desk.CodeNotFound:
-		h.refuse(w, r, http.StatusNotFound, "unknown channel")
+		h.refuse(w, r, http.StatusNotFound, desk.CodeNotFound, "unknown channel")
 	case errors.As(err, &de) && de.Code == desk.CodeChannelInactive:
-		h.refuse(w, r, http.StatusForbidden, "channel inactive")
+		h.refuse(w, r, http.StatusForbidden, desk.CodeChannelInactive, "channel inactive")
 	default:
 		h.log.Error("webhook: channel lookup", "err", err)
-		http.Error(w, "temporarily unavailable", http.StatusServiceUnavailable)
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "temporarily unavailable")
 	}
 	return channels.Channel{}, false
 }
@@ -89,7 +105,7 @@ func (h *handler) handshake(p enum.Provider) http.HandlerFunc {
 		}
 		challenge, ok := channels.MetaChallenge(r.URL.Query(), ch.VerifyToken)
 		if !ok {
-			h.refuse(w, r, http.StatusForbidden, "verification failed", "channel_id", ch.ID)
+			h.refuse(w, r, http.StatusForbidden, desk.CodeForbidden, "verification failed", "channel_id", ch.ID)
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -107,32 +123,32 @@ func (h *handler) deliver(p enum.Provider, verify verifier) http.HandlerFunc {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			h.refuse(w, r, http.StatusRequestEntityTooLarge, "delivery too large", "channel_id", ch.ID, "limit", h.maxBody)
+			h.refuse(w, r, http.StatusRequestEntityTooLarge, codeTooLarge, "delivery too large", "channel_id", ch.ID, "limit", h.maxBody)
 			return
 		}
 		if err != nil {
-			h.refuse(w, r, http.StatusBadRequest, "unreadable body", "channel_id", ch.ID, "err", err)
+			h.refuse(w, r, http.StatusBadRequest, codeBadRequest, "unreadable body", "channel_id", ch.ID, "err", err)
 			return
 		}
 		if !verify(r, body, ch) {
-			h.refuse(w, r, http.StatusUnauthorized, "bad signature", "channel_id", ch.ID)
+			h.refuse(w, r, http.StatusUnauthorized, desk.CodeUnauthenticated, "bad signature", "channel_id", ch.ID)
 			return
 		}
 		adapter := h.desk.Adapter(p)
 		if adapter == nil {
-			h.refuse(w, r, http.StatusServiceUnavailable, "provider not configured", "channel_id", ch.ID)
+			h.refuse(w, r, http.StatusServiceUnavailable, codeUnavailable, "provider not configured", "channel_id", ch.ID)
 			return
 		}
 		del, err := adapter.Parse(ch, body)
 		if err != nil {
-			h.refuse(w, r, http.StatusBadRequest, "malformed delivery", "channel_id", ch.ID, "err", err)
+			h.refuse(w, r, http.StatusBadRequest, codeBadRequest, "malformed delivery", "channel_id", ch.ID, "err", err)
 			return
 		}
 		res, err := h.desk.ApplyDelivery(r.Context(), ch, del, body)
 		if err != nil {
 			// Not acknowledged: the provider delivers it again.
 			h.log.Error("webhook: apply delivery", "channel_id", ch.ID, "key", del.Key, "err", err)
-			http.Error(w, "temporarily unavailable", http.StatusServiceUnavailable)
+			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "temporarily unavailable")
 			return
 		}
 		h.log.Debug("webhook delivered", "channel_id", ch.ID, "key", del.Key, "duplicate", res.Duplicate,
