@@ -258,6 +258,22 @@ type Adapter interface {
 	RegisterWebhook(ctx context.Context, ch Channel, url string) error
 }
 
+// ProfileSupport is implemented by adapters that can tell whether their
+// provider has a profile API; an adapter that does not implement it is
+// assumed to have one.
+type ProfileSupport interface {
+	// SupportsProfiles reports whether Profile can ever succeed.
+	SupportsProfiles() bool
+}
+
+// HasProfiles reports whether fetching a customer's profile through a is
+// worth a job: WhatsApp, for one, has no profile API (the name comes with
+// every delivery).
+func HasProfiles(a Adapter) bool {
+	p, ok := a.(ProfileSupport)
+	return !ok || p.SupportsProfiles()
+}
+
 // Config locates the providers' APIs; tests point them at local fakes.
 type Config struct {
 	// TelegramBaseURL defaults to https://api.telegram.org (also for files).

@@ -329,6 +329,7 @@ func (d *Desk) CreateChannel(ctx context.Context, in ent.CreateChannelInput) (*e
 
 // UpdateChannel changes a channel; secrets can be replaced, never read.
 func (d *Desk) UpdateChannel(ctx context.Context, id int, in ent.UpdateChannelInput) (*ent.Channel, error) {
+	defer d.forgetChannel(id)
 	var ch *ent.Channel
 	err := d.inTx(ctx, "update channel", func(tx *ent.Tx) error {
 		old, err := tx.Channel.Get(ctx, id)
@@ -382,6 +383,7 @@ func deref(s *string) string {
 // SetChannelActive activates or deactivates a channel. An inactive channel
 // refuses deliveries and cannot start chats (R21).
 func (d *Desk) SetChannelActive(ctx context.Context, id int, active bool) (*ent.Channel, error) {
+	defer d.forgetChannel(id)
 	ch, err := d.client.Channel.UpdateOneID(id).SetActive(active).SetUpdatedAt(d.Now()).Save(ctx)
 	if err != nil {
 		return nil, notFound(err, "channel", id)
@@ -393,6 +395,7 @@ func (d *Desk) SetChannelActive(ctx context.Context, id int, active bool) (*ent.
 // DeleteChannel deletes a channel that never had chats. A channel with chats
 // is kept for history: deactivate it instead.
 func (d *Desk) DeleteChannel(ctx context.Context, id int) error {
+	defer d.forgetChannel(id)
 	return d.inTx(ctx, "delete channel", func(tx *ent.Tx) error {
 		if _, err := tx.Channel.Get(ctx, id); err != nil {
 			return notFound(err, "channel", id)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"entgo.io/ent/dialect"
+	entsql "entgo.io/ent/dialect/sql"
 	"github.com/lib/pq"
 	"golang.org/x/crypto/bcrypt"
 
@@ -57,7 +58,7 @@ type Desk struct {
 	clock  Clock
 	cfg    Config
 	log    *slog.Logger
-	// pg is set on PostgreSQL: rows are locked with SELECT … FOR UPDATE
+	// pg is set on PostgreSQL: rows are locked with SELECT … FOR NO KEY UPDATE
 	// (SQLite has one writer at a time, so it needs no row locks).
 	pg bool
 	// kick wakes the scheduler when a transaction committed a job that is due.
@@ -66,12 +67,15 @@ type Desk struct {
 	txs sync.Map
 	// writeMu queues this process's write transactions on SQLite.
 	writeMu sync.Mutex
-	// onEvents is told the last event id after each commit that appended events.
-	onEvents func(lastID int)
+	// onEvents is given, after each commit that appended events, those
+	// events (ids in commit order).
+	onEvents func(events []*ent.Event)
 	// adapters are the provider clients, by provider.
 	adapters map[enum.Provider]channels.Adapter
 	// files keeps inbound media, contact photos and uploads.
 	files files.Store
+	// channels caches channels for deliveries (see channelTTL).
+	channels channelCache
 }
 
 // Option configures a Desk.
@@ -87,9 +91,12 @@ func WithConfig(c Config) Option { return func(d *Desk) { d.cfg = c } }
 // "sqlite3"), for row locks.
 func WithDialect(name string) Option { return func(d *Desk) { d.pg = name == dialect.Postgres } }
 
-// WithEventSink sets the function told, after each commit that appended
-// events, the id of the last one (the live bus wakes on it).
-func WithEventSink(fn func(lastID int)) Option { return func(d *Desk) { d.onEvents = fn } }
+// WithEventSink sets the function given, after each commit that appended
+// events, those events as the log holds them (the live hub dispatches them
+// without reading the log back when they follow what it has dispatched).
+// It is called in commit order on SQLite; on PostgreSQL concurrent commits
+// may report out of order.
+func WithEventSink(fn func(events []*ent.Event)) Option { return func(d *Desk) { d.onEvents = fn } }
 
 // WithAdapters plugs provider adapters in (server wires them).
 func WithAdapters(as ...channels.Adapter) Option {
@@ -205,11 +212,11 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 	if err == nil {
 		err = d.flushReleases(ctx, tx, st)
 	}
-	var lastEvent int
+	var events []*ent.Event
 	if err == nil {
 		// Events go in last, under the event lock, so that their ids are
 		// in commit order (see flushEvents).
-		lastEvent, err = d.flushEvents(ctx, tx, st.events)
+		events, err = d.flushEvents(ctx, tx, st.events)
 	}
 	if err != nil {
 		// database/sql has already rolled back a transaction whose context
@@ -223,13 +230,23 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 		_ = tx.Rollback()
 		return fmt.Errorf("%s: commit: %w", name, err)
 	}
-	if lastEvent != 0 && d.onEvents != nil {
-		d.onEvents(lastEvent)
+	if len(events) > 0 && d.onEvents != nil {
+		d.onEvents(events)
 	}
 	if st.kick {
 		d.Kick()
 	}
 	return nil
+}
+
+// lockRows locks the rows a query reads (PostgreSQL) FOR NO KEY UPDATE: it
+// keeps other writers of the row out as FOR UPDATE does, but not the
+// transactions that insert rows referring to it (a message of the chat, an
+// offer to the operator, an event), which take FOR KEY SHARE on it and would
+// wait for FOR UPDATE until commit. Parley never changes a key. Use it as
+// query.Modify(lockRows()): the modifier stays on the query.
+func lockRows(opts ...entsql.LockOption) func(*entsql.Selector) {
+	return func(s *entsql.Selector) { s.For(entsql.LockNoKeyUpdate, opts...) }
 }
 
 // txState is what a use case's transaction collects for its commit.

@@ -2,12 +2,17 @@ package desk
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
+
+	entsql "entgo.io/ent/dialect/sql"
 
 	"github.com/parleydesk/parley/ent"
 	entevent "github.com/parleydesk/parley/ent/event"
+	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
 	"github.com/parleydesk/parley/ent/setting"
 )
@@ -64,62 +69,159 @@ func (d *Desk) emit(_ context.Context, tx *ent.Tx, e event) error {
 const eventLockKey = 0x7061726c6579 // "parley"
 
 // flushEvents appends a transaction's events just before it commits and
-// returns the last id. On PostgreSQL the transaction first takes a
+// returns them as a read of the log would (ids in order, payload numbers as
+// float64). On PostgreSQL the transaction first takes a
 // transaction-scoped advisory lock, held until commit: ids are then handed
 // out in commit order, so a reader that has seen id N has seen every
 // committed event below N and can resume after it with no gap. Only this
-// short tail (one insert and the commit) is serialised. SQLite has one
-// writer at a time, so its ids are in commit order anyway.
-func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) (int, error) {
+// short tail is serialised: one statement that takes the lock and inserts
+// the events, and the commit. SQLite has one writer at a time, so its ids
+// are in commit order anyway.
+func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) ([]*ent.Event, error) {
 	if len(events) == 0 {
-		return 0, nil
-	}
-	if d.pg {
-		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", eventLockKey); err != nil {
-			return 0, fmt.Errorf("event lock: %w", err)
-		}
+		return nil, nil
 	}
 	now := d.Now()
-	bulk := make([]*ent.EventCreate, len(events))
+	rows := make([]eventRow, len(events))
 	for i, e := range events {
-		c := tx.Event.Create().SetType(e.Type).SetCreatedAt(now)
-		if e.ChatID != 0 {
-			c.SetChatID(e.ChatID)
+		r := eventRow{Ord: i, Type: e.Type, ChatID: nonZero(e.ChatID), OperatorID: nonZero(e.OperatorID),
+			QueueID: nonZero(e.QueueID), Payload: e.Payload}
+		r.Audience = e.Audience
+		if r.Audience == nil && e.OperatorID != 0 {
+			r.Audience = []int{e.OperatorID}
 		}
-		if e.OperatorID != 0 {
-			c.SetOperatorID(e.OperatorID)
+		r.QueueIDs = e.Queues
+		if e.QueueID != 0 && !slices.Contains(r.QueueIDs, e.QueueID) {
+			r.QueueIDs = append(slices.Clone(r.QueueIDs), e.QueueID)
 		}
-		if e.QueueID != 0 {
-			c.SetQueueID(e.QueueID)
+		if len(r.Audience) == 0 {
+			r.Audience = nil
 		}
-		if e.Payload != nil {
-			c.SetPayload(e.Payload)
+		if len(r.QueueIDs) == 0 {
+			r.QueueIDs = nil
 		}
-		audience := e.Audience
-		if audience == nil && e.OperatorID != 0 {
-			audience = []int{e.OperatorID}
+		rows[i] = r
+	}
+	var ids []int
+	var err error
+	if d.pg {
+		ids, err = d.flushEventsPG(ctx, tx, rows, now)
+	} else {
+		ids, err = flushEventsSQLite(ctx, tx, rows, now)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("append events: %w", err)
+	}
+	if len(ids) != len(rows) {
+		return nil, fmt.Errorf("append events: %d ids for %d events", len(ids), len(rows))
+	}
+	out := make([]*ent.Event, len(rows))
+	for i, r := range rows {
+		out[i] = &ent.Event{ID: ids[i], Type: r.Type, ChatID: r.ChatID, OperatorID: r.OperatorID, QueueID: r.QueueID,
+			Payload: asRead(r.Payload), CreatedAt: now, Audience: r.Audience, QueueIds: r.QueueIDs}
+	}
+	return out, nil
+}
+
+// asRead returns a payload as reading it back from the database gives it
+// (JSON numbers as float64).
+func asRead(p map[string]any) map[string]any {
+	if p == nil {
+		return nil
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return p
+	}
+	var out map[string]any
+	if json.Unmarshal(b, &out) != nil {
+		return p
+	}
+	return out
+}
+
+func flushEventsSQLite(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
+	bulk := make([]*ent.EventCreate, len(rows))
+	for i, r := range rows {
+		c := tx.Event.Create().SetType(r.Type).SetCreatedAt(now).SetNillableChatID(r.ChatID).
+			SetNillableOperatorID(r.OperatorID).SetNillableQueueID(r.QueueID)
+		if r.Payload != nil {
+			c.SetPayload(r.Payload)
 		}
-		if len(audience) > 0 {
-			c.SetAudience(audience)
+		if r.Audience != nil {
+			c.SetAudience(r.Audience)
 		}
-		queues := e.Queues
-		if e.QueueID != 0 && !slices.Contains(queues, e.QueueID) {
-			queues = append(slices.Clone(queues), e.QueueID)
-		}
-		if len(queues) > 0 {
-			c.SetQueueIds(queues)
+		if r.QueueIDs != nil {
+			c.SetQueueIds(r.QueueIDs)
 		}
 		bulk[i] = c
 	}
-	rows, err := tx.Event.CreateBulk(bulk...).Save(ctx)
+	created, err := tx.Event.CreateBulk(bulk...).Save(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("append events: %w", err)
+		return nil, err
 	}
-	last := 0
-	for _, r := range rows {
-		last = max(last, r.ID)
+	ids := make([]int, len(created))
+	for i, e := range created {
+		ids[i] = e.ID
 	}
-	return last, nil
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// eventRow is an event as the PostgreSQL insert reads it (JSON).
+type eventRow struct {
+	Ord        int            `json:"ord"`
+	Type       string         `json:"type"`
+	ChatID     *int           `json:"chat_id,omitempty"`
+	OperatorID *int           `json:"operator_id,omitempty"`
+	QueueID    *int           `json:"queue_id,omitempty"`
+	Payload    map[string]any `json:"payload,omitempty"`
+	Audience   []int          `json:"audience,omitempty"`
+	QueueIDs   []int          `json:"queue_ids,omitempty"`
+}
+
+func nonZero(v int) *int {
+	if v == 0 {
+		return nil
+	}
+	return &v
+}
+
+// flushEventsPG takes the event lock and inserts the events in one
+// statement: the sort reads the lock's subquery before it emits the first
+// row, so every id is drawn under the lock, in the events' order.
+func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
+	body, err := json.Marshal(rows)
+	if err != nil {
+		return nil, err
+	}
+	query := fmt.Sprintf(`INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)
+SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload, e.audience, e.queue_ids, $2
+FROM (SELECT pg_advisory_xact_lock(%[10]d)) AS l,
+  jsonb_to_recordset($1::jsonb) AS e(ord int, type text, chat_id bigint, operator_id bigint, queue_id bigint,
+    payload jsonb, audience jsonb, queue_ids jsonb)
+ORDER BY e.ord
+RETURNING %[11]s`, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
+		entevent.FieldQueueID, entevent.FieldPayload, entevent.FieldAudience, entevent.FieldQueueIds,
+		entevent.FieldCreatedAt, eventLockKey, entevent.FieldID)
+	res, err := tx.QueryContext(ctx, query, string(body), now)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	ids := make([]int, 0, len(rows))
+	for res.Next() {
+		var id int
+		if err := res.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	if err := res.Err(); err != nil {
+		return nil, err
+	}
+	slices.Sort(ids)
+	return ids, nil
 }
 
 // Notifies reports whether an event calls for the panel's notification to
@@ -175,7 +277,13 @@ func (d *Desk) EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event,
 // ReadEvents returns up to limit events with an id above after, oldest
 // first, without the retention check (the live pump's read).
 func (d *Desk) ReadEvents(ctx context.Context, after, limit int) ([]*ent.Event, error) {
-	return d.client.Event.Query().Where(entevent.IDGT(after)).Order(ent.Asc(entevent.FieldID)).Limit(limit).All(ctx)
+	// The id is written into the statement (it is an int): a statement
+	// without arguments is one round trip and, outside a transaction, one
+	// implicit transaction through lib/pq instead of two.
+	idAfter := predicate.Event(func(s *entsql.Selector) {
+		s.Where(entsql.ExprP(s.C(entevent.FieldID) + " > " + strconv.Itoa(after)))
+	})
+	return d.client.Event.Query().Where(idAfter).Order(ent.Asc(entevent.FieldID)).Limit(limit).All(ctx)
 }
 
 const (

@@ -26,7 +26,7 @@ import (
 // WebhookChannel returns the channel a webhook URL names, with its secrets,
 // if it exists for that provider and is active.
 func (d *Desk) WebhookChannel(ctx context.Context, id int, provider enum.Provider) (channels.Channel, error) {
-	ch, err := d.client.Channel.Get(ctx, id)
+	ch, err := d.channel(ctx, id)
 	if ent.IsNotFound(err) || (err == nil && ch.Provider != provider) {
 		return channels.Channel{}, Fail(CodeNotFound, "no %s channel %d", provider, id)
 	}
@@ -218,9 +218,9 @@ func (d *Desk) applyMessage(ctx context.Context, tx *ent.Tx, ch channels.Channel
 			return err
 		}
 	}
-	if res.NewContact {
+	if a := d.adapters[enum.Provider(ch.Provider)]; res.NewContact && a != nil && channels.HasProfiles(a) {
 		return d.enqueue(ctx, tx, jobSpec{kind: jobFetchProfile, ref: res.IdentityID, due: d.Now(),
-			payload: map[string]any{"channel": ch.ID}})
+			payload: map[string]any{"channel": ch.ID, "provider": ch.Provider, "externalId": in.Identity.ExternalID}})
 	}
 	return nil
 }

@@ -104,7 +104,7 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 
 func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResult, error) {
 	now := d.Now()
-	ch, err := tx.Channel.Get(ctx, in.ChannelID)
+	ch, err := d.channel(ctx, in.ChannelID)
 	if err != nil {
 		return nil, notFound(err, "channel", in.ChannelID)
 	}
@@ -128,7 +128,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	res := &IngestResult{NewContact: newContact, IdentityID: identityID}
 	openQ := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(ch.ID), chat.StatusNEQ(enum.ChatCompleted))
 	if d.pg {
-		openQ = openQ.ForUpdate()
+		openQ.Modify(lockRows())
 	}
 	open, err := openQ.Only(ctx)
 	switch {
@@ -286,7 +286,7 @@ func (d *Desk) IngestAPI(ctx context.Context, in Inbound) (*IngestResult, error)
 	if _, err := Require(ctx, AccessIntegration); err != nil {
 		return nil, err
 	}
-	ch, err := d.client.Channel.Get(ctx, in.ChannelID)
+	ch, err := d.channel(ctx, in.ChannelID)
 	if err != nil {
 		return nil, notFound(err, "channel", in.ChannelID)
 	}

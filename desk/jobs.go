@@ -171,7 +171,7 @@ func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
 			job.Or(job.LockedUntilIsNil(), job.LockedUntilLT(now))).
 			Order(ent.Asc(job.FieldDueAt), ent.Asc(job.FieldID)).Limit(jobBatch)
 		if d.pg {
-			q = q.ForUpdate(sql.WithLockAction(sql.SkipLocked))
+			q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked)))
 		}
 		jobs, err := q.All(ctx)
 		if err != nil || len(jobs) == 0 {

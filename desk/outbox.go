@@ -12,6 +12,7 @@ import (
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/attachment"
+	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/job"
 	"github.com/parleydesk/parley/ent/message"
@@ -354,35 +355,44 @@ func (d *Desk) download(ctx context.Context, j *ent.Job) error {
 }
 
 // fetchProfile fills a new contact from the provider's profile: the name
-// when the delivery had none, and the photo, copied into storage (R2).
+// when the delivery had none, and the photo, copied into storage (R2). The
+// job carries what the provider call needs (provider, external id): nothing
+// is read before the call but the (cached) channel; the contact is read in
+// the transaction that fills it.
 func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
-	ident, err := d.client.ContactIdentity.Query().Where(contactidentity.ID(jobRef(j))).WithContact().Only(ctx)
-	if ent.IsNotFound(err) {
-		return d.done(ctx, j)
+	provider, _ := j.Payload["provider"].(string)
+	externalID, _ := j.Payload["externalId"].(string)
+	if provider == "" || externalID == "" {
+		// A job enqueued before the payload carried them.
+		ident, err := d.client.ContactIdentity.Get(ctx, jobRef(j))
+		if ent.IsNotFound(err) {
+			return d.done(ctx, j)
+		}
+		if err != nil {
+			return err
+		}
+		provider, externalID = string(ident.Provider), ident.ExternalID
 	}
-	if err != nil {
-		return err
-	}
-	adapter := d.adapters[ident.Provider]
-	ch, err := d.client.Channel.Get(ctx, PayloadInt(j.Payload, "channel"))
+	adapter := d.adapters[enum.Provider(provider)]
+	ch, err := d.channel(ctx, PayloadInt(j.Payload, "channel"))
 	if adapter == nil || ent.IsNotFound(err) {
 		return d.done(ctx, j)
 	}
 	if err != nil {
 		return err
 	}
-	p, err := adapter.Profile(ctx, d.adapterChannel(ch), ident.ExternalID)
+	p, err := adapter.Profile(ctx, d.adapterChannel(ch), externalID)
 	if errors.Is(err, channels.ErrUnsupported) {
 		return d.done(ctx, j)
 	}
 	if err != nil {
-		return &retryLater{err: fmt.Errorf("profile of identity %d: %w", ident.ID, err)}
+		return &retryLater{err: fmt.Errorf("profile of identity %d: %w", jobRef(j), err)}
 	}
 	photoKey := ""
 	if p.PhotoRef != "" && d.files != nil {
 		f, err := adapter.Download(ctx, d.adapterChannel(ch), p.PhotoRef)
 		if err != nil {
-			return &retryLater{err: fmt.Errorf("profile photo of identity %d: %w", ident.ID, err)}
+			return &retryLater{err: fmt.Errorf("profile photo of identity %d: %w", jobRef(j), err)}
 		}
 		photoKey, _, err = d.files.Put(ctx, "photos", f.Body, d.cfg.MaxFileBytes)
 		f.Body.Close()
@@ -394,7 +404,17 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 		if err := d.finishJob(ctx, tx, j); err != nil {
 			return err
 		}
-		c := ident.Edges.Contact
+		q := tx.Contact.Query().Where(contact.HasIdentitiesWith(contactidentity.ID(jobRef(j))))
+		if d.pg {
+			q.Modify(lockRows())
+		}
+		c, err := q.Only(ctx)
+		if ent.IsNotFound(err) {
+			return nil // the identity went (a merge): nothing to fill
+		}
+		if err != nil {
+			return err
+		}
 		upd := tx.Contact.UpdateOneID(c.ID).SetUpdatedAt(d.Now())
 		if c.Name == "" && p.Name != "" {
 			upd.SetName(clip(p.Name, 300))

@@ -164,7 +164,7 @@ func (d *Desk) placeholders(n, start int) string {
 func (d *Desk) lockOperators(ctx context.Context, tx *ent.Tx, ps ...predicate.Operator) ([]*ent.Operator, error) {
 	q := tx.Operator.Query().Where(ps...).Order(ent.Asc(operator.FieldID))
 	if d.pg {
-		q = q.ForUpdate()
+		q.Modify(lockRows())
 	}
 	return q.All(ctx)
 }
@@ -173,7 +173,7 @@ func (d *Desk) lockOperators(ctx context.Context, tx *ent.Tx, ps ...predicate.Op
 func (d *Desk) lockChat(ctx context.Context, tx *ent.Tx, id int) (*ent.Chat, error) {
 	q := tx.Chat.Query().Where(chat.ID(id))
 	if d.pg {
-		q = q.ForUpdate()
+		q.Modify(lockRows())
 	}
 	c, err := q.Only(ctx)
 	return c, notFound(err, "chat", id)
@@ -477,7 +477,7 @@ func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error 
 	q := tx.Chat.Query().Where(chat.HasQueueWith(queue.ID(queueID)), chat.StatusEQ(enum.ChatWaiting)).
 		Order(order, ent.Asc(chat.FieldID)).Limit(releaseBatch)
 	if d.pg {
-		q = q.ForUpdate(sql.WithLockAction(sql.SkipLocked))
+		q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked)))
 	}
 	chats, err := q.All(ctx)
 	if err != nil {

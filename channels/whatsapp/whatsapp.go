@@ -190,6 +190,9 @@ func (a *Adapter) Profile(context.Context, channels.Channel, string) (channels.P
 	return channels.Profile{}, channels.ErrUnsupported
 }
 
+// SupportsProfiles implements channels.ProfileSupport: no profile API.
+func (a *Adapter) SupportsProfiles() bool { return false }
+
 // Download implements channels.Adapter for a media id: GET /{ver}/{media id}
 // gives a short-lived URL (about 5 minutes), fetched with the same Bearer
 // token and the configured User-Agent.

@@ -60,7 +60,9 @@ func (n *Notifier) run(ctx context.Context) {
 		if last <= sent {
 			continue
 		}
-		if _, err := n.db.ExecContext(ctx, "SELECT pg_notify($1, $2)", Channel, strconv.Itoa(last)); err != nil {
+		// No arguments: lib/pq sends it in one round trip (the simple
+		// protocol), as one implicit transaction rather than two.
+		if _, err := n.db.ExecContext(ctx, "NOTIFY "+Channel+", '"+strconv.Itoa(last)+"'"); err != nil {
 			if ctx.Err() == nil {
 				n.log.Warn("live: notify", "err", err)
 			}
@@ -108,7 +110,15 @@ func Listen(ctx context.Context, dsn string, h *Hub, log *slog.Logger) error {
 			select {
 			case <-ctx.Done():
 				return
-			case <-l.Notify: // an id, or nil after a reconnect: read the log either way
+			case n := <-l.Notify:
+				// An id, or nil after a reconnect (read the log then). An
+				// id the pump has passed (this instance's own commits, or
+				// a notification overtaken by a poll) needs no read.
+				if n != nil {
+					if id, err := strconv.Atoi(n.Extra); err == nil && id <= h.Cursor() {
+						continue
+					}
+				}
 				h.Wake()
 			case <-ping.C:
 				go func() { _ = l.Ping() }()

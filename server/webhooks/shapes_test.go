@@ -23,7 +23,7 @@ func TestEdgeCases(t *testing.T) {
 	t.Run("whatsapp username-only customer", func(t *testing.T) {
 		before := e.counts(t)
 		e.deliverConcurrently(t, "whatsapp", "inbound_text_username_no_phone.json", 5)
-		e.wantDelta(t, before, firstMessage)
+		e.wantDelta(t, before, firstWhatsAppMessage)
 		id := e.identity(t, enum.ProviderWhatsApp, sheenaBSUID)
 		wantContact(t, id.Edges.Contact, "Sheena", "@sheena.n", "")
 		wantIdentity(t, id, "Sheena", "@sheena.n", "", false)
