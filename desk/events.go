@@ -187,23 +187,33 @@ func nonZero(v int) *int {
 	return &v
 }
 
-// flushEventsPG takes the event lock and inserts the events in one
-// statement: the sort reads the lock's subquery before it emits the first
-// row, so every id is drawn under the lock, in the events' order.
+// EventsChannel is the PostgreSQL notification channel of committed events:
+// the transaction that appends events notifies it with the last id, which
+// PostgreSQL delivers to the other instances' listeners at commit.
+const EventsChannel = "parley_events"
+
+// flushEventsPG takes the event lock, inserts the events and queues the
+// notification in one statement: the sort reads the lock's subquery before
+// it emits the first row, so every id is drawn under the lock, in the
+// events' order. (A NOTIFY in the transaction also serialises commits, as
+// the event lock does already.)
 func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
 	body, err := json.Marshal(rows)
 	if err != nil {
 		return nil, err
 	}
-	query := fmt.Sprintf(`INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)
-SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload, e.audience, e.queue_ids, $2
-FROM (SELECT pg_advisory_xact_lock(%[10]d)) AS l,
-  jsonb_to_recordset($1::jsonb) AS e(ord int, type text, chat_id bigint, operator_id bigint, queue_id bigint,
-    payload jsonb, audience jsonb, queue_ids jsonb)
-ORDER BY e.ord
-RETURNING %[11]s`, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
+	query := fmt.Sprintf(`WITH ins AS (
+  INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)
+  SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload, e.audience, e.queue_ids, $2
+  FROM (SELECT pg_advisory_xact_lock(%[10]d)) AS l,
+    jsonb_to_recordset($1::jsonb) AS e(ord int, type text, chat_id bigint, operator_id bigint, queue_id bigint,
+      payload jsonb, audience jsonb, queue_ids jsonb)
+  ORDER BY e.ord
+  RETURNING %[11]s
+), n AS (SELECT pg_notify('%[12]s', (SELECT max(%[11]s) FROM ins)::text))
+SELECT ins.%[11]s FROM ins, n`, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
 		entevent.FieldQueueID, entevent.FieldPayload, entevent.FieldAudience, entevent.FieldQueueIds,
-		entevent.FieldCreatedAt, eventLockKey, entevent.FieldID)
+		entevent.FieldCreatedAt, eventLockKey, entevent.FieldID, EventsChannel)
 	res, err := tx.QueryContext(ctx, query, string(body), now)
 	if err != nil {
 		return nil, err

@@ -83,7 +83,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		return nil, err
 	}
 	// The live hub is told of every local commit that appended events; on
-	// PostgreSQL other instances hear of it through NOTIFY.
+	// PostgreSQL other instances hear of it through the NOTIFY the
+	// committing transaction sends (desk.EventsChannel).
 	var hub *live.Hub
 	liveCtx, stopLive := context.WithCancel(context.WithoutCancel(ctx))
 	store, err := files.NewDir(cfg.FilesDir)
@@ -98,9 +99,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		desk.WithFiles(store), desk.WithAdapters(adapters(cfg)...)}, o.desk...)
 	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...), stopLive: stopLive}
 	hubOpts := live.Options{Buffer: cfg.SubscriptionBuf, Logger: log}
-	if db.Postgres() {
-		hubOpts.Notify = live.NewNotifier(liveCtx, db.SQL, log).Notify
-	}
 	hub = live.New(a.Desk, hubOpts)
 	a.Hub = hub
 	if err := hub.Start(liveCtx); err != nil {
