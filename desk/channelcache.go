@@ -26,8 +26,10 @@ type cachedChannel struct {
 }
 
 // channel returns channel id, from the cache when it was read less than
-// channelTTL ago. The entity is shared: callers must not change it.
-func (d *Desk) channel(ctx context.Context, id int) (*ent.Channel, error) {
+// channelTTL ago. The entity is shared: callers must not change it. Inside a
+// use case's transaction pass it as tx: a read outside it would need a
+// second connection while holding one (enough such waits exhaust the pool).
+func (d *Desk) channel(ctx context.Context, tx *ent.Tx, id int) (*ent.Channel, error) {
 	now := time.Now()
 	d.channels.mu.Lock()
 	c, ok := d.channels.m[id]
@@ -35,9 +37,16 @@ func (d *Desk) channel(ctx context.Context, id int) (*ent.Channel, error) {
 	if ok && now.Sub(c.at) < channelTTL {
 		return c.ch, nil
 	}
-	ch, err := d.client.Channel.Get(ctx, id)
+	read := d.client.Channel
+	if tx != nil {
+		read = tx.Channel
+	}
+	ch, err := read.Get(ctx, id)
 	if err != nil {
 		return nil, err
+	}
+	if tx != nil {
+		ch = ch.Unwrap()
 	}
 	d.channels.mu.Lock()
 	if d.channels.m == nil {

@@ -26,7 +26,7 @@ import (
 // WebhookChannel returns the channel a webhook URL names, with its secrets,
 // if it exists for that provider and is active.
 func (d *Desk) WebhookChannel(ctx context.Context, id int, provider enum.Provider) (channels.Channel, error) {
-	ch, err := d.channel(ctx, id)
+	ch, err := d.channel(ctx, nil, id)
 	if ent.IsNotFound(err) || (err == nil && ch.Provider != provider) {
 		return channels.Channel{}, Fail(CodeNotFound, "no %s channel %d", provider, id)
 	}

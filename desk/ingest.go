@@ -104,7 +104,7 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 
 func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResult, error) {
 	now := d.Now()
-	ch, err := d.channel(ctx, in.ChannelID)
+	ch, err := d.channel(ctx, tx, in.ChannelID)
 	if err != nil {
 		return nil, notFound(err, "channel", in.ChannelID)
 	}
@@ -286,7 +286,7 @@ func (d *Desk) IngestAPI(ctx context.Context, in Inbound) (*IngestResult, error)
 	if _, err := Require(ctx, AccessIntegration); err != nil {
 		return nil, err
 	}
-	ch, err := d.channel(ctx, in.ChannelID)
+	ch, err := d.channel(ctx, nil, in.ChannelID)
 	if err != nil {
 		return nil, notFound(err, "channel", in.ChannelID)
 	}

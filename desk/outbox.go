@@ -374,7 +374,7 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 		provider, externalID = string(ident.Provider), ident.ExternalID
 	}
 	adapter := d.adapters[enum.Provider(provider)]
-	ch, err := d.channel(ctx, PayloadInt(j.Payload, "channel"))
+	ch, err := d.channel(ctx, nil, PayloadInt(j.Payload, "channel"))
 	if adapter == nil || ent.IsNotFound(err) {
 		return d.done(ctx, j)
 	}

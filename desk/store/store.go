@@ -17,7 +17,7 @@ import (
 
 	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
-	_ "github.com/lib/pq"  // PostgreSQL driver
+	"github.com/lib/pq"    // PostgreSQL driver
 	_ "modernc.org/sqlite" // SQLite driver, pure Go
 
 	"github.com/parleydesk/parley/ent"
@@ -107,12 +107,17 @@ func openPostgres(ctx context.Context, rawURL string) (*DB, error) {
 	q := u.Query()
 	if q.Get("sslmode") == "" {
 		q.Set("sslmode", "disable")
-		u.RawQuery = q.Encode()
 	}
-	db, err := sql.Open("postgres", u.String())
+	// One round trip per statement (see pqConn).
+	if q.Get("binary_parameters") == "" {
+		q.Set("binary_parameters", "yes")
+	}
+	u.RawQuery = q.Encode()
+	connector, err := pq.NewConnector(u.String())
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	db := sql.OpenDB(pqConnector{connector})
 	db.SetMaxOpenConns(32)
 	db.SetMaxIdleConns(32)
 	if err := db.PingContext(ctx); err != nil {
