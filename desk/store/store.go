@@ -12,11 +12,15 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
+	"ariga.io/atlas/sql/postgres"
+	atlas "ariga.io/atlas/sql/schema"
 	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
+	"entgo.io/ent/dialect/sql/schema"
 	"github.com/lib/pq"    // PostgreSQL driver
 	_ "modernc.org/sqlite" // SQLite driver, pure Go
 
@@ -151,10 +155,48 @@ func (db *DB) Migrate(ctx context.Context) error {
 	// tests) must not overlap.
 	migrateMu.Lock()
 	defer migrateMu.Unlock()
-	if err := db.Client.Schema.Create(ctx); err != nil {
+	if err := db.Client.Schema.Create(ctx, schema.WithDiffHook(keepPartialIndexes)); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	return nil
 }
 
 var migrateMu sync.Mutex
+
+// keepPartialIndexes drops from a migration the changes of partial indexes
+// whose predicate only reads differently: PostgreSQL stores a predicate in
+// its own words (casts, = ANY (ARRAY[…])), so the migrator would otherwise
+// drop and rebuild every partial index at every start, leaving a unique one
+// unenforced meanwhile. A partial index whose predicate really changes must
+// therefore get a new name.
+func keepPartialIndexes(next schema.Differ) schema.Differ {
+	return schema.DiffFunc(func(current, desired *atlas.Schema) ([]atlas.Change, error) {
+		changes, err := next.Diff(current, desired)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range changes {
+			m, ok := c.(*atlas.ModifyTable)
+			if !ok {
+				continue
+			}
+			m.Changes = slices.DeleteFunc(m.Changes, func(c atlas.Change) bool {
+				mi, ok := c.(*atlas.ModifyIndex)
+				return ok && mi.Change == atlas.ChangeAttr && partial(mi.From) && partial(mi.To)
+			})
+		}
+		return slices.DeleteFunc(changes, func(c atlas.Change) bool {
+			m, ok := c.(*atlas.ModifyTable)
+			return ok && len(m.Changes) == 0
+		}), nil
+	})
+}
+
+func partial(idx *atlas.Index) bool {
+	for _, a := range idx.Attrs {
+		if p, ok := a.(*postgres.IndexPredicate); ok && p.P != "" {
+			return true
+		}
+	}
+	return false
+}
