@@ -6,6 +6,8 @@ import (
 	"io"
 	"strconv"
 
+	"entgo.io/ent/dialect/sql"
+
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/chatoffer"
@@ -73,9 +75,18 @@ func (a *Availability) UnmarshalGQL(v any) error {
 // panelChatLimit bounds each list of a panel or queue overview.
 const panelChatLimit = 500
 
+// Eager adds eager loading to the chat query of one list of a panel or a
+// queue overview ("newChats", "activeChats", "waitingChats", as the API
+// names them): the API layer loads the edges its caller selected (ent's
+// With…), so that the chats' contacts, channels … are read in one statement
+// per list, not one per chat. It must not narrow the chats' columns (the
+// panel reads them).
+type Eager func(list string, q *ent.ChatQuery) error
+
 // Panel returns the calling operator's new chats (offered to them) and active
 // chats (in work), each with its last message, unread count and waiting time.
-func (d *Desk) Panel(ctx context.Context) (*Panel, error) {
+// It reads them in a fixed number of statements, whatever the number of chats.
+func (d *Desk) Panel(ctx context.Context, eager ...Eager) (*Panel, error) {
 	a, err := Require(ctx, AccessOperator)
 	if err != nil {
 		return nil, err
@@ -95,49 +106,123 @@ func (d *Desk) Panel(ctx context.Context) (*Panel, error) {
 	if err != nil {
 		return nil, err
 	}
-	newChats, err := d.client.Chat.Query().Where(chat.StatusEQ(enum.ChatWaiting), chat.IDIn(offered...)).
-		Order(ent.Asc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit).All(ctx)
+	var newChats []*ent.Chat
+	if len(offered) > 0 {
+		q := d.client.Chat.Query().Where(chat.StatusEQ(enum.ChatWaiting), chat.IDIn(offered...)).
+			Order(ent.Asc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit)
+		if newChats, err = allChats(ctx, "newChats", q, eager); err != nil {
+			return nil, err
+		}
+	}
+	active, err := allChats(ctx, "activeChats", d.client.Chat.Query().Where(chat.StatusEQ(enum.ChatInProgress), chat.OwnerID(a.OperatorID)).
+		Order(ent.Desc(chat.FieldLastMessageAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit), eager)
 	if err != nil {
 		return nil, err
 	}
-	if p.NewChats, err = d.panelChats(ctx, newChats); err != nil {
-		return nil, err
-	}
-	active, err := d.client.Chat.Query().Where(chat.StatusEQ(enum.ChatInProgress), chat.OwnerID(a.OperatorID)).
-		Order(ent.Desc(chat.FieldLastMessageAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit).All(ctx)
+	lists, err := d.panelChats(ctx, newChats, active)
 	if err != nil {
 		return nil, err
 	}
-	p.ActiveChats, err = d.panelChats(ctx, active)
-	return p, err
+	p.NewChats, p.ActiveChats = lists[0], lists[1]
+	return p, nil
 }
 
-// panelChats adds the last message, unread count and waiting time.
-func (d *Desk) panelChats(ctx context.Context, chats []*ent.Chat) ([]*PanelChat, error) {
+// allChats applies the eager loading of a list and runs its query.
+func allChats(ctx context.Context, list string, q *ent.ChatQuery, eager []Eager) ([]*ent.Chat, error) {
+	for _, e := range eager {
+		if e == nil {
+			continue
+		}
+		if err := e(list, q); err != nil {
+			return nil, err
+		}
+	}
+	return q.All(ctx)
+}
+
+// panelChats adds the last message, unread count and waiting time to each
+// list of chats, in two statements for all the lists.
+func (d *Desk) panelChats(ctx context.Context, lists ...[]*ent.Chat) ([][]*PanelChat, error) {
+	var ids []int
+	for _, l := range lists {
+		for _, c := range l {
+			ids = append(ids, c.ID)
+		}
+	}
+	last, err := d.lastMessages(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	unread, err := d.unreadCounts(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
 	now := d.Now()
-	out := make([]*PanelChat, 0, len(chats))
-	for _, c := range chats {
-		pc := &PanelChat{Chat: c}
-		last, err := d.client.Message.Query().Where(message.ChatID(c.ID)).
-			Order(ent.Desc(message.FieldCreatedAt), ent.Desc(message.FieldID)).First(ctx)
-		if err != nil && !ent.IsNotFound(err) {
-			return nil, err
+	out := make([][]*PanelChat, len(lists))
+	for i, l := range lists {
+		out[i] = make([]*PanelChat, 0, len(l))
+		for _, c := range l {
+			pc := &PanelChat{Chat: c, LastMessage: last[c.ID], UnreadCount: unread[c.ID]}
+			switch {
+			case c.Status == enum.ChatWaiting:
+				pc.WaitingSeconds = int(now.Sub(c.CreatedAt).Seconds())
+			case pc.LastMessage != nil && pc.LastMessage.Direction == enum.Inbound && c.LastInboundAt != nil:
+				pc.WaitingSeconds = int(now.Sub(*c.LastInboundAt).Seconds())
+			}
+			out[i] = append(out[i], pc)
 		}
-		pc.LastMessage = last
-		unread := d.client.Message.Query().Where(message.ChatID(c.ID), message.DirectionEQ(enum.Inbound))
-		if c.OwnerReadAt != nil {
-			unread = unread.Where(message.CreatedAtGT(*c.OwnerReadAt))
-		}
-		if pc.UnreadCount, err = unread.Count(ctx); err != nil {
-			return nil, err
-		}
-		switch {
-		case c.Status == enum.ChatWaiting:
-			pc.WaitingSeconds = int(now.Sub(c.CreatedAt).Seconds())
-		case last != nil && last.Direction == enum.Inbound && c.LastInboundAt != nil:
-			pc.WaitingSeconds = int(now.Sub(*c.LastInboundAt).Seconds())
-		}
-		out = append(out, pc)
+	}
+	return out, nil
+}
+
+// lastMessages returns the newest message (by creation, then id) of each of
+// the chats that has one, in one statement: for each chat, the first entry
+// of its (chat_id, created_at) index read backwards.
+func (d *Desk) lastMessages(ctx context.Context, chatIDs []int) (map[int]*ent.Message, error) {
+	out := make(map[int]*ent.Message, len(chatIDs))
+	if len(chatIDs) == 0 {
+		return out, nil
+	}
+	msgs, err := d.client.Message.Query().Where(func(s *sql.Selector) {
+		c := sql.Table(chat.Table).As("c")
+		newest := sql.Table(message.Table).As("newest")
+		lastOfChat := sql.Select(newest.C(message.FieldID)).From(newest).
+			Where(sql.ColumnsEQ(newest.C(message.FieldChatID), c.C(chat.FieldID))).
+			OrderBy(sql.Desc(newest.C(message.FieldCreatedAt)), sql.Desc(newest.C(message.FieldID))).Limit(1)
+		lastOfChats := sql.Select().From(c).Where(sql.InInts(c.C(chat.FieldID), chatIDs...))
+		lastOfChats.AppendSelectExpr(sql.ExprFunc(func(b *sql.Builder) { b.Wrap(func(b *sql.Builder) { b.Join(lastOfChat) }) }))
+		s.Where(sql.In(s.C(message.FieldID), lastOfChats))
+	}).All(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("last messages: %w", err)
+	}
+	for _, m := range msgs {
+		out[m.ChatID] = m
+	}
+	return out, nil
+}
+
+// unreadCounts counts, for each of the chats, the customer messages after
+// its owner_read_at (all of them when it is not set), in one statement.
+func (d *Desk) unreadCounts(ctx context.Context, chatIDs []int) (map[int]int, error) {
+	out := make(map[int]int, len(chatIDs))
+	if len(chatIDs) == 0 {
+		return out, nil
+	}
+	var rows []struct {
+		ChatID int `json:"chat_id"`
+		Count  int `json:"count"`
+	}
+	err := d.client.Message.Query().Where(message.ChatIDIn(chatIDs...), message.DirectionEQ(enum.Inbound), func(s *sql.Selector) {
+		c := sql.Table(chat.Table).As("c")
+		s.Join(c).On(s.C(message.FieldChatID), c.C(chat.FieldID))
+		s.Where(sql.Or(sql.IsNull(c.C(chat.FieldOwnerReadAt)), sql.ColumnsGT(s.C(message.FieldCreatedAt), c.C(chat.FieldOwnerReadAt))))
+	}).GroupBy(message.FieldChatID).Aggregate(ent.Count()).Scan(ctx, &rows)
+	if err != nil {
+		return nil, fmt.Errorf("unread counts: %w", err)
+	}
+	for _, r := range rows {
+		out[r.ChatID] = r.Count
 	}
 	return out, nil
 }
@@ -150,9 +235,15 @@ func (d *Desk) operatorLoads(ctx context.Context, q *ent.Queue, where ...predica
 	if err != nil {
 		return nil, err
 	}
-	s, err := d.Settings(ctx)
-	if err != nil {
-		return nil, err
+	// The system setting is read only when some limit falls back to it.
+	s := &ent.Setting{}
+	for _, op := range ops {
+		if op.ChatLimit == nil && (q == nil || q.ChatLimit == nil) {
+			if s, err = d.Settings(ctx); err != nil {
+				return nil, err
+			}
+			break
+		}
 	}
 	ids := make([]int, len(ops))
 	for i, op := range ops {
@@ -190,7 +281,7 @@ func (d *Desk) OperatorAvailability(ctx context.Context, operatorID int) (*Opera
 
 // QueueOverview returns a queue's waiting chats and its members'
 // availability, for supervisors (R12).
-func (d *Desk) QueueOverview(ctx context.Context, queueID int) (*QueueOverview, error) {
+func (d *Desk) QueueOverview(ctx context.Context, queueID int, eager ...Eager) (*QueueOverview, error) {
 	if _, err := Require(ctx, AccessSupervisor); err != nil {
 		return nil, err
 	}
@@ -199,14 +290,16 @@ func (d *Desk) QueueOverview(ctx context.Context, queueID int) (*QueueOverview, 
 		return nil, notFound(err, "queue", queueID)
 	}
 	o := &QueueOverview{Queue: q}
-	waiting, err := d.client.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting)).
-		Order(ent.Asc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit).All(ctx)
+	waiting, err := allChats(ctx, "waitingChats", d.client.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting)).
+		Order(ent.Asc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(panelChatLimit), eager)
 	if err != nil {
 		return nil, err
 	}
-	if o.WaitingChats, err = d.panelChats(ctx, waiting); err != nil {
+	lists, err := d.panelChats(ctx, waiting)
+	if err != nil {
 		return nil, err
 	}
+	o.WaitingChats = lists[0]
 	o.Operators, err = d.operatorLoads(ctx, q, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false))
 	return o, err
 }

@@ -74,8 +74,12 @@ func (r *queryResolver) Chats(ctx context.Context, after *entgql.Cursor[int], fi
 	if err := checkPage(first, last); err != nil {
 		return nil, err
 	}
-	return r.client.Chat.Query().Paginate(ctx, after, first, before, last,
+	conn, err := r.client.Chat.Query().Paginate(ctx, after, first, before, last,
 		ent.WithChatOrder(orderBy), ent.WithChatFilter(where.Filter))
+	if err != nil {
+		return nil, err
+	}
+	return conn, r.preloadChatMessages(ctx, conn)
 }
 
 // ChatActions is the resolver for the chatActions field.

@@ -73,7 +73,7 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = 15 * time.Second
 	}
-	cfg := Config{Resolvers: &Resolver{client: d.Client(), desk: d, hub: opts.Hub, publicURL: opts.PublicURL}}
+	cfg := Config{Resolvers: &Resolver{client: d.Client(), desk: d, hub: opts.Hub, publicURL: opts.PublicURL, live: &liveLoads{}}}
 	cfg.Directives.Public = func(ctx context.Context, _ any, next graphql.Resolver) (any, error) {
 		return next(ctx)
 	}

@@ -15,6 +15,10 @@ type Resolver struct {
 	hub    *live.Hub
 	// publicURL is where providers reach this server (PARLEY_PUBLIC_URL).
 	publicURL string
+	// live shares the loads of a live event between its subscribers.
+	live *liveLoads
+	// pages holds the messages preloaded for a page of chats.
+	pages messagePages
 }
 
 // deref returns the value of an optional argument, or its zero value.

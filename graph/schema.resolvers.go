@@ -58,6 +58,9 @@ func (r *chatResolver) Messages(ctx context.Context, obj *ent.Chat, after *entgq
 	if err != nil {
 		return nil, err
 	}
+	if conn := r.pages.take(obj, after, first, before, last); conn != nil {
+		return conn, nil
+	}
 	return q.Paginate(ctx, after, first, before, last)
 }
 
@@ -95,10 +98,7 @@ func (r *liveEventResolver) Notify(ctx context.Context, obj *ent.Event) (bool, e
 
 // Chat is the resolver for the chat field.
 func (r *liveEventResolver) Chat(ctx context.Context, obj *ent.Event) (*ent.Chat, error) {
-	if obj.ChatID == nil {
-		return nil, nil
-	}
-	return r.client.Chat.Get(ctx, *obj.ChatID)
+	return r.eventChat(ctx, obj)
 }
 
 // Message is the resolver for the message field.
@@ -107,7 +107,7 @@ func (r *liveEventResolver) Message(ctx context.Context, obj *ent.Event) (*ent.M
 	if id == 0 {
 		return nil, nil
 	}
-	return r.client.Message.Get(ctx, id)
+	return r.eventMessage(ctx, obj, id)
 }
 
 // Operator is the resolver for the operator field.
@@ -344,12 +344,12 @@ func (r *queryResolver) Settings(ctx context.Context) (*ent.Setting, error) {
 
 // Panel is the resolver for the panel field.
 func (r *queryResolver) Panel(ctx context.Context) (*desk.Panel, error) {
-	return r.desk.Panel(ctx)
+	return r.desk.Panel(ctx, eagerChats(ctx))
 }
 
 // QueueOverview is the resolver for the queueOverview field.
 func (r *queryResolver) QueueOverview(ctx context.Context, id int) (*desk.QueueOverview, error) {
-	return r.desk.QueueOverview(ctx, id)
+	return r.desk.QueueOverview(ctx, id, eagerChats(ctx))
 }
 
 // TransferTargets is the resolver for the transferTargets field.

@@ -68,9 +68,6 @@ type Options struct {
 	// Batch is how many events one read takes (default 500).
 	Batch  int
 	Logger *slog.Logger
-	// Notify, when set, tells other instances that events up to lastID
-	// were committed (PostgreSQL NOTIFY).
-	Notify func(lastID int)
 }
 
 // Hub fans committed events out to subscriptions.
@@ -116,13 +113,34 @@ func (h *Hub) Start(ctx context.Context) error {
 	return nil
 }
 
-// Published is called after a local commit appended events up to lastID:
-// the pump wakes and other instances are told.
-func (h *Hub) Published(lastID int) {
-	h.Wake()
-	if h.opt.Notify != nil {
-		h.opt.Notify(lastID)
+// Committed is given the events a local commit appended (ids in order).
+// When they follow the last event dispatched they are dispatched at once,
+// without reading them back from the log. Otherwise (another instance's
+// events come between, a concurrent commit reports before an earlier one,
+// or a rolled-back transaction left an id unused) the pump reads the log,
+// which is in commit order: nothing is skipped or delivered twice.
+func (h *Hub) Committed(events []*ent.Event) {
+	if len(events) == 0 {
+		return
 	}
+	h.mu.Lock()
+	if !h.closed && events[0].ID == h.cursor+1 && consecutive(events) {
+		h.dispatchLocked(events)
+	}
+	behind := events[len(events)-1].ID > h.cursor
+	h.mu.Unlock()
+	if behind {
+		h.Wake()
+	}
+}
+
+func consecutive(events []*ent.Event) bool {
+	for i := 1; i < len(events); i++ {
+		if events[i].ID != events[i-1].ID+1 {
+			return false
+		}
+	}
+	return true
 }
 
 // Wake makes the pump read new events now (without blocking).
@@ -177,6 +195,13 @@ func (h *Hub) pumpOnce(ctx context.Context) (int, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.dispatchLocked(events)
+	return len(events), nil
+}
+
+// dispatchLocked hands events above the cursor to their subscribers and
+// moves the cursor (h.mu held).
+func (h *Hub) dispatchLocked(events []*ent.Event) {
 	for _, e := range events {
 		if e.ID <= h.cursor {
 			continue
@@ -193,7 +218,6 @@ func (h *Hub) pumpOnce(ctx context.Context) (int, error) {
 			}
 		}
 	}
-	return len(events), nil
 }
 
 // readAfter reads the log for the pump.

@@ -99,7 +99,7 @@ func TestHub_DeliversOnlyTheAudienceInOrderAndResumesWithoutGapOrDuplicate(t *te
 	}
 	mine := []int{log.append(1), log.append(2, 1)}
 	log.append(2) // not for operator 1
-	h.Published(3)
+	h.Wake()
 	for _, want := range mine {
 		if got := receive(t, st).ID; got != want {
 			t.Fatalf("got event %d, want %d", got, want)
@@ -115,7 +115,7 @@ func TestHub_DeliversOnlyTheAudienceInOrderAndResumesWithoutGapOrDuplicate(t *te
 	for range 5 {
 		want = append(want, log.append(1))
 	}
-	h.Published(0)
+	h.Wake()
 	waitCursor(t, h, want[len(want)-1])
 	after := mine[len(mine)-1]
 	st2, err := h.Subscribe(context.Background(), actor, live.Scope{Operator: 1}, &after)
@@ -125,7 +125,7 @@ func TestHub_DeliversOnlyTheAudienceInOrderAndResumesWithoutGapOrDuplicate(t *te
 	for range 5 {
 		want = append(want, log.append(1))
 	}
-	h.Published(0)
+	h.Wake()
 	for _, w := range want {
 		if got := receive(t, st2).ID; got != w {
 			t.Fatalf("resumed: got %d, want %d", got, w)
@@ -169,7 +169,7 @@ func TestHub_SlowConsumerIsEndedWithoutBlockingOthers(t *testing.T) {
 	// The slow subscriber reads nothing; the fast one reads everything.
 	for i := range 20 {
 		log.append(1, 2)
-		h.Published(0)
+		h.Wake()
 		if got := receive(t, fast).ID; got != i+1 {
 			t.Fatalf("fast subscriber got %d, want %d", got, i+1)
 		}
@@ -228,7 +228,7 @@ func TestHub_EndedSessionEndsItsSubscriptions(t *testing.T) {
 	log.events = append(log.events, &ent.Event{ID: 1, Type: desk.EventSessionEnded, Payload: map[string]any{"sessionId": float64(7)}})
 	log.mu.Unlock()
 	log.append(1)
-	h.Published(0)
+	h.Wake()
 	for range st.C {
 	}
 	var de *desk.Error

@@ -180,6 +180,14 @@ var (
 				Columns: []*schema.Column{ChatsColumns[1], ChatsColumns[2]},
 			},
 			{
+				Name:    "chat_open_created_at_id",
+				Unique:  false,
+				Columns: []*schema.Column{ChatsColumns[2], ChatsColumns[0]},
+				Annotation: &entsql.IndexAnnotation{
+					Where: "status IN ('WAITING', 'IN_PROGRESS')",
+				},
+			},
+			{
 				Name:    "chat_contact_id_channel_id",
 				Unique:  true,
 				Columns: []*schema.Column{ChatsColumns[20], ChatsColumns[17]},

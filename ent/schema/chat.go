@@ -67,6 +67,13 @@ func (Chat) Edges() []ent.Edge {
 func (Chat) Indexes() []ent.Index {
 	return []ent.Index{
 		index.Fields("status", "created_at"),
+		// The open chats by creation, either way (the chat list: `statusIn:
+		// [WAITING, IN_PROGRESS]` by CREATED_AT): a page is the first rows of
+		// this index and totalCount an index-only count of it, however many
+		// chats are completed. PostgreSQL uses it when the query's status
+		// condition implies the predicate (the same two statuses, or one).
+		index.Fields("created_at", "id").StorageKey("chat_open_created_at_id").
+			Annotations(entsql.IndexWhere("status IN ('WAITING', 'IN_PROGRESS')")),
 		// At most one chat that is not COMPLETED per contact and channel (R1):
 		// concurrent first messages cannot open two chats.
 		index.Fields("contact_id", "channel_id").Unique().
