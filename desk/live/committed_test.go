@@ -34,6 +34,21 @@ func startCounting(t *testing.T, log *countingLog) (*live.Hub, context.CancelFun
 	return h, cancel
 }
 
+// operatorOnePanel starts a hub over log with operator 1's panel
+// subscribed; stop ends both.
+func operatorOnePanel(t *testing.T, log *countingLog) (*live.Hub, *live.Stream, func()) {
+	t.Helper()
+	h, stopHub := startCounting(t, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := h.Subscribe(ctx, &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil)
+	if err != nil {
+		cancel()
+		stopHub()
+		t.Fatal(err)
+	}
+	return h, st, func() { cancel(); stopHub() }
+}
+
 func msg(id int, audience ...int) *ent.Event {
 	return &ent.Event{ID: id, Type: desk.EventMessageAdded, Audience: audience}
 }
@@ -44,14 +59,8 @@ func msg(id int, audience ...int) *ent.Event {
 func TestHub_CommittedEventsFollowingTheCursorAreDispatchedWithoutReadingTheLog(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	log := &countingLog{memLog: &memLog{}}
-	h, stop := startCounting(t, log)
+	h, st, stop := operatorOnePanel(t, log)
 	defer stop()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := h.Subscribe(ctx, &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	h.Committed([]*ent.Event{msg(1, 1), msg(2, 2), msg(3, 1)})
 	h.Committed([]*ent.Event{msg(4, 1)})
 	for _, want := range []int{1, 3, 4} {
@@ -79,14 +88,8 @@ func TestHub_CommittedEventsFollowingTheCursorAreDispatchedWithoutReadingTheLog(
 func TestHub_CommittedEventsAfterAGapAreReadFromTheLogInOrder(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	log := &countingLog{memLog: &memLog{}}
-	h, stop := startCounting(t, log)
+	h, st, stop := operatorOnePanel(t, log)
 	defer stop()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := h.Subscribe(ctx, &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	other := log.append(1) // committed elsewhere: only in the log
 	mine := log.append(1)
 	h.Committed([]*ent.Event{msg(mine, 1)})
