@@ -133,8 +133,12 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	open, err := openQ.Only(ctx)
 	switch {
 	case ent.IsNotFound(err):
+		busy, err := d.routingBusy(ctx, tx, ch.QueueID)
+		if err != nil {
+			return nil, err
+		}
 		create := tx.Chat.Create().SetStatus(enum.ChatWaiting).SetChannelID(ch.ID).SetContactID(contactID).
-			SetQueueID(ch.QueueID).SetCreatedAt(now).SetLastMessageAt(now).SetLastInboundAt(now)
+			SetQueueID(ch.QueueID).SetCreatedAt(now).SetLastMessageAt(now).SetLastInboundAt(now).SetRoutePending(busy)
 		if windowed(ch.Provider) {
 			create.SetReplyWindowEndsAt(now.Add(replyWindow))
 		}
@@ -200,7 +204,18 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		Audience: audience, Payload: map[string]any{"messageId": res.Message.ID}}); err != nil {
 		return nil, err
 	}
-	if res.NewChat {
+	switch {
+	case res.Chat.RoutePending:
+		// Another transaction is routing a new chat of this queue: rather
+		// than wait for its member locks, this one is routed right after
+		// commit by the queue's release job, together with any others that
+		// arrived meanwhile (releaseQueue). A message to a chat still
+		// pending asks again: a release running now skips the chat while
+		// this transaction holds its row.
+		if err := d.leaveToRelease(ctx, tx, res.Chat.QueueID); err != nil {
+			return nil, err
+		}
+	case res.NewChat:
 		if err := d.routeNew(ctx, tx, res.Chat, res.Chat.QueueID, TriggerNewChat); err != nil {
 			return nil, err
 		}

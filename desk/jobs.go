@@ -2,6 +2,7 @@ package desk
 
 import (
 	"context"
+	stdsql "database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -50,6 +51,9 @@ const (
 type jobSpec struct {
 	kind   string
 	dedupe string // while pending, one job per key: enqueuing again moves its due time
+	// keep leaves a pending job of the same key as it is, without locking
+	// its row (see leaveToRelease).
+	keep   bool
 	chatID int
 	ref    int // the row the job is about: queue, offer or session
 	due    time.Time
@@ -68,7 +72,13 @@ func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
 	if j.chatID != 0 {
 		c.SetChatID(j.chatID)
 	}
-	if j.dedupe != "" {
+	if j.dedupe != "" && j.keep {
+		c.SetDedupeKey(j.dedupe)
+		err := c.OnConflict(sql.ConflictColumns(job.FieldDedupeKey), sql.DoNothing()).Exec(ctx)
+		if err != nil && !errors.Is(err, stdsql.ErrNoRows) { // no row: the pending job was kept
+			return fmt.Errorf("enqueue %s: %w", j.kind, err)
+		}
+	} else if j.dedupe != "" {
 		c.SetDedupeKey(j.dedupe)
 		if err := c.OnConflict(sql.ConflictColumns(job.FieldDedupeKey)).
 			Update(func(u *ent.JobUpsert) { u.UpdateDueAt() }).Exec(ctx); err != nil {
@@ -300,6 +310,8 @@ func (d *Desk) releaseQueueLater(_ context.Context, tx *ent.Tx, queueID int) err
 	return nil
 }
 
+func releaseKey(queueID int) string { return "release:" + strconv.Itoa(queueID) }
+
 // flushReleases writes the release jobs a transaction asked for, last and
 // in queue order. A release job is one row per queue (its dedupe key), which
 // concurrent transactions upsert: taking those row locks after every other
@@ -315,7 +327,7 @@ func (d *Desk) flushReleases(ctx context.Context, tx *ent.Tx, st *txState) error
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		if err := d.enqueue(ctx, tx, jobSpec{kind: jobRelease, dedupe: "release:" + strconv.Itoa(id), ref: id, due: d.Now()}); err != nil {
+		if err := d.enqueue(ctx, tx, jobSpec{kind: jobRelease, dedupe: releaseKey(id), ref: id, due: d.Now()}); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@ package desk_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/parleydesk/parley/desk/desktest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
+	"github.com/parleydesk/parley/ent/chatoffer"
 	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/event"
 	"github.com/parleydesk/parley/ent/message"
@@ -634,4 +636,34 @@ func TestBadInput_LifecycleRefusalsChangeNothing(t *testing.T) {
 	if n, _ := w.Client().Event.Query().Where(event.Type(desk.EventChatTransferred)).Count(ctx); n != 0 {
 		t.Fatal("a transfer happened")
 	}
+}
+
+// TestR9_AReleaseReachesWaitingChatsPastOneBatch: with more chats waiting
+// than one release routes (200), a member joining a TO_ALL queue is offered
+// every one of them: each release goes on past the chats offered already
+// rather than reading the same oldest ones again.
+func TestR9_AReleaseReachesWaitingChatsPastOneBatch(t *testing.T) {
+	w := desktest.New(t)
+	a, b := w.Operator(active, 1000), w.Operator(active, 1000)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{a})
+	ch := w.Channel(q, enum.ProviderAPI)
+	const n = 230
+	for i := range n {
+		w.Inbound(ch, fmt.Sprintf("batch-%d", i), "hi")
+	}
+	_, err := w.Desk.UpdateOperator(w.AsAdmin(), b.ID, desk.UpdateOperatorInput{AddQueueIDs: []int{q.ID}})
+	w.Must(err)
+	// Bounded: a release that makes no progress would enqueue itself
+	// forever; the deadline turns that into a failure instead of a hang.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := w.Desk.RunDueJobs(ctx); err != nil {
+		t.Fatalf("run jobs: %v (a release that never ends?)", err)
+	}
+	offered, err := w.Client().ChatOffer.Query().Where(chatoffer.OperatorID(b.ID), chatoffer.StatusEQ(enum.OfferOpen)).Count(ctx)
+	w.Must(err)
+	if offered != n {
+		t.Fatalf("B was offered %d of the %d waiting chats", offered, n)
+	}
+	atRest(t, w, w.Invariants(), "after the releases")
 }

@@ -198,6 +198,8 @@ type router struct {
 	q        *ent.Queue
 	settings *ent.Setting
 	members  []*member
+	// offers are the offers of chats read ahead (a release batch).
+	offers map[int]chatOffers
 }
 
 // newRouter locks the members of a queue and reads their loads.
@@ -264,9 +266,13 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 	now := d.Now()
 	open, missed := map[int]bool{}, map[int]bool{}
 	if trigger != TriggerNewChat && trigger != TriggerTransfer {
-		var err error
-		if open, missed, err = d.offersOf(ctx, tx, c.ID); err != nil {
-			return nil, err
+		if o, ok := r.offers[c.ID]; ok {
+			open, missed = o.open, o.missed
+		} else {
+			var err error
+			if open, missed, err = d.offersOf(ctx, tx, c.ID); err != nil {
+				return nil, err
+			}
 		}
 	}
 	rule := r.q.RoutingRule
@@ -432,27 +438,82 @@ func (r *router) nextInTurn(pool []int) int {
 // offersOf returns the operators with an open offer of a chat and those
 // who let an offer of it expire.
 func (d *Desk) offersOf(ctx context.Context, tx *ent.Tx, chatID int) (open, missed map[int]bool, err error) {
-	rows, err := tx.QueryContext(ctx, fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s = %s",
-		chatoffer.FieldOperatorID, chatoffer.FieldStatus, chatoffer.Table, chatoffer.FieldChatID, d.placeholder(1)), chatID)
+	all, err := d.offersOfChats(ctx, tx, []int{chatID})
 	if err != nil {
-		return nil, nil, fmt.Errorf("offers of chat %d: %w", chatID, err)
+		return nil, nil, err
+	}
+	o := all[chatID]
+	return o.open, o.missed, nil
+}
+
+// chatOffers are the operators with an open offer of a chat and those who
+// let an offer of it expire.
+type chatOffers struct{ open, missed map[int]bool }
+
+// offersOfChats reads the offers of several chats in one statement; every
+// chat asked for is in the result.
+func (d *Desk) offersOfChats(ctx context.Context, tx *ent.Tx, chatIDs []int) (map[int]chatOffers, error) {
+	out := make(map[int]chatOffers, len(chatIDs))
+	args := make([]any, len(chatIDs))
+	for i, id := range chatIDs {
+		out[id] = chatOffers{open: map[int]bool{}, missed: map[int]bool{}}
+		args[i] = id
+	}
+	if len(chatIDs) == 0 {
+		return out, nil
+	}
+	rows, err := tx.QueryContext(ctx, fmt.Sprintf("SELECT %s, %s, %s FROM %s WHERE %s IN (%s)",
+		chatoffer.FieldChatID, chatoffer.FieldOperatorID, chatoffer.FieldStatus, chatoffer.Table,
+		chatoffer.FieldChatID, d.placeholders(len(chatIDs), 1)), args...)
+	if err != nil {
+		return nil, fmt.Errorf("offers of chats %v: %w", chatIDs, err)
 	}
 	defer rows.Close()
-	open, missed = map[int]bool{}, map[int]bool{}
 	for rows.Next() {
-		var op int
+		var chatID, op int
 		var status string
-		if err := rows.Scan(&op, &status); err != nil {
-			return nil, nil, err
+		if err := rows.Scan(&chatID, &op, &status); err != nil {
+			return nil, err
 		}
 		switch enum.OfferStatus(status) {
 		case enum.OfferOpen:
-			open[op] = true
+			out[chatID].open[op] = true
 		case enum.OfferExpired:
-			missed[op] = true
+			out[chatID].missed[op] = true
 		}
 	}
-	return open, missed, rows.Err()
+	return out, rows.Err()
+}
+
+// routable selects the waiting chats a routing attempt could change with
+// the members available now: under TO_ALL those not yet offered to every one
+// of them, under the other rules those with no open offer. Without it a
+// release would read the same oldest chats, already offered, again and
+// again, and never reach the ones behind them.
+func (r *router) routable() predicate.Chat {
+	var avail []any
+	for _, m := range r.members {
+		if m.availability() == AvailabilityActive {
+			avail = append(avail, m.op.ID)
+		}
+	}
+	toAll := r.q.RoutingRule == enum.RuleToAll
+	return func(s *sql.Selector) {
+		t := sql.Table(chatoffer.Table)
+		open := sql.Select(sql.Count("*")).From(t).Where(sql.And(
+			sql.ColumnsEQ(t.C(chatoffer.FieldChatID), s.C(chat.FieldID)),
+			sql.EQ(t.C(chatoffer.FieldStatus), string(enum.OfferOpen))))
+		if toAll {
+			open.Where(sql.In(t.C(chatoffer.FieldOperatorID), avail...))
+		}
+		limit := 1
+		if toAll {
+			limit = len(avail)
+		}
+		s.Where(sql.P(func(b *sql.Builder) {
+			b.Wrap(func(b *sql.Builder) { b.Join(open) }).WriteOp(sql.OpLT).Arg(limit)
+		}))
+	}
 }
 
 // releaseBatch bounds the waiting chats one release job routes.
@@ -460,41 +521,97 @@ const releaseBatch = 200
 
 // releaseQueue hands waiting chats of a queue to members with capacity,
 // oldest first or newest first per setting (R9), until no member can take
-// more. Chats locked by another transaction are skipped: that transaction
-// is changing them and will enqueue its own release if needed.
+// more. It also makes the first routing of new chats that Ingest left to it
+// (route_pending): each gets its NEW_CHAT decision, offered or WAITING, in
+// its place in the waiting order. Chats locked by another transaction are
+// skipped: that transaction is changing them and will enqueue its own
+// release if needed.
 func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error {
+	if d.pg {
+		// Wait for the transactions leaving new chats to this release
+		// (leaveToRelease) to commit, so that the pending ones are read.
+		if _, err := d.advisory(ctx, tx, "pg_advisory_xact_lock", pendingLockClass, queueID); err != nil {
+			return err
+		}
+	}
 	r, err := d.newRouter(ctx, tx, queueID)
 	if ent.IsNotFound(err) || isCode(err, CodeNotFound) {
 		return nil // the queue was deleted
 	}
-	if err != nil || !r.anyAvailable() {
+	if err != nil {
 		return err
 	}
 	order := ent.Asc(chat.FieldCreatedAt)
 	if r.waitingOrder() == enum.NewestFirst {
 		order = ent.Desc(chat.FieldCreatedAt)
 	}
-	q := tx.Chat.Query().Where(chat.HasQueueWith(queue.ID(queueID)), chat.StatusEQ(enum.ChatWaiting)).
-		Order(order, ent.Asc(chat.FieldID)).Limit(releaseBatch)
-	if d.pg {
-		q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked)))
-	}
-	chats, err := q.All(ctx)
-	if err != nil {
-		return err
-	}
-	for _, c := range chats {
-		if !r.anyAvailable() {
-			return nil
+	waiting := func(ps ...predicate.Chat) ([]*ent.Chat, error) {
+		q := tx.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting)).Where(ps...).
+			Order(order, ent.Asc(chat.FieldID)).Limit(releaseBatch)
+		if d.pg {
+			q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked)))
 		}
-		if _, err := r.route(ctx, c, TriggerCapacity); err != nil {
-			return fmt.Errorf("release chat %d: %w", c.ID, err)
+		return q.All(ctx)
+	}
+	var chats []*ent.Chat
+	if r.anyAvailable() {
+		if chats, err = waiting(r.routable()); err != nil {
+			return err
+		}
+		ids := make([]int, len(chats))
+		for i, c := range chats {
+			ids[i] = c.ID
+		}
+		if r.offers, err = d.offersOfChats(ctx, tx, ids); err != nil {
+			return err
+		}
+	}
+	var firsts []int // the pending chats routed
+	for _, c := range chats {
+		switch {
+		case c.RoutePending:
+			if _, err := r.route(ctx, c, TriggerNewChat); err != nil {
+				return fmt.Errorf("route new chat %d: %w", c.ID, err)
+			}
+			firsts = append(firsts, c.ID)
+		case r.anyAvailable():
+			if _, err := r.route(ctx, c, TriggerCapacity); err != nil {
+				return fmt.Errorf("release chat %d: %w", c.ID, err)
+			}
 		}
 	}
 	if len(chats) == releaseBatch && r.anyAvailable() {
-		return d.releaseQueueLater(ctx, tx, queueID)
+		// More waiting chats may take the capacity left: the next run goes
+		// on, pending ones included, in order.
+		if err := d.releaseQueueLater(ctx, tx, queueID); err != nil {
+			return err
+		}
+	} else if len(chats) == releaseBatch || len(chats) == 0 {
+		// No capacity left for chats past this batch (or none at all): the
+		// pending ones among them wait, with their decision recorded.
+		pending, err := waiting(chat.RoutePending(true))
+		if err != nil {
+			return err
+		}
+		for _, c := range pending {
+			if slices.Contains(firsts, c.ID) {
+				continue
+			}
+			if _, err := r.route(ctx, c, TriggerNewChat); err != nil {
+				return fmt.Errorf("route new chat %d: %w", c.ID, err)
+			}
+			firsts = append(firsts, c.ID)
+		}
+		if len(pending) == releaseBatch {
+			if err := d.releaseQueueLater(ctx, tx, queueID); err != nil {
+				return err
+			}
+		}
 	}
-	return nil
+	if len(firsts) == 0 {
+		return nil
+	}
+	return tx.Chat.Update().Where(chat.IDIn(firsts...)).SetRoutePending(false).Exec(ctx)
 }
 
 func isCode(err error, code Code) bool {
@@ -509,6 +626,77 @@ func (d *Desk) routeNew(ctx context.Context, tx *ent.Tx, c *ent.Chat, queueID in
 	if err != nil {
 		return err
 	}
-	_, err = r.route(ctx, c, trigger)
-	return err
+	if _, err = r.route(ctx, c, trigger); err != nil || !c.RoutePending {
+		return err
+	}
+	// Routed before the release job came to it (a transfer to a queue).
+	return tx.Chat.UpdateOneID(c.ID).SetRoutePending(false).Exec(ctx)
+}
+
+// Two PostgreSQL advisory locks per queue, keyed by a class and the low 32
+// bits of the queue id (ids are type << 32 | n, the same type for every
+// queue); two-key advisory locks never collide with eventLockKey.
+const (
+	// routingLockClass marks a transaction routing a new chat of the queue
+	// (taken without waiting, exclusive).
+	routingLockClass = 0x7061 // "pa"
+	// pendingLockClass orders the release against the new chats left to it:
+	// a transaction that leaves one holds it shared, the release takes it
+	// exclusive before it reads the pending chats, so it waits for their
+	// commits and sees every one (releaseQueue).
+	pendingLockClass = 0x7062 // "pb"
+)
+
+// routingBusy tells whether another transaction is routing a new chat of
+// the queue at this instant, without waiting; when none is, this
+// transaction takes the mark until it ends. A busy queue's new chats are
+// routed by its release job rather than queueing on the members' row locks,
+// where each would wait for the previous one to commit: under a burst the
+// job routes them together, under one lock. SQLite has one writer at a
+// time: never busy.
+func (d *Desk) routingBusy(ctx context.Context, tx *ent.Tx, queueID int) (bool, error) {
+	if !d.pg {
+		return false, nil
+	}
+	got, err := d.advisory(ctx, tx, "pg_try_advisory_xact_lock", routingLockClass, queueID)
+	return !got, err
+}
+
+// advisory calls a transaction-scoped two-key advisory lock function.
+func (d *Desk) advisory(ctx context.Context, tx *ent.Tx, fn string, class, id int) (bool, error) {
+	rows, err := tx.QueryContext(ctx, "SELECT "+fn+"($1, $2)", class, int32(uint32(id)))
+	if err != nil {
+		return false, fmt.Errorf("%s(%#x, %d): %w", fn, class, id, err)
+	}
+	defer rows.Close()
+	got := true // the blocking functions return void: read as ""
+	if rows.Next() {
+		var v any
+		if err := rows.Scan(&v); err != nil {
+			return false, err
+		}
+		if b, ok := v.(bool); ok {
+			got = b
+		}
+	}
+	return got, rows.Err()
+}
+
+// leaveToRelease makes sure a release of the queue runs after this
+// transaction commits and routes its pending new chat. When the release
+// lock can be shared (no release is reading pending chats now), a pending
+// release job, if one is already enqueued, will do: it has not been claimed
+// (claiming clears its key), so it takes the lock exclusive after this
+// commit. Only then is the job row left alone, so that concurrent new chats
+// do not queue on its lock until each commits. Otherwise the release job
+// is upserted at the end of the transaction as every other release is.
+func (d *Desk) leaveToRelease(ctx context.Context, tx *ent.Tx, queueID int) error {
+	shared, err := d.advisory(ctx, tx, "pg_try_advisory_xact_lock_shared", pendingLockClass, queueID)
+	if err != nil || !shared {
+		if err == nil {
+			err = d.releaseQueueLater(ctx, tx, queueID)
+		}
+		return err
+	}
+	return d.enqueue(ctx, tx, jobSpec{kind: jobRelease, dedupe: releaseKey(queueID), ref: queueID, due: d.Now(), keep: true})
 }

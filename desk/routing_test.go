@@ -8,8 +8,10 @@ import (
 
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chatoffer"
+	"github.com/parleydesk/parley/ent/event"
 	"github.com/parleydesk/parley/ent/routingdecision"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
@@ -197,4 +199,82 @@ func TestR8_AcceptTimeoutCountMissedKeepsOperatorActive(t *testing.T) {
 	if got := openOffers(w, res.Chat.ID); len(got) != 1 || !got[missed.ID] {
 		t.Fatalf("offers after the second timeout = %v, want the first operator again", got)
 	}
+}
+
+// TestR10_NewChatsOfABusyQueueAreRoutedByItsReleaseJob: on PostgreSQL a new
+// chat that arrives while another transaction is routing a new chat of the
+// same queue does not wait for that transaction's member locks; the queue's
+// release job routes it right after commit, oldest first, each chat with its
+// NEW_CHAT decision (offered or waiting) and event (R8, R9, R11).
+func TestR10_NewChatsOfABusyQueueAreRoutedByItsReleaseJob(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
+	}
+	w := desktest.New(t)
+	a, b := w.Operator(active, 1), w.Operator(active, 1)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{a, b})
+	ch := w.Channel(q, enum.ProviderAPI)
+	ctx := context.Background()
+
+	// Another transaction routing a new chat of q holds its mark.
+	busy, err := w.DB.SQL.BeginTx(ctx, nil)
+	w.Must(err)
+	_, err = busy.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1, $2)", desk.RoutingLockClass, int32(uint32(q.ID)))
+	w.Must(err)
+	var chats []*ent.Chat
+	for _, ext := range []string{"busy-1", "busy-2", "busy-3"} {
+		res := w.Inbound(ch, ext, "hello")
+		if !res.NewChat || !res.Chat.RoutePending {
+			t.Fatalf("%s: new=%v pending=%v, want a new chat left to the release job", ext, res.NewChat, res.Chat.RoutePending)
+		}
+		chats = append(chats, res.Chat)
+	}
+	w.Inbound(ch, "busy-1", "are you there?") // a message to a chat still pending
+	for _, c := range chats {
+		if got := openOffers(w, c.ID); len(got) != 0 || len(decisions(w, c.ID)) != 0 {
+			t.Fatalf("chat %d routed while its queue was busy: offers %v", c.ID, got)
+		}
+	}
+	w.Must(busy.Rollback())
+
+	if w.RunJobs() == 0 {
+		t.Fatal("no release job ran")
+	}
+	// TO_ALL with a limit of 1 each: the oldest chat is offered to both,
+	// which fills them; the two others wait.
+	if got := openOffers(w, chats[0].ID); !got[a.ID] || !got[b.ID] || len(got) != 2 {
+		t.Fatalf("oldest chat offers = %v, want A and B", got)
+	}
+	for i, c := range chats {
+		ds := decisions(w, c.ID)
+		want := outcomeFor(i == 0)
+		if len(ds) != 1 || ds[0].Trigger != desk.TriggerNewChat || ds[0].Outcome != want {
+			t.Fatalf("chat %d decisions = %+v, want one NEW_CHAT %s", i, ds, want)
+		}
+		if w.Chat(c.ID).RoutePending {
+			t.Fatalf("chat %d still pending after its release", i)
+		}
+	}
+	waiting, err := w.Client().Event.Query().Where(event.TypeEQ(desk.EventChatWaiting)).All(ctx)
+	w.Must(err)
+	if len(waiting) != 2 || *waiting[0].ChatID != chats[1].ID || *waiting[1].ChatID != chats[2].ID {
+		t.Fatalf("CHAT_WAITING events = %d, want one for each of the two newer chats, in order", len(waiting))
+	}
+	atRest(t, w, w.Invariants(), "after the release")
+
+	// Capacity frees: the next waiting chat is offered (R9).
+	_, err = w.Desk.AcceptChat(w.As(a), chats[0].ID)
+	w.Must(err)
+	w.RunJobs()
+	if got := openOffers(w, chats[1].ID); !got[b.ID] || len(got) != 1 {
+		t.Fatalf("second chat offers = %v, want B (A is full)", got)
+	}
+}
+
+// outcomeFor is the decision outcome of a chat that was or was not offered.
+func outcomeFor(offered bool) string {
+	if offered {
+		return desk.OutcomeOffered
+	}
+	return desk.OutcomeWaiting
 }

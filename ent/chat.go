@@ -54,6 +54,8 @@ type Chat struct {
 	TransferNote string `json:"transfer_note,omitempty"`
 	// DuplicatesFound holds the value of the "duplicates_found" field.
 	DuplicatesFound int `json:"duplicates_found,omitempty"`
+	// RoutePending holds the value of the "route_pending" field.
+	RoutePending bool `json:"route_pending,omitempty"`
 	// ChannelID holds the value of the "channel_id" field.
 	ChannelID int `json:"channel_id,omitempty"`
 	// ContactID holds the value of the "contact_id" field.
@@ -210,6 +212,8 @@ func (*Chat) scanValues(columns []string) ([]any, error) {
 	values := make([]any, len(columns))
 	for i := range columns {
 		switch columns[i] {
+		case chat.FieldRoutePending:
+			values[i] = new(sql.NullBool)
 		case chat.FieldID, chat.FieldFirstResponseSeconds, chat.FieldDurationSeconds, chat.FieldDuplicatesFound, chat.FieldChannelID, chat.FieldContactID, chat.FieldQueueID, chat.FieldOwnerID, chat.FieldParentID:
 			values[i] = new(sql.NullInt64)
 		case chat.FieldStatus, chat.FieldCompletionReason, chat.FieldTransferNote:
@@ -343,6 +347,12 @@ func (_m *Chat) assignValues(columns []string, values []any) error {
 				return fmt.Errorf("unexpected type %T for field duplicates_found", values[i])
 			} else if value.Valid {
 				_m.DuplicatesFound = int(value.Int64)
+			}
+		case chat.FieldRoutePending:
+			if value, ok := values[i].(*sql.NullBool); !ok {
+				return fmt.Errorf("unexpected type %T for field route_pending", values[i])
+			} else if value.Valid {
+				_m.RoutePending = value.Bool
 			}
 		case chat.FieldChannelID:
 			if value, ok := values[i].(*sql.NullInt64); !ok {
@@ -531,6 +541,9 @@ func (_m *Chat) String() string {
 	builder.WriteString(", ")
 	builder.WriteString("duplicates_found=")
 	builder.WriteString(fmt.Sprintf("%v", _m.DuplicatesFound))
+	builder.WriteString(", ")
+	builder.WriteString("route_pending=")
+	builder.WriteString(fmt.Sprintf("%v", _m.RoutePending))
 	builder.WriteString(", ")
 	builder.WriteString("channel_id=")
 	builder.WriteString(fmt.Sprintf("%v", _m.ChannelID))

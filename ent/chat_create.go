@@ -231,6 +231,20 @@ func (_c *ChatCreate) SetNillableDuplicatesFound(v *int) *ChatCreate {
 	return _c
 }
 
+// SetRoutePending sets the "route_pending" field.
+func (_c *ChatCreate) SetRoutePending(v bool) *ChatCreate {
+	_c.mutation.SetRoutePending(v)
+	return _c
+}
+
+// SetNillableRoutePending sets the "route_pending" field if the given value is not nil.
+func (_c *ChatCreate) SetNillableRoutePending(v *bool) *ChatCreate {
+	if v != nil {
+		_c.SetRoutePending(*v)
+	}
+	return _c
+}
+
 // SetChannelID sets the "channel_id" field.
 func (_c *ChatCreate) SetChannelID(v int) *ChatCreate {
 	_c.mutation.SetChannelID(v)
@@ -416,6 +430,10 @@ func (_c *ChatCreate) defaults() {
 		v := chat.DefaultDuplicatesFound
 		_c.mutation.SetDuplicatesFound(v)
 	}
+	if _, ok := _c.mutation.RoutePending(); !ok {
+		v := chat.DefaultRoutePending
+		_c.mutation.SetRoutePending(v)
+	}
 }
 
 // check runs all checks and user-defined validators on the builder.
@@ -446,6 +464,9 @@ func (_c *ChatCreate) check() error {
 	}
 	if _, ok := _c.mutation.DuplicatesFound(); !ok {
 		return &ValidationError{Name: "duplicates_found", err: errors.New(`ent: missing required field "Chat.duplicates_found"`)}
+	}
+	if _, ok := _c.mutation.RoutePending(); !ok {
+		return &ValidationError{Name: "route_pending", err: errors.New(`ent: missing required field "Chat.route_pending"`)}
 	}
 	if _, ok := _c.mutation.ChannelID(); !ok {
 		return &ValidationError{Name: "channel_id", err: errors.New(`ent: missing required field "Chat.channel_id"`)}
@@ -555,6 +576,10 @@ func (_c *ChatCreate) createSpec() (*Chat, *sqlgraph.CreateSpec) {
 	if value, ok := _c.mutation.DuplicatesFound(); ok {
 		_spec.SetField(chat.FieldDuplicatesFound, field.TypeInt, value)
 		_node.DuplicatesFound = value
+	}
+	if value, ok := _c.mutation.RoutePending(); ok {
+		_spec.SetField(chat.FieldRoutePending, field.TypeBool, value)
+		_node.RoutePending = value
 	}
 	if nodes := _c.mutation.ChannelIDs(); len(nodes) > 0 {
 		edge := &sqlgraph.EdgeSpec{
@@ -1043,6 +1068,18 @@ func (u *ChatUpsert) AddDuplicatesFound(v int) *ChatUpsert {
 	return u
 }
 
+// SetRoutePending sets the "route_pending" field.
+func (u *ChatUpsert) SetRoutePending(v bool) *ChatUpsert {
+	u.Set(chat.FieldRoutePending, v)
+	return u
+}
+
+// UpdateRoutePending sets the "route_pending" field to the value that was provided on create.
+func (u *ChatUpsert) UpdateRoutePending() *ChatUpsert {
+	u.SetExcluded(chat.FieldRoutePending)
+	return u
+}
+
 // SetContactID sets the "contact_id" field.
 func (u *ChatUpsert) SetContactID(v int) *ChatUpsert {
 	u.Set(chat.FieldContactID, v)
@@ -1448,6 +1485,20 @@ func (u *ChatUpsertOne) AddDuplicatesFound(v int) *ChatUpsertOne {
 func (u *ChatUpsertOne) UpdateDuplicatesFound() *ChatUpsertOne {
 	return u.Update(func(s *ChatUpsert) {
 		s.UpdateDuplicatesFound()
+	})
+}
+
+// SetRoutePending sets the "route_pending" field.
+func (u *ChatUpsertOne) SetRoutePending(v bool) *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.SetRoutePending(v)
+	})
+}
+
+// UpdateRoutePending sets the "route_pending" field to the value that was provided on create.
+func (u *ChatUpsertOne) UpdateRoutePending() *ChatUpsertOne {
+	return u.Update(func(s *ChatUpsert) {
+		s.UpdateRoutePending()
 	})
 }
 
@@ -2029,6 +2080,20 @@ func (u *ChatUpsertBulk) AddDuplicatesFound(v int) *ChatUpsertBulk {
 func (u *ChatUpsertBulk) UpdateDuplicatesFound() *ChatUpsertBulk {
 	return u.Update(func(s *ChatUpsert) {
 		s.UpdateDuplicatesFound()
+	})
+}
+
+// SetRoutePending sets the "route_pending" field.
+func (u *ChatUpsertBulk) SetRoutePending(v bool) *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.SetRoutePending(v)
+	})
+}
+
+// UpdateRoutePending sets the "route_pending" field to the value that was provided on create.
+func (u *ChatUpsertBulk) UpdateRoutePending() *ChatUpsertBulk {
+	return u.Update(func(s *ChatUpsert) {
+		s.UpdateRoutePending()
 	})
 }
 

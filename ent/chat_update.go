@@ -340,6 +340,20 @@ func (_u *ChatUpdate) AddDuplicatesFound(v int) *ChatUpdate {
 	return _u
 }
 
+// SetRoutePending sets the "route_pending" field.
+func (_u *ChatUpdate) SetRoutePending(v bool) *ChatUpdate {
+	_u.mutation.SetRoutePending(v)
+	return _u
+}
+
+// SetNillableRoutePending sets the "route_pending" field if the given value is not nil.
+func (_u *ChatUpdate) SetNillableRoutePending(v *bool) *ChatUpdate {
+	if v != nil {
+		_u.SetRoutePending(*v)
+	}
+	return _u
+}
+
 // SetContactID sets the "contact_id" field.
 func (_u *ChatUpdate) SetContactID(v int) *ChatUpdate {
 	_u.mutation.SetContactID(v)
@@ -769,6 +783,9 @@ func (_u *ChatUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	}
 	if value, ok := _u.mutation.AddedDuplicatesFound(); ok {
 		_spec.AddField(chat.FieldDuplicatesFound, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.RoutePending(); ok {
+		_spec.SetField(chat.FieldRoutePending, field.TypeBool, value)
 	}
 	if _u.mutation.ContactCleared() {
 		edge := &sqlgraph.EdgeSpec{
@@ -1407,6 +1424,20 @@ func (_u *ChatUpdateOne) AddDuplicatesFound(v int) *ChatUpdateOne {
 	return _u
 }
 
+// SetRoutePending sets the "route_pending" field.
+func (_u *ChatUpdateOne) SetRoutePending(v bool) *ChatUpdateOne {
+	_u.mutation.SetRoutePending(v)
+	return _u
+}
+
+// SetNillableRoutePending sets the "route_pending" field if the given value is not nil.
+func (_u *ChatUpdateOne) SetNillableRoutePending(v *bool) *ChatUpdateOne {
+	if v != nil {
+		_u.SetRoutePending(*v)
+	}
+	return _u
+}
+
 // SetContactID sets the "contact_id" field.
 func (_u *ChatUpdateOne) SetContactID(v int) *ChatUpdateOne {
 	_u.mutation.SetContactID(v)
@@ -1866,6 +1897,9 @@ func (_u *ChatUpdateOne) sqlSave(ctx context.Context) (_node *Chat, err error) {
 	}
 	if value, ok := _u.mutation.AddedDuplicatesFound(); ok {
 		_spec.AddField(chat.FieldDuplicatesFound, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.RoutePending(); ok {
+		_spec.SetField(chat.FieldRoutePending, field.TypeBool, value)
 	}
 	if _u.mutation.ContactCleared() {
 		edge := &sqlgraph.EdgeSpec{

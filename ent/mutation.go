@@ -3956,6 +3956,7 @@ type ChatMutation struct {
 	transfer_note             *string
 	duplicates_found          *int
 	addduplicates_found       *int
+	route_pending             *bool
 	clearedFields             map[string]struct{}
 	channel                   *int
 	clearedchannel            bool
@@ -4879,6 +4880,42 @@ func (m *ChatMutation) ResetDuplicatesFound() {
 	m.addduplicates_found = nil
 }
 
+// SetRoutePending sets the "route_pending" field.
+func (m *ChatMutation) SetRoutePending(b bool) {
+	m.route_pending = &b
+}
+
+// RoutePending returns the value of the "route_pending" field in the mutation.
+func (m *ChatMutation) RoutePending() (r bool, exists bool) {
+	v := m.route_pending
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldRoutePending returns the old "route_pending" field's value of the Chat entity.
+// If the Chat object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ChatMutation) OldRoutePending(ctx context.Context) (v bool, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldRoutePending is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldRoutePending requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldRoutePending: %w", err)
+	}
+	return oldValue.RoutePending, nil
+}
+
+// ResetRoutePending resets all changes to the "route_pending" field.
+func (m *ChatMutation) ResetRoutePending() {
+	m.route_pending = nil
+}
+
 // SetChannelID sets the "channel_id" field.
 func (m *ChatMutation) SetChannelID(i int) {
 	m.channel = &i
@@ -5524,7 +5561,7 @@ func (m *ChatMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *ChatMutation) Fields() []string {
-	fields := make([]string, 0, 21)
+	fields := make([]string, 0, 22)
 	if m.status != nil {
 		fields = append(fields, chat.FieldStatus)
 	}
@@ -5572,6 +5609,9 @@ func (m *ChatMutation) Fields() []string {
 	}
 	if m.duplicates_found != nil {
 		fields = append(fields, chat.FieldDuplicatesFound)
+	}
+	if m.route_pending != nil {
+		fields = append(fields, chat.FieldRoutePending)
 	}
 	if m.channel != nil {
 		fields = append(fields, chat.FieldChannelID)
@@ -5628,6 +5668,8 @@ func (m *ChatMutation) Field(name string) (ent.Value, bool) {
 		return m.TransferNote()
 	case chat.FieldDuplicatesFound:
 		return m.DuplicatesFound()
+	case chat.FieldRoutePending:
+		return m.RoutePending()
 	case chat.FieldChannelID:
 		return m.ChannelID()
 	case chat.FieldContactID:
@@ -5679,6 +5721,8 @@ func (m *ChatMutation) OldField(ctx context.Context, name string) (ent.Value, er
 		return m.OldTransferNote(ctx)
 	case chat.FieldDuplicatesFound:
 		return m.OldDuplicatesFound(ctx)
+	case chat.FieldRoutePending:
+		return m.OldRoutePending(ctx)
 	case chat.FieldChannelID:
 		return m.OldChannelID(ctx)
 	case chat.FieldContactID:
@@ -5809,6 +5853,13 @@ func (m *ChatMutation) SetField(name string, value ent.Value) error {
 			return fmt.Errorf("unexpected type %T for field %s", value, name)
 		}
 		m.SetDuplicatesFound(v)
+		return nil
+	case chat.FieldRoutePending:
+		v, ok := value.(bool)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetRoutePending(v)
 		return nil
 	case chat.FieldChannelID:
 		v, ok := value.(int)
@@ -6067,6 +6118,9 @@ func (m *ChatMutation) ResetField(name string) error {
 		return nil
 	case chat.FieldDuplicatesFound:
 		m.ResetDuplicatesFound()
+		return nil
+	case chat.FieldRoutePending:
+		m.ResetRoutePending()
 		return nil
 	case chat.FieldChannelID:
 		m.ResetChannelID()

@@ -177,6 +177,10 @@ func init() {
 	chatDescDuplicatesFound := chatFields[15].Descriptor()
 	// chat.DefaultDuplicatesFound holds the default value on creation for the duplicates_found field.
 	chat.DefaultDuplicatesFound = chatDescDuplicatesFound.Default.(int)
+	// chatDescRoutePending is the schema descriptor for route_pending field.
+	chatDescRoutePending := chatFields[16].Descriptor()
+	// chat.DefaultRoutePending holds the default value on creation for the route_pending field.
+	chat.DefaultRoutePending = chatDescRoutePending.Default.(bool)
 	chatactionMixin := schema.ChatAction{}.Mixin()
 	chatactionMixinFields0 := chatactionMixin[0].Fields()
 	_ = chatactionMixinFields0

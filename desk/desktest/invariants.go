@@ -680,6 +680,10 @@ func (c *checkRun) quiescent() error {
 	}); err != nil {
 		return err
 	}
+	if err := c.violations("R11 new chat never routed at rest", `SELECT id, queue_id FROM chats
+WHERE route_pending AND status = 'WAITING'`, "chat", "queue"); err != nil {
+		return err
+	}
 	return c.violations("R9 chat lost: waiting although a member can take it", `SELECT c.id, q.routing_rule, o.id, o.load,
   COALESCE(o.chat_limit, q.chat_limit, s.dflt) FROM (
   SELECT o.id, o.status, o.disabled, o.chat_limit, COALESCE(l.n, 0) AS load

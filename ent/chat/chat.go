@@ -48,6 +48,8 @@ const (
 	FieldTransferNote = "transfer_note"
 	// FieldDuplicatesFound holds the string denoting the duplicates_found field in the database.
 	FieldDuplicatesFound = "duplicates_found"
+	// FieldRoutePending holds the string denoting the route_pending field in the database.
+	FieldRoutePending = "route_pending"
 	// FieldChannelID holds the string denoting the channel_id field in the database.
 	FieldChannelID = "channel_id"
 	// FieldContactID holds the string denoting the contact_id field in the database.
@@ -165,6 +167,7 @@ var Columns = []string{
 	FieldDurationSeconds,
 	FieldTransferNote,
 	FieldDuplicatesFound,
+	FieldRoutePending,
 	FieldChannelID,
 	FieldContactID,
 	FieldQueueID,
@@ -187,6 +190,8 @@ var (
 	TransferNoteValidator func(string) error
 	// DefaultDuplicatesFound holds the default value on creation for the "duplicates_found" field.
 	DefaultDuplicatesFound int
+	// DefaultRoutePending holds the default value on creation for the "route_pending" field.
+	DefaultRoutePending bool
 )
 
 // StatusValidator is a validator for the "status" field enum values. It is called by the builders before save.
@@ -295,6 +300,11 @@ func ByTransferNote(opts ...sql.OrderTermOption) OrderOption {
 // ByDuplicatesFound orders the results by the duplicates_found field.
 func ByDuplicatesFound(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldDuplicatesFound, opts...).ToFunc()
+}
+
+// ByRoutePending orders the results by the route_pending field.
+func ByRoutePending(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldRoutePending, opts...).ToFunc()
 }
 
 // ByChannelID orders the results by the channel_id field.

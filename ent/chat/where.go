@@ -126,6 +126,11 @@ func DuplicatesFound(v int) predicate.Chat {
 	return predicate.Chat(sql.FieldEQ(FieldDuplicatesFound, v))
 }
 
+// RoutePending applies equality check predicate on the "route_pending" field. It's identical to RoutePendingEQ.
+func RoutePending(v bool) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldRoutePending, v))
+}
+
 // ChannelID applies equality check predicate on the "channel_id" field. It's identical to ChannelIDEQ.
 func ChannelID(v int) predicate.Chat {
 	return predicate.Chat(sql.FieldEQ(FieldChannelID, v))
@@ -914,6 +919,16 @@ func DuplicatesFoundLT(v int) predicate.Chat {
 // DuplicatesFoundLTE applies the LTE predicate on the "duplicates_found" field.
 func DuplicatesFoundLTE(v int) predicate.Chat {
 	return predicate.Chat(sql.FieldLTE(FieldDuplicatesFound, v))
+}
+
+// RoutePendingEQ applies the EQ predicate on the "route_pending" field.
+func RoutePendingEQ(v bool) predicate.Chat {
+	return predicate.Chat(sql.FieldEQ(FieldRoutePending, v))
+}
+
+// RoutePendingNEQ applies the NEQ predicate on the "route_pending" field.
+func RoutePendingNEQ(v bool) predicate.Chat {
+	return predicate.Chat(sql.FieldNEQ(FieldRoutePending, v))
 }
 
 // ChannelIDEQ applies the EQ predicate on the "channel_id" field.

@@ -130,6 +130,7 @@ var (
 		{Name: "duration_seconds", Type: field.TypeInt, Nullable: true},
 		{Name: "transfer_note", Type: field.TypeString, Nullable: true, Size: 2000},
 		{Name: "duplicates_found", Type: field.TypeInt, Default: 0},
+		{Name: "route_pending", Type: field.TypeBool, Default: false},
 		{Name: "channel_id", Type: field.TypeInt},
 		{Name: "owner_id", Type: field.TypeInt, Nullable: true},
 		{Name: "parent_id", Type: field.TypeInt, Nullable: true},
@@ -144,31 +145,31 @@ var (
 		ForeignKeys: []*schema.ForeignKey{
 			{
 				Symbol:     "chats_channels_chats",
-				Columns:    []*schema.Column{ChatsColumns[17]},
+				Columns:    []*schema.Column{ChatsColumns[18]},
 				RefColumns: []*schema.Column{ChannelsColumns[0]},
 				OnDelete:   schema.NoAction,
 			},
 			{
 				Symbol:     "chats_operators_owner",
-				Columns:    []*schema.Column{ChatsColumns[18]},
+				Columns:    []*schema.Column{ChatsColumns[19]},
 				RefColumns: []*schema.Column{OperatorsColumns[0]},
 				OnDelete:   schema.SetNull,
 			},
 			{
 				Symbol:     "chats_chats_children",
-				Columns:    []*schema.Column{ChatsColumns[19]},
+				Columns:    []*schema.Column{ChatsColumns[20]},
 				RefColumns: []*schema.Column{ChatsColumns[0]},
 				OnDelete:   schema.SetNull,
 			},
 			{
 				Symbol:     "chats_contacts_chats",
-				Columns:    []*schema.Column{ChatsColumns[20]},
+				Columns:    []*schema.Column{ChatsColumns[21]},
 				RefColumns: []*schema.Column{ContactsColumns[0]},
 				OnDelete:   schema.NoAction,
 			},
 			{
 				Symbol:     "chats_queues_chats",
-				Columns:    []*schema.Column{ChatsColumns[21]},
+				Columns:    []*schema.Column{ChatsColumns[22]},
 				RefColumns: []*schema.Column{QueuesColumns[0]},
 				OnDelete:   schema.NoAction,
 			},
@@ -190,7 +191,7 @@ var (
 			{
 				Name:    "chat_contact_id_channel_id",
 				Unique:  true,
-				Columns: []*schema.Column{ChatsColumns[20], ChatsColumns[17]},
+				Columns: []*schema.Column{ChatsColumns[21], ChatsColumns[18]},
 				Annotation: &entsql.IndexAnnotation{
 					Where: "status <> 'COMPLETED'",
 				},
@@ -198,22 +199,30 @@ var (
 			{
 				Name:    "chat_contact_id_channel_id_status",
 				Unique:  false,
-				Columns: []*schema.Column{ChatsColumns[20], ChatsColumns[17], ChatsColumns[1]},
+				Columns: []*schema.Column{ChatsColumns[21], ChatsColumns[18], ChatsColumns[1]},
 			},
 			{
 				Name:    "chat_owner_id_status",
 				Unique:  false,
-				Columns: []*schema.Column{ChatsColumns[18], ChatsColumns[1]},
+				Columns: []*schema.Column{ChatsColumns[19], ChatsColumns[1]},
 			},
 			{
 				Name:    "chat_queue_id_status_created_at",
 				Unique:  false,
-				Columns: []*schema.Column{ChatsColumns[21], ChatsColumns[1], ChatsColumns[2]},
+				Columns: []*schema.Column{ChatsColumns[22], ChatsColumns[1], ChatsColumns[2]},
 			},
 			{
 				Name:    "chat_completion_due_at",
 				Unique:  false,
 				Columns: []*schema.Column{ChatsColumns[8]},
+			},
+			{
+				Name:    "chat_route_pending",
+				Unique:  false,
+				Columns: []*schema.Column{ChatsColumns[22], ChatsColumns[2], ChatsColumns[0]},
+				Annotation: &entsql.IndexAnnotation{
+					Where: "route_pending",
+				},
 			},
 		},
 	}

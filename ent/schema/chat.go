@@ -39,6 +39,10 @@ func (Chat) Fields() []ent.Field {
 		field.String("transfer_note").Optional().MaxLen(2000),
 		// duplicates_found: similar contacts found when the chat arrived (R22).
 		field.Int("duplicates_found").Default(0),
+		// route_pending: a new chat whose first routing was handed to the
+		// queue's release job because another transaction was routing a new
+		// chat of the same queue at that instant (desk.Ingest on PostgreSQL).
+		field.Bool("route_pending").Default(false).Annotations(hidden()),
 		// Edge fields, so that the rules read ids without a join.
 		field.Int("channel_id").Immutable().Annotations(hidden()),
 		field.Int("contact_id").Annotations(hidden()),
@@ -82,6 +86,9 @@ func (Chat) Indexes() []ent.Index {
 		index.Fields("owner_id", "status"),
 		index.Fields("queue_id", "status", "created_at"),
 		index.Fields("completion_due_at"),
+		// The chats whose first routing the release job owes (few, briefly).
+		index.Fields("queue_id", "created_at", "id").StorageKey("chat_route_pending").
+			Annotations(entsql.IndexWhere("route_pending")),
 	}
 }
 
