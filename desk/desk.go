@@ -159,7 +159,7 @@ func (d *Desk) inTxRacing(ctx context.Context, name string, fn func(tx *ent.Tx) 
 
 func (d *Desk) inTxRetrying(ctx context.Context, name string, fn func(tx *ent.Tx) error, again func(error) bool) error {
 	for attempt := 1; ; attempt++ {
-		err := d.inTxOnce(ctx, name, fn)
+		err := d.inTxOnce(ctx, name, fn, attempt)
 		if err == nil || attempt == maxTxAttempts || !again(err) {
 			return err
 		}
@@ -188,7 +188,7 @@ func retryable(err error) bool {
 	return false
 }
 
-func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) error) error {
+func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) error, attempt int) error {
 	if !d.pg {
 		// SQLite has one writer at a time and makes the others poll
 		// (busy_timeout); queueing them here instead is fairer and faster.
@@ -205,7 +205,7 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 			panic(v)
 		}
 	}()
-	st := &txState{}
+	st := &txState{attempt: attempt}
 	d.txs.Store(tx, st)
 	defer d.txs.Delete(tx)
 	err = fn(tx)
@@ -257,4 +257,13 @@ type txState struct {
 	releases map[int]bool
 	// kick wakes the scheduler after commit: a job is due now.
 	kick bool
+	// attempt counts the runs of the use case (1, then 2… after a retry).
+	attempt int
+}
+
+// retried reports whether tx runs a use case again, after an earlier
+// attempt failed (a unique index refused a row, a deadlock).
+func (d *Desk) retried(tx *ent.Tx) bool {
+	st, ok := d.txs.Load(tx)
+	return ok && st.(*txState).attempt > 1
 }

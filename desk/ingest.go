@@ -111,7 +111,12 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	if !ch.Active {
 		return nil, Fail(CodeChannelInactive, "channel %d is inactive", ch.ID)
 	}
-	if in.ProviderMessageID != "" {
+	// A redelivered message (R3) is refused by the unique index on
+	// (channel, provider message id) when it is inserted below, which
+	// aborts the transaction; the use case then runs again and looks first.
+	// Redeliveries are rare: a first look on every message would cost each
+	// a round trip.
+	if in.ProviderMessageID != "" && d.retried(tx) {
 		m, err := tx.Message.Query().Where(message.ChannelID(ch.ID), message.ProviderMessageID(in.ProviderMessageID)).
 			WithChat().Only(ctx)
 		if err == nil {
