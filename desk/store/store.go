@@ -87,10 +87,13 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*DB, error) {
 }
 
 func openSQLite(ctx context.Context, dsn string) (*DB, error) {
-	db, err := sql.Open("sqlite", dsn)
+	raw, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
+	drvr := raw.Driver()
+	raw.Close()
+	db := sql.OpenDB(sqliteConnector{dsn: dsn, drv: drvr})
 	// One writer at a time is SQLite's nature; a few connections let readers
 	// run beside it under WAL.
 	db.SetMaxOpenConns(8)
