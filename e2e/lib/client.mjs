@@ -87,6 +87,22 @@ export async function inbound(desk, customer, text) {
   return { chatId: r.chat.id, messageId: r.message.id, newChat: r.newChat };
 }
 
+/**
+ * Resolves once a chat has been offered. On PostgreSQL a new chat that
+ * arrives while another new chat of its queue is being routed is routed by
+ * the queue's release job just after its message is stored, so the offer
+ * may follow the answer to simulateInbound by a few milliseconds.
+ */
+export async function waitOffered(desk, chatId) {
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const data = await gql(desk.server, desk.key, `query($id: ID!) { node(id: $id) { ... on Chat { offeredAt } } }`, { id: chatId });
+    if (data.node?.offeredAt) return;
+    if (Date.now() > deadline) throw new Error(`chat ${chatId} was not offered within ${WAIT_MS} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
 export async function acceptChat(desk, chatId) {
   return (await gql(desk.server, desk.op.token, `mutation($id: ID!) { acceptChat(id: $id) { id status } }`, { id: chatId })).acceptChat;
 }

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  PANEL, acceptChat, describeError, gql, gqlRaw, inbound, liveClient, login, sendMessage, setupDesk,
+  PANEL, acceptChat, describeError, gql, gqlRaw, inbound, liveClient, login, sendMessage, setupDesk, waitOffered,
 } from '../lib/client.mjs';
 import { postgresAvailable, startServer } from '../lib/server.mjs';
 
@@ -124,6 +124,7 @@ function scenario(database) {
         const c = await inbound(desk, `${prefix}-${i}`, `hello from ${prefix}-${i}`);
         assert.equal(c.newChat, true);
         produced.offers.push(c.chatId);
+        await waitOffered(desk, c.chatId);
         // A second message in an offered chat reaches the panel too.
         produced.messages.push((await inbound(desk, `${prefix}-${i}`, `anyone? ${prefix}-${i}`)).messageId);
       }));
