@@ -11,6 +11,7 @@ import (
 	entsql "entgo.io/ent/dialect/sql"
 	"github.com/lib/pq"
 
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/ent"
 	entevent "github.com/parleydesk/parley/ent/event"
 	"github.com/parleydesk/parley/ent/predicate"
@@ -66,8 +67,9 @@ func (d *Desk) emit(_ context.Context, tx *ent.Tx, e event) error {
 	return nil
 }
 
-// eventLockKey is the PostgreSQL advisory lock that orders event ids.
-const eventLockKey = 0x7061726c6579 // "parley"
+// eventLock is the PostgreSQL advisory lock that orders event ids, one per
+// schema (advisory locks are shared by the whole database).
+const eventLock = "pg_advisory_xact_lock(hashtext('parley.events:' || current_schema()), 0)"
 
 // flushEvents appends a transaction's events just before it commits and
 // returns them as a read of the log would (ids in order, payload numbers as
@@ -196,16 +198,14 @@ const EventsChannel = "parley_events"
 // flushEventsPG takes the event lock, inserts the events, queues the
 // notification and commits, in one round trip: the sort reads the lock's
 // subquery before it emits the first row, so every id is drawn under the
-// lock, in the events' order. The lock is held until the commit is durable;
-// ending the transaction in the same message (the simple query protocol
-// runs its statements in order: the insert, COMMIT, then BEGIN of an empty
-// transaction that the use case's own commit ends) keeps it for the
-// server's work only, never for a round trip to this process and back,
-// which on a busy machine was most of the time every other transaction
-// spent waiting for it. The simple protocol takes no parameters: the
-// values are quoted literals (pq.QuoteLiteral). When the insert or the
-// COMMIT fails, nothing after it runs and the transaction is rolled back as
-// any failed one.
+// lock, in the events' order, and the lock is held until the commit is
+// durable. The statement ends the transaction (store.InlineCommit), so the
+// lock is held for the server's work only, never while the server waits for
+// this process, which on a busy machine was most of the time every other
+// transaction spent waiting for it. It goes out in the simple query
+// protocol, which takes no parameters: the values are quoted literals
+// (pq.QuoteLiteral). When the insert or the commit fails, the transaction
+// is rolled back as any failed one.
 func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
 	body, err := json.Marshal(rows)
 	if err != nil {
@@ -214,17 +214,15 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 	query := fmt.Sprintf(`WITH ins AS (
   INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)
   SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload, e.audience, e.queue_ids, %[14]s::timestamptz
-  FROM (SELECT pg_advisory_xact_lock(%[10]d)) AS l,
+  FROM (SELECT %[10]s) AS l,
     jsonb_to_recordset(%[13]s::jsonb) AS e(ord int, type text, chat_id bigint, operator_id bigint, queue_id bigint,
       payload jsonb, audience jsonb, queue_ids jsonb)
   ORDER BY e.ord
   RETURNING %[11]s
 ), n AS (SELECT pg_notify('%[12]s', (SELECT max(%[11]s) FROM ins)::text))
-SELECT ins.%[11]s FROM ins, n;
-COMMIT;
-BEGIN`, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
+SELECT ins.%[11]s FROM ins, n`+store.InlineCommit, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
 		entevent.FieldQueueID, entevent.FieldPayload, entevent.FieldAudience, entevent.FieldQueueIds,
-		entevent.FieldCreatedAt, eventLockKey, entevent.FieldID, EventsChannel,
+		entevent.FieldCreatedAt, eventLock, entevent.FieldID, EventsChannel,
 		pq.QuoteLiteral(string(body)), pq.QuoteLiteral(now.Format(time.RFC3339Nano)))
 	res, err := tx.QueryContext(ctx, query)
 	if err != nil {

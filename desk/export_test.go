@@ -1,5 +1,14 @@
 package desk
 
-// RoutingLockClass is the first key of a queue's routing mark, for tests
-// that hold it to make a queue busy.
-const RoutingLockClass = routingLockClass
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// HoldRoutingMark takes, in tx, the lock that marks a transaction routing a
+// new chat of the queue, for tests that make a queue busy.
+func HoldRoutingMark(ctx context.Context, tx *sql.Tx, queueID int) error {
+	_, err := tx.ExecContext(ctx, fmt.Sprintf(queueLockSQL, "pg_advisory_xact_lock"), routingLockClass, int32(uint32(queueID)))
+	return err
+}

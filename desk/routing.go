@@ -633,19 +633,25 @@ func (d *Desk) routeNew(ctx context.Context, tx *ent.Tx, c *ent.Chat, queueID in
 	return tx.Chat.UpdateOneID(c.ID).SetRoutePending(false).Exec(ctx)
 }
 
-// Two PostgreSQL advisory locks per queue, keyed by a class and the low 32
-// bits of the queue id (ids are type << 32 | n, the same type for every
-// queue); two-key advisory locks never collide with eventLockKey.
+// Two PostgreSQL advisory locks per queue. Advisory locks are shared by the
+// whole database, so the keys name the schema too: installations (and test
+// schemas) that share a database never wait for one another. The first key
+// hashes the lock's class and the schema, the second is the low 32 bits of
+// the queue id (ids are type << 32 | n, the same type for every queue).
 const (
 	// routingLockClass marks a transaction routing a new chat of the queue
 	// (taken without waiting, exclusive).
-	routingLockClass = 0x7061 // "pa"
+	routingLockClass = "parley.route"
 	// pendingLockClass orders the release against the new chats left to it:
 	// a transaction that leaves one holds it shared, the release takes it
 	// exclusive before it reads the pending chats, so it waits for their
 	// commits and sees every one (releaseQueue).
-	pendingLockClass = 0x7062 // "pb"
+	pendingLockClass = "parley.pending"
 )
+
+// queueLockSQL calls an advisory lock function ($fn) on a queue's lock of a
+// class ($1) for queue $2.
+const queueLockSQL = "SELECT %s(hashtext($1 || ':' || current_schema()), $2)"
 
 // routingBusy tells whether another transaction is routing a new chat of
 // the queue at this instant, without waiting; when none is, this
@@ -662,11 +668,12 @@ func (d *Desk) routingBusy(ctx context.Context, tx *ent.Tx, queueID int) (bool, 
 	return !got, err
 }
 
-// advisory calls a transaction-scoped two-key advisory lock function.
-func (d *Desk) advisory(ctx context.Context, tx *ent.Tx, fn string, class, id int) (bool, error) {
-	rows, err := tx.QueryContext(ctx, "SELECT "+fn+"($1, $2)", class, int32(uint32(id)))
+// advisory calls a transaction-scoped advisory lock function on a queue's
+// lock of a class.
+func (d *Desk) advisory(ctx context.Context, tx *ent.Tx, fn, class string, queueID int) (bool, error) {
+	rows, err := tx.QueryContext(ctx, fmt.Sprintf(queueLockSQL, fn), class, int32(uint32(queueID)))
 	if err != nil {
-		return false, fmt.Errorf("%s(%#x, %d): %w", fn, class, id, err)
+		return false, fmt.Errorf("%s(%s, %d): %w", fn, class, queueID, err)
 	}
 	defer rows.Close()
 	got := true // the blocking functions return void: read as ""

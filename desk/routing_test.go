@@ -219,8 +219,7 @@ func TestR10_NewChatsOfABusyQueueAreRoutedByItsReleaseJob(t *testing.T) {
 	// Another transaction routing a new chat of q holds its mark.
 	busy, err := w.DB.SQL.BeginTx(ctx, nil)
 	w.Must(err)
-	_, err = busy.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1, $2)", desk.RoutingLockClass, int32(uint32(q.ID)))
-	w.Must(err)
+	w.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
 	var chats []*ent.Chat
 	for _, ext := range []string{"busy-1", "busy-2", "busy-3"} {
 		res := w.Inbound(ch, ext, "hello")
