@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -16,7 +15,6 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
-	"github.com/coder/websocket"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
@@ -47,6 +45,12 @@ type Options struct {
 	// PingInterval is how often the server pings websocket clients; one that
 	// does not answer within two intervals is dropped (default 15s).
 	PingInterval time.Duration
+	// InitTimeout is how long a websocket may stay without connection_init
+	// (default 10s).
+	InitTimeout time.Duration
+	// Websockets tracks the open websockets, for the server's shutdown to
+	// close them (http.Server.Shutdown does not); nil: untracked.
+	Websockets *Websockets
 	// PublicURL is where providers reach this server (webhook registration).
 	PublicURL string
 }
@@ -84,7 +88,7 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 		return next(ctx)
 	}
 	srv := handler.New(NewExecutableSchema(cfg))
-	srv.AddTransport(websocketTransport(d, opts, log))
+	srv.AddTransport(newWSTransport(d, opts, log))
 	srv.AddTransport(transport.Options{})
 	srv.AddTransport(transport.GET{})
 	srv.AddTransport(transport.POST{})
@@ -108,45 +112,9 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 	return srv
 }
 
-// websocketTransport serves subscriptions over graphql-transport-ws and the
-// legacy graphql-ws: the caller authenticates in connection_init (or with the
-// upgrade request's Authorization header), origins are checked against the
-// allow-list, and ping/pong drops half-open connections.
-func websocketTransport(d *desk.Desk, opts Options, log *slog.Logger) transport.Websocket {
-	var patterns []string
-	for _, o := range opts.Origins {
-		if u, err := url.Parse(o); err == nil && u.Host != "" {
-			patterns = append(patterns, u.Host)
-		}
-	}
-	return transport.Websocket{
-		Implementation: transport.CoderWebsocketImplementation{
-			AcceptOptions: websocket.AcceptOptions{OriginPatterns: patterns},
-		},
-		InitTimeout:           10 * time.Second,
-		KeepAlivePingInterval: opts.PingInterval,
-		PingPongInterval:      opts.PingInterval,
-		InitFunc: func(ctx context.Context, p transport.InitPayload) (context.Context, *transport.InitPayload, error) {
-			credential := initCredential(p)
-			if credential == "" {
-				if desk.ActorFrom(ctx) != nil {
-					return ctx, nil, nil // authenticated by the upgrade request
-				}
-				return transport.WithWebsocketCloseCode(ctx, 4401), nil, desk.ErrUnauthenticated
-			}
-			a, err := d.Authenticate(ctx, credential)
-			if err != nil {
-				log.Info("websocket refused", "reason", err.Error())
-				return transport.WithWebsocketCloseCode(ctx, 4401), nil, desk.ErrUnauthenticated
-			}
-			return desk.WithActor(ctx, a), nil, nil
-		},
-	}
-}
-
 // initCredential reads the bearer credential of a connection_init payload:
 // {"Authorization": "Bearer …"} (any case), or {"authToken": "…"}.
-func initCredential(p transport.InitPayload) string {
+func initCredential(p map[string]any) string {
 	for k, v := range p {
 		s, ok := v.(string)
 		if !ok {

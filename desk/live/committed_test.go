@@ -40,7 +40,7 @@ func operatorOnePanel(t *testing.T, log *countingLog) (*live.Hub, *live.Stream, 
 	t.Helper()
 	h, stopHub := startCounting(t, log)
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := h.Subscribe(ctx, &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil)
+	st, err := h.Subscribe(ctx, &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil, nil)
 	if err != nil {
 		cancel()
 		stopHub()

@@ -10,6 +10,16 @@
 // woken by local commits, by PostgreSQL notifications from other instances
 // (see Listener), and by a poll that bounds the delay if a notification is
 // lost.
+//
+// A subscription costs no goroutine: the hub (under its lock, in id order)
+// puts each event straight into the subscription's small handoff channel,
+// or, while the subscriber has not taken the previous ones yet, into an
+// overflow list that the subscriber's side moves into the channel as it
+// drains it (Stream.Ready, Stream.Next). Subscriptions are indexed by the
+// operator, chat or queue they follow and by the credential they run under,
+// so dispatching an event touches its audience only, not every subscription:
+// with ten thousand panels open, the commit that hands its events over
+// (Committed) pays for the few subscribers concerned.
 package live
 
 import (
@@ -57,10 +67,25 @@ func (s Scope) match(e *ent.Event) bool {
 	return false
 }
 
+// key is the index entry of the scope (the same precedence as match); ok is
+// false for a scope that matches nothing.
+func (s Scope) key() (k indexKey, ok bool) {
+	switch {
+	case s.Operator != 0:
+		return indexKey{byOperator, s.Operator}, true
+	case s.Chat != 0:
+		return indexKey{byChat, s.Chat}, true
+	case s.Queue != 0:
+		return indexKey{byQueue, s.Queue}, true
+	}
+	return indexKey{}, false
+}
+
 // Options tune a hub.
 type Options struct {
 	// Buffer is how many events a subscription may have undelivered before
-	// it is ended with SLOW_CONSUMER (default 256).
+	// it is ended with SLOW_CONSUMER (default 256). The events of a
+	// resumption's replay are not counted.
 	Buffer int
 	// Poll bounds how late the pump reads events when no wake-up arrives
 	// (default 1s).
@@ -70,6 +95,11 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// handoff is the capacity of a subscription's channel. Small, since every
+// open subscription holds one; a subscriber that falls further behind has
+// the rest in its overflow list, which costs nothing while empty.
+const handoff = 4
+
 // Hub fans committed events out to subscriptions.
 type Hub struct {
 	src  Source
@@ -78,9 +108,29 @@ type Hub struct {
 
 	mu     sync.Mutex
 	cursor int // the last event id dispatched
-	subs   map[*sub]struct{}
+	subs   map[*Stream]struct{}
+	index  map[indexKey][]*Stream
 	closed bool
 }
+
+// indexKey files a subscription under what it follows (byOperator, byChat,
+// byQueue: one per subscription) and under each credential whose end ends
+// it (bySession, byAPIKey, byActor).
+type indexKey struct {
+	kind keyKind
+	id   int
+}
+
+type keyKind uint8
+
+const (
+	byOperator keyKind = iota + 1
+	byChat
+	byQueue
+	bySession
+	byAPIKey
+	byActor // the operator the actor is: ended when an administrator deactivates them
+)
 
 // New returns a hub reading from src; Start it before subscribing.
 func New(src Source, opt Options) *Hub {
@@ -96,7 +146,8 @@ func New(src Source, opt Options) *Hub {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	return &Hub{src: src, opt: opt, wake: make(chan struct{}, 1), subs: map[*sub]struct{}{}}
+	return &Hub{src: src, opt: opt, wake: make(chan struct{}, 1), subs: map[*Stream]struct{}{},
+		index: map[indexKey][]*Stream{}}
 }
 
 // Start positions the pump at the newest event and runs it until ctx ends;
@@ -119,6 +170,10 @@ func (h *Hub) Start(ctx context.Context) error {
 // events come between, a concurrent commit reports before an earlier one,
 // or a rolled-back transaction left an id unused) the pump reads the log,
 // which is in commit order: nothing is skipped or delivered twice.
+//
+// The dispatch runs on the committing goroutine; it touches only the
+// subscriptions of each event's audience (see the index) and never blocks
+// on a subscriber.
 func (h *Hub) Committed(events []*ent.Event) {
 	if len(events) == 0 {
 		return
@@ -200,24 +255,54 @@ func (h *Hub) pumpOnce(ctx context.Context) (int, error) {
 }
 
 // dispatchLocked hands events above the cursor to their subscribers and
-// moves the cursor (h.mu held).
+// moves the cursor (h.mu held). An event that ends a credential ends its
+// subscriptions first, so they do not receive it.
 func (h *Hub) dispatchLocked(events []*ent.Event) {
+	var slow []*Stream
 	for _, e := range events {
 		if e.ID <= h.cursor {
 			continue
 		}
 		h.cursor = e.ID
-		ends := endsSessions(e)
-		for s := range h.subs {
-			if ends(s.actor) {
-				h.endLocked(s, desk.ErrUnauthenticated)
-				continue
-			}
-			if s.scope.match(e) {
-				s.offer(h, e)
+		if k, ok := endsKey(e); ok {
+			for len(h.index[k]) > 0 {
+				h.endLocked(h.index[k][0], desk.ErrUnauthenticated)
 			}
 		}
+		for i, op := range e.Audience {
+			if !slices.Contains(e.Audience[:i], op) {
+				slow = h.deliverLocked(indexKey{byOperator, op}, e, slow)
+			}
+		}
+		if e.ChatID != nil {
+			slow = h.deliverLocked(indexKey{byChat, *e.ChatID}, e, slow)
+		}
+		for i, q := range e.QueueIds {
+			if !slices.Contains(e.QueueIds[:i], q) {
+				slow = h.deliverLocked(indexKey{byQueue, q}, e, slow)
+			}
+		}
+		// Ended after the walk: ending edits the index being walked.
+		for _, st := range slow {
+			h.endLocked(st, h.slowConsumer())
+		}
+		slow = slow[:0]
 	}
+}
+
+// deliverLocked offers e to the subscriptions filed under k and returns
+// slow with those that fell too far behind appended (h.mu held).
+func (h *Hub) deliverLocked(k indexKey, e *ent.Event, slow []*Stream) []*Stream {
+	for _, st := range h.index[k] {
+		if !st.push(e, h.opt.Buffer) {
+			slow = append(slow, st)
+		}
+	}
+	return slow
+}
+
+func (h *Hub) slowConsumer() error {
+	return desk.Fail(desk.CodeSlowConsumer, "the subscription fell more than %d events behind; resume with after", h.opt.Buffer)
 }
 
 // readAfter reads the log for the pump.
@@ -225,77 +310,158 @@ func (h *Hub) readAfter(ctx context.Context, after int) ([]*ent.Event, error) {
 	return h.src.ReadEvents(ctx, after, h.opt.Batch)
 }
 
-// endsSessions returns a predicate telling whether an event ends the live
-// subscriptions of an actor: a session that ended, an API key revoked, an
-// operator set INACTIVE by an administrator (R32).
-func endsSessions(e *ent.Event) func(*desk.Actor) bool {
+// endsKey tells whether an event ends live subscriptions, and which (the
+// index key of their credential): a session that ended, an API key revoked,
+// an operator set INACTIVE by an administrator (R32).
+func endsKey(e *ent.Event) (indexKey, bool) {
 	id := func(key string) int { return desk.PayloadInt(e.Payload, key) }
 	switch e.Type {
 	case desk.EventSessionEnded:
-		sid := id("sessionId")
-		return func(a *desk.Actor) bool { return a != nil && a.SessionID != 0 && a.SessionID == sid }
+		if sid := id("sessionId"); sid != 0 {
+			return indexKey{bySession, sid}, true
+		}
 	case desk.EventAPIKeyRevoked:
-		kid := id("apiKeyId")
-		return func(a *desk.Actor) bool { return a != nil && a.APIKeyID != 0 && a.APIKeyID == kid }
+		if kid := id("apiKeyId"); kid != 0 {
+			return indexKey{byAPIKey, kid}, true
+		}
 	case desk.EventOperatorStatus:
 		if e.Payload["reason"] == "ADMIN" && e.Payload["status"] == "INACTIVE" && e.OperatorID != nil {
-			op := *e.OperatorID
-			return func(a *desk.Actor) bool { return a != nil && a.OperatorID == op }
+			return indexKey{byActor, *e.OperatorID}, true
 		}
 	}
-	return func(*desk.Actor) bool { return false }
+	return indexKey{}, false
+}
+
+// actorKeys are the index keys of the credentials an actor runs under.
+func actorKeys(a *desk.Actor) []indexKey {
+	if a == nil {
+		return nil
+	}
+	var keys []indexKey
+	if a.SessionID != 0 {
+		keys = append(keys, indexKey{bySession, a.SessionID})
+	}
+	if a.APIKeyID != 0 {
+		keys = append(keys, indexKey{byAPIKey, a.APIKeyID})
+	}
+	if a.OperatorID != 0 {
+		keys = append(keys, indexKey{byActor, a.OperatorID})
+	}
+	return keys
+}
+
+// endsActor tells whether e ends the subscriptions of a (the replay's check).
+func endsActor(e *ent.Event, a *desk.Actor) bool {
+	k, ok := endsKey(e)
+	return ok && slices.Contains(actorKeys(a), k)
 }
 
 func (h *Hub) shutdown() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.closed = true
-	for s := range h.subs {
-		h.endLocked(s, nil)
+	for st := range h.subs {
+		h.endLocked(st, nil)
 	}
 }
 
-// endLocked ends a subscription (h.mu held).
-func (h *Hub) endLocked(s *sub, err error) {
-	if _, ok := h.subs[s]; !ok {
+// addLocked registers a subscription and files it in the index (h.mu held).
+func (h *Hub) addLocked(st *Stream) {
+	h.subs[st] = struct{}{}
+	if k, ok := st.scope.key(); ok {
+		h.index[k] = append(h.index[k], st)
+	}
+	for _, k := range actorKeys(st.actor) {
+		h.index[k] = append(h.index[k], st)
+	}
+}
+
+// removeLocked unregisters a subscription; false if it was not registered
+// (h.mu held).
+func (h *Hub) removeLocked(st *Stream) bool {
+	if _, ok := h.subs[st]; !ok {
+		return false
+	}
+	delete(h.subs, st)
+	unfile := func(k indexKey) {
+		list := h.index[k]
+		if i := slices.Index(list, st); i >= 0 {
+			last := len(list) - 1
+			list[i] = list[last]
+			list[last] = nil
+			list = list[:last]
+		}
+		if len(list) == 0 {
+			delete(h.index, k)
+		} else {
+			h.index[k] = list
+		}
+	}
+	if k, ok := st.scope.key(); ok {
+		unfile(k)
+	}
+	for _, k := range actorKeys(st.actor) {
+		unfile(k)
+	}
+	return true
+}
+
+// endLocked ends a subscription: err says why (nil: the client went away or
+// the server shut down). Events already in its channel stay receivable, in
+// order, before the channel reports closed (h.mu held).
+func (h *Hub) endLocked(st *Stream, err error) {
+	if !h.removeLocked(st) {
 		return
 	}
-	delete(h.subs, s)
-	s.err = err
-	close(s.ended)
+	if st.stop != nil {
+		st.stop()
+	}
+	st.mu.Lock()
+	st.ended = true
+	st.err = err
+	st.overflow = nil
+	st.pending = nil
+	close(st.c)
+	st.mu.Unlock()
+	st.wakeConsumer()
 }
 
-func (h *Hub) remove(s *sub) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.subs, s)
-}
+// Stream is a subscription's events: receive them from C, which is closed
+// when the subscription ends (Err tells why). C holds a few events; while
+// the subscriber is behind, the hub keeps the next ones in an overflow list,
+// moved into C by Ready (and by Next, which calls it). A consumer must call
+// Ready (or use Next) before each receive, or it only ever sees what fits in
+// C, until the hub's next event for it.
+type Stream struct {
+	C <-chan *ent.Event
 
-// sub is one subscription as the pump sees it.
-type sub struct {
+	h     *Hub
 	scope Scope
 	actor *desk.Actor
-	queue chan *ent.Event
-	ended chan struct{} // closed when the hub ends the subscription
-	err   error         // why (nil: the hub shut down); read after ended
-}
+	// notify is told that C has something to receive (or was closed).
+	notify func()
+	// stop cancels the context.AfterFunc that ends the stream with its
+	// context (h.mu).
+	stop func() bool
 
-// offer queues an event without ever blocking the pump (h.mu held): a
-// subscriber that falls Buffer events behind is ended with SLOW_CONSUMER
-// and may resume with after.
-func (s *sub) offer(h *Hub, e *ent.Event) {
-	select {
-	case s.queue <- e:
-	default:
-		h.endLocked(s, desk.Fail(desk.CodeSlowConsumer, "the subscription fell more than %d events behind; resume with after", h.opt.Buffer))
-	}
-}
-
-// Stream is a subscription's events, closed when it ends; Err tells why.
-type Stream struct {
-	C   <-chan *ent.Event
-	err error
-	mu  sync.Mutex
+	mu sync.Mutex // lock order: h.mu, then mu; guards what follows
+	c  chan *ent.Event
+	// overflow is what does not fit in c yet, oldest first.
+	overflow []*ent.Event
+	// replaying: the replay of a resumption is being read; live events
+	// dispatched meanwhile wait in pending and are spliced behind it.
+	replaying bool
+	pending   []*ent.Event
+	// replayed is the id the replay read up to: the pump may still
+	// dispatch events up to it live, and they are skipped.
+	replayed int
+	// queued counts every event ever put in c or overflow, and backlog
+	// how many of the first of them were the replay: together they tell
+	// how many live events are undelivered (Options.Buffer).
+	queued  int
+	backlog int
+	ended   bool
+	err     error
 }
 
 // Err is why the stream ended: nil when the client went away or the server
@@ -307,10 +473,120 @@ func (st *Stream) Err() error {
 	return st.err
 }
 
-func (st *Stream) fail(err error) {
+// Ready moves overflowing events into C and reports whether a receive from
+// C would return at once: an event is there, or C is closed.
+func (st *Stream) Ready() bool {
 	st.mu.Lock()
-	st.err = err
+	defer st.mu.Unlock()
+	st.refillLocked()
+	return len(st.c) > 0 || st.ended
+}
+
+// Next receives the next event (ok false when the stream ended, or when ctx
+// ended first).
+func (st *Stream) Next(ctx context.Context) (e *ent.Event, ok bool) {
+	st.Ready()
+	select {
+	case e, ok = <-st.c:
+		return e, ok
+	case <-ctx.Done():
+		return nil, false
+	}
+}
+
+// Close ends the stream as if its client went away.
+func (st *Stream) Close() {
+	st.h.mu.Lock()
+	defer st.h.mu.Unlock()
+	st.h.endLocked(st, nil)
+}
+
+// push offers a live event (h.mu held). It returns false when the
+// subscriber already has Buffer live events undelivered: the caller ends it
+// with SLOW_CONSUMER (it may resume with after). It never blocks.
+func (st *Stream) push(e *ent.Event, limit int) bool {
+	st.mu.Lock()
+	if st.ended {
+		st.mu.Unlock()
+		return true
+	}
+	if st.replaying {
+		if len(st.pending) >= maxReplay+limit {
+			st.mu.Unlock()
+			return false
+		}
+		st.pending = append(st.pending, e)
+		st.mu.Unlock()
+		return true
+	}
+	if e.ID <= st.replayed {
+		st.mu.Unlock()
+		return true // replayed already
+	}
+	if st.liveUndeliveredLocked() >= limit {
+		st.mu.Unlock()
+		return false
+	}
+	handed := st.enqueueLocked(e)
 	st.mu.Unlock()
+	if handed {
+		st.wakeConsumer()
+	}
+	return true
+}
+
+// enqueueLocked puts e behind everything queued, in c when nothing waits in
+// overflow and c has room; it reports whether e went into c.
+func (st *Stream) enqueueLocked(e *ent.Event) bool {
+	st.queued++
+	st.refillLocked()
+	if len(st.overflow) == 0 {
+		select {
+		case st.c <- e:
+			return true
+		default:
+		}
+	}
+	st.overflow = append(st.overflow, e)
+	return false
+}
+
+// refillLocked moves overflow into c while it has room (st.mu held: the
+// hub, which also sends to c, holds it too, so order is kept).
+func (st *Stream) refillLocked() {
+	if st.ended {
+		return
+	}
+	n := 0
+	for n < len(st.overflow) {
+		select {
+		case st.c <- st.overflow[n]:
+			st.overflow[n] = nil
+			n++
+			continue
+		default:
+		}
+		break
+	}
+	if n == len(st.overflow) {
+		st.overflow = nil // an emptied list gives its memory back
+	} else {
+		st.overflow = st.overflow[n:]
+	}
+}
+
+// liveUndeliveredLocked counts the live events queued and not yet received
+// (the replay's events, queued first, are not counted).
+func (st *Stream) liveUndeliveredLocked() int {
+	undelivered := len(st.c) + len(st.overflow)
+	received := st.queued - undelivered
+	return undelivered - max(0, st.backlog-received)
+}
+
+func (st *Stream) wakeConsumer() {
+	if st.notify != nil {
+		st.notify()
+	}
 }
 
 // maxReplay bounds the events one resumption replays.
@@ -318,95 +594,117 @@ const maxReplay = 10000
 
 // Subscribe streams the events of scope for actor until ctx ends: when
 // after is given, first those after that id from the log (in order), then
-// live ones.
-func (h *Hub) Subscribe(ctx context.Context, actor *desk.Actor, scope Scope, after *int) (*Stream, error) {
-	s := &sub{scope: scope, actor: actor, queue: make(chan *ent.Event, h.opt.Buffer), ended: make(chan struct{})}
+// live ones. notify, when not nil, is called whenever C gets an event or is
+// closed (also spuriously): a consumer that does not wait on C can call
+// Ready then. It runs under the hub's lock: it must return at once and must
+// not call back into the hub or the stream.
+func (h *Hub) Subscribe(ctx context.Context, actor *desk.Actor, scope Scope, after *int, notify func()) (*Stream, error) {
+	c := make(chan *ent.Event, min(handoff, h.opt.Buffer))
+	st := &Stream{C: c, c: c, h: h, scope: scope, actor: actor, notify: notify, replaying: after != nil}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
-		return nil, desk.Fail(desk.CodeInternal, "the server is shutting down")
+		return nil, shuttingDown()
 	}
 	// Registered before the replay reads the log: every event the pump
-	// dispatches from now on (ids above hwm) reaches the queue, so nothing
-	// falls between the replay and the live stream.
-	hwm := h.cursor
-	h.subs[s] = struct{}{}
+	// dispatches from now on waits in pending, so nothing falls between
+	// the replay and the live stream.
+	h.addLocked(st)
+	if after == nil {
+		st.stop = context.AfterFunc(ctx, st.Close)
+		h.mu.Unlock()
+		return st, nil
+	}
 	h.mu.Unlock()
 
-	var backlog []*ent.Event
-	last := hwm
-	if after != nil {
-		// Replay the log after the client's id. Reading past hwm is safe:
-		// those events also reach the queue, where ids up to last are
-		// skipped. The first read happens even when there seems to be
-		// nothing to replay, so that an id older than the retention window
-		// is refused whatever the pump has seen.
-		last = *after
-		for {
-			events, err := h.src.EventsAfter(ctx, last, h.opt.Batch)
-			if err != nil {
-				h.remove(s)
-				return nil, err
-			}
-			for _, e := range events {
-				if endsSessions(e)(actor) {
-					h.remove(s)
-					return nil, desk.ErrUnauthenticated
-				}
-				if scope.match(e) {
-					if len(backlog) == maxReplay {
-						h.remove(s)
-						return nil, desk.Fail(desk.CodeEventsExpired, "more than %d events to replay; refetch and subscribe again", maxReplay)
-					}
-					backlog = append(backlog, e)
-				}
-				last = e.ID
-			}
-			if len(events) < h.opt.Batch {
-				break
-			}
+	backlog, last, err := h.replay(ctx, actor, scope, *after)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err == nil && st.ended {
+		// Ended while replaying: a credential ended, the subscriber fell
+		// too far behind, or the hub shut down.
+		if err = st.Err(); err == nil {
+			err = shuttingDown()
 		}
-		last = max(last, *after)
 	}
-	out := make(chan *ent.Event)
-	st := &Stream{C: out}
-	go func() {
-		defer close(out)
-		defer h.remove(s)
-		send := func(e *ent.Event) bool {
-			select {
-			case out <- e:
-				return true
-			case <-ctx.Done():
-				return false
-			case <-s.ended:
-				st.fail(s.err)
-				return false
-			}
-		}
-		for _, e := range backlog {
-			if !send(e) {
-				return
-			}
-		}
-		for {
-			select {
-			case e := <-s.queue:
-				if e.ID <= last {
-					continue // replayed already
-				}
-				if !send(e) {
-					return
-				}
-			case <-s.ended:
-				st.fail(s.err)
-				return
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	if err != nil {
+		h.removeLocked(st)
+		return nil, err
+	}
+	if !h.spliceLocked(st, backlog, last) {
+		h.removeLocked(st)
+		return nil, h.slowConsumer()
+	}
+	st.stop = context.AfterFunc(ctx, st.Close)
 	return st, nil
+}
+
+func shuttingDown() error { return desk.Fail(desk.CodeInternal, "the server is shutting down") }
+
+// replay reads the log after the client's id: the events of scope (at most
+// maxReplay), and the id it read up to. It refuses an actor whose
+// credential ended meanwhile.
+func (h *Hub) replay(ctx context.Context, actor *desk.Actor, scope Scope, after int) ([]*ent.Event, int, error) {
+	var backlog []*ent.Event
+	// The first read happens even when there seems to be nothing to replay,
+	// so that an id older than the retention window is refused whatever the
+	// pump has seen.
+	last := after
+	for {
+		events, err := h.src.EventsAfter(ctx, last, h.opt.Batch)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, e := range events {
+			if endsActor(e, actor) {
+				return nil, 0, desk.ErrUnauthenticated
+			}
+			if scope.match(e) {
+				if len(backlog) == maxReplay {
+					return nil, 0, desk.Fail(desk.CodeEventsExpired, "more than %d events to replay; refetch and subscribe again", maxReplay)
+				}
+				backlog = append(backlog, e)
+			}
+			last = e.ID
+		}
+		if len(events) < h.opt.Batch {
+			return backlog, max(last, after), nil
+		}
+	}
+}
+
+// spliceLocked queues the replay, then the live events dispatched during
+// it that it did not read, and makes the stream live. Reading past what the
+// pump had dispatched is safe: those events are skipped when they arrive
+// live (replayed). It returns false when the live events alone are more
+// than Buffer (h.mu held).
+func (h *Hub) spliceLocked(st *Stream, backlog []*ent.Event, last int) bool {
+	st.mu.Lock()
+	pending := st.pending
+	st.pending = nil
+	st.replaying = false
+	st.replayed = last
+	st.backlog = len(backlog)
+	for _, e := range backlog {
+		st.enqueueLocked(e)
+	}
+	ok := true
+	for _, e := range pending {
+		if e.ID <= last {
+			continue
+		}
+		if st.liveUndeliveredLocked() >= h.opt.Buffer {
+			ok = false
+			break
+		}
+		st.enqueueLocked(e)
+	}
+	queued := len(st.c) > 0
+	st.mu.Unlock()
+	if ok && queued {
+		st.wakeConsumer()
+	}
+	return ok
 }
 
 // Subscribers is the number of live subscriptions.

@@ -73,16 +73,16 @@ func start(t *testing.T, log *memLog, opt live.Options) (*live.Hub, context.Canc
 
 func receive(t *testing.T, st *live.Stream) *ent.Event {
 	t.Helper()
-	select {
-	case e, ok := <-st.C:
-		if !ok {
-			t.Fatalf("stream ended: %v", st.Err())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, ok := st.Next(ctx)
+	if !ok {
+		if ctx.Err() != nil {
+			t.Fatal("no event within 5s")
 		}
-		return e
-	case <-time.After(5 * time.Second):
-		t.Fatal("no event within 5s")
+		t.Fatalf("stream ended: %v", st.Err())
 	}
-	return nil
+	return e
 }
 
 func TestHub_DeliversOnlyTheAudienceInOrderAndResumesWithoutGapOrDuplicate(t *testing.T) {
@@ -93,7 +93,7 @@ func TestHub_DeliversOnlyTheAudienceInOrderAndResumesWithoutGapOrDuplicate(t *te
 	defer stop()
 	actor := &desk.Actor{OperatorID: 1}
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := h.Subscribe(ctx, actor, live.Scope{Operator: 1}, nil)
+	st, err := h.Subscribe(ctx, actor, live.Scope{Operator: 1}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestHub_DeliversOnlyTheAudienceInOrderAndResumesWithoutGapOrDuplicate(t *te
 	h.Wake()
 	waitCursor(t, h, want[len(want)-1])
 	after := mine[len(mine)-1]
-	st2, err := h.Subscribe(context.Background(), actor, live.Scope{Operator: 1}, &after)
+	st2, err := h.Subscribe(context.Background(), actor, live.Scope{Operator: 1}, &after, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,11 +158,11 @@ func TestHub_SlowConsumerIsEndedWithoutBlockingOthers(t *testing.T) {
 	defer stop()
 	slowCtx, cancelSlow := context.WithCancel(context.Background())
 	defer cancelSlow()
-	slow, err := h.Subscribe(slowCtx, &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil)
+	slow, err := h.Subscribe(slowCtx, &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fast, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 2}, live.Scope{Operator: 2}, nil)
+	fast, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 2}, live.Scope{Operator: 2}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestHub_ResumingBeforeThePrunedEventsIsRefused(t *testing.T) {
 	h, stop := start(t, log, live.Options{})
 	defer stop()
 	after := 3
-	_, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, &after)
+	_, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, &after, nil)
 	var de *desk.Error
 	if !errors.As(err, &de) || de.Code != desk.CodeEventsExpired {
 		t.Fatalf("err = %v, want EVENTS_EXPIRED", err)
@@ -216,11 +216,11 @@ func TestHub_EndedSessionEndsItsSubscriptions(t *testing.T) {
 	log := &memLog{}
 	h, stop := start(t, log, live.Options{})
 	defer stop()
-	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1, SessionID: 7}, live.Scope{Operator: 1}, nil)
+	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1, SessionID: 7}, live.Scope{Operator: 1}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1, SessionID: 8}, live.Scope{Operator: 1}, nil)
+	other, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1, SessionID: 8}, live.Scope{Operator: 1}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,9 @@ type App struct {
 	DemoCredentials []desk.DemoCredential
 	// Hub delivers events to live subscriptions.
 	Hub *live.Hub
+	// Websockets are the open GraphQL websockets: hijacked connections,
+	// which http.Server.Shutdown neither waits for nor closes.
+	Websockets *graph.Websockets
 
 	stopLive context.CancelFunc
 
@@ -97,7 +100,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention, MetaAppID: cfg.MetaAppID}),
 		desk.WithEventSink(func(events []*ent.Event) { hub.Committed(events) }),
 		desk.WithFiles(store), desk.WithAdapters(adapters(cfg)...)}, o.desk...)
-	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...), stopLive: stopLive}
+	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...), stopLive: stopLive,
+		Websockets: graph.NewWebsockets()}
 	hubOpts := live.Options{Buffer: cfg.SubscriptionBuf, Logger: log}
 	hub = live.New(a.Desk, hubOpts)
 	a.Hub = hub
@@ -141,6 +145,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 
 // Close ends live subscriptions and releases the database.
 func (a *App) Close() error {
+	// Run closed the websockets already; a server that did not Run (tests
+	// serving Handler themselves) closes them here, before the hub ends.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = a.Websockets.Shutdown(ctx)
+	cancel()
 	a.stopLive()
 	return a.DB.Close()
 }
@@ -156,6 +165,7 @@ func (a *App) Handler() http.Handler {
 		Origins:         a.Config.CORSOrigins,
 		PingInterval:    a.Config.WSPingInterval,
 		PublicURL:       a.Config.PublicURL,
+		Websockets:      a.Websockets,
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", limitBody(a.Config.MaxBodyBytes, graph.Authenticate(a.Desk, a.Log, gql)))
@@ -198,8 +208,7 @@ func (a *App) Handler() http.Handler {
 func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	// Requests run under a context that outlives ctx, so that those in
 	// flight when ctx is cancelled finish during the shutdown; it is
-	// cancelled once Shutdown returns (or times out), which ends what
-	// Shutdown does not wait for (hijacked connections: websockets).
+	// cancelled once Shutdown returns (or times out).
 	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRequests()
 	srv := &http.Server{
@@ -234,6 +243,11 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	sctx, cancel := context.WithTimeout(context.Background(), a.Config.ShutdownTimeout)
 	defer cancel()
 	err := srv.Shutdown(sctx)
+	// Then the websockets, which Shutdown does not see (hijacked): their
+	// clients heard the events of the requests that finished meanwhile.
+	if werr := a.Websockets.Shutdown(sctx); werr != nil {
+		a.Log.Warn("websockets not closed in time", "err", werr)
+	}
 	cancelRequests()
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
