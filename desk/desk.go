@@ -6,6 +6,7 @@ package desk
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -220,8 +221,10 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 	}
 	if err != nil {
 		// database/sql has already rolled back a transaction whose context
-		// was cancelled (a shutdown): that is not a failure to report.
-		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+		// was cancelled (a shutdown), and a connection broken by a
+		// cancelled statement is closed, which ends its transaction on the
+		// server: neither is a failure to report.
+		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) && !errors.Is(rerr, driver.ErrBadConn) {
 			d.log.Error("rollback failed", "use_case", name, "err", rerr)
 		}
 		return err
