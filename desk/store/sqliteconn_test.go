@@ -41,10 +41,10 @@ func TestSQLiteConnectionsReuseTheirPreparedStatements(t *testing.T) {
 	}
 	var first any
 	cacheOf(t, conn, func(c *sqliteConn) {
-		if c.lru.Len() != 1 || c.stmts[insert] == nil {
-			t.Fatalf("cache holds %d statements, want the insert alone", c.lru.Len())
+		if c.cache.lru.Len() != 1 || c.cache.stmts[insert] == nil {
+			t.Fatalf("cache holds %d statements, want the insert alone", c.cache.lru.Len())
 		}
-		first = c.stmts[insert].Value.(*cachedStmt).stmt
+		first = c.cache.stmts[insert].Value.(*cachedStmt).stmt
 	})
 
 	// A query run again while its rows are open runs on a fresh statement;
@@ -82,10 +82,10 @@ func TestSQLiteConnectionsReuseTheirPreparedStatements(t *testing.T) {
 		t.Fatalf("after the nested run: %q, %v", v, err)
 	}
 	cacheOf(t, conn, func(c *sqliteConn) {
-		if c.lru.Len() != 2 || c.stmts[insert].Value.(*cachedStmt).stmt != first {
-			t.Fatalf("cache holds %d statements (want 2), insert statement replaced: %v", c.lru.Len(), c.stmts[insert].Value.(*cachedStmt).stmt != first)
+		if c.cache.lru.Len() != 2 || c.cache.stmts[insert].Value.(*cachedStmt).stmt != first {
+			t.Fatalf("cache holds %d statements (want 2), insert statement replaced: %v", c.cache.lru.Len(), c.cache.stmts[insert].Value.(*cachedStmt).stmt != first)
 		}
-		if c.stmts[sel].Value.(*cachedStmt).busy {
+		if c.cache.stmts[sel].Value.(*cachedStmt).busy {
 			t.Fatal("a statement whose rows were closed is still marked busy")
 		}
 	})
@@ -119,10 +119,10 @@ func TestSQLiteConnectionsReuseTheirPreparedStatements(t *testing.T) {
 		}
 	}
 	cacheOf(t, conn, func(c *sqliteConn) {
-		if c.lru.Len() != stmtCacheSize || len(c.stmts) != stmtCacheSize {
-			t.Fatalf("cache holds %d statements (%d by text), want %d", c.lru.Len(), len(c.stmts), stmtCacheSize)
+		if c.cache.lru.Len() != stmtCacheSize || len(c.cache.stmts) != stmtCacheSize {
+			t.Fatalf("cache holds %d statements (%d by text), want %d", c.cache.lru.Len(), len(c.cache.stmts), stmtCacheSize)
 		}
-		if _, ok := c.stmts[insert]; ok {
+		if _, ok := c.cache.stmts[insert]; ok {
 			t.Fatal("the least recently used statement was kept")
 		}
 	})
