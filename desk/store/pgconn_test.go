@@ -119,3 +119,36 @@ func TestPostgresStatementsCanCommitTheirTransaction(t *testing.T) {
 		t.Fatalf("the connection was replaced (backend %d, then %d)", backend, got)
 	}
 }
+
+// TestPostgresConnectionsKeepTheirStatementsPrepared: a statement with
+// arguments is prepared once per connection and reused.
+func TestPostgresConnectionsKeepTheirStatementsPrepared(t *testing.T) {
+	db := storetest.Open(t)
+	if !db.Postgres() {
+		t.Skip("PostgreSQL only: the SQLite cache has its own test")
+	}
+	ctx := context.Background()
+	conn, err := db.SQL.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	prepared := func() int {
+		t.Helper()
+		var n int // no arguments: not itself cached
+		if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM pg_prepared_statements").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := prepared()
+	for i := range 3 {
+		var n int
+		if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM generate_series(1, $1::int)", 5+i).Scan(&n); err != nil || n != 5+i {
+			t.Fatalf("count = %d, %v; want %d", n, err, 5+i)
+		}
+	}
+	if got := prepared(); got != before+1 {
+		t.Fatalf("%d statements prepared after three runs of one query, want %d", got, before+1)
+	}
+}
