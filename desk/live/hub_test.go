@@ -202,9 +202,16 @@ func TestHub_ResumingBeforeThePrunedEventsIsRefused(t *testing.T) {
 	defer stop()
 	after := 3
 	_, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, &after, nil)
+	wantRefused(t, h, err, desk.CodeEventsExpired)
+}
+
+// wantRefused checks that a subscription was refused with a code and left
+// nothing registered.
+func wantRefused(t *testing.T, h *live.Hub, err error, code desk.Code) {
+	t.Helper()
 	var de *desk.Error
-	if !errors.As(err, &de) || de.Code != desk.CodeEventsExpired {
-		t.Fatalf("err = %v, want EVENTS_EXPIRED", err)
+	if !errors.As(err, &de) || de.Code != code {
+		t.Fatalf("err = %v, want %s", err, code)
 	}
 	if h.Subscribers() != 0 {
 		t.Fatal("a refused subscription stayed registered")

@@ -433,13 +433,7 @@ func TestStream_CredentialEndedDuringTheReplayRefusesTheResumption(t *testing.T)
 	<-log.reading
 	h.Committed([]*ent.Event{{ID: 1, Type: desk.EventSessionEnded, Payload: map[string]any{"sessionId": float64(7)}}})
 	close(log.release)
-	var de *desk.Error
-	if err := <-done; !errors.As(err, &de) || de.Code != desk.CodeUnauthenticated {
-		t.Fatalf("err = %v, want UNAUTHENTICATED", err)
-	}
-	if h.Subscribers() != 0 {
-		t.Fatal("a refused resumption stayed registered")
-	}
+	wantRefused(t, h, <-done, desk.CodeUnauthenticated)
 }
 
 // A replay longer than Buffer is not a slow consumer: its events are not
