@@ -361,7 +361,7 @@ func (d *Desk) applyReachability(ctx context.Context, tx *ent.Tx, ch channels.Ch
 // applyEcho records a message that another app or the Page Inbox sent to
 // the customer (Messenger echo), in the customer's open chat on the channel.
 func (d *Desk) applyEcho(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
-	c, err := tx.Chat.Query().Where(chat.ChannelID(ch.ID), chat.StatusNEQ(enum.ChatCompleted),
+	c, err := tx.Chat.Query().Where(chat.ChannelID(ch.ID), chatOpen(),
 		chat.HasContactWith(contact.HasIdentitiesWith(contactidentity.ProviderEQ(enum.Provider(ch.Provider)),
 			contactidentity.ExternalID(u.Sender.ExternalID)))).Only(ctx)
 	if ent.IsNotFound(err) {

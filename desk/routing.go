@@ -589,7 +589,7 @@ func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error 
 	} else if len(chats) == releaseBatch || len(chats) == 0 {
 		// No capacity left for chats past this batch (or none at all): the
 		// pending ones among them wait, with their decision recorded.
-		pending, err := waiting(chat.RoutePending(true))
+		pending, err := waiting(chatRoutePending())
 		if err != nil {
 			return err
 		}
