@@ -543,6 +543,8 @@ func (ls *latencySet) hooks(ph *deliveryPhase) hooks {
 		after: func(d delivery, _ time.Time, ok bool) {
 			if !ok {
 				ls.trk.failed(d)
+			} else {
+				ls.trk.acked(d, time.Now())
 			}
 		},
 	}
@@ -599,7 +601,8 @@ func (r *runner) panelLatency(ctx context.Context, e *env) error {
 			target, verdict = "p99 ≤ "+ms(p.target), r.rep.verdict(got.receipts.pct(99) <= p.target && got.got == got.expected)
 		}
 		r.rep.add(row{DB: label, Figure: "Webhook → panel " + p.name + ": p50 / p99",
-			Value: p50p99(got.receipts) + fmt.Sprintf(" (%d operators per chat; %s; ack p99 %s)", ls.k, delivered(got), ms(res.ack.pct(99))),
+			Value: p50p99(got.receipts) + fmt.Sprintf(" (%d operators per chat; %s; ack p50 / p99 %s; after the ack %s)",
+				ls.k, delivered(got), p50p99(res.ack), p50p99(got.afterAck)),
 			Limit: p50p99(p.bare) + " bare commit", Ratio: ratio(float64(got.receipts.pct(99)), float64(p.bare.pct(99))),
 			Target: target, Result: verdict})
 	}

@@ -232,6 +232,7 @@ type tracker struct {
 
 type pending struct {
 	start  time.Time
+	ack    time.Time // when the webhook's answer was read (zero before)
 	expect int
 	got    int
 	phase  *deliveryPhase
@@ -242,6 +243,9 @@ type pending struct {
 type deliveryPhase struct {
 	receipts samples // every (delivery, subscriber) receipt
 	first    samples // the first receipt of each delivery
+	// afterAck is, for every receipt, how long after the webhook's answer
+	// it came (0 when it came first): the live delivery's own share.
+	afterAck samples
 	expected int
 	got      int
 }
@@ -259,6 +263,15 @@ func (t *tracker) expect(d delivery, start time.Time, expect int, ph *deliveryPh
 		t.byContact[d.contact.name()] = d.seq
 	}
 	ph.expected += expect
+}
+
+// acked records when the webhook of a delivery was answered.
+func (t *tracker) acked(d delivery, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.bySeq[d.seq]; p != nil {
+		p.ack = at
+	}
 }
 
 // failed withdraws the receipts of a delivery the server did not accept.
@@ -298,6 +311,11 @@ func (t *tracker) receive(at time.Time, e *liveEvent) {
 	lat := at.Sub(p.start)
 	p.phase.got++
 	p.phase.receipts = append(p.phase.receipts, lat)
+	var after time.Duration // 0: the event came before the answer
+	if !p.ack.IsZero() && at.After(p.ack) {
+		after = at.Sub(p.ack)
+	}
+	p.phase.afterAck = append(p.phase.afterAck, after)
 	if p.got == 1 {
 		p.phase.first = append(p.phase.first, lat)
 	}
@@ -328,5 +346,5 @@ func (t *tracker) wait(ph *deliveryPhase, timeout time.Duration) deliveryPhase {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return deliveryPhase{receipts: append(samples(nil), ph.receipts...), first: append(samples(nil), ph.first...),
-		expected: ph.expected, got: ph.got}
+		afterAck: append(samples(nil), ph.afterAck...), expected: ph.expected, got: ph.got}
 }

@@ -77,6 +77,8 @@ type Desk struct {
 	files files.Store
 	// channels caches channels for deliveries (see channelTTL).
 	channels channelCache
+	// wanted are the releases this process's commits asked for (release.go).
+	wanted wantedReleases
 }
 
 // Option configures a Desk.
@@ -117,7 +119,7 @@ func WithLogger(l *slog.Logger) Option { return func(d *Desk) { d.log = l } }
 // New returns a Desk over client.
 func New(client *ent.Client, opts ...Option) *Desk {
 	d := &Desk{client: client, clock: SystemClock, log: slog.Default(), kick: make(chan struct{}, 1),
-		adapters: map[enum.Provider]channels.Adapter{}}
+		adapters: map[enum.Provider]channels.Adapter{}, wanted: wantedReleases{wake: make(chan struct{}, 1)}}
 	for _, o := range opts {
 		o(d)
 	}
@@ -239,6 +241,9 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 	if st.kick {
 		d.Kick()
 	}
+	for q := range st.routeLater {
+		d.wantRelease(q)
+	}
 	return nil
 }
 
@@ -260,6 +265,9 @@ type txState struct {
 	releases map[int]bool
 	// kick wakes the scheduler after commit: a job is due now.
 	kick bool
+	// routeLater are the queues to release right after commit (pending new
+	// chats, see routeAfterCommit).
+	routeLater map[int]bool
 	// attempt counts the runs of the use case (1, then 2… after a retry).
 	attempt int
 }

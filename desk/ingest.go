@@ -216,11 +216,11 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	case res.Chat.RoutePending:
 		// Another transaction is routing a new chat of this queue: rather
 		// than wait for its member locks, this one is routed right after
-		// commit by the queue's release job, together with any others that
+		// commit by a release of the queue, together with any others that
 		// arrived meanwhile (releaseQueue). A message to a chat still
 		// pending asks again: a release running now skips the chat while
 		// this transaction holds its row.
-		if err := d.leaveToRelease(ctx, tx, res.Chat.QueueID); err != nil {
+		if err := d.routeAfterCommit(tx, res.Chat.QueueID); err != nil {
 			return nil, err
 		}
 	case res.NewChat:

@@ -2,7 +2,6 @@ package desk
 
 import (
 	"context"
-	stdsql "database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -51,9 +50,6 @@ const (
 type jobSpec struct {
 	kind   string
 	dedupe string // while pending, one job per key: enqueuing again moves its due time
-	// keep leaves a pending job of the same key as it is, without locking
-	// its row (see leaveToRelease).
-	keep   bool
 	chatID int
 	ref    int // the row the job is about: queue, offer or session
 	due    time.Time
@@ -72,13 +68,7 @@ func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
 	if j.chatID != 0 {
 		c.SetChatID(j.chatID)
 	}
-	if j.dedupe != "" && j.keep {
-		c.SetDedupeKey(j.dedupe)
-		err := c.OnConflict(sql.ConflictColumns(job.FieldDedupeKey), sql.DoNothing()).Exec(ctx)
-		if err != nil && !errors.Is(err, stdsql.ErrNoRows) { // no row: the pending job was kept
-			return fmt.Errorf("enqueue %s: %w", j.kind, err)
-		}
-	} else if j.dedupe != "" {
+	if j.dedupe != "" {
 		c.SetDedupeKey(j.dedupe)
 		if err := c.OnConflict(sql.ConflictColumns(job.FieldDedupeKey)).
 			Update(func(u *ent.JobUpsert) { u.UpdateDueAt() }).Exec(ctx); err != nil {
@@ -109,6 +99,7 @@ func (d *Desk) Kick() {
 func (d *Desk) RunScheduler(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	go d.releaseWorker(ctx)
 	for {
 		if _, err := d.RunDueJobs(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("scheduler", "err", err)
@@ -147,7 +138,12 @@ func (d *Desk) nextDue(ctx context.Context) (time.Time, error) {
 // RunDueJobs runs every job due now and returns how many it ran. Tests call
 // it after moving their clock.
 func (d *Desk) RunDueJobs(ctx context.Context) (int, error) {
-	ran := 0
+	ran := d.runWantedReleases(ctx)
+	if n, err := d.sweepPending(ctx); err != nil {
+		return ran, err
+	} else if n > 0 {
+		ran += d.runWantedReleases(ctx)
+	}
 	for {
 		jobs, err := d.claimJobs(ctx)
 		if err != nil || len(jobs) == 0 {

@@ -528,9 +528,10 @@ const releaseBatch = 200
 // release if needed.
 func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error {
 	if d.pg {
-		// Wait for the transactions leaving new chats to this release
-		// (leaveToRelease) to commit, so that the pending ones are read.
-		if _, err := d.advisory(ctx, tx, "pg_advisory_xact_lock", pendingLockClass, queueID); err != nil {
+		// The release routes under the queue's routing mark: new chats
+		// arriving meanwhile are left pending to the next release instead
+		// of queueing on the members' locks behind this one.
+		if _, err := d.advisory(ctx, tx, "pg_advisory_xact_lock", routingLockClass, queueID); err != nil {
 			return err
 		}
 	}
@@ -633,21 +634,14 @@ func (d *Desk) routeNew(ctx context.Context, tx *ent.Tx, c *ent.Chat, queueID in
 	return tx.Chat.UpdateOneID(c.ID).SetRoutePending(false).Exec(ctx)
 }
 
-// Two PostgreSQL advisory locks per queue. Advisory locks are shared by the
-// whole database, so the keys name the schema too: installations (and test
-// schemas) that share a database never wait for one another. The first key
-// hashes the lock's class and the schema, the second is the low 32 bits of
-// the queue id (ids are type << 32 | n, the same type for every queue).
-const (
-	// routingLockClass marks a transaction routing a new chat of the queue
-	// (taken without waiting, exclusive).
-	routingLockClass = "parley.route"
-	// pendingLockClass orders the release against the new chats left to it:
-	// a transaction that leaves one holds it shared, the release takes it
-	// exclusive before it reads the pending chats, so it waits for their
-	// commits and sees every one (releaseQueue).
-	pendingLockClass = "parley.pending"
-)
+// routingLockClass is the PostgreSQL advisory lock that marks a transaction
+// routing a new chat of a queue (taken without waiting, exclusive).
+// Advisory locks are shared by the whole database, so the key names the
+// schema too: installations (and test schemas) that share a database never
+// wait for one another. The first key hashes the lock's class and the
+// schema, the second is the low 32 bits of the queue id (ids are
+// type << 32 | n, the same type for every queue).
+const routingLockClass = "parley.route"
 
 // queueLockSQL calls an advisory lock function ($fn) on a queue's lock of a
 // class ($1) for queue $2.
@@ -689,21 +683,21 @@ func (d *Desk) advisory(ctx context.Context, tx *ent.Tx, fn, class string, queue
 	return got, rows.Err()
 }
 
-// leaveToRelease makes sure a release of the queue runs after this
-// transaction commits and routes its pending new chat. When the release
-// lock can be shared (no release is reading pending chats now), a pending
-// release job, if one is already enqueued, will do: it has not been claimed
-// (claiming clears its key), so it takes the lock exclusive after this
-// commit. Only then is the job row left alone, so that concurrent new chats
-// do not queue on its lock until each commits. Otherwise the release job
-// is upserted at the end of the transaction as every other release is.
-func (d *Desk) leaveToRelease(ctx context.Context, tx *ent.Tx, queueID int) error {
-	shared, err := d.advisory(ctx, tx, "pg_try_advisory_xact_lock_shared", pendingLockClass, queueID)
-	if err != nil || !shared {
-		if err == nil {
-			err = d.releaseQueueLater(ctx, tx, queueID)
-		}
-		return err
+// routeAfterCommit asks for a release of the queue as soon as this
+// transaction commits (a new chat left pending, or a message to one): the
+// process's release worker runs it (runWantedReleases). Nothing is written:
+// the pending chat itself is the durable record, and releases are swept
+// for pending chats left behind by a process that stopped before its
+// worker ran (sweepPending).
+func (d *Desk) routeAfterCommit(tx *ent.Tx, queueID int) error {
+	v, ok := d.txs.Load(tx)
+	if !ok {
+		return fmt.Errorf("routing of queue %d outside a use case transaction", queueID)
 	}
-	return d.enqueue(ctx, tx, jobSpec{kind: jobRelease, dedupe: releaseKey(queueID), ref: queueID, due: d.Now(), keep: true})
+	st := v.(*txState)
+	if st.routeLater == nil {
+		st.routeLater = map[int]bool{}
+	}
+	st.routeLater[queueID] = true
+	return nil
 }

@@ -206,7 +206,7 @@ func TestR8_AcceptTimeoutCountMissedKeepsOperatorActive(t *testing.T) {
 // same queue does not wait for that transaction's member locks; the queue's
 // release job routes it right after commit, oldest first, each chat with its
 // NEW_CHAT decision (offered or waiting) and event (R8, R9, R11).
-func TestR10_NewChatsOfABusyQueueAreRoutedByItsReleaseJob(t *testing.T) {
+func TestR10_NewChatsOfABusyQueueAreRoutedByItsRelease(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
 	}
@@ -224,7 +224,7 @@ func TestR10_NewChatsOfABusyQueueAreRoutedByItsReleaseJob(t *testing.T) {
 	for _, ext := range []string{"busy-1", "busy-2", "busy-3"} {
 		res := w.Inbound(ch, ext, "hello")
 		if !res.NewChat || !res.Chat.RoutePending {
-			t.Fatalf("%s: new=%v pending=%v, want a new chat left to the release job", ext, res.NewChat, res.Chat.RoutePending)
+			t.Fatalf("%s: new=%v pending=%v, want a new chat left to the release", ext, res.NewChat, res.Chat.RoutePending)
 		}
 		chats = append(chats, res.Chat)
 	}
@@ -236,8 +236,11 @@ func TestR10_NewChatsOfABusyQueueAreRoutedByItsReleaseJob(t *testing.T) {
 	}
 	w.Must(busy.Rollback())
 
+	if n, err := w.Client().Job.Query().Count(ctx); err != nil || n != 0 {
+		t.Fatalf("jobs = %d (%v): a pending chat needs no job row", n, err)
+	}
 	if w.RunJobs() == 0 {
-		t.Fatal("no release job ran")
+		t.Fatal("no release ran")
 	}
 	// TO_ALL with a limit of 1 each: the oldest chat is offered to both,
 	// which fills them; the two others wait.
@@ -268,6 +271,47 @@ func TestR10_NewChatsOfABusyQueueAreRoutedByItsReleaseJob(t *testing.T) {
 	if got := openOffers(w, chats[1].ID); !got[b.ID] || len(got) != 1 {
 		t.Fatalf("second chat offers = %v, want B (A is full)", got)
 	}
+}
+
+// A process that stops after committing a pending chat and before its
+// release worker runs leaves the chat unrouted: another instance's scheduler
+// finds it once it is older than the grace the worker has, and routes it.
+func TestR10_PendingChatsOfAStoppedInstanceAreRoutedByAnother(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
+	}
+	w1 := desktest.New(t)
+	a := w1.Operator(active, 2)
+	q := w1.Queue(enum.RuleToAll, []*ent.Operator{a})
+	ch := w1.Channel(q, enum.ProviderAPI)
+	ctx := context.Background()
+	busy, err := w1.DB.SQL.BeginTx(ctx, nil)
+	w1.Must(err)
+	w1.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
+	res := w1.Inbound(ch, "orphan", "hello")
+	w1.Must(busy.Rollback())
+	if !res.Chat.RoutePending {
+		t.Fatal("the new chat was routed although its queue was busy")
+	}
+	// w1 stops here: its worker never runs. w2 leaves the chat to it for
+	// the grace period, then routes it.
+	w2 := desktest.NewOn(t, w1.DB, w1.Clock)
+	w2.RunJobs()
+	if got := openOffers(w2, res.Chat.ID); len(got) != 0 {
+		t.Fatalf("offers = %v within the grace period, want none yet", got)
+	}
+	w1.Clock.Advance(10 * time.Second)
+	w2.RunJobs()
+	if got := openOffers(w2, res.Chat.ID); !got[a.ID] || len(got) != 1 {
+		t.Fatalf("offers = %v after the grace period, want A", got)
+	}
+	if ds := decisions(w2, res.Chat.ID); len(ds) != 1 || ds[0].Trigger != desk.TriggerNewChat {
+		t.Fatalf("decisions = %+v, want one NEW_CHAT", ds)
+	}
+	if w2.Chat(res.Chat.ID).RoutePending {
+		t.Fatal("chat still pending after the sweep")
+	}
+	atRest(t, w2, w2.Invariants(), "after the sweep")
 }
 
 // outcomeFor is the decision outcome of a chat that was or was not offered.
