@@ -134,13 +134,17 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		return nil, err
 	}
 	res := &IngestResult{NewContact: newContact, IdentityID: identityID}
-	openQ := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(ch.ID), chatOpen())
-	if d.pg {
-		openQ.Modify(lockRows())
+	var open *ent.Chat
+	if !newContact { // a contact created just now has no chat yet
+		openQ := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(ch.ID), chatOpen())
+		if d.pg {
+			openQ.Modify(lockRows())
+		}
+		if open, err = openQ.Only(ctx); err != nil && !ent.IsNotFound(err) {
+			return nil, err
+		}
 	}
-	open, err := openQ.Only(ctx)
-	switch {
-	case ent.IsNotFound(err):
+	if open == nil {
 		busy, err := d.routingBusy(ctx, tx, ch.QueueID)
 		if err != nil {
 			return nil, err
@@ -154,9 +158,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 			return nil, err
 		}
 		res.NewChat = true
-	case err != nil:
-		return nil, err
-	default:
+	} else {
 		// A customer message clears the completion timer (R18). The row is
 		// locked (PostgreSQL) by the query above.
 		upd := tx.Chat.Update().Where(chat.ID(open.ID)).SetLastMessageAt(now).SetLastInboundAt(now).ClearCompletionDueAt()

@@ -101,7 +101,10 @@ func (d *Desk) RunScheduler(ctx context.Context) error {
 	defer timer.Stop()
 	go d.releaseWorker(ctx)
 	for {
-		if _, err := d.RunDueJobs(ctx); err != nil && ctx.Err() == nil {
+		if _, err := d.sweepPending(ctx); err != nil && ctx.Err() == nil {
+			d.log.Error("scheduler: look for pending chats", "err", err)
+		}
+		if _, err := d.runDueJobs(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("scheduler", "err", err)
 		}
 		wait := schedulerPoll
@@ -135,15 +138,22 @@ func (d *Desk) nextDue(ctx context.Context) (time.Time, error) {
 	return j.DueAt, nil
 }
 
-// RunDueJobs runs every job due now and returns how many it ran. Tests call
-// it after moving their clock.
+// RunDueJobs runs the releases this process's commits asked for (and those
+// of chats left pending, see sweepPending), then every job due now, and
+// returns how many it ran: what the scheduler and its release worker do, in
+// the caller's goroutine. Tests call it after moving their clock.
 func (d *Desk) RunDueJobs(ctx context.Context) (int, error) {
-	ran := d.runWantedReleases(ctx)
-	if n, err := d.sweepPending(ctx); err != nil {
-		return ran, err
-	} else if n > 0 {
-		ran += d.runWantedReleases(ctx)
+	if _, err := d.sweepPending(ctx); err != nil {
+		return 0, err
 	}
+	ran := d.runWantedReleases(ctx)
+	n, err := d.runDueJobs(ctx)
+	return ran + n, err
+}
+
+// runDueJobs runs every job due now and returns how many it ran.
+func (d *Desk) runDueJobs(ctx context.Context) (int, error) {
+	ran := 0
 	for {
 		jobs, err := d.claimJobs(ctx)
 		if err != nil || len(jobs) == 0 {
