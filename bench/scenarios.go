@@ -566,7 +566,7 @@ func (r *runner) panelLatency(ctx context.Context, e *env) error {
 			return err
 		}
 		tr := newTraffic(e.srv.base, newShare, s)
-		capacity = drive(ctx, e.web, tr, loadSpec{conc: 8, dur: min(r.opt.duration, 3*time.Second), maxN: rotateAt * 3}, hooks{}).rate()
+		capacity = drive(ctx, e.web, tr, loadSpec{conc: 8, dur: min(r.opt.duration, 3*time.Second), maxN: 2400}, hooks{}).rate()
 		r.rep.note("%s: ingest capacity at c=8 calibrated at %s msg/s for the webhook → panel scenario.", label, num(capacity))
 	}
 	ls, err := r.newLatencySet(ctx, e, "Panel", newShare)
@@ -619,7 +619,7 @@ func (r *runner) offerLatency(ctx context.Context, e *env) error {
 		return err
 	}
 	defer ls.close()
-	c1 := drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: r.opt.duration / 5, maxN: rotateAt / 2}, hooks{}).rate()
+	c1 := drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: r.opt.duration / 5, maxN: 400}, hooks{}).rate()
 	if err := ls.prepare(ctx, c1, r.opt.duration); err != nil {
 		return err
 	}

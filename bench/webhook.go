@@ -100,8 +100,11 @@ type traffic struct {
 }
 
 // rotateAt is how many chats a set's operators are offered before new
-// contacts go to the next set.
-const rotateAt = 800
+// contacts go to the next set. Nobody accepts in the benchmark, so this is
+// how many open offers an operator ends up with: a few hundred at most is
+// already far beyond a real desk (offers count toward a limit of a few
+// chats), and every routing counts its members' open offers.
+const rotateAt = 200
 
 func newTraffic(base string, newFrac float64, sets ...*benchSet) *traffic {
 	t := &traffic{base: base, newFrac: newFrac}
