@@ -9,7 +9,6 @@ import (
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
-	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/inbounddelivery"
 	"github.com/parleydesk/parley/ent/message"
@@ -314,8 +313,14 @@ func (d *Desk) setDeliveryStatus(ctx context.Context, tx *ent.Tx, m *ent.Message
 }
 
 func (d *Desk) applyReadWatermark(ctx context.Context, tx *ent.Tx, channelID int, u channels.Update) (bool, error) {
-	ident, err := tx.ContactIdentity.Query().Where(contactidentity.ExternalID(u.Sender.ExternalID),
-		contactidentity.HasContactWith(contact.HasChatsWith(chat.ChannelID(channelID)))).First(ctx)
+	// The customer, by the channel provider's identity (unique index), who
+	// must have a chat on the channel.
+	ch, err := d.channel(ctx, tx, channelID)
+	if err != nil {
+		return false, err
+	}
+	ident, err := tx.ContactIdentity.Query().Where(contactidentity.ProviderEQ(ch.Provider),
+		contactidentity.ExternalID(u.Sender.ExternalID)).Only(ctx)
 	if ent.IsNotFound(err) {
 		return false, nil
 	}
@@ -323,6 +328,9 @@ func (d *Desk) applyReadWatermark(ctx context.Context, tx *ent.Tx, channelID int
 		return false, err
 	}
 	contactID := ident.ContactID
+	if has, err := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(channelID)).Exist(ctx); err != nil || !has {
+		return false, err
+	}
 	upTo := u.Time
 	if upTo.IsZero() {
 		upTo = d.Now()
@@ -362,8 +370,8 @@ func (d *Desk) applyReachability(ctx context.Context, tx *ent.Tx, ch channels.Ch
 // the customer (Messenger echo), in the customer's open chat on the channel.
 func (d *Desk) applyEcho(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
 	c, err := tx.Chat.Query().Where(chat.ChannelID(ch.ID), chatOpen(),
-		chat.HasContactWith(contact.HasIdentitiesWith(contactidentity.ProviderEQ(enum.Provider(ch.Provider)),
-			contactidentity.ExternalID(u.Sender.ExternalID)))).Only(ctx)
+		chatOfIdentity(contactidentity.ProviderEQ(enum.Provider(ch.Provider)),
+			contactidentity.ExternalID(u.Sender.ExternalID))).Only(ctx)
 	if ent.IsNotFound(err) {
 		return false, nil // no conversation in Parley to show it in
 	}

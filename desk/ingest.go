@@ -5,13 +5,10 @@ import (
 	"strings"
 	"time"
 
-	entsql "entgo.io/ent/dialect/sql"
-
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/message"
-	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
 
@@ -231,22 +228,6 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		}
 	}
 	return res, nil
-}
-
-// chatOpen matches the chats not completed, with the status written into
-// the statement as the partial indexes on chats spell it: SQLite matches a
-// partial index against literals only, and a statement whose bound value
-// decided a plan is compiled again each time it runs.
-func chatOpen() predicate.Chat {
-	return func(s *entsql.Selector) {
-		s.Where(entsql.ExprP(s.C(chat.FieldStatus) + " <> '" + string(enum.ChatCompleted) + "'"))
-	}
-}
-
-// chatRoutePending matches the chats that still owe their first routing
-// (literal, as chatOpen).
-func chatRoutePending() predicate.Chat {
-	return func(s *entsql.Selector) { s.Where(entsql.ExprP(s.C(chat.FieldRoutePending))) }
 }
 
 // windowed reports whether a provider limits replies to 24 hours after the

@@ -12,7 +12,6 @@ import (
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/attachment"
-	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/job"
 	"github.com/parleydesk/parley/ent/message"
@@ -404,7 +403,7 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 		if err := d.finishJob(ctx, tx, j); err != nil {
 			return err
 		}
-		q := tx.Contact.Query().Where(contact.HasIdentitiesWith(contactidentity.ID(jobRef(j))))
+		q := tx.Contact.Query().Where(contactOfIdentity(contactidentity.ID(jobRef(j))))
 		if d.pg {
 			q.Modify(lockRows())
 		}
