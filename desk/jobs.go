@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"entgo.io/ent/dialect/sql"
@@ -99,7 +100,9 @@ func (d *Desk) Kick() {
 func (d *Desk) RunScheduler(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	go d.releaseWorker(ctx)
+	var worker sync.WaitGroup
+	worker.Go(func() { d.releaseWorker(ctx) })
+	defer worker.Wait() // returns after the worker's last release
 	for {
 		if _, err := d.sweepPending(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("scheduler: look for pending chats", "err", err)
@@ -304,15 +307,21 @@ func (d *Desk) releaseCapacity(ctx context.Context, tx *ent.Tx, operatorID int) 
 // releaseQueueLater asks for a release of a queue's waiting chats, due now.
 // The job is written at the end of the transaction (flushReleases).
 func (d *Desk) releaseQueueLater(_ context.Context, tx *ent.Tx, queueID int) error {
+	return d.addTxQueue(tx, queueID, "release", func(st *txState) *map[int]bool { return &st.releases })
+}
+
+// addTxQueue adds a queue to one of the queue sets of a use case's
+// transaction (set picks which), for what its commit does.
+func (d *Desk) addTxQueue(tx *ent.Tx, queueID int, what string, set func(*txState) *map[int]bool) error {
 	v, ok := d.txs.Load(tx)
 	if !ok {
-		return fmt.Errorf("release of queue %d outside a use case transaction", queueID)
+		return fmt.Errorf("%s of queue %d outside a use case transaction", what, queueID)
 	}
-	st := v.(*txState)
-	if st.releases == nil {
-		st.releases = map[int]bool{}
+	m := set(v.(*txState))
+	if *m == nil {
+		*m = map[int]bool{}
 	}
-	st.releases[queueID] = true
+	(*m)[queueID] = true
 	return nil
 }
 

@@ -690,14 +690,5 @@ func (d *Desk) advisory(ctx context.Context, tx *ent.Tx, fn, class string, queue
 // for pending chats left behind by a process that stopped before its
 // worker ran (sweepPending).
 func (d *Desk) routeAfterCommit(tx *ent.Tx, queueID int) error {
-	v, ok := d.txs.Load(tx)
-	if !ok {
-		return fmt.Errorf("routing of queue %d outside a use case transaction", queueID)
-	}
-	st := v.(*txState)
-	if st.routeLater == nil {
-		st.routeLater = map[int]bool{}
-	}
-	st.routeLater[queueID] = true
-	return nil
+	return d.addTxQueue(tx, queueID, "routing", func(st *txState) *map[int]bool { return &st.routeLater })
 }
