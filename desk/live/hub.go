@@ -91,8 +91,11 @@ type Options struct {
 	// (default 1s).
 	Poll time.Duration
 	// Batch is how many events one read takes (default 500).
-	Batch  int
-	Logger *slog.Logger
+	Batch int
+	// GapWait is how long local events reported ahead of an earlier local
+	// commit are held for it before the pump reads the log (default 20ms).
+	GapWait time.Duration
+	Logger  *slog.Logger
 }
 
 // handoff is the capacity of a subscription's channel. Small, since every
@@ -108,9 +111,13 @@ type Hub struct {
 
 	mu     sync.Mutex
 	cursor int // the last event id dispatched
-	subs   map[*Stream]struct{}
-	index  map[indexKey][]*Stream
-	closed bool
+	// held are local commits' events reported before an earlier commit's,
+	// by first id, until that one reports (or the gap timer wakes the pump).
+	held     map[int][]*ent.Event
+	gapTimer *time.Timer
+	subs     map[*Stream]struct{}
+	index    map[indexKey][]*Stream
+	closed   bool
 }
 
 // indexKey files a subscription under what it follows (byOperator, byChat,
@@ -143,6 +150,9 @@ func New(src Source, opt Options) *Hub {
 	if opt.Batch <= 0 {
 		opt.Batch = 500
 	}
+	if opt.GapWait <= 0 {
+		opt.GapWait = 20 * time.Millisecond
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
@@ -166,10 +176,14 @@ func (h *Hub) Start(ctx context.Context) error {
 
 // Committed is given the events a local commit appended (ids in order).
 // When they follow the last event dispatched they are dispatched at once,
-// without reading them back from the log. Otherwise (another instance's
-// events come between, a concurrent commit reports before an earlier one,
-// or a rolled-back transaction left an id unused) the pump reads the log,
-// which is in commit order: nothing is skipped or delivered twice.
+// without reading them back from the log, with any held events they make
+// follow. Events reported before an earlier local commit's (on PostgreSQL
+// concurrent commits may report out of order) are held for up to GapWait:
+// that commit has ended (ids follow commit order), its report is on its
+// way. Otherwise, or when the gap outlasts GapWait (another instance's
+// events come between, or a rolled-back transaction left an id unused),
+// the pump reads the log, which is in commit order: nothing is skipped or
+// delivered twice.
 //
 // The dispatch runs on the committing goroutine; it touches only the
 // subscriptions of each event's audience (see the index) and never blocks
@@ -179,13 +193,58 @@ func (h *Hub) Committed(events []*ent.Event) {
 		return
 	}
 	h.mu.Lock()
-	if !h.closed && events[0].ID == h.cursor+1 && consecutive(events) {
-		h.dispatchLocked(events)
+	held := false
+	if !h.closed && consecutive(events) {
+		switch first := events[0].ID; {
+		case first <= h.cursor+1: // (the pump may have read some of them)
+			h.dispatchLocked(events)
+			h.drainHeldLocked()
+		case first > h.cursor+1:
+			h.holdLocked(events)
+			held = true
+		}
 	}
 	behind := events[len(events)-1].ID > h.cursor
 	h.mu.Unlock()
-	if behind {
+	if behind && !held {
 		h.Wake()
+	}
+}
+
+// holdLocked keeps a local commit's events until the gap before them fills
+// and arms the gap timer (h.mu held).
+func (h *Hub) holdLocked(events []*ent.Event) {
+	if h.held == nil {
+		h.held = map[int][]*ent.Event{}
+	}
+	h.held[events[0].ID] = events
+	if h.gapTimer == nil {
+		h.gapTimer = time.AfterFunc(h.opt.GapWait, func() {
+			h.mu.Lock()
+			h.gapTimer = nil
+			h.mu.Unlock()
+			h.Wake()
+		})
+	}
+}
+
+// drainHeldLocked dispatches the held events that now follow the cursor
+// (those the pump dispatched meanwhile are skipped) and stops the gap timer
+// once none is held (h.mu held).
+func (h *Hub) drainHeldLocked() {
+	for progressed := true; progressed && len(h.held) > 0; {
+		progressed = false
+		for first, events := range h.held {
+			if first <= h.cursor+1 {
+				delete(h.held, first)
+				h.dispatchLocked(events)
+				progressed = true
+			}
+		}
+	}
+	if len(h.held) == 0 && h.gapTimer != nil {
+		h.gapTimer.Stop()
+		h.gapTimer = nil
 	}
 }
 
@@ -251,6 +310,7 @@ func (h *Hub) pumpOnce(ctx context.Context) (int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.dispatchLocked(events)
+	h.drainHeldLocked()
 	return len(events), nil
 }
 
@@ -360,6 +420,11 @@ func (h *Hub) shutdown() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.closed = true
+	clear(h.held)
+	if h.gapTimer != nil {
+		h.gapTimer.Stop()
+		h.gapTimer = nil
+	}
 	for st := range h.subs {
 		h.endLocked(st, nil)
 	}

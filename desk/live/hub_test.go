@@ -19,6 +19,7 @@ type memLog struct {
 	mu     sync.Mutex
 	events []*ent.Event
 	pruned int
+	reads  int // reads of the pump and of resumptions
 }
 
 func (l *memLog) append(audience ...int) int {
@@ -40,6 +41,7 @@ func (l *memLog) ReadEvents(_ context.Context, after, limit int) ([]*ent.Event, 
 func (l *memLog) read(after, limit int, checkRetention bool) ([]*ent.Event, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.reads++
 	if checkRetention && after < l.pruned {
 		return nil, desk.Fail(desk.CodeEventsExpired, "expired")
 	}
@@ -136,6 +138,80 @@ func TestHub_DeliversOnlyTheAudienceInOrderAndResumesWithoutGapOrDuplicate(t *te
 	}
 	if err := st2.Err(); err != nil {
 		t.Fatalf("shutdown ended the stream with %v, want nil", err)
+	}
+}
+
+// event returns the logged event id (what a local commit reports).
+func (l *memLog) event(id int) *ent.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.events[id-1]
+}
+
+func (l *memLog) readCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.reads
+}
+
+// Concurrent local commits may report their events out of order: the later
+// ones are held until the earlier one reports, then all are dispatched in
+// id order, without reading the log back.
+func TestHub_LocalCommitsReportedOutOfOrderAreDeliveredInOrderWithoutReadingTheLog(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{}
+	h, stop := start(t, log, live.Options{GapWait: time.Hour}) // the gap timer never fires here
+	defer stop()
+	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := log.append(1), log.append(1), log.append(1)
+	reads := log.readCount()
+	h.Committed([]*ent.Event{log.event(c)})
+	h.Committed([]*ent.Event{log.event(b)})
+	if got := h.Cursor(); got != 0 {
+		t.Fatalf("cursor %d after the later commits reported, want 0: they wait for the first", got)
+	}
+	h.Committed([]*ent.Event{log.event(a)})
+	if got := h.Cursor(); got != c {
+		t.Fatalf("cursor %d once the first commit reported, want %d", got, c)
+	}
+	for _, want := range []int{a, b, c} {
+		if got := receive(t, st).ID; got != want {
+			t.Fatalf("got event %d, want %d", got, want)
+		}
+	}
+	if n := log.readCount() - reads; n != 0 {
+		t.Errorf("the log was read %d times, want none", n)
+	}
+	stop()
+	for range st.C {
+	}
+}
+
+// A gap no local commit fills (another instance's event, an id a
+// rolled-back transaction used) is read from the log after GapWait, and the
+// held events follow it in order.
+func TestHub_AGapNoLocalCommitFillsIsReadFromTheLog(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{}
+	h, stop := start(t, log, live.Options{GapWait: 10 * time.Millisecond})
+	defer stop()
+	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := log.append(1) // committed elsewhere: never reported here
+	mine := log.append(1)
+	h.Committed([]*ent.Event{log.event(mine)})
+	for _, want := range []int{other, mine} {
+		if got := receive(t, st).ID; got != want {
+			t.Fatalf("got event %d, want %d", got, want)
+		}
+	}
+	stop()
+	for range st.C {
 	}
 }
 
