@@ -516,7 +516,7 @@ func (r *router) routable() predicate.Chat {
 	}
 }
 
-// releaseBatch bounds the waiting chats one release job routes.
+// releaseBatch bounds the waiting chats one release routes.
 const releaseBatch = 200
 
 // releaseQueue hands waiting chats of a queue to members with capacity,
@@ -630,7 +630,7 @@ func (d *Desk) routeNew(ctx context.Context, tx *ent.Tx, c *ent.Chat, queueID in
 	if _, err = r.route(ctx, c, trigger); err != nil || !c.RoutePending {
 		return err
 	}
-	// Routed before the release job came to it (a transfer to a queue).
+	// Routed before a release came to it (a transfer to a queue).
 	return tx.Chat.UpdateOneID(c.ID).SetRoutePending(false).Exec(ctx)
 }
 
@@ -650,9 +650,10 @@ const queueLockSQL = "SELECT %s(hashtext($1 || ':' || current_schema()), $2)"
 // routingBusy tells whether another transaction is routing a new chat of
 // the queue at this instant, without waiting; when none is, this
 // transaction takes the mark until it ends. A busy queue's new chats are
-// routed by its release job rather than queueing on the members' row locks,
-// where each would wait for the previous one to commit: under a burst the
-// job routes them together, under one lock. SQLite has one writer at a
+// routed by a release of the queue right after commit (release.go) rather
+// than queueing on the members' row locks, where each would wait for the
+// previous one to commit: under a burst one release routes them together,
+// under one lock. SQLite has one writer at a
 // time: never busy.
 func (d *Desk) routingBusy(ctx context.Context, tx *ent.Tx, queueID int) (bool, error) {
 	if !d.pg {

@@ -201,10 +201,10 @@ func TestR8_AcceptTimeoutCountMissedKeepsOperatorActive(t *testing.T) {
 	}
 }
 
-// TestR10_NewChatsOfABusyQueueAreRoutedByItsReleaseJob: on PostgreSQL a new
+// TestR10_NewChatsOfABusyQueueAreRoutedByItsRelease: on PostgreSQL a new
 // chat that arrives while another transaction is routing a new chat of the
-// same queue does not wait for that transaction's member locks; the queue's
-// release job routes it right after commit, oldest first, each chat with its
+// same queue does not wait for that transaction's member locks; a release
+// of the queue routes it right after commit, oldest first, each chat with its
 // NEW_CHAT decision (offered or waiting) and event (R8, R9, R11).
 func TestR10_NewChatsOfABusyQueueAreRoutedByItsRelease(t *testing.T) {
 	if !storetest.Postgres() {

@@ -196,7 +196,7 @@ func TestR12_LiveEventsReachEveryInstanceAndSurviveAListenerDrop(t *testing.T) {
 	waitProduced()
 
 	// One offer per new customer. A new chat that finds its queue busy
-	// routing another is offered by the queue's release job just after its
+	// routing another is offered by a release of the queue just after its
 	// ingest commits, so the offers are awaited on the live subscriber
 	// before the log is read: then the log must hold exactly what it got.
 	received := map[string][]int{}
