@@ -90,7 +90,7 @@ export async function inbound(desk, customer, text) {
 /**
  * Resolves once a chat has been offered. On PostgreSQL a new chat that
  * arrives while another new chat of its queue is being routed is routed by
- * the queue's release job just after its message is stored, so the offer
+ * a release of the queue just after its message is stored, so the offer
  * may follow the answer to simulateInbound by a few milliseconds.
  */
 export async function waitOffered(desk, chatId) {
