@@ -27,9 +27,11 @@ import (
 // loopback HTTP at concurrency 8 (PARLEY_BENCH_CONC; 30% new contacts, as
 // the ingest scenario).
 // It reports, per delivery, the SQL statements the server sent through ent,
-// the transactions it committed and the statements it sent outside any
-// transaction (each one an implicit transaction of its own); -v lists the
-// statements by shape. On PostgreSQL set PARLEY_BENCH_PG; SQLite otherwise:
+// the transactions it committed, the statements it sent outside any
+// transaction (each one an implicit transaction of its own) and those held
+// for their transaction's commit (no round trip of their own on
+// PostgreSQL); -v lists the statements by shape ("held" for the latter).
+// On PostgreSQL set PARLEY_BENCH_PG; SQLite otherwise:
 //
 //	PARLEY_BENCH_PG=postgres://postgres@127.0.0.1:5432/test?sslmode=disable \
 //	  go test ./bench -run '^$' -bench WebhookInProcess -benchtime 3000x -v \
@@ -79,6 +81,7 @@ func BenchmarkWebhookInProcess(b *testing.B) {
 	b.ReportMetric(float64(st.statements)/n, "stmts/op")
 	b.ReportMetric(float64(st.commits)/n, "commits/op")
 	b.ReportMetric(float64(st.autocommit)/n, "autocommit-stmts/op")
+	b.ReportMetric(float64(st.atCommit)/n, "held-stmts/op")
 	b.ReportMetric(res.rate(), "msgs/s")
 	b.ReportMetric(float64(res.ack.pct(99).Microseconds())/1000, "ack-p99-ms")
 	type kv struct {
@@ -236,10 +239,13 @@ type statementCounts struct {
 	statements int
 	commits    int
 	autocommit int
-	shapes     map[string]int
+	// atCommit counts the writes held for their transaction's commit
+	// (store.AtCommit): on PostgreSQL they cost no round trip of their own.
+	atCommit int
+	shapes   map[string]int
 }
 
-func (r *statementRecorder) record(_ context.Context, s string) {
+func (r *statementRecorder) record(ctx context.Context, s string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
@@ -254,6 +260,10 @@ func (r *statementRecorder) record(_ context.Context, s string) {
 		r.autocommit++
 	}
 	r.statements++
+	held := store.IsAtCommit(ctx)
+	if held {
+		r.atCommit++
+	}
 	q := s
 	if i := strings.Index(q, "query="); i >= 0 {
 		q = q[i+len("query="):]
@@ -266,8 +276,11 @@ func (r *statementRecorder) record(_ context.Context, s string) {
 		q = q[:110]
 	}
 	kind := "tx   "
-	if auto {
+	switch {
+	case auto:
 		kind = "auto "
+	case held:
+		kind = "held "
 	}
 	r.shapes[kind+q]++
 }
@@ -275,14 +288,15 @@ func (r *statementRecorder) record(_ context.Context, s string) {
 func (r *statementRecorder) reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.statements, r.commits, r.autocommit = 0, 0, 0
+	r.statements, r.commits, r.autocommit, r.atCommit = 0, 0, 0, 0
 	r.shapes = map[string]int{}
 }
 
 func (r *statementRecorder) snapshot() statementCounts {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	c := statementCounts{statements: r.statements, commits: r.commits, autocommit: r.autocommit, shapes: map[string]int{}}
+	c := statementCounts{statements: r.statements, commits: r.commits, autocommit: r.autocommit, atCommit: r.atCommit,
+		shapes: map[string]int{}}
 	for k, v := range r.shapes {
 		c.shapes[k] = v
 	}

@@ -16,11 +16,13 @@ import (
 
 	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
+	"entgo.io/ent/dialect/sql/sqlgraph"
 	"github.com/lib/pq"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/desk/files"
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
@@ -157,7 +159,11 @@ func (d *Desk) inTx(ctx context.Context, name string, fn func(tx *ent.Tx) error)
 // provider message id): when a unique index refuses the row, the use case
 // runs again and finds the row that won.
 func (d *Desk) inTxRacing(ctx context.Context, name string, fn func(tx *ent.Tx) error) error {
-	return d.inTxRetrying(ctx, name, fn, func(err error) bool { return retryable(err) || ent.IsConstraintError(err) })
+	return d.inTxRetrying(ctx, name, fn, func(err error) bool {
+		// A write held for the commit (d.atCommit) reports a refused row
+		// at commit, as a driver error rather than ent's.
+		return retryable(err) || ent.IsConstraintError(err) || sqlgraph.IsUniqueConstraintError(err)
+	})
 }
 
 func (d *Desk) inTxRetrying(ctx context.Context, name string, fn func(tx *ent.Tx) error, again func(error) bool) error {
@@ -245,6 +251,24 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 		d.wantRelease(q)
 	}
 	return nil
+}
+
+// atCommit runs a write that the rest of the use case does not read back
+// (no RETURNING, no count, no later read of its rows in the transaction)
+// with the commit, saving it a round trip (store.AtCommit); if it fails,
+// the commit fails. The builder's placeholders follow the desk's dialect.
+func (d *Desk) atCommit(ctx context.Context, tx *ent.Tx, q entsql.Querier) error {
+	query, args := q.Query()
+	_, err := tx.ExecContext(store.AtCommit(ctx), query, args...)
+	return err
+}
+
+// sql is the SQL builder of the desk's dialect (for d.atCommit).
+func (d *Desk) sql() *entsql.DialectBuilder {
+	if d.pg {
+		return entsql.Dialect(dialect.Postgres)
+	}
+	return entsql.Dialect(dialect.SQLite)
 }
 
 // lockRows locks the rows a query reads (PostgreSQL) FOR NO KEY UPDATE: it

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	entsql "entgo.io/ent/dialect/sql"
-	"github.com/lib/pq"
 
 	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/ent"
@@ -202,10 +201,11 @@ const EventsChannel = "parley_events"
 // durable. The statement ends the transaction (store.InlineCommit), so the
 // lock is held for the server's work only, never while the server waits for
 // this process, which on a busy machine was most of the time every other
-// transaction spent waiting for it. It goes out in the simple query
-// protocol, which takes no parameters: the values are quoted literals
-// (pq.QuoteLiteral). When the insert or the commit fails, the transaction
-// is rolled back as any failed one.
+// transaction spent waiting for it. It travels in the simple query
+// protocol, as EXECUTE of a statement the connection prepared once (parsing
+// and planning it for every commit was a fifth of PostgreSQL's CPU), with
+// the writes held for the commit ahead of it. When the insert or the commit
+// fails, the transaction is rolled back as any failed one.
 func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
 	body, err := json.Marshal(rows)
 	if err != nil {
@@ -213,18 +213,17 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 	}
 	query := fmt.Sprintf(`WITH ins AS (
   INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)
-  SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload, e.audience, e.queue_ids, %[14]s::timestamptz
+  SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload, e.audience, e.queue_ids, $2::timestamptz
   FROM (SELECT %[10]s) AS l,
-    jsonb_to_recordset(%[13]s::jsonb) AS e(ord int, type text, chat_id bigint, operator_id bigint, queue_id bigint,
+    jsonb_to_recordset($1::jsonb) AS e(ord int, type text, chat_id bigint, operator_id bigint, queue_id bigint,
       payload jsonb, audience jsonb, queue_ids jsonb)
   ORDER BY e.ord
   RETURNING %[11]s
 ), n AS (SELECT pg_notify('%[12]s', (SELECT max(%[11]s) FROM ins)::text))
 SELECT ins.%[11]s FROM ins, n`+store.InlineCommit, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
 		entevent.FieldQueueID, entevent.FieldPayload, entevent.FieldAudience, entevent.FieldQueueIds,
-		entevent.FieldCreatedAt, eventLock, entevent.FieldID, EventsChannel,
-		pq.QuoteLiteral(string(body)), pq.QuoteLiteral(now.Format(time.RFC3339Nano)))
-	res, err := tx.QueryContext(ctx, query)
+		entevent.FieldCreatedAt, eventLock, entevent.FieldID, EventsChannel)
+	res, err := tx.QueryContext(ctx, query, string(body), now)
 	if err != nil {
 		return nil, err
 	}

@@ -69,7 +69,22 @@ func (d *Desk) ApplyDelivery(ctx context.Context, ch channels.Channel, del chann
 
 func (d *Desk) applyDelivery(ctx context.Context, tx *ent.Tx, ch channels.Channel, del channels.Delivery, body []byte) (*DeliveryResult, error) {
 	res := &DeliveryResult{}
-	if del.Key != "" {
+	switch {
+	case del.Key == "":
+	case !d.retried(tx):
+		// A redelivery (R3) is refused by the unique index on (channel,
+		// key), which fails the transaction at its commit, where the row is
+		// written; the use case then runs again and looks first.
+		// Redeliveries are rare: a first look on every delivery would cost
+		// each a round trip.
+		now := d.Now()
+		if err := d.atCommit(ctx, tx, d.sql().Insert(inbounddelivery.Table).
+			Columns(inbounddelivery.FieldChannelID, inbounddelivery.FieldProviderKey, inbounddelivery.FieldBody,
+				inbounddelivery.FieldReceivedAt, inbounddelivery.FieldProcessedAt).
+			Values(ch.ID, del.Key, body, now, now)); err != nil {
+			return nil, err
+		}
+	default:
 		_, err := tx.InboundDelivery.Create().SetChannelID(ch.ID).SetProviderKey(del.Key).SetBody(body).
 			SetReceivedAt(d.Now()).SetProcessedAt(d.Now()).
 			OnConflictColumns(inbounddelivery.FieldChannelID, inbounddelivery.FieldProviderKey).DoNothing().ID(ctx)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	entsql "entgo.io/ent/dialect/sql"
+
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/contactidentity"
@@ -126,20 +128,30 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 			return nil, err
 		}
 	}
-	contactID, identityID, newContact, err := d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity)
-	if err != nil {
+	// A known customer's profile data is refreshed by a write sent with
+	// the commit, and their open chat on the channel is found through the
+	// identity: a message to an open chat costs no look-up of the identity.
+	if err := d.refreshIdentity(ctx, tx, ch.Provider, in.Identity); err != nil {
 		return nil, err
 	}
-	res := &IngestResult{NewContact: newContact, IdentityID: identityID}
-	var open *ent.Chat
-	if !newContact { // a contact created just now has no chat yet
-		openQ := tx.Chat.Query().Where(chat.ContactID(contactID), chat.ChannelID(ch.ID), chatOpen())
-		if d.pg {
-			openQ.Modify(lockRows())
-		}
-		if open, err = openQ.Only(ctx); err != nil && !ent.IsNotFound(err) {
+	openQ := tx.Chat.Query().Where(chatOfIdentity(contactidentity.ProviderEQ(ch.Provider),
+		contactidentity.ExternalID(in.Identity.ExternalID)), chat.ChannelID(ch.ID), chatOpen())
+	if d.pg {
+		openQ.Modify(lockRows())
+	}
+	res := &IngestResult{}
+	var contactID int
+	open, err := openQ.Only(ctx)
+	switch {
+	case err == nil:
+		contactID = open.ContactID
+	case ent.IsNotFound(err):
+		open = nil
+		if contactID, res.IdentityID, res.NewContact, err = d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity); err != nil {
 			return nil, err
 		}
+	default:
+		return nil, err
 	}
 	if open == nil {
 		busy, err := d.routingBusy(ctx, tx, ch.QueueID)
@@ -158,14 +170,15 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	} else {
 		// A customer message clears the completion timer (R18). The row is
 		// locked (PostgreSQL) by the query above.
-		upd := tx.Chat.Update().Where(chat.ID(open.ID)).SetLastMessageAt(now).SetLastInboundAt(now).ClearCompletionDueAt()
+		upd := d.sql().Update(chat.Table).Set(chat.FieldLastMessageAt, now).Set(chat.FieldLastInboundAt, now).
+			SetNull(chat.FieldCompletionDueAt)
 		open.LastMessageAt, open.LastInboundAt, open.CompletionDueAt = now, &now, nil
 		if windowed(ch.Provider) {
 			ends := now.Add(replyWindow)
-			upd.SetReplyWindowEndsAt(ends)
+			upd.Set(chat.FieldReplyWindowEndsAt, ends)
 			open.ReplyWindowEndsAt = &ends
 		}
-		if err := upd.Exec(ctx); err != nil {
+		if err := d.atCommit(ctx, tx, upd.Where(entsql.EQ(chat.FieldID, open.ID))); err != nil {
 			return nil, err
 		}
 		res.Chat = open
@@ -236,33 +249,33 @@ func windowed(p enum.Provider) bool {
 	return p == enum.ProviderWhatsApp || p == enum.ProviderMessenger
 }
 
+// refreshIdentity updates a known identity's profile data from its
+// message, when it changed (R2), at commit.
+func (d *Desk) refreshIdentity(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity) error {
+	// A customer who writes can be written to again.
+	upd := d.sql().Update(contactidentity.Table).Set(contactidentity.FieldUpdatedAt, d.Now()).
+		Set(contactidentity.FieldUnreachable, false).Set(contactidentity.FieldUnreachableReason, "")
+	changed := []*entsql.Predicate{entsql.EQ(contactidentity.FieldUnreachable, true)}
+	for _, f := range []struct {
+		column, value string
+		max           int
+	}{{contactidentity.FieldDisplayName, id.Name, 300}, {contactidentity.FieldUsername, id.Username, 100}} {
+		if v := clip(f.value, f.max); v != "" {
+			upd.Set(f.column, v)
+			changed = append(changed, entsql.Or(entsql.NEQ(f.column, v), entsql.IsNull(f.column)))
+		}
+	}
+	return d.atCommit(ctx, tx, upd.Where(entsql.And(entsql.EQ(contactidentity.FieldProvider, string(p)),
+		entsql.EQ(contactidentity.FieldExternalID, id.ExternalID), entsql.Or(changed...))))
+}
+
 // findOrCreateContact returns the contact of an identity, creating both on
-// the first message (R2). The identity's profile data is refreshed.
+// the first message (R2).
 func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity) (contactID, identityID int, created bool, err error) {
 	ident, err := tx.ContactIdentity.Query().
 		Where(contactidentity.ProviderEQ(p), contactidentity.ExternalID(id.ExternalID)).
 		Only(ctx)
 	if err == nil {
-		upd := tx.ContactIdentity.UpdateOneID(ident.ID)
-		changed := false
-		if id.Name != "" && id.Name != ident.DisplayName {
-			upd.SetDisplayName(clip(id.Name, 300))
-			changed = true
-		}
-		if id.Username != "" && id.Username != ident.Username {
-			upd.SetUsername(clip(id.Username, 100))
-			changed = true
-		}
-		if ident.Unreachable {
-			// A customer who writes can be written to again.
-			upd.SetUnreachable(false).SetUnreachableReason("")
-			changed = true
-		}
-		if changed {
-			if err := upd.Exec(ctx); err != nil {
-				return 0, 0, false, err
-			}
-		}
 		return ident.ContactID, ident.ID, false, nil
 	}
 	if !ent.IsNotFound(err) {

@@ -2,6 +2,7 @@ package desk
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -65,18 +66,31 @@ func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
 	for k, v := range j.payload {
 		payload[k] = v
 	}
-	c := tx.Job.Create().SetKind(j.kind).SetDueAt(j.due).SetCreatedAt(d.Now()).SetPayload(payload)
-	if j.chatID != 0 {
-		c.SetChatID(j.chatID)
-	}
 	if j.dedupe != "" {
-		c.SetDedupeKey(j.dedupe)
+		c := tx.Job.Create().SetKind(j.kind).SetDueAt(j.due).SetCreatedAt(d.Now()).SetPayload(payload).SetDedupeKey(j.dedupe)
+		if j.chatID != 0 {
+			c.SetChatID(j.chatID)
+		}
 		if err := c.OnConflict(sql.ConflictColumns(job.FieldDedupeKey)).
 			Update(func(u *ent.JobUpsert) { u.UpdateDueAt() }).Exec(ctx); err != nil {
 			return fmt.Errorf("enqueue %s: %w", j.kind, err)
 		}
-	} else if err := c.Exec(ctx); err != nil {
-		return fmt.Errorf("enqueue %s: %w", j.kind, err)
+	} else {
+		// A job without a dedupe key is read by the scheduler only, after
+		// commit: it is written with the commit.
+		body, err := json.Marshal(payload)
+		if err != nil {
+			return fmt.Errorf("enqueue %s: %w", j.kind, err)
+		}
+		var chatID any
+		if j.chatID != 0 {
+			chatID = j.chatID
+		}
+		if err := d.atCommit(ctx, tx, d.sql().Insert(job.Table).Columns(job.FieldKind, job.FieldPayload, job.FieldDueAt,
+			job.FieldStatus, job.FieldAttempts, job.FieldCreatedAt, job.FieldChatID).
+			Values(j.kind, json.RawMessage(body), j.due, string(enum.JobPending), 0, d.Now(), chatID)); err != nil {
+			return fmt.Errorf("enqueue %s: %w", j.kind, err)
+		}
 	}
 	if !j.due.After(d.Now()) {
 		if st, ok := d.txs.Load(tx); ok {

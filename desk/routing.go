@@ -2,6 +2,7 @@ package desk
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"github.com/parleydesk/parley/ent/operator"
 	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/queue"
+	"github.com/parleydesk/parley/ent/routingdecision"
 	"github.com/parleydesk/parley/ent/schema"
 	"github.com/parleydesk/parley/ent/schema/enum"
 	"github.com/parleydesk/parley/ent/setting"
@@ -372,7 +374,8 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 		r.q.RrLastOperatorID = &offered[0]
 	}
 	if len(offered) > 0 {
-		if err := tx.Chat.Update().Where(chat.ID(c.ID)).SetOfferedAt(now).Exec(ctx); err != nil {
+		if err := d.atCommit(ctx, tx, d.sql().Update(chat.Table).Set(chat.FieldOfferedAt, now).
+			Where(sql.EQ(chat.FieldID, c.ID))); err != nil {
 			return nil, err
 		}
 	}
@@ -383,8 +386,20 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 	if len(offered) > 0 {
 		outcome = OutcomeOffered
 	}
-	if err := tx.RoutingDecision.Create().SetChatID(c.ID).SetRule(rule).SetAt(now).SetTrigger(trigger).
-		SetCandidates(cands).SetOutcome(outcome).SetChosenOperatorIds(offered).Exec(ctx); err != nil {
+	// The decision is only read back by the routing log: it is written
+	// with the commit.
+	candidates, err := json.Marshal(cands)
+	if err != nil {
+		return nil, err
+	}
+	chosenIDs, err := json.Marshal(offered)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.atCommit(ctx, tx, d.sql().Insert(routingdecision.Table).
+		Columns(routingdecision.ChatColumn, routingdecision.FieldRule, routingdecision.FieldAt, routingdecision.FieldTrigger,
+			routingdecision.FieldCandidates, routingdecision.FieldOutcome, routingdecision.FieldChosenOperatorIds).
+		Values(c.ID, string(rule), now, trigger, json.RawMessage(candidates), outcome, json.RawMessage(chosenIDs))); err != nil {
 		return nil, err
 	}
 	if len(offered) == 0 {

@@ -1,0 +1,306 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lib/pq"
+)
+
+// pipeline is a PostgreSQL connection of a store opened on
+// TEST_DATABASE_URL, with a table of its own.
+type pipeline struct {
+	t     *testing.T
+	db    *DB
+	conn  *sql.Conn
+	table string
+}
+
+func newPipeline(t *testing.T) *pipeline {
+	t.Helper()
+	url := os.Getenv("TEST_DATABASE_URL")
+	if url == "" {
+		t.Skip("PostgreSQL only: set TEST_DATABASE_URL")
+	}
+	ctx := context.Background()
+	db, err := Open(ctx, url, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	conn, err := db.SQL.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	p := &pipeline{t: t, db: db, conn: conn, table: fmt.Sprintf("pipeline_%d", time.Now().UnixNano())}
+	if _, err := db.SQL.ExecContext(ctx, "CREATE TABLE "+p.table+" (v int PRIMARY KEY, s text)"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.SQL.ExecContext(context.Background(), "DROP TABLE "+p.table) }) //nolint:errcheck
+	return p
+}
+
+// q replaces T with the test's table.
+func (p *pipeline) q(query string) string { return strings.ReplaceAll(query, " T ", " "+p.table+" ") }
+
+// messages is the count of query messages the connection has sent.
+func (p *pipeline) messages() int {
+	p.t.Helper()
+	var n int
+	if err := p.conn.Raw(func(dc any) error { n = dc.(*pqConn).messages; return nil }); err != nil {
+		p.t.Fatal(err)
+	}
+	return n
+}
+
+// committed lists the values committed, read on another connection.
+func (p *pipeline) committed() string {
+	p.t.Helper()
+	rows, err := p.db.SQL.QueryContext(context.Background(), "SELECT v FROM "+p.table+" ORDER BY v")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer rows.Close()
+	var vs []string
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			p.t.Fatal(err)
+		}
+		vs = append(vs, fmt.Sprint(v))
+	}
+	return strings.Join(vs, ",")
+}
+
+func (p *pipeline) begin() *sql.Tx {
+	p.t.Helper()
+	tx, err := p.conn.BeginTx(context.Background(), nil)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return tx
+}
+
+func (p *pipeline) hold(tx *sql.Tx, query string, args ...any) {
+	p.t.Helper()
+	if _, err := tx.ExecContext(AtCommit(context.Background()), p.q(query), args...); err != nil {
+		p.t.Fatalf("%s: %v", query, err)
+	}
+}
+
+func (p *pipeline) backend() int {
+	p.t.Helper()
+	var pid int
+	if err := p.conn.QueryRowContext(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		p.t.Fatal(err)
+	}
+	return pid
+}
+
+func isUnique(err error) bool {
+	var pqErr *pq.Error
+	return errors.As(err, &pqErr) && pqErr.Code == "23505"
+}
+
+// TestPostgresWritesHeldForTheCommitTravelWithIt: AtCommit writes cost no
+// round trip of their own: they go with COMMIT, or with the statement that
+// commits the transaction, in order.
+func TestPostgresWritesHeldForTheCommitTravelWithIt(t *testing.T) {
+	p := newPipeline(t)
+	ctx := context.Background()
+	before := p.messages()
+	tx := p.begin()
+	p.hold(tx, "INSERT INTO T VALUES ($1, $2)", 1, "a")
+	p.hold(tx, "UPDATE T SET s = $1 WHERE v = $2", "b", 1)
+	var n int
+	if err := tx.QueryRowContext(ctx, p.q("SELECT count(*) FROM T WHERE v = $1"), 1).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("the transaction counts %d rows, %v; want 0 (its writes are held for the commit)", n, err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.messages() - before; got != 3 {
+		t.Fatalf("BEGIN, a query and a commit with two held writes took %d messages, want 3", got)
+	}
+	var s string
+	if err := p.db.SQL.QueryRowContext(ctx, p.q("SELECT s FROM T WHERE v = $1"), 1).Scan(&s); err != nil || s != "b" {
+		t.Fatalf("committed s = %q, %v; want b (the writes ran in order)", s, err)
+	}
+
+	// Rollback drops them.
+	tx = p.begin()
+	p.hold(tx, "INSERT INTO T VALUES ($1, $2)", 5, "held")
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.committed(); got != "1" {
+		t.Fatalf("after the rollback committed %q, want 1 (the held write dropped)", got)
+	}
+
+	// A statement that commits its transaction takes them along.
+	before = p.messages()
+	tx = p.begin()
+	p.hold(tx, "INSERT INTO T VALUES ($1, $2)", 6, "x")
+	var v int
+	if err := tx.QueryRowContext(ctx, p.q("INSERT INTO T VALUES ($1, $2) RETURNING v")+InlineCommit, 7, "y").Scan(&v); err != nil || v != 7 {
+		t.Fatalf("inline-commit insert = %d, %v", v, err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.messages() - before; got != 2 {
+		t.Fatalf("BEGIN and an inline commit with a held write took %d messages, want 2", got)
+	}
+	if got := p.committed(); got != "1,6,7" {
+		t.Fatalf("committed %q, want 1,6,7", got)
+	}
+}
+
+// TestPostgresAHeldWriteFailsTheTransaction: a held write's error is
+// reported by the commit (or the statement that commits), the transaction
+// changes nothing, and the connection stays usable.
+func TestPostgresAHeldWriteFailsTheTransaction(t *testing.T) {
+	p := newPipeline(t)
+	ctx := context.Background()
+	if _, err := p.conn.ExecContext(ctx, p.q("INSERT INTO T VALUES ($1, $2)"), 1, "a"); err != nil {
+		t.Fatal(err)
+	}
+	backend := p.backend()
+
+	tx := p.begin()
+	if _, err := tx.ExecContext(ctx, p.q("INSERT INTO T VALUES ($1, $2)"), 2, "b"); err != nil {
+		t.Fatal(err)
+	}
+	// A shape never held on this connection: its PREPARE goes in the
+	// failing message.
+	p.hold(tx, "UPDATE T SET s = $1 WHERE v = $2 AND s <> $3", "c", 1, "z")
+	p.hold(tx, "INSERT INTO T VALUES ($1, $2)", 1, "duplicate")
+	if err := tx.Commit(); !isUnique(err) {
+		t.Fatalf("Commit with a duplicate held insert: %v, want unique_violation", err)
+	}
+	if got := p.committed(); got != "1" {
+		t.Fatalf("after the failed commit committed %q, want 1", got)
+	}
+	// The shape runs again, prepared afresh.
+	tx = p.begin()
+	p.hold(tx, "UPDATE T SET s = $1 WHERE v = $2 AND s <> $3", "c", 1, "z")
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var s string
+	if err := p.db.SQL.QueryRowContext(ctx, p.q("SELECT s FROM T WHERE v = $1"), 1).Scan(&s); err != nil || s != "c" {
+		t.Fatalf("s = %q, %v; want c", s, err)
+	}
+
+	// With the statement that commits.
+	tx = p.begin()
+	p.hold(tx, "INSERT INTO T VALUES ($1, $2)", 1, "duplicate")
+	var v int
+	if err := tx.QueryRowContext(ctx, p.q("INSERT INTO T VALUES ($1, $2) RETURNING v")+InlineCommit, 8, "h").Scan(&v); !isUnique(err) {
+		t.Fatalf("inline commit after a duplicate held insert: %v, want unique_violation", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatalf("Rollback: %v", err)
+	}
+
+	// A held write whose PREPARE fails (no such column).
+	tx = p.begin()
+	p.hold(tx, "UPDATE T SET nosuch = $1 WHERE v = $2", "x", 1)
+	if err := tx.Commit(); err == nil {
+		t.Fatal("a held write of a missing column committed")
+	}
+
+	// The connection is the same and out of any transaction: an
+	// autocommit write is committed.
+	if _, err := p.conn.ExecContext(ctx, p.q("INSERT INTO T VALUES ($1, $2)"), 5, "e"); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.committed(); got != "1,5" {
+		t.Fatalf("committed %q, want 1,5", got)
+	}
+	if got := p.backend(); got != backend {
+		t.Fatalf("the connection was replaced (backend %d, then %d)", backend, got)
+	}
+}
+
+// TestPostgresAtCommitTakesWritesOnly: a statement that returns rows cannot
+// be held (its rows would be lost), and a held write reports no count.
+func TestPostgresAtCommitTakesWritesOnly(t *testing.T) {
+	p := newPipeline(t)
+	ctx := context.Background()
+	tx := p.begin()
+	defer tx.Rollback() //nolint:errcheck
+	if _, err := tx.ExecContext(AtCommit(ctx), p.q("INSERT INTO T VALUES ($1, $2) RETURNING v"), 1, "a"); err == nil {
+		t.Fatal("AtCommit took an INSERT … RETURNING")
+	}
+	if _, err := tx.ExecContext(AtCommit(ctx), p.q("SELECT v FROM T WHERE v = $1"), 1); err == nil {
+		t.Fatal("AtCommit took a SELECT")
+	}
+	res, err := tx.ExecContext(AtCommit(ctx), p.q("DELETE FROM T WHERE v = $1"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := res.RowsAffected(); err == nil {
+		t.Fatal("a held write reported a row count")
+	}
+}
+
+// TestPostgresArgumentsKeepTheirValues: arguments written as literals (in
+// the message that commits) read back as they were bound.
+func TestPostgresArgumentsKeepTheirValues(t *testing.T) {
+	p := newPipeline(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 26, 13, 5, 7, 123456000, time.FixedZone("", 5*3600+1800))
+	text := "it's a \\ back\"slash, ünïcode 'quoted' \n line; DROP TABLE x; --"
+	blob := []byte{0, 1, 2, 'a', '\\', '\'', 255}
+	var (
+		i          int64
+		f, nan     float64
+		b          bool
+		s, null    sql.NullString
+		by, empty  []byte
+		ts         time.Time
+		j          string
+		neg, small float64
+	)
+	tx := p.begin()
+	err := tx.QueryRowContext(ctx, `SELECT $1::int8, $2::float8, $3::float8, $4::bool, $5::text, $6::text, $7::bytea,
+		$8::bytea, $9::timestamptz, $10::jsonb::text, $11::float8, $12::float8`+InlineCommit,
+		int64(-42), 1.5, math.NaN(), true, text, nil, blob, []byte{}, at, `{"a": "b'c"}`, -1e300, 5e-324).
+		Scan(&i, &f, &nan, &b, &s, &null, &by, &empty, &ts, &j, &neg, &small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case i != -42, f != 1.5, !math.IsNaN(nan), !b, neg != -1e300, small != 5e-324:
+		t.Fatalf("numbers and bool: %d %v %v %v %v %v", i, f, nan, b, neg, small)
+	case s.String != text || !s.Valid:
+		t.Fatalf("text %q, want %q", s.String, text)
+	case null.Valid:
+		t.Fatalf("nil read back as %q", null.String)
+	case !bytes.Equal(by, blob) || empty == nil || len(empty) != 0:
+		t.Fatalf("bytea %v and %v, want %v and empty", by, empty, blob)
+	case !ts.Equal(at):
+		t.Fatalf("timestamptz %v, want %v", ts, at)
+	case j != `{"a": "b'c"}`:
+		t.Fatalf("jsonb %s", j)
+	}
+	tx = p.begin()
+	defer tx.Rollback() //nolint:errcheck
+	if _, err := tx.ExecContext(AtCommit(ctx), p.q("INSERT INTO T VALUES ($1, $2)"), 1, "nul\x00byte"); err == nil ||
+		!strings.Contains(err.Error(), "NUL") {
+		t.Fatalf("a string with a NUL byte: %v, want an error naming it", err)
+	}
+}
