@@ -26,16 +26,17 @@ import (
 // format starts with a version byte: ent passes JSON values as
 // json.RawMessage, and pqConn turns those into text.
 //
-// A transaction's last message can carry more than one statement, in the
-// simple query protocol, which takes no parameters: there statements with
-// arguments run as EXECUTE of a statement prepared once per connection
-// (PREPARE, sent ahead of its first EXECUTE), their arguments written as
-// literals, which EXECUTE converts to the prepared statement's parameter
-// types as a bound text parameter is. That message carries
-//   - the writes a use case does not read back (AtCommit), held until then;
-//   - the statement that ends with InlineCommit, or COMMIT itself.
-// PostgreSQL runs the statements of one message in order and stops at the
-// first error, which aborts the transaction.
+// A transaction's first and last messages carry more than one statement,
+// in the simple query protocol, which takes no parameters: there a
+// statement with arguments runs as EXECUTE of a statement prepared once per
+// connection (PREPARE, sent ahead of its first EXECUTE), its arguments
+// written as literals, which EXECUTE converts to the prepared statement's
+// parameter types as a bound text parameter is. The first message carries
+// BEGIN with the first statement; the last one carries the writes the use
+// case does not read back (AtCommit), held until then, with the statement
+// that ends with InlineCommit, or COMMIT itself. PostgreSQL runs the
+// statements of one message in order and stops at the first error, which
+// aborts the transaction.
 
 // pqConnector opens lib/pq connections wrapped in pqConn.
 type pqConnector struct{ c *pq.Connector }
@@ -56,8 +57,9 @@ func (c pqConnector) Driver() driver.Driver { return c.c.Driver() }
 // connection from one goroutine at a time, so its state needs no lock.
 type pqConn struct {
 	forwardConn
-	// inTx: a transaction begun by BeginTx is open.
-	inTx bool
+	// inTx: a transaction begun by BeginTx is open; begin: its BEGIN is
+	// still to be sent, with its first statement.
+	inTx, begin bool
 	// The writes held for the commit (AtCommit), the PREPAREs they need and
 	// the names those create.
 	pending, pendingSetup, pendingFresh []string
@@ -114,25 +116,31 @@ func (c *pqConn) CheckNamedValue(nv *driver.NamedValue) error {
 }
 
 func (c *pqConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	if !c.inTx || !strings.HasSuffix(query, InlineCommit) {
+	commit := c.inTx && strings.HasSuffix(query, InlineCommit)
+	if !commit && !c.begin {
 		c.messages++
 		if len(args) == 0 {
 			return c.forwardConn.QueryContext(ctx, query, nil)
 		}
 		return c.cache.query(ctx, c.forwardConn, query, args)
 	}
-	b, err := c.batch(query, args)
+	b, err := c.batch(query, args, commit)
 	if err != nil {
 		return nil, err
 	}
-	b.stmts = append(b.stmts, "COMMIT")
+	if commit {
+		b.stmts = append(b.stmts, "COMMIT")
+	}
 	c.messages++
 	rows, err := c.forwardConn.QueryContext(ctx, b.text(), nil)
-	c.sent(b, err)
+	c.sent(b, commit, err)
 	if err != nil {
 		return nil, err
 	}
-	return &committingRows{Rows: rows, conn: c}, nil
+	if commit {
+		return &committingRows{Rows: rows, conn: c}, nil
+	}
+	return rows, nil
 }
 
 func (c *pqConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -140,22 +148,30 @@ func (c *pqConn) ExecContext(ctx context.Context, query string, args []driver.Na
 		if !deferrable(query) {
 			return nil, fmt.Errorf("store: AtCommit takes writes without RETURNING only, not %.40q", query)
 		}
-		b, err := c.batch(query, args)
+		b, err := c.render(query, args)
 		if err != nil {
 			return nil, err
 		}
-		// The statement joins the held ones, and the PREPARE it needs the
-		// held setup.
-		c.pending = append(c.pending, b.stmts[len(b.stmts)-1])
-		c.pendingSetup = append(c.pendingSetup, b.setup[len(c.pendingSetup):]...)
-		c.pendingFresh = append(c.pendingFresh, b.fresh[len(c.pendingFresh):]...)
+		c.pending = append(c.pending, b.stmts...)
+		c.pendingSetup = append(c.pendingSetup, b.setup...)
+		c.pendingFresh = append(c.pendingFresh, b.fresh...)
 		return atCommitResult{}, nil
 	}
-	c.messages++
-	if len(args) == 0 {
-		return c.forwardConn.ExecContext(ctx, query, nil)
+	if !c.begin {
+		c.messages++
+		if len(args) == 0 {
+			return c.forwardConn.ExecContext(ctx, query, nil)
+		}
+		return c.cache.exec(ctx, c.forwardConn, query, args)
 	}
-	return c.cache.exec(ctx, c.forwardConn, query, args)
+	b, err := c.batch(query, args, false)
+	if err != nil {
+		return nil, err
+	}
+	c.messages++
+	res, err := c.forwardConn.ExecContext(ctx, b.text(), nil)
+	c.sent(b, false, err)
+	return res, err
 }
 
 // deferrable reports whether a statement is a write that returns no rows
@@ -195,12 +211,36 @@ func (b batch) text() string {
 	return strings.Join(append(b.setup, b.stmts...), ";\n")
 }
 
-// batch returns the held statements followed by query with its arguments.
-func (c *pqConn) batch(query string, args []driver.NamedValue) (batch, error) {
-	b := batch{setup: slices.Clone(c.pendingSetup), fresh: slices.Clone(c.pendingFresh), stmts: slices.Clone(c.pending)}
+// batch returns the message that sends query with its arguments: after the
+// transaction's BEGIN when it is still to be sent, and after the held
+// writes when held.
+func (c *pqConn) batch(query string, args []driver.NamedValue, held bool) (batch, error) {
+	var b batch
+	if c.begin {
+		b.stmts = append(b.stmts, "BEGIN")
+	}
+	if held {
+		b.setup = slices.Clone(c.pendingSetup)
+		b.fresh = slices.Clone(c.pendingFresh)
+		b.stmts = append(b.stmts, c.pending...)
+	}
+	q, err := c.render(query, args)
+	if err != nil {
+		return batch{}, err
+	}
+	b.setup = append(b.setup, q.setup...)
+	b.fresh = append(b.fresh, q.fresh...)
+	b.stmts = append(b.stmts, q.stmts...)
+	return b, nil
+}
+
+// render returns query with its arguments as one statement of a batch:
+// itself without arguments, else EXECUTE of its prepared statement, with
+// the PREPARE (and the DEALLOCATEs of statements evicted to make room) to
+// send first.
+func (c *pqConn) render(query string, args []driver.NamedValue) (batch, error) {
 	if len(args) == 0 {
-		b.stmts = append(b.stmts, query)
-		return b, nil
+		return batch{stmts: []string{query}}, nil
 	}
 	lits := make([]string, len(args))
 	for i, a := range args {
@@ -210,6 +250,7 @@ func (c *pqConn) batch(query string, args []driver.NamedValue) (batch, error) {
 		}
 		lits[i] = l
 	}
+	var b batch
 	name, fresh, evicted := c.stmts.name(query)
 	for _, old := range evicted {
 		b.setup = append(b.setup, "DEALLOCATE "+old)
@@ -218,16 +259,19 @@ func (c *pqConn) batch(query string, args []driver.NamedValue) (batch, error) {
 		b.setup = append(b.setup, "PREPARE "+name+" AS "+query)
 		b.fresh = append(b.fresh, name)
 	}
-	b.stmts = append(b.stmts, "EXECUTE "+name+"("+strings.Join(lits, ", ")+")")
+	b.stmts = []string{"EXECUTE " + name + "(" + strings.Join(lits, ", ") + ")"}
 	return b, nil
 }
 
-// sent records the outcome of a batch: the held statements are gone either
-// way. When it failed, the statements it prepared may not exist (a
+// sent records the outcome of a batch: its BEGIN and held writes are gone
+// either way. When it failed, the statements it prepared may not exist (a
 // statement before them failed) or may (one after them failed): they are
 // forgotten, and their names never reused.
-func (c *pqConn) sent(b batch, err error) {
-	c.pending, c.pendingSetup, c.pendingFresh = c.pending[:0], c.pendingSetup[:0], c.pendingFresh[:0]
+func (c *pqConn) sent(b batch, held bool, err error) {
+	c.begin = false
+	if held {
+		c.pending, c.pendingSetup, c.pendingFresh = c.pending[:0], c.pendingSetup[:0], c.pendingFresh[:0]
+	}
 	if err != nil {
 		c.stmts.forget(b.fresh)
 	}
@@ -236,7 +280,7 @@ func (c *pqConn) sent(b batch, err error) {
 // drop forgets what a transaction held (its end).
 func (c *pqConn) drop() {
 	c.stmts.forget(c.pendingFresh)
-	c.inTx, c.committed = false, false
+	c.inTx, c.begin, c.committed = false, false, false
 	c.pending, c.pendingSetup, c.pendingFresh = c.pending[:0], c.pendingSetup[:0], c.pendingFresh[:0]
 }
 
@@ -299,11 +343,12 @@ func (r *committingRows) Close() error {
 	return err
 }
 
-// BeginTx starts a transaction with a plain BEGIN, so that one committed by
-// its last statement needs no cleanup in lib/pq (whose own BeginTx would
-// wait for a Commit to end its watch of the context); lib/pq's Commit and
-// Rollback, which check the transaction's state, end the others. Options
-// other than the defaults go to lib/pq.
+// BeginTx starts a transaction whose BEGIN goes out with its first
+// statement (saving it a round trip), in the simple query protocol: a
+// transaction's first statement with arguments runs as EXECUTE (see above).
+// lib/pq's BeginTx is left out: it would wait for a Commit to end its watch
+// of the context, which a transaction committed by its last statement never
+// sends. Options other than the defaults go to lib/pq.
 func (c *pqConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	if opts.Isolation != 0 || opts.ReadOnly {
 		return c.forwardConn.BeginTx(ctx, opts)
@@ -313,11 +358,7 @@ func (c *pqConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx,
 		return c.forwardConn.BeginTx(ctx, opts)
 	}
 	c.drop()
-	c.messages++
-	if _, err := c.forwardConn.ExecContext(ctx, "BEGIN", nil); err != nil {
-		return nil, err
-	}
-	c.inTx = true
+	c.inTx, c.begin = true, true
 	return &pqTx{Tx: tx, conn: c}, nil
 }
 
@@ -335,16 +376,18 @@ func (t *pqTx) Commit() error {
 	switch {
 	case c.committed:
 		return nil // by its last statement
+	case c.begin && len(c.pending) == 0:
+		return nil // nothing was sent
 	case len(c.pending) == 0:
 		// lib/pq's Commit reports a transaction that failed earlier
 		// (PostgreSQL answers its COMMIT with ROLLBACK).
 		c.messages++
 		return t.Tx.Commit()
 	}
-	b, _ := c.batch("COMMIT", nil)
+	b, _ := c.batch("COMMIT", nil, true)
 	c.messages++
 	_, err := c.forwardConn.ExecContext(context.Background(), b.text(), nil)
-	c.sent(b, err)
+	c.sent(b, true, err)
 	if err != nil {
 		c.rollback()
 		return err
@@ -354,19 +397,20 @@ func (t *pqTx) Commit() error {
 
 // Rollback drops the held writes. After the last statement committed it
 // has nothing to undo (only a cancelled context gets there: the caller then
-// reports an error, as for a commit whose answer was lost).
+// reports an error, as for a commit whose answer was lost); nor has a
+// transaction whose BEGIN was never sent. A message that failed before its
+// BEGIN ran left no transaction open: PostgreSQL then only warns.
 func (t *pqTx) Rollback() error {
 	c := t.conn
-	committed := c.committed
+	committed, begun := c.committed, !c.begin
 	c.drop()
-	if committed {
+	if committed || !begun {
 		return nil
 	}
-	c.messages++
-	return t.Tx.Rollback()
+	return c.rollback()
 }
 
-// rollback ends a transaction whose commit message failed.
+// rollback ends a transaction on the server.
 func (c *pqConn) rollback() error {
 	c.messages++
 	_, err := c.forwardConn.ExecContext(context.Background(), "ROLLBACK", nil)

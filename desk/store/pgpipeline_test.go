@@ -113,7 +113,8 @@ func isUnique(err error) bool {
 
 // TestPostgresWritesHeldForTheCommitTravelWithIt: AtCommit writes cost no
 // round trip of their own: they go with COMMIT, or with the statement that
-// commits the transaction, in order.
+// commits the transaction, in order; nor does BEGIN, which goes with the
+// transaction's first statement.
 func TestPostgresWritesHeldForTheCommitTravelWithIt(t *testing.T) {
 	p := newPipeline(t)
 	ctx := context.Background()
@@ -128,19 +129,27 @@ func TestPostgresWritesHeldForTheCommitTravelWithIt(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.messages() - before; got != 3 {
-		t.Fatalf("BEGIN, a query and a commit with two held writes took %d messages, want 3", got)
+	if got := p.messages() - before; got != 2 {
+		t.Fatalf("BEGIN, a query and a commit with two held writes took %d messages, want 2", got)
 	}
 	var s string
 	if err := p.db.SQL.QueryRowContext(ctx, p.q("SELECT s FROM T WHERE v = $1"), 1).Scan(&s); err != nil || s != "b" {
 		t.Fatalf("committed s = %q, %v; want b (the writes ran in order)", s, err)
 	}
 
-	// Rollback drops them.
+	// Rollback drops them; a transaction that sent nothing sends nothing
+	// at its end.
+	before = p.messages()
 	tx = p.begin()
 	p.hold(tx, "INSERT INTO T VALUES ($1, $2)", 5, "held")
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
+	}
+	if err := p.begin().Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.messages() - before; got != 0 {
+		t.Fatalf("a transaction rolled back before sending and an empty one took %d messages, want 0", got)
 	}
 	if got := p.committed(); got != "1" {
 		t.Fatalf("after the rollback committed %q, want 1 (the held write dropped)", got)
@@ -157,8 +166,8 @@ func TestPostgresWritesHeldForTheCommitTravelWithIt(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.messages() - before; got != 2 {
-		t.Fatalf("BEGIN and an inline commit with a held write took %d messages, want 2", got)
+	if got := p.messages() - before; got != 1 {
+		t.Fatalf("BEGIN, a held write and an inline commit took %d messages, want 1", got)
 	}
 	if got := p.committed(); got != "1,6,7" {
 		t.Fatalf("committed %q, want 1,6,7", got)
@@ -217,6 +226,16 @@ func TestPostgresAHeldWriteFailsTheTransaction(t *testing.T) {
 	p.hold(tx, "UPDATE T SET nosuch = $1 WHERE v = $2", "x", 1)
 	if err := tx.Commit(); err == nil {
 		t.Fatal("a held write of a missing column committed")
+	}
+
+	// A first statement whose PREPARE fails, ahead of the BEGIN it
+	// carries: no transaction was opened, and Rollback says nothing.
+	tx = p.begin()
+	if err := tx.QueryRowContext(ctx, p.q("SELECT nosuch FROM T WHERE v = $1"), 1).Scan(&v); err == nil {
+		t.Fatal("a query of a missing column succeeded")
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatalf("Rollback after a first statement that failed: %v", err)
 	}
 
 	// The connection is the same and out of any transaction: an
