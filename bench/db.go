@@ -206,9 +206,41 @@ func (d *database) xactCommit(ctx context.Context) (int64, error) {
 	return n, err
 }
 
-// statsFlush is how long PostgreSQL 15 may keep a backend's counters before
-// flushing them to pg_stat_database (PGSTAT_IDLE_INTERVAL, 10 s, plus slack).
+// statsFlush is how long PostgreSQL 15 keeps an idle backend's counters
+// before flushing them to pg_stat_database (PGSTAT_IDLE_INTERVAL, 10 s, plus
+// slack). A backend whose flush met a locked entry keeps them for another
+// such interval, up to a minute (PGSTAT_MAX_INTERVAL): after a phase at
+// c=8, whole phases' commits were seen arriving 7 to 20 s late.
 const statsFlush = 11 * time.Second
+
+// settledCommits waits until the database's commit counter has stayed
+// still for quiet (it moves by the reads themselves and the idle server's
+// polls only, at most a few per second), and at most limit, and returns it.
+// The counter has no event to wait for: it is read every half second.
+func (d *database) settledCommits(ctx context.Context, quiet, limit time.Duration) (int64, error) {
+	const still = 10 // commits per read that count as still (own reads, idle polls)
+	last, err := d.xactCommit(ctx)
+	if err != nil {
+		return 0, err
+	}
+	since, deadline := time.Now(), time.Now().Add(limit)
+	for time.Since(since) < quiet && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+		n, err := d.xactCommit(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if n-last > still {
+			since = time.Now()
+		}
+		last = n
+	}
+	return last, nil
+}
 
 // freeConnections is how many more connections PostgreSQL accepts.
 func freeConnections(ctx context.Context, pgURL string) (int, error) {

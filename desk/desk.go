@@ -5,6 +5,7 @@ package desk
 
 import (
 	"context"
+	crand "crypto/rand"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -66,6 +67,9 @@ type Desk struct {
 	pg bool
 	// kick wakes the scheduler when a transaction committed a job that is due.
 	kick chan struct{}
+	// instance names this process in its events' notifications
+	// (EventsChannel).
+	instance string
 	// txs holds the state of the transactions in flight (*ent.Tx → *txState).
 	txs sync.Map
 	// writeMu queues this process's write transactions on SQLite.
@@ -125,6 +129,7 @@ func New(client *ent.Client, opts ...Option) *Desk {
 	for _, o := range opts {
 		o(d)
 	}
+	d.instance = crand.Text()[:12]
 	if d.cfg.SessionTTL <= 0 {
 		d.cfg.SessionTTL = 12 * time.Hour
 	}
@@ -139,6 +144,11 @@ func New(client *ent.Client, opts ...Option) *Desk {
 	}
 	return d
 }
+
+// Instance names this process in the notifications of the events it
+// commits (EventsChannel): its listener skips them, since the commit
+// reports its events to the live hub directly.
+func (d *Desk) Instance() string { return d.instance }
 
 // Client is the ent client, for reads that need no rule (lists, node lookups).
 func (d *Desk) Client() *ent.Client { return d.client }

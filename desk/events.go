@@ -190,8 +190,9 @@ func nonZero(v int) *int {
 }
 
 // EventsChannel is the PostgreSQL notification channel of committed events:
-// the transaction that appends events notifies it with the last id, which
-// PostgreSQL delivers to the other instances' listeners at commit.
+// the transaction that appends events notifies it with the last id and the
+// committing instance ("<id> <instance>", see Desk.Instance), which
+// PostgreSQL delivers to every listener at commit.
 const EventsChannel = "parley_events"
 
 // flushEventsPG takes the event lock, inserts the events, queues the
@@ -219,11 +220,11 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
       payload jsonb, audience jsonb, queue_ids jsonb)
   ORDER BY e.ord
   RETURNING %[11]s
-), n AS (SELECT pg_notify('%[12]s', (SELECT max(%[11]s) FROM ins)::text))
+), n AS (SELECT pg_notify('%[12]s', (SELECT max(%[11]s) FROM ins)::text || ' ' || $3))
 SELECT ins.%[11]s FROM ins, n`+store.InlineCommit, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
 		entevent.FieldQueueID, entevent.FieldPayload, entevent.FieldAudience, entevent.FieldQueueIds,
 		entevent.FieldCreatedAt, eventLock, entevent.FieldID, EventsChannel)
-	res, err := tx.QueryContext(ctx, query, string(body), now)
+	res, err := tx.QueryContext(ctx, query, string(body), now, d.instance)
 	if err != nil {
 		return nil, err
 	}
