@@ -213,6 +213,10 @@ func (d *database) xactCommit(ctx context.Context) (int64, error) {
 // c=8, whole phases' commits were seen arriving 7 to 20 s late.
 const statsFlush = 11 * time.Second
 
+// statsQuiet is how long the commit counter must stay still before a phase's
+// count is read: late flushes came after quiet spells of up to 12 s.
+const statsQuiet = 15 * time.Second
+
 // settledCommits waits until the database's commit counter has stayed
 // still for quiet (it moves by the reads themselves and the idle server's
 // polls only, at most a few per second), and at most limit, and returns it.

@@ -356,8 +356,8 @@ func (r *runner) ingest(ctx context.Context, e *env) error {
 		if o.quick {
 			return e.db.xactCommit(ctx)
 		}
-		logf("%s: waiting for PostgreSQL to flush its transaction counters (still for %s)", label, 2*statsFlush)
-		return e.db.settledCommits(ctx, 2*statsFlush, 75*time.Second)
+		logf("%s: waiting for PostgreSQL to flush its transaction counters (still for %s)", label, statsQuiet)
+		return e.db.settledCommits(ctx, statsQuiet, 60*time.Second)
 	}
 	var x0 int64
 	if countTx {
