@@ -86,10 +86,8 @@ func AtCommit(ctx context.Context) context.Context {
 
 type atCommitKey struct{}
 
-func atCommit(ctx context.Context) bool { v, _ := ctx.Value(atCommitKey{}).(bool); return v }
-
-// IsAtCommit reports whether ctx marks an AtCommit write (statement counts).
-func IsAtCommit(ctx context.Context) bool { return atCommit(ctx) }
+// IsAtCommit reports whether ctx marks an AtCommit write.
+func IsAtCommit(ctx context.Context) bool { v, _ := ctx.Value(atCommitKey{}).(bool); return v }
 
 // InlineCommit ends a statement that is the last of its transaction and
 // commits it in the same round trip: on connections opened by this package
@@ -144,7 +142,7 @@ func (c *pqConn) QueryContext(ctx context.Context, query string, args []driver.N
 }
 
 func (c *pqConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	if c.inTx && atCommit(ctx) {
+	if c.inTx && IsAtCommit(ctx) {
 		if !deferrable(query) {
 			return nil, fmt.Errorf("store: AtCommit takes writes without RETURNING only, not %.40q", query)
 		}
