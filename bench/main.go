@@ -59,6 +59,7 @@ type options struct {
 	seedOnly      bool
 	serverBin     string
 	profileDir    string
+	panelRate     float64
 }
 
 func (o options) has(s string) bool { return slices.Contains(o.scenarios, s) }
@@ -79,11 +80,13 @@ func parseOptions(args []string) (options, error) {
 	seedOnly := fs.Bool("seed", false, "only the growth scenario's seed step: write the data set into a fresh database and keep it")
 	serverBin := fs.String("server-bin", "", "a prebuilt server binary (default: go build ./server)")
 	profileDir := fs.String("profile-dir", "", "sample PostgreSQL waits and record `perf` of the server during ingest at c=8 into this directory")
+	panelRate := fs.Float64("panel-rate", 0, "messages/s of the webhook → panel scenario's c=8 phase (default: half the measured ingest capacity)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
 	o := options{quick: *quick, duration: *duration, pgURL: *pgURL, seedMessages: *seedMessages, seedOpenChats: *seedOpen,
-		operators: *operators, keep: *keep, serverBin: *serverBin, profileDir: *profileDir, seedOnly: *seedOnly}
+		operators: *operators, keep: *keep, serverBin: *serverBin, profileDir: *profileDir, seedOnly: *seedOnly,
+		panelRate: *panelRate}
 	switch *db {
 	case "both":
 		o.dbs = []string{dbPostgres, dbSQLite}
