@@ -85,6 +85,15 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 	case len(in.Text) > 65536:
 		return nil, invalid("text", "the text is longer than 65536 bytes")
 	}
+	// PostgreSQL stores no U+0000 in text; refused on SQLite alike. (Provider
+	// webhooks strip it instead: withoutNUL.)
+	for _, f := range []struct{ field, value string }{{"externalId", in.Identity.ExternalID}, {"name", in.Identity.Name},
+		{"username", in.Identity.Username}, {"phone", in.Identity.Phone}, {"providerMessageId", in.ProviderMessageID},
+		{"text", in.Text}} {
+		if strings.ContainsRune(f.value, 0) {
+			return nil, invalid(f.field, "the %s contains a NUL character (U+0000)", f.field)
+		}
+	}
 	if in.Kind == "" {
 		in.Kind = enum.KindText
 	}

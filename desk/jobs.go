@@ -77,7 +77,8 @@ func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
 		}
 	} else {
 		// A job without a dedupe key is read by the scheduler only, after
-		// commit: it is written with the commit.
+		// commit: it is written with the commit, by a plain INSERT that sets
+		// what ent's create would (the schema's defaults included).
 		body, err := json.Marshal(payload)
 		if err != nil {
 			return fmt.Errorf("enqueue %s: %w", j.kind, err)
@@ -88,7 +89,7 @@ func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
 		}
 		if err := d.atCommit(ctx, tx, d.sql().Insert(job.Table).Columns(job.FieldKind, job.FieldPayload, job.FieldDueAt,
 			job.FieldStatus, job.FieldAttempts, job.FieldCreatedAt, job.FieldChatID).
-			Values(j.kind, json.RawMessage(body), j.due, string(enum.JobPending), 0, d.Now(), chatID)); err != nil {
+			Values(j.kind, json.RawMessage(body), j.due, string(job.DefaultStatus), job.DefaultAttempts, d.Now(), chatID)); err != nil {
 			return fmt.Errorf("enqueue %s: %w", j.kind, err)
 		}
 	}

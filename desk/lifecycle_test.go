@@ -2,6 +2,7 @@ package desk_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -666,4 +667,35 @@ func TestR9_AReleaseReachesWaitingChatsPastOneBatch(t *testing.T) {
 		t.Fatalf("B was offered %d of the %d waiting chats", offered, n)
 	}
 	atRest(t, w, w.Invariants(), "after the releases")
+}
+
+// TestR1_AMessageWithANULCharacterIsRefused: U+0000 in any field of an
+// inbound message is refused as invalid, naming the field, and stores
+// nothing, on both databases (PostgreSQL cannot store it in text).
+func TestR1_AMessageWithANULCharacterIsRefused(t *testing.T) {
+	w := desktest.New(t)
+	op := w.Operator(active)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{op})
+	ch := w.Channel(q, enum.ProviderAPI)
+	for _, c := range []struct {
+		field string
+		in    desk.Inbound
+	}{
+		{"externalId", desk.Inbound{Identity: desk.InboundIdentity{ExternalID: "c\x001"}, Text: "hi"}},
+		{"name", desk.Inbound{Identity: desk.InboundIdentity{ExternalID: "c1", Name: "a\x00b"}, Text: "hi"}},
+		{"username", desk.Inbound{Identity: desk.InboundIdentity{ExternalID: "c1", Username: "u\x00"}, Text: "hi"}},
+		{"phone", desk.Inbound{Identity: desk.InboundIdentity{ExternalID: "c1", Phone: "\x00"}, Text: "hi"}},
+		{"providerMessageId", desk.Inbound{Identity: desk.InboundIdentity{ExternalID: "c1"}, ProviderMessageID: "m\x00", Text: "hi"}},
+		{"text", desk.Inbound{Identity: desk.InboundIdentity{ExternalID: "c1"}, Text: "h\x00i"}},
+	} {
+		c.in.ChannelID = ch.ID
+		_, err := w.Desk.Ingest(context.Background(), c.in)
+		var de *desk.Error
+		if !errors.As(err, &de) || de.Code != desk.CodeValidation || de.Field != c.field {
+			t.Errorf("%s with a NUL: %v, want a validation error on %s", c.field, err, c.field)
+		}
+	}
+	if n := w.Client().Contact.Query().CountX(context.Background()); n != 0 {
+		t.Fatalf("%d contacts stored, want none", n)
+	}
 }
