@@ -291,7 +291,7 @@ func (d *database) sampleWaits(ctx context.Context, every time.Duration) *waitSa
 			}
 			rows, err := db.QueryContext(ctx, `SELECT state, coalesce(wait_event_type, ''), coalesce(wait_event, ''), left(query, 60)
 				FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-				AND backend_type = 'client backend' AND coalesce(application_name, '') <> 'parley-listener'`)
+				AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'parley-listener%'`)
 			if err != nil {
 				continue
 			}

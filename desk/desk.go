@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"entgo.io/ent/dialect"
@@ -70,6 +71,9 @@ type Desk struct {
 	// instance names this process in its events' notifications
 	// (EventsChannel).
 	instance string
+	// quiet: no other instance listens for this one's events (SetPeers), so
+	// its commits send no notification.
+	quiet atomic.Bool
 	// txs holds the state of the transactions in flight (*ent.Tx → *txState).
 	txs sync.Map
 	// writeMu queues this process's write transactions on SQLite.
@@ -149,6 +153,14 @@ func New(client *ent.Client, opts ...Option) *Desk {
 // commits (EventsChannel): its listener skips them, since the commit
 // reports its events to the live hub directly.
 func (d *Desk) Instance() string { return d.instance }
+
+// SetPeers tells whether other instances may be listening for this one's
+// events (the live listener watches them). Until told otherwise a commit
+// that appends events notifies EventsChannel; while no other instance
+// listens it does not: the notification would wake only this instance's
+// own listener, which skips it, and cost PostgreSQL a transaction on the
+// listening connection and a database-wide lock at every commit.
+func (d *Desk) SetPeers(present bool) { d.quiet.Store(!present) }
 
 // Client is the ent client, for reads that need no rule (lists, node lookups).
 func (d *Desk) Client() *ent.Client { return d.client }

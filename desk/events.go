@@ -192,27 +192,21 @@ func nonZero(v int) *int {
 // EventsChannel is the PostgreSQL notification channel of committed events:
 // the transaction that appends events notifies it with the last id and the
 // committing instance ("<id> <instance>", see Desk.Instance), which
-// PostgreSQL delivers to every listener at commit.
+// PostgreSQL delivers to every listener at commit. It is silent while no
+// other instance listens (Desk.SetPeers).
 const EventsChannel = "parley_events"
 
-// flushEventsPG takes the event lock, inserts the events, queues the
-// notification and commits, in one round trip: the sort reads the lock's
-// subquery before it emits the first row, so every id is drawn under the
-// lock, in the events' order, and the lock is held until the commit is
-// durable. The statement ends the transaction (store.InlineCommit), so the
-// lock is held for the server's work only, never while the server waits for
-// this process, which on a busy machine was most of the time every other
-// transaction spent waiting for it. It travels in the simple query
-// protocol, as EXECUTE of a statement the connection prepared once (parsing
-// and planning it for every commit was a fifth of PostgreSQL's CPU), with
-// the writes held for the commit ahead of it. When the insert or the commit
-// fails, the transaction is rolled back as any failed one.
-func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
-	body, err := json.Marshal(rows)
-	if err != nil {
-		return nil, err
+// eventsInsert appends the events of a transaction ($1, a JSON array of
+// eventRow; $2 their time) and returns their ids; eventsInsertNotify also
+// notifies EventsChannel of the last one ($3 the instance).
+var eventsInsert, eventsInsertNotify = eventsStatement(false), eventsStatement(true)
+
+func eventsStatement(notify bool) string {
+	n := `, n AS (SELECT 1)`
+	if notify {
+		n = fmt.Sprintf(`, n AS (SELECT pg_notify('%s', (SELECT max(%s) FROM ins)::text || ' ' || $3))`, EventsChannel, entevent.FieldID)
 	}
-	query := fmt.Sprintf(`WITH ins AS (
+	return fmt.Sprintf(`WITH ins AS (
   INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)
   SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload, e.audience, e.queue_ids, $2::timestamptz
   FROM (SELECT %[10]s) AS l,
@@ -220,11 +214,35 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
       payload jsonb, audience jsonb, queue_ids jsonb)
   ORDER BY e.ord
   RETURNING %[11]s
-), n AS (SELECT pg_notify('%[12]s', (SELECT max(%[11]s) FROM ins)::text || ' ' || $3))
+)%[12]s
 SELECT ins.%[11]s FROM ins, n`+store.InlineCommit, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
 		entevent.FieldQueueID, entevent.FieldPayload, entevent.FieldAudience, entevent.FieldQueueIds,
-		entevent.FieldCreatedAt, eventLock, entevent.FieldID, EventsChannel)
-	res, err := tx.QueryContext(ctx, query, string(body), now, d.instance)
+		entevent.FieldCreatedAt, eventLock, entevent.FieldID, n)
+}
+
+// flushEventsPG takes the event lock, inserts the events, queues the
+// notification (unless no other instance listens) and commits, in one round
+// trip: the sort reads the lock's subquery before it emits the first row,
+// so every id is drawn under the lock, in the events' order, and the lock
+// is held until the commit is durable. The statement ends the transaction
+// (store.InlineCommit), so the lock is held for the server's work only,
+// never while the server waits for this process, which on a busy machine
+// was most of the time every other transaction spent waiting for it. It
+// travels in the simple query protocol, as EXECUTE of a statement the
+// connection prepared once (parsing and planning it for every commit was a
+// fifth of PostgreSQL's CPU), with the writes held for the commit ahead of
+// it. When the insert or the commit fails, the transaction is rolled back as
+// any failed one.
+func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
+	body, err := json.Marshal(rows)
+	if err != nil {
+		return nil, err
+	}
+	query, args := eventsInsertNotify, []any{string(body), now, d.instance}
+	if d.quiet.Load() {
+		query, args = eventsInsert, args[:2]
+	}
+	res, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}

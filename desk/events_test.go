@@ -2,11 +2,15 @@ package desk_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/lib/pq"
+
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
@@ -79,5 +83,42 @@ func TestEvents_PrunedAfterTheRetentionWindow(t *testing.T) {
 	w.Clock.Advance(time.Hour)
 	if w.RunJobs() != 1 {
 		t.Fatal("the pruning job did not run again an hour later")
+	}
+}
+
+// TestEvents_NoNotificationWhileNoOtherInstanceListens: a commit notifies
+// EventsChannel with its last id and instance, except while the desk is told
+// that no other instance listens. Notifications arrive in commit order, so
+// the first one received being the second commit's shows that the first
+// commit sent none.
+func TestEvents_NoNotificationWhileNoOtherInstanceListens(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): notifications are PostgreSQL's")
+	}
+	w := desktest.New(t)
+	q := w.Queue(enum.RuleToAll, nil)
+	ch := w.Channel(q, enum.ProviderAPI)
+	l := pq.NewListener(w.DB.URL, 10*time.Millisecond, time.Second, nil)
+	t.Cleanup(func() { l.Close() })
+	w.Must(l.Listen(desk.EventsChannel))
+
+	w.Desk.SetPeers(false)
+	w.Inbound(ch, "quiet", "hi")
+	quiet, err := w.Desk.LastEventID(context.Background())
+	w.Must(err)
+	w.Desk.SetPeers(true)
+	w.Inbound(ch, "heard", "hi")
+	heard, err := w.Desk.LastEventID(context.Background())
+	w.Must(err)
+	if heard <= quiet {
+		t.Fatalf("the second commit appended no event (last id %d, then %d)", quiet, heard)
+	}
+	select {
+	case n := <-l.Notify:
+		if want := fmt.Sprintf("%d %s", heard, w.Desk.Instance()); n == nil || n.Extra != want {
+			t.Fatalf("first notification %+v, want %q (the second commit's)", n, want)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the commit made while other instances listen sent no notification")
 	}
 }

@@ -451,8 +451,8 @@ func listenerBackend(t *testing.T, db *sql.DB, in *instance, terminated ...int) 
 		ports := localPorts(t, in.cmd.Process.Pid)
 		var pids []int
 		rows, err := db.Query(`SELECT pid FROM pg_stat_activity
-		  WHERE application_name = $1 AND client_port = ANY($2) AND NOT pid = ANY($3)`,
-			live.ListenerName, pq.Array(ports), pq.Array(exclude))
+		  WHERE starts_with(application_name, $1) AND client_port = ANY($2) AND NOT pid = ANY($3)`,
+			live.ListenerName+" ", pq.Array(ports), pq.Array(exclude))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -110,7 +110,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		return nil, fmt.Errorf("live events: %w", err)
 	}
 	if db.Postgres() {
-		if err := live.Listen(liveCtx, db.URL, hub, a.Desk.Instance(), log); err != nil {
+		if err := live.Listen(liveCtx, db.URL, db.SQL, hub, a.Desk, log); err != nil {
 			a.Close()
 			return nil, fmt.Errorf("listen for events: %w", err)
 		}
