@@ -214,7 +214,8 @@ func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel,
 func (d *Desk) applyMessage(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) error {
 	in := Inbound{ChannelID: ch.ID, ProviderMessageID: u.MessageID, Kind: enum.MessageKind(u.MessageKind),
 		Text: u.Text, Content: u.Content,
-		Identity: InboundIdentity{ExternalID: u.Sender.ExternalID, Name: u.Sender.Name, Username: u.Sender.Username, Phone: u.Sender.Phone}}
+		Identity: InboundIdentity{ExternalID: u.Sender.ExternalID, Name: u.Sender.Name, Username: u.Sender.Username, Phone: u.Sender.Phone},
+		lean:     true}
 	if message.KindValidator(in.Kind) != nil {
 		in.Content = map[string]any{"providerKind": u.MessageKind}
 		in.Kind = enum.KindUnsupported

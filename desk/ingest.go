@@ -2,15 +2,19 @@ package desk
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 
+	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
 
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/message"
+	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
 
@@ -30,6 +34,10 @@ type Inbound struct {
 	// Attachments are files to copy into storage (jobs, off the
 	// acknowledgement path).
 	Attachments []InboundAttachment
+	// lean: the caller needs the message's id, not its entity
+	// (IngestResult.Message is then nil when its insert was held for the
+	// commit, see ingest).
+	lean bool
 }
 
 // InboundAttachment is a file of an inbound message, by provider reference.
@@ -53,6 +61,8 @@ type InboundIdentity struct {
 type IngestResult struct {
 	Chat    *ent.Chat
 	Message *ent.Message
+	// MessageID is the message's id.
+	MessageID int
 	// NewChat is set when the message opened a chat (R1).
 	NewChat bool
 	// Duplicate is set when the message had been received before (R3):
@@ -113,6 +123,64 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 	return res, nil
 }
 
+// nextMessageColumn is the id lockedWithMessageID draws for the message.
+const nextMessageColumn = "parley_next_message_id"
+
+// lockedWithMessageID makes a chat query (PostgreSQL) lock the chats
+// matching ps FOR NO KEY UPDATE and draw, for each, the id of the message
+// about to be added (nextMessageID): the id is drawn once the lock is held
+// (the locking query is a subquery; a function of the select list would run
+// before the lock is granted), so that the messages of a chat keep the
+// order of their transactions, as ids drawn by their inserts would.
+func lockedWithMessageID(ps []predicate.Chat) func(*entsql.Selector) {
+	return func(s *entsql.Selector) {
+		inner := entsql.Dialect(dialect.Postgres).Select("*").From(entsql.Table(chat.Table))
+		for _, p := range ps {
+			p(inner)
+		}
+		inner.For(entsql.LockNoKeyUpdate)
+		s.From(inner.As(chat.Table))
+		s.AppendSelectExprAs(entsql.Expr(fmt.Sprintf("nextval(pg_get_serial_sequence('%s', '%s'))",
+			message.Table, message.FieldID)), nextMessageColumn)
+	}
+}
+
+// nextMessageID is the message id a chat read by lockedWithMessageID drew.
+func nextMessageID(c *ent.Chat) (int, error) {
+	v, err := c.Value(nextMessageColumn)
+	if err != nil {
+		return 0, err
+	}
+	if u, ok := v.(*entsql.UnknownType); ok && u != nil {
+		v = *u
+	}
+	if id, ok := v.(int64); ok && id > 0 {
+		return int(id), nil
+	}
+	return 0, fmt.Errorf("ingest: drawn message id %v (%T)", v, v)
+}
+
+// insertMessageAtCommit writes an inbound message whose id was drawn
+// (nextMessageID) with the commit: the columns ent's create sets on the
+// other path (its defaults and checks hold: kind and text are always given,
+// the lengths were checked by Ingest).
+func (d *Desk) insertMessageAtCommit(ctx context.Context, tx *ent.Tx, id, chatID, channelID int, in Inbound, now time.Time) error {
+	cols := []string{message.FieldID, message.FieldDirection, message.FieldAuthorKind, message.FieldKind, message.FieldText,
+		message.FieldChannelID, message.FieldCreatedAt, message.FieldChatID}
+	vals := []any{id, string(enum.Inbound), string(enum.AuthorCustomer), string(in.Kind), in.Text, channelID, now, chatID}
+	if in.ProviderMessageID != "" {
+		cols, vals = append(cols, message.FieldProviderMessageID), append(vals, in.ProviderMessageID)
+	}
+	if in.Content != nil {
+		content, err := json.Marshal(in.Content)
+		if err != nil {
+			return err
+		}
+		cols, vals = append(cols, message.FieldContent), append(vals, string(content))
+	}
+	return d.atCommit(ctx, tx, d.sql().Insert(message.Table).Columns(cols...).Values(vals...))
+}
+
 func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResult, error) {
 	now := d.Now()
 	ch, err := d.channel(ctx, tx, in.ChannelID)
@@ -143,10 +211,16 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	if err := d.refreshIdentity(ctx, tx, ch.Provider, in.Identity); err != nil {
 		return nil, err
 	}
-	openQ := tx.Chat.Query().Where(chatOfIdentity(contactidentity.ProviderEQ(ch.Provider),
-		contactidentity.ExternalID(in.Identity.ExternalID)), chat.ChannelID(ch.ID), chatOpen())
-	if d.pg {
-		openQ.Modify(lockRows())
+	openQ := tx.Chat.Query()
+	openP := []predicate.Chat{chatOfIdentity(contactidentity.ProviderEQ(ch.Provider),
+		contactidentity.ExternalID(in.Identity.ExternalID)), chat.ChannelID(ch.ID), chatOpen()}
+	switch draw := d.pg && in.lean && len(in.Attachments) == 0; {
+	case draw:
+		openQ.Modify(lockedWithMessageID(openP))
+	case d.pg:
+		openQ.Where(openP...).Modify(lockRows())
+	default:
+		openQ.Where(openP...)
 	}
 	res := &IngestResult{}
 	var contactID int
@@ -154,6 +228,11 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	switch {
 	case err == nil:
 		contactID = open.ContactID
+		if d.pg && in.lean && len(in.Attachments) == 0 {
+			if res.MessageID, err = nextMessageID(open); err != nil {
+				return nil, err
+			}
+		}
 	case ent.IsNotFound(err):
 		open = nil
 		if contactID, res.IdentityID, res.NewContact, err = d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity); err != nil {
@@ -192,20 +271,29 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		}
 		res.Chat = open
 	}
-	create := tx.Message.Create().SetChatID(res.Chat.ID).SetChannelID(ch.ID).
-		SetDirection(enum.Inbound).SetAuthorKind(enum.AuthorCustomer).SetKind(in.Kind).
-		SetText(in.Text).SetCreatedAt(now)
-	if in.ProviderMessageID != "" {
-		create.SetProviderMessageID(in.ProviderMessageID)
-	}
-	if in.Content != nil {
-		create.SetContent(in.Content)
-	}
-	if res.Message, err = create.Save(ctx); err != nil {
-		return nil, err
+	if res.MessageID != 0 {
+		// Nothing in the transaction reads the message back (attachments
+		// would refer to it): its insert travels with the commit.
+		if err := d.insertMessageAtCommit(ctx, tx, res.MessageID, res.Chat.ID, ch.ID, in, now); err != nil {
+			return nil, err
+		}
+	} else {
+		create := tx.Message.Create().SetChatID(res.Chat.ID).SetChannelID(ch.ID).
+			SetDirection(enum.Inbound).SetAuthorKind(enum.AuthorCustomer).SetKind(in.Kind).
+			SetText(in.Text).SetCreatedAt(now)
+		if in.ProviderMessageID != "" {
+			create.SetProviderMessageID(in.ProviderMessageID)
+		}
+		if in.Content != nil {
+			create.SetContent(in.Content)
+		}
+		if res.Message, err = create.Save(ctx); err != nil {
+			return nil, err
+		}
+		res.MessageID = res.Message.ID
 	}
 	for _, a := range in.Attachments {
-		ac := tx.Attachment.Create().SetMessageID(res.Message.ID).SetKind(a.Kind).SetStatus(enum.AttachmentPending).
+		ac := tx.Attachment.Create().SetMessageID(res.MessageID).SetKind(a.Kind).SetStatus(enum.AttachmentPending).
 			SetProviderFileID(a.Ref).SetFileName(clip(a.FileName, 500)).SetMimeType(clip(a.MimeType, 200)).SetCreatedAt(now)
 		if a.Size > 0 {
 			ac.SetSize(int(a.Size))
@@ -230,7 +318,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		}
 	}
 	if err := d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: res.Chat.ID, QueueID: res.Chat.QueueID,
-		Audience: audience, Payload: map[string]any{"messageId": res.Message.ID}}); err != nil {
+		Audience: audience, Payload: map[string]any{"messageId": res.MessageID}}); err != nil {
 		return nil, err
 	}
 	switch {
