@@ -3,6 +3,7 @@ package desk
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
+	entcontact "github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/message"
 	"github.com/parleydesk/parley/ent/predicate"
@@ -224,6 +226,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	}
 	res := &IngestResult{}
 	var contactID int
+	var busy bool
 	open, err := openQ.Only(ctx)
 	switch {
 	case err == nil:
@@ -235,17 +238,13 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		}
 	case ent.IsNotFound(err):
 		open = nil
-		if contactID, res.IdentityID, res.NewContact, err = d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity); err != nil {
+		if contactID, res.IdentityID, res.NewContact, busy, err = d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity, ch.QueueID); err != nil {
 			return nil, err
 		}
 	default:
 		return nil, err
 	}
 	if open == nil {
-		busy, err := d.routingBusy(ctx, tx, ch.QueueID)
-		if err != nil {
-			return nil, err
-		}
 		create := tx.Chat.Create().SetStatus(enum.ChatWaiting).SetChannelID(ch.ID).SetContactID(contactID).
 			SetQueueID(ch.QueueID).SetCreatedAt(now).SetLastMessageAt(now).SetLastInboundAt(now).SetRoutePending(busy)
 		if windowed(ch.Provider) {
@@ -367,16 +366,35 @@ func (d *Desk) refreshIdentity(ctx context.Context, tx *ent.Tx, p enum.Provider,
 }
 
 // findOrCreateContact returns the contact of an identity, creating both on
-// the first message (R2).
-func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity) (contactID, identityID int, created bool, err error) {
-	ident, err := tx.ContactIdentity.Query().
-		Where(contactidentity.ProviderEQ(p), contactidentity.ExternalID(id.ExternalID)).
-		Only(ctx)
-	if err == nil {
-		return ident.ContactID, ident.ID, false, nil
+// the first message (R2), and whether the queue of the chat about to be
+// opened is busy routing another new chat (routingMark, PostgreSQL).
+func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int) (contactID, identityID int, created, busy bool, err error) {
+	q := tx.ContactIdentity.Query().Where(contactidentity.ProviderEQ(p), contactidentity.ExternalID(id.ExternalID))
+	if d.pg {
+		q.Modify(func(s *entsql.Selector) { s.AppendSelectExprAs(routingMark(queueID), routingMarkColumn) })
 	}
-	if !ent.IsNotFound(err) {
-		return 0, 0, false, err
+	ident, err := q.Only(ctx)
+	switch {
+	case err == nil && d.pg:
+		v, err := ident.Value(routingMarkColumn)
+		if err != nil {
+			return 0, 0, false, false, err
+		}
+		if u, ok := v.(*entsql.UnknownType); ok && u != nil {
+			v = *u
+		}
+		got, ok := v.(bool)
+		if !ok {
+			return 0, 0, false, false, fmt.Errorf("ingest: routing mark %v (%T)", v, v)
+		}
+		return ident.ContactID, ident.ID, false, !got, nil
+	case err == nil:
+		return ident.ContactID, ident.ID, false, false, nil
+	case !ent.IsNotFound(err):
+		return 0, 0, false, false, err
+	case d.pg:
+		contactID, identityID, busy, err = d.createContactPG(ctx, tx, p, id, queueID)
+		return contactID, identityID, err == nil, busy, err
 	}
 	now := d.Now()
 	create := tx.Contact.Create().SetName(clip(id.Name, 300)).SetCreatedAt(now).SetUpdatedAt(now)
@@ -388,14 +406,79 @@ func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provi
 	}
 	c, err := create.Save(ctx)
 	if err != nil {
-		return 0, 0, false, err
+		return 0, 0, false, false, err
 	}
 	ident, err = tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(p).SetExternalID(id.ExternalID).
 		SetDisplayName(clip(id.Name, 300)).SetUsername(clip(id.Username, 100)).SetPhone(clip(id.Phone, 50)).Save(ctx)
 	if err != nil {
+		return 0, 0, false, false, err
+	}
+	return c.ID, ident.ID, true, false, nil
+}
+
+// routingMarkColumn names the result of routingMark in a query.
+const routingMarkColumn = "parley_routing_mark"
+
+// routingMark tells whether another transaction is routing a new chat of
+// the queue at this instant, without waiting (false: busy); when none is,
+// this transaction takes the mark until it ends. A busy queue's new chats
+// are routed by a release of the queue right after commit (release.go)
+// rather than queueing on the members' row locks, where each would wait
+// for the previous one to commit: under a burst one release routes them
+// together, under one lock. It is queueLock's try-lock as an expression
+// (with the builder's placeholders), evaluated by the statement that finds
+// or creates the new chat's contact (PostgreSQL; SQLite has one writer at a
+// time: never busy).
+func routingMark(queueID int) entsql.Querier {
+	return entsql.ExprFunc(func(b *entsql.Builder) {
+		b.WriteString("pg_try_advisory_xact_lock(hashtext(").Arg(routingLockClass).
+			WriteString(" || ':' || current_schema()), ").Arg(int32(uint32(queueID))).WriteString(")")
+	})
+}
+
+// createContactPG creates a contact and its identity, as the ent creates of
+// the SQLite path do, and takes the queue's routing mark (routingMark), in
+// one statement. A concurrent first message of the same identity fails it
+// on the identity's unique index; the use case then runs again and finds
+// the identity.
+func (d *Desk) createContactPG(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int) (contactID, identityID int, busy bool, err error) {
+	optional := func(s string, n int) any {
+		if s = clip(s, n); s != "" {
+			return s
+		}
+		return nil
+	}
+	query := fmt.Sprintf(`WITH c AS (
+  INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s) VALUES ($1, $2, $3, $4, $4) RETURNING %[7]s
+)
+INSERT INTO %[8]s (%[9]s, %[10]s, %[11]s, %[12]s, %[13]s, %[14]s, %[15]s, %[16]s, %[17]s)
+SELECT c.%[7]s, $5, $6, $7, $8, $9, false, $4, $4 FROM c
+RETURNING %[9]s, %[18]s, `+queueLock("pg_try_advisory_xact_lock", "$10", "$11"),
+		entcontact.Table, entcontact.FieldName, entcontact.FieldPhone, entcontact.FieldUsername, entcontact.FieldCreatedAt,
+		entcontact.FieldUpdatedAt, entcontact.FieldID,
+		contactidentity.Table, contactidentity.FieldContactID, contactidentity.FieldProvider, contactidentity.FieldExternalID,
+		contactidentity.FieldDisplayName, contactidentity.FieldUsername, contactidentity.FieldPhone,
+		contactidentity.FieldUnreachable, contactidentity.FieldCreatedAt, contactidentity.FieldUpdatedAt, contactidentity.FieldID)
+	now := d.Now()
+	args := []any{clip(id.Name, 300), optional(id.Phone, 50), optional(id.Username, 100), now,
+		string(p), id.ExternalID, clip(id.Name, 300), clip(id.Username, 100), clip(id.Phone, 50),
+		routingLockClass, int32(uint32(queueID))}
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
 		return 0, 0, false, err
 	}
-	return c.ID, ident.ID, true, nil
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return 0, 0, false, err
+		}
+		return 0, 0, false, errors.New("ingest: the contact's insert returned no row")
+	}
+	var got bool
+	if err := rows.Scan(&contactID, &identityID, &got); err != nil {
+		return 0, 0, false, err
+	}
+	return contactID, identityID, !got, rows.Close()
 }
 
 // clip shortens s to at most n bytes on a rune boundary.

@@ -12,7 +12,7 @@ import (
 
 // Releases of new chats left pending (PostgreSQL). A new chat that finds
 // its queue busy is stored route_pending and committed unrouted
-// (routingBusy); right after the commit, this process's release worker
+// (routingMark); right after the commit, this process's release worker
 // routes it, with any others of the queue that arrived meanwhile, in one
 // transaction (releaseQueue). The ingest writes nothing else: no job row,
 // which concurrent ingests would queue on. The pending chat is the durable

@@ -660,22 +660,12 @@ const routingLockClass = "parley.route"
 
 // queueLockSQL calls an advisory lock function ($fn) on a queue's lock of a
 // class ($1) for queue $2.
-const queueLockSQL = "SELECT %s(hashtext($1 || ':' || current_schema()), $2)"
+var queueLockSQL = "SELECT " + queueLock("%s", "$1", "$2")
 
-// routingBusy tells whether another transaction is routing a new chat of
-// the queue at this instant, without waiting; when none is, this
-// transaction takes the mark until it ends. A busy queue's new chats are
-// routed by a release of the queue right after commit (release.go) rather
-// than queueing on the members' row locks, where each would wait for the
-// previous one to commit: under a burst one release routes them together,
-// under one lock. SQLite has one writer at a
-// time: never busy.
-func (d *Desk) routingBusy(ctx context.Context, tx *ent.Tx, queueID int) (bool, error) {
-	if !d.pg {
-		return false, nil
-	}
-	got, err := d.advisory(ctx, tx, "pg_try_advisory_xact_lock", routingLockClass, queueID)
-	return !got, err
+// queueLock is a call of an advisory lock function on a queue's lock of a
+// class, given the placeholders of the class and the queue id.
+func queueLock(fn, class, queue string) string {
+	return fn + "(hashtext(" + class + " || ':' || current_schema()), " + queue + ")"
 }
 
 // advisory calls a transaction-scoped advisory lock function on a queue's
