@@ -125,12 +125,15 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 	return res, nil
 }
 
-// nextMessageColumn is the id lockedWithMessageID draws for the message.
+// nextMessageID draws a message id (PostgreSQL), selected as
+// nextMessageColumn.
+var nextMessageID = fmt.Sprintf("nextval(pg_get_serial_sequence('%s', '%s'))", message.Table, message.FieldID)
+
 const nextMessageColumn = "parley_next_message_id"
 
 // lockedWithMessageID makes a chat query (PostgreSQL) lock the chats
 // matching ps FOR NO KEY UPDATE and draw, for each, the id of the message
-// about to be added (nextMessageID): the id is drawn once the lock is held
+// about to be added (nextMessageColumn): the id is drawn once the lock is held
 // (the locking query is a subquery; a function of the select list would run
 // before the lock is granted), so that the messages of a chat keep the
 // order of their transactions, as ids drawn by their inserts would.
@@ -142,24 +145,26 @@ func lockedWithMessageID(ps []predicate.Chat) func(*entsql.Selector) {
 		}
 		inner.For(entsql.LockNoKeyUpdate)
 		s.From(inner.As(chat.Table))
-		s.AppendSelectExprAs(entsql.Expr(fmt.Sprintf("nextval(pg_get_serial_sequence('%s', '%s'))",
-			message.Table, message.FieldID)), nextMessageColumn)
+		s.AppendSelectExprAs(entsql.Expr(nextMessageID), nextMessageColumn)
 	}
 }
 
-// nextMessageID is the message id a chat read by lockedWithMessageID drew.
-func nextMessageID(c *ent.Chat) (int, error) {
-	v, err := c.Value(nextMessageColumn)
+// selected reads a value a query selected beside an entity's fields
+// (value is the entity's Value method).
+func selected[T any](value func(string) (ent.Value, error), column string) (T, error) {
+	var zero T
+	v, err := value(column)
 	if err != nil {
-		return 0, err
+		return zero, err
 	}
 	if u, ok := v.(*entsql.UnknownType); ok && u != nil {
 		v = *u
 	}
-	if id, ok := v.(int64); ok && id > 0 {
-		return int(id), nil
+	t, ok := v.(T)
+	if !ok {
+		return zero, fmt.Errorf("ingest: %s is %v (%T)", column, v, v)
 	}
-	return 0, fmt.Errorf("ingest: drawn message id %v (%T)", v, v)
+	return t, nil
 }
 
 // insertMessageAtCommit writes an inbound message whose id was drawn
@@ -216,7 +221,11 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	openQ := tx.Chat.Query()
 	openP := []predicate.Chat{chatOfIdentity(contactidentity.ProviderEQ(ch.Provider),
 		contactidentity.ExternalID(in.Identity.ExternalID)), chat.ChannelID(ch.ID), chatOpen()}
-	switch draw := d.pg && in.lean && len(in.Attachments) == 0; {
+	// draw: the message's insert can be held for the commit (no attachment
+	// refers to it, the caller needs its id only); its id is drawn by the
+	// statement that finds the chat or the contact.
+	draw := d.pg && in.lean && len(in.Attachments) == 0
+	switch {
 	case draw:
 		openQ.Modify(lockedWithMessageID(openP))
 	case d.pg:
@@ -231,16 +240,20 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	switch {
 	case err == nil:
 		contactID = open.ContactID
-		if d.pg && in.lean && len(in.Attachments) == 0 {
-			if res.MessageID, err = nextMessageID(open); err != nil {
+		if draw {
+			id, err := selected[int64](open.Value, nextMessageColumn)
+			if err != nil {
 				return nil, err
 			}
+			res.MessageID = int(id)
 		}
 	case ent.IsNotFound(err):
 		open = nil
-		if contactID, res.IdentityID, res.NewContact, busy, err = d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity, ch.QueueID); err != nil {
+		var c contactOf
+		if c, err = d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity, ch.QueueID, draw); err != nil {
 			return nil, err
 		}
+		contactID, res.IdentityID, res.NewContact, busy, res.MessageID = c.contactID, c.identityID, c.created, c.busy, c.messageID
 	default:
 		return nil, err
 	}
@@ -365,36 +378,53 @@ func (d *Desk) refreshIdentity(ctx context.Context, tx *ent.Tx, p enum.Provider,
 		entsql.EQ(contactidentity.FieldExternalID, id.ExternalID), entsql.Or(changed...))))
 }
 
+// contactOf is what findOrCreateContact found or created.
+type contactOf struct {
+	contactID, identityID int
+	created               bool
+	// busy: the queue of the chat about to be opened is busy routing
+	// another new chat (routingMark, PostgreSQL).
+	busy bool
+	// messageID is the id drawn for the message (PostgreSQL, when asked).
+	messageID int
+}
+
 // findOrCreateContact returns the contact of an identity, creating both on
-// the first message (R2), and whether the queue of the chat about to be
-// opened is busy routing another new chat (routingMark, PostgreSQL).
-func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int) (contactID, identityID int, created, busy bool, err error) {
+// the first message (R2); on PostgreSQL the statement also takes the
+// queue's routing mark and, with draw, draws the message's id.
+func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int, draw bool) (contactOf, error) {
 	q := tx.ContactIdentity.Query().Where(contactidentity.ProviderEQ(p), contactidentity.ExternalID(id.ExternalID))
 	if d.pg {
-		q.Modify(func(s *entsql.Selector) { s.AppendSelectExprAs(routingMark(queueID), routingMarkColumn) })
+		q.Modify(func(s *entsql.Selector) {
+			s.AppendSelectExprAs(routingMark(queueID), routingMarkColumn)
+			if draw {
+				s.AppendSelectExprAs(entsql.Expr(nextMessageID), nextMessageColumn)
+			}
+		})
 	}
 	ident, err := q.Only(ctx)
 	switch {
 	case err == nil && d.pg:
-		v, err := ident.Value(routingMarkColumn)
+		out := contactOf{contactID: ident.ContactID, identityID: ident.ID}
+		got, err := selected[bool](ident.Value, routingMarkColumn)
 		if err != nil {
-			return 0, 0, false, false, err
+			return contactOf{}, err
 		}
-		if u, ok := v.(*entsql.UnknownType); ok && u != nil {
-			v = *u
+		out.busy = !got
+		if draw {
+			id, err := selected[int64](ident.Value, nextMessageColumn)
+			if err != nil {
+				return contactOf{}, err
+			}
+			out.messageID = int(id)
 		}
-		got, ok := v.(bool)
-		if !ok {
-			return 0, 0, false, false, fmt.Errorf("ingest: routing mark %v (%T)", v, v)
-		}
-		return ident.ContactID, ident.ID, false, !got, nil
+		return out, nil
 	case err == nil:
-		return ident.ContactID, ident.ID, false, false, nil
+		return contactOf{contactID: ident.ContactID, identityID: ident.ID}, nil
 	case !ent.IsNotFound(err):
-		return 0, 0, false, false, err
+		return contactOf{}, err
 	case d.pg:
-		contactID, identityID, busy, err = d.createContactPG(ctx, tx, p, id, queueID)
-		return contactID, identityID, err == nil, busy, err
+		return d.createContactPG(ctx, tx, p, id, queueID, draw)
 	}
 	now := d.Now()
 	create := tx.Contact.Create().SetName(clip(id.Name, 300)).SetCreatedAt(now).SetUpdatedAt(now)
@@ -406,14 +436,14 @@ func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provi
 	}
 	c, err := create.Save(ctx)
 	if err != nil {
-		return 0, 0, false, false, err
+		return contactOf{}, err
 	}
 	ident, err = tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(p).SetExternalID(id.ExternalID).
 		SetDisplayName(clip(id.Name, 300)).SetUsername(clip(id.Username, 100)).SetPhone(clip(id.Phone, 50)).Save(ctx)
 	if err != nil {
-		return 0, 0, false, false, err
+		return contactOf{}, err
 	}
-	return c.ID, ident.ID, true, false, nil
+	return contactOf{contactID: c.ID, identityID: ident.ID, created: true}, nil
 }
 
 // routingMarkColumn names the result of routingMark in a query.
@@ -437,48 +467,55 @@ func routingMark(queueID int) entsql.Querier {
 }
 
 // createContactPG creates a contact and its identity, as the ent creates of
-// the SQLite path do, and takes the queue's routing mark (routingMark), in
-// one statement. A concurrent first message of the same identity fails it
+// the SQLite path do, takes the queue's routing mark (routingMark) and,
+// with draw, draws the message's id, in one statement. A concurrent first message of the same identity fails it
 // on the identity's unique index; the use case then runs again and finds
 // the identity.
-func (d *Desk) createContactPG(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int) (contactID, identityID int, busy bool, err error) {
+func (d *Desk) createContactPG(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int, draw bool) (contactOf, error) {
 	optional := func(s string, n int) any {
 		if s = clip(s, n); s != "" {
 			return s
 		}
 		return nil
 	}
+	drawn := "0"
+	if draw {
+		drawn = nextMessageID
+	}
 	query := fmt.Sprintf(`WITH c AS (
   INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s) VALUES ($1, $2, $3, $4, $4) RETURNING %[7]s
 )
 INSERT INTO %[8]s (%[9]s, %[10]s, %[11]s, %[12]s, %[13]s, %[14]s, %[15]s, %[16]s, %[17]s)
 SELECT c.%[7]s, $5, $6, $7, $8, $9, false, $4, $4 FROM c
-RETURNING %[9]s, %[18]s, `+queueLock("pg_try_advisory_xact_lock", "$10", "$11"),
+RETURNING %[9]s, %[18]s, `+queueLock("pg_try_advisory_xact_lock", "$10", "$11")+`, %[19]s`,
 		entcontact.Table, entcontact.FieldName, entcontact.FieldPhone, entcontact.FieldUsername, entcontact.FieldCreatedAt,
 		entcontact.FieldUpdatedAt, entcontact.FieldID,
 		contactidentity.Table, contactidentity.FieldContactID, contactidentity.FieldProvider, contactidentity.FieldExternalID,
 		contactidentity.FieldDisplayName, contactidentity.FieldUsername, contactidentity.FieldPhone,
-		contactidentity.FieldUnreachable, contactidentity.FieldCreatedAt, contactidentity.FieldUpdatedAt, contactidentity.FieldID)
+		contactidentity.FieldUnreachable, contactidentity.FieldCreatedAt, contactidentity.FieldUpdatedAt, contactidentity.FieldID,
+		drawn)
 	now := d.Now()
 	args := []any{clip(id.Name, 300), optional(id.Phone, 50), optional(id.Username, 100), now,
 		string(p), id.ExternalID, clip(id.Name, 300), clip(id.Username, 100), clip(id.Phone, 50),
 		routingLockClass, int32(uint32(queueID))}
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
-		return 0, 0, false, err
+		return contactOf{}, err
 	}
 	defer rows.Close()
 	if !rows.Next() {
 		if err := rows.Err(); err != nil {
-			return 0, 0, false, err
+			return contactOf{}, err
 		}
-		return 0, 0, false, errors.New("ingest: the contact's insert returned no row")
+		return contactOf{}, errors.New("ingest: the contact's insert returned no row")
 	}
+	out := contactOf{created: true}
 	var got bool
-	if err := rows.Scan(&contactID, &identityID, &got); err != nil {
-		return 0, 0, false, err
+	if err := rows.Scan(&out.contactID, &out.identityID, &got, &out.messageID); err != nil {
+		return contactOf{}, err
 	}
-	return contactID, identityID, !got, rows.Close()
+	out.busy = !got
+	return out, rows.Close()
 }
 
 // clip shortens s to at most n bytes on a rune boundary.
