@@ -468,9 +468,9 @@ func routingMark(queueID int) entsql.Querier {
 
 // createContactPG creates a contact and its identity, as the ent creates of
 // the SQLite path do, takes the queue's routing mark (routingMark) and,
-// with draw, draws the message's id, in one statement. A concurrent first message of the same identity fails it
-// on the identity's unique index; the use case then runs again and finds
-// the identity.
+// with draw, draws the message's id, in one statement. A concurrent first
+// message of the same identity fails it on the identity's unique index; the
+// use case then runs again and finds the identity.
 func (d *Desk) createContactPG(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int, draw bool) (contactOf, error) {
 	optional := func(s string, n int) any {
 		if s = clip(s, n); s != "" {
