@@ -147,6 +147,16 @@ func TestR32_BadRequestsAreRefusedWithStableCodes(t *testing.T) {
 		{"unknown queue of a channel", func() apptest.Response {
 			return s.Do(t, admin, `mutation { createChannel(input: {provider: API, name: "api", queueID: "999999"}) { id } }`, nil)
 		}, 200, "NOT_FOUND", ""},
+		{"NUL in a variable", func() apptest.Response {
+			return s.Do(t, admin, createQueue, map[string]any{"in": map[string]any{"name": "a\x00b"}})
+		}, 200, "VALIDATION", "$in.name"},
+		{"NUL in a literal", func() apptest.Response {
+			return s.Do(t, admin, `mutation { createContact(input: {name: "C", notes: "x\u0000y"}) { id } }`, nil)
+		}, 200, "VALIDATION", "createContact.input.notes"},
+		{"NUL in a filter", func() apptest.Response {
+			return s.Do(t, admin, `query($f: [QueueWhereInput!]) { queues(where: {or: $f}) { totalCount } }`,
+				map[string]any{"f": []any{map[string]any{"nameContains": "\x00"}}})
+		}, 200, "VALIDATION", "$f[0].nameContains"},
 		{"duplicate queue name", func() apptest.Response {
 			return s.Do(t, admin, createQueue, map[string]any{"in": map[string]any{"name": " Existing "}})
 		}, 200, "CONFLICT", "name"},
