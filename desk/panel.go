@@ -264,19 +264,34 @@ func (d *Desk) operatorLoads(ctx context.Context, q *ent.Queue, where ...predica
 
 // OperatorAvailability returns one operator's derived availability (R7).
 func (d *Desk) OperatorAvailability(ctx context.Context, operatorID int) (*OperatorLoad, error) {
+	l, err := d.OperatorAvailabilities(ctx, []int{operatorID})
+	if err != nil {
+		return nil, err
+	}
+	if l[operatorID] == nil {
+		return nil, Fail(CodeNotFound, "operator %d not found", operatorID)
+	}
+	return l[operatorID], nil
+}
+
+// OperatorAvailabilities returns the derived availability (R7) of the
+// operators that exist among ids, by id, reading them together: a list of
+// operators costs the same few statements as one.
+func (d *Desk) OperatorAvailabilities(ctx context.Context, ids []int) (map[int]*OperatorLoad, error) {
 	if _, err := Require(ctx, AccessOperator); err != nil {
 		if _, err := Require(ctx, AccessAdmin); err != nil {
 			return nil, err
 		}
 	}
-	l, err := d.operatorLoads(ctx, nil, operator.ID(operatorID))
+	l, err := d.operatorLoads(ctx, nil, operator.IDIn(ids...))
 	if err != nil {
 		return nil, err
 	}
-	if len(l) == 0 {
-		return nil, Fail(CodeNotFound, "operator %d not found", operatorID)
+	out := make(map[int]*OperatorLoad, len(l))
+	for _, o := range l {
+		out[o.Operator.ID] = o
 	}
-	return l[0], nil
+	return out, nil
 }
 
 // QueueOverview returns a queue's waiting chats and its members'

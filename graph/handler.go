@@ -101,6 +101,7 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 	srv.Use(extension.FixedComplexityLimit(opts.ComplexityLimit))
 	srv.Use(depthLimit{max: opts.DepthLimit})
 	srv.Use(noNUL{})
+	srv.AroundOperations(withSiblings)
 	srv.AroundRootFields(requireAuthentication)
 	srv.AroundFields(markResolverErrors)
 	srv.SetRecoverFunc(func(ctx context.Context, v any) error {

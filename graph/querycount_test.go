@@ -22,6 +22,9 @@ var nestedQueries = map[string]string{
 		id name identities { id provider externalID } account { id name contacts { id } } } } } }`,
 	"operators → queues → members":     `{ operators(first: 100) { edges { node { id name queues { id members { id } } } } } }`,
 	"accounts → contacts → identities": `{ accounts(first: 100) { edges { node { id contacts { id identities { id } } } } } }`,
+	// A computed field: the availability of a list's operators is read
+	// for the whole list at once.
+	"operators → availability": `{ operators(first: 100) { edges { node { id availability { availability load limit } } } } }`,
 }
 
 // addRows adds n queues (each with 2 members, a channel and a chat action)

@@ -320,7 +320,7 @@ func (r *mutationResolver) RegisterTelegramWebhook(ctx context.Context, channelI
 
 // Availability is the resolver for the availability field.
 func (r *operatorResolver) Availability(ctx context.Context, obj *ent.Operator) (*desk.OperatorLoad, error) {
-	return r.desk.OperatorAvailability(ctx, obj.ID)
+	return r.operatorAvailability(ctx, obj.ID)
 }
 
 // Me is the resolver for the me field.

@@ -1,0 +1,106 @@
+package graph
+
+import (
+	"context"
+	"sync"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/vektah/gqlparser/v2/ast"
+
+	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/ent"
+)
+
+// siblings reads a computed field of a list's objects together: the first
+// object of a list whose field is resolved reads it for every object of the
+// list, the others find their value there. A list of N operators then costs
+// the statements of one (no N+1), whatever the order in which gqlgen's
+// concurrent resolvers arrive. One set serves one query or mutation;
+// subscriptions read per object (their field contexts are made anew for
+// every event, so a cache keyed by them would only grow).
+type siblings struct {
+	mu    sync.Mutex
+	lists map[*graphql.FieldContext]*siblingLoad
+}
+
+type siblingLoad struct {
+	once  sync.Once
+	loads map[int]*desk.OperatorLoad
+	err   error
+}
+
+type siblingsKey struct{}
+
+// withSiblings gives each query and mutation its set.
+func withSiblings(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
+	if oc := graphql.GetOperationContext(ctx); oc.Operation != nil && oc.Operation.Operation == ast.Subscription {
+		return next(ctx)
+	}
+	return next(context.WithValue(ctx, siblingsKey{}, &siblings{lists: map[*graphql.FieldContext]*siblingLoad{}}))
+}
+
+// operatorList finds the list the operator of the field being resolved
+// belongs to (a list of operators, or a connection's edges) and returns
+// that list's field context and the ids of its operators.
+func operatorList(ctx context.Context) (*graphql.FieldContext, []int) {
+	fc := graphql.GetFieldContext(ctx)
+	if fc == nil {
+		return nil, nil
+	}
+	// The field's object is a list element (members { availability }) or
+	// an element's node (edges { node { availability } }).
+	for p, depth := fc.Parent, 0; p != nil && depth < 2; p, depth = p.Parent, depth+1 {
+		if p.Index == nil {
+			continue
+		}
+		list := p.Parent
+		if list == nil {
+			return nil, nil
+		}
+		switch v := list.Result.(type) {
+		case []*ent.Operator:
+			ids := make([]int, 0, len(v))
+			for _, op := range v {
+				if op != nil {
+					ids = append(ids, op.ID)
+				}
+			}
+			return list, ids
+		case []*ent.OperatorEdge:
+			ids := make([]int, 0, len(v))
+			for _, e := range v {
+				if e != nil && e.Node != nil {
+					ids = append(ids, e.Node.ID)
+				}
+			}
+			return list, ids
+		}
+		return nil, nil
+	}
+	return nil, nil
+}
+
+// operatorAvailability is an operator's availability, read together with
+// the other operators of its list.
+func (r *Resolver) operatorAvailability(ctx context.Context, id int) (*desk.OperatorLoad, error) {
+	s, _ := ctx.Value(siblingsKey{}).(*siblings)
+	list, ids := operatorList(ctx)
+	if s == nil || list == nil || len(ids) < 2 {
+		return r.desk.OperatorAvailability(ctx, id)
+	}
+	s.mu.Lock()
+	l := s.lists[list]
+	if l == nil {
+		l = &siblingLoad{}
+		s.lists[list] = l
+	}
+	s.mu.Unlock()
+	l.once.Do(func() { l.loads, l.err = r.desk.OperatorAvailabilities(ctx, ids) })
+	if l.err != nil {
+		return nil, l.err
+	}
+	if v := l.loads[id]; v != nil {
+		return v, nil
+	}
+	return r.desk.OperatorAvailability(ctx, id)
+}
