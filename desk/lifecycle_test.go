@@ -293,6 +293,34 @@ func TestR7_AvailabilityIsDerivedFromLoadAndTheLimitChain(t *testing.T) {
 	}
 }
 
+// TestR8_R9_AQueueWithoutItsOwnValuesRoutesByTheSystemSettings: the
+// waiting order and the accept timeout of the system settings apply to a
+// queue that sets neither.
+func TestR8_R9_AQueueWithoutItsOwnValuesRoutesByTheSystemSettings(t *testing.T) {
+	w := desktest.New(t)
+	ctx := context.Background()
+	s, err := w.Desk.Settings(ctx)
+	w.Must(err)
+	w.Must(w.Client().Setting.UpdateOneID(s.ID).SetWaitingOrder(enum.NewestFirst).SetAcceptTimeoutSeconds(45).Exec(ctx))
+	op := w.Operator(inactive, 1)
+	q := w.Queue(enum.RuleToAvailable, []*ent.Operator{op})
+	ch := w.Channel(q, enum.ProviderAPI)
+	old := w.Inbound(ch, "c1", "first")
+	w.Clock.Advance(time.Second)
+	young := w.Inbound(ch, "c2", "second")
+	_, err = w.Desk.SetMyStatus(w.As(op), enum.StatusActive)
+	w.Must(err)
+	w.RunJobs()
+	if !openOffers(w, young.Chat.ID)[op.ID] || len(openOffers(w, old.Chat.ID)) != 0 {
+		t.Fatalf("newest first: offers old=%v young=%v", openOffers(w, old.Chat.ID), openOffers(w, young.Chat.ID))
+	}
+	o, err := w.Client().ChatOffer.Query().Where(chatoffer.ChatID(young.Chat.ID)).Only(ctx)
+	w.Must(err)
+	if o.ExpiresAt == nil || !o.ExpiresAt.Equal(o.CreatedAt.Add(45*time.Second)) {
+		t.Fatalf("offer created %v expires %v, want 45 s later (the system accept timeout)", o.CreatedAt, o.ExpiresAt)
+	}
+}
+
 func TestR9_WaitingChatsAreReleasedOldestFirstWhenCapacityAppears(t *testing.T) {
 	for _, order := range []enum.WaitingOrder{enum.OldestFirst, enum.NewestFirst} {
 		t.Run(string(order), func(t *testing.T) {

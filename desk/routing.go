@@ -95,9 +95,64 @@ func chatLimit(op *ent.Operator, q *ent.Queue, s *ent.Setting) int {
 func (d *Desk) settingsTx(ctx context.Context, tx *ent.Tx) (*ent.Setting, error) {
 	s, err := tx.Setting.Query().Where(setting.Scope(settingsScope)).Only(ctx)
 	if ent.IsNotFound(err) {
-		return &ent.Setting{ConcurrentChats: 5, AcceptTimeoutSeconds: 300, WaitingOrder: enum.OldestFirst, BotCompletionMinutes: 60}, nil
+		return defaultSettings(), nil
 	}
 	return s, err
+}
+
+// defaultSettings are the settings that apply while the row is missing
+// (the schema's defaults).
+func defaultSettings() *ent.Setting {
+	return &ent.Setting{ConcurrentChats: setting.DefaultConcurrentChats, AcceptTimeoutSeconds: setting.DefaultAcceptTimeoutSeconds,
+		WaitingOrder: setting.DefaultWaitingOrder, BotCompletionMinutes: setting.DefaultBotCompletionMinutes}
+}
+
+// routingSettings are the system settings routing reads, selected beside
+// a queue's columns by queueForRouting.
+var routingSettings = []string{setting.FieldConcurrentChats, setting.FieldAcceptTimeoutSeconds, setting.FieldWaitingOrder}
+
+// queueForRouting reads a queue and, in the same statement, the system
+// settings routing falls back to (the defaults when the row is missing):
+// one round trip where a queue and the settings row took two. The setting
+// returned holds those fields only.
+func queueForRouting(ctx context.Context, tx *ent.Tx, queueID int) (*ent.Queue, *ent.Setting, error) {
+	q, err := tx.Queue.Query().Where(queue.ID(queueID)).Modify(func(s *sql.Selector) {
+		for _, f := range routingSettings {
+			s.AppendSelectExprAs(sql.ExprFunc(func(b *sql.Builder) {
+				b.WriteString("(SELECT ").Ident(f).WriteString(" FROM ").Ident(setting.Table).
+					WriteString(" WHERE ").Ident(setting.FieldScope).WriteString(" = ").Arg(settingsScope).WriteString(")")
+			}), "parley_setting_"+f)
+		}
+	}).Only(ctx)
+	if err != nil {
+		return nil, nil, notFound(err, "queue", queueID)
+	}
+	s := defaultSettings()
+	for _, f := range routingSettings {
+		v, err := q.Value("parley_setting_" + f)
+		if err != nil {
+			return nil, nil, err
+		}
+		if u, ok := v.(*sql.UnknownType); ok && u != nil {
+			v = *u
+		}
+		switch v := v.(type) {
+		case nil: // no settings row: the default
+		case int64:
+			if f == setting.FieldConcurrentChats {
+				s.ConcurrentChats = int(v)
+			} else {
+				s.AcceptTimeoutSeconds = int(v)
+			}
+		case string:
+			s.WaitingOrder = enum.WaitingOrder(v)
+		case []byte:
+			s.WaitingOrder = enum.WaitingOrder(v)
+		default:
+			return nil, nil, fmt.Errorf("routing: setting %s is %v (%T)", f, v, v)
+		}
+	}
+	return q, s, nil
 }
 
 // querier runs raw SQL: a transaction or the client.
@@ -206,11 +261,7 @@ type router struct {
 
 // newRouter locks the members of a queue and reads their loads.
 func (d *Desk) newRouter(ctx context.Context, tx *ent.Tx, queueID int) (*router, error) {
-	q, err := tx.Queue.Get(ctx, queueID)
-	if err != nil {
-		return nil, notFound(err, "queue", queueID)
-	}
-	s, err := d.settingsTx(ctx, tx)
+	q, s, err := queueForRouting(ctx, tx, queueID)
 	if err != nil {
 		return nil, err
 	}
