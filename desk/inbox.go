@@ -96,7 +96,7 @@ func (d *Desk) applyDelivery(ctx context.Context, tx *ent.Tx, ch channels.Channe
 			return nil, err
 		}
 	}
-	for _, u := range del.Updates {
+	for i, u := range del.Updates {
 		if u.AccountRef != "" && ch.ExternalID != "" && u.AccountRef != ch.ExternalID {
 			d.log.Warn("delivery for another account ignored", "channel_id", ch.ID, "account", u.AccountRef)
 			res.Ignored++
@@ -110,7 +110,9 @@ func (d *Desk) applyDelivery(ctx context.Context, tx *ent.Tx, ch channels.Channe
 			res.Ignored++
 			continue
 		}
-		applied, err := d.applyUpdate(ctx, tx, ch, u)
+		// The last update's writes may be held for the commit: no later
+		// update of the transaction reads them back.
+		applied, err := d.applyUpdate(ctx, tx, ch, u, i == len(del.Updates)-1)
 		if err != nil {
 			return nil, fmt.Errorf("%s %s: %w", u.Kind, u.MessageID, err)
 		}
@@ -187,7 +189,7 @@ func withoutNULValue(v any) any {
 	return v
 }
 
-func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) (bool, error) {
+func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update, final bool) (bool, error) {
 	if (u.Kind == channels.UpdateMessage || u.Kind == channels.UpdateEcho || u.Kind == channels.UpdateReachability) &&
 		u.Sender.ExternalID == "" {
 		// Nobody to attach it to: refusing the whole delivery would only
@@ -197,7 +199,7 @@ func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel,
 	}
 	switch u.Kind {
 	case channels.UpdateMessage:
-		return true, d.applyMessage(ctx, tx, ch, u)
+		return true, d.applyMessage(ctx, tx, ch, u, final)
 	case channels.UpdateEdit:
 		return d.applyEdit(ctx, tx, ch, u)
 	case channels.UpdateStatus:
@@ -211,11 +213,11 @@ func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel,
 	return false, nil
 }
 
-func (d *Desk) applyMessage(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update) error {
+func (d *Desk) applyMessage(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update, final bool) error {
 	in := Inbound{ChannelID: ch.ID, ProviderMessageID: u.MessageID, Kind: enum.MessageKind(u.MessageKind),
 		Text: u.Text, Content: u.Content,
 		Identity: InboundIdentity{ExternalID: u.Sender.ExternalID, Name: u.Sender.Name, Username: u.Sender.Username, Phone: u.Sender.Phone},
-		lean:     true}
+		lean:     true, final: final}
 	if message.KindValidator(in.Kind) != nil {
 		in.Content = map[string]any{"providerKind": u.MessageKind}
 		in.Kind = enum.KindUnsupported

@@ -40,6 +40,10 @@ type Inbound struct {
 	// (IngestResult.Message is then nil when its insert was held for the
 	// commit, see ingest).
 	lean bool
+	// final: nothing later in the transaction reads what this ingest
+	// writes (the message, a new chat's offers), so those writes may be
+	// held for the commit, where they are not visible before.
+	final bool
 }
 
 // InboundAttachment is a file of an inbound message, by provider reference.
@@ -224,7 +228,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	// draw: the message's insert can be held for the commit (no attachment
 	// refers to it, the caller needs its id only); its id is drawn by the
 	// statement that finds the chat or the contact.
-	draw := d.pg && in.lean && len(in.Attachments) == 0
+	draw := d.pg && in.lean && in.final && len(in.Attachments) == 0
 	switch {
 	case draw:
 		openQ.Modify(lockedWithMessageID(openP))
@@ -345,7 +349,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 			return nil, err
 		}
 	case res.NewChat:
-		if err := d.routeNew(ctx, tx, res.Chat, res.Chat.QueueID, TriggerNewChat); err != nil {
+		if err := d.routeNew(ctx, tx, res.Chat, res.Chat.QueueID, TriggerNewChat, in.final); err != nil {
 			return nil, err
 		}
 	}

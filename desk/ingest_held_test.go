@@ -3,6 +3,7 @@ package desk_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
 	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chatoffer"
 	"github.com/parleydesk/parley/ent/message"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
@@ -100,4 +102,96 @@ func addedMessages(events []*ent.Event) []int {
 		}
 	}
 	return ids
+}
+
+// R7, R8: the offers of a provider's new chat, which PostgreSQL sends with
+// the commit under ids drawn as the members are locked when the message is
+// the last of its delivery, are stored and evented with those ids, count
+// toward the members' loads, and reach the audience of later messages. A
+// delivery of several messages (a WhatsApp batch) routes its earlier ones
+// with offers inserted at once: the later ones of the same transaction see
+// them (operator A's limit of 1 is taken by the first chat, so the second
+// is offered to B only; the first contact's second message reaches both).
+func TestR8_ANewChatsOffersAreStoredAndEventedWithTheirIDs(t *testing.T) {
+	w := desktest.New(t)
+	ctx := context.Background()
+	a, b := w.Operator(active, 1), w.Operator(active, 5)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{a, b})
+	wa := w.Channel(q, enum.ProviderWhatsApp)
+	ch, err := w.Desk.WebhookChannel(ctx, wa.ID, enum.ProviderWhatsApp)
+	w.Must(err)
+	msg := func(from, id string) channels.Update {
+		return channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: from},
+			MessageID: id, MessageKind: string(enum.KindText), Text: id}
+	}
+	chatOf := func(id string) int {
+		m, err := w.Client().Message.Query().Where(message.ProviderMessageID(id)).Only(ctx)
+		w.Must(err)
+		return m.ChatID
+	}
+	// offered checks the open offers of the chat of message id and that
+	// each CHAT_OFFERED event among events names one of them.
+	offered := func(events []*ent.Event, id string, want ...int) {
+		t.Helper()
+		c := chatOf(id)
+		offers, err := w.Client().ChatOffer.Query().Where(chatoffer.ChatID(c), chatoffer.StatusEQ(enum.OfferOpen)).All(ctx)
+		w.Must(err)
+		byID := map[int]int{}
+		for _, o := range offers {
+			byID[o.ID] = o.OperatorID
+		}
+		var evented []int
+		for _, e := range events {
+			if e.Type != desk.EventChatOffered || e.ChatID == nil || *e.ChatID != c {
+				continue
+			}
+			oid := desk.PayloadInt(e.Payload, "offerId")
+			if e.OperatorID == nil || byID[oid] != *e.OperatorID {
+				t.Fatalf("CHAT_OFFERED of chat %d names offer %d for operator %v; stored offers %v", c, oid, e.OperatorID, byID)
+			}
+			evented = append(evented, *e.OperatorID)
+		}
+		if len(offers) != len(want) || len(evented) != len(want) {
+			t.Fatalf("chat of %s: offers %v, CHAT_OFFERED to %v, want operators %v", id, byID, evented, want)
+		}
+		for _, op := range want {
+			if !slices.Contains(evented, op) {
+				t.Fatalf("chat of %s: CHAT_OFFERED to %v, want operators %v", id, evented, want)
+			}
+		}
+	}
+	start, err := w.Desk.LastEventID(ctx)
+	w.Must(err)
+	_, err = w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: "batch", Updates: []channels.Update{
+		msg("15550001", "wamid.a1"), msg("15550002", "wamid.b1"), msg("15550001", "wamid.a2")}}, []byte(`{}`))
+	w.Must(err)
+	events, err := w.Desk.EventsAfter(ctx, start, 100)
+	w.Must(err)
+	offered(events, "wamid.a1", a.ID, b.ID)
+	offered(events, "wamid.b1", b.ID)
+	a2, err := w.Client().Message.Query().Where(message.ProviderMessageID("wamid.a2")).OnlyID(ctx)
+	w.Must(err)
+	var second *ent.Event
+	for _, e := range events {
+		if e.Type == desk.EventMessageAdded && desk.PayloadInt(e.Payload, "messageId") == a2 {
+			second = e
+		}
+	}
+	if second == nil || !slices.Contains(second.Audience, a.ID) || !slices.Contains(second.Audience, b.ID) {
+		t.Fatalf("the first contact's second message: event %+v, want its audience to hold both operators", second)
+	}
+
+	// A delivery of one message: its offers are held for the commit.
+	before, err := w.Desk.LastEventID(ctx)
+	w.Must(err)
+	_, err = w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: "single", Updates: []channels.Update{msg("15550003", "wamid.c1")}}, []byte(`{}`))
+	w.Must(err)
+	events, err = w.Desk.EventsAfter(ctx, before, 100)
+	w.Must(err)
+	offered(events, "wamid.c1", b.ID)
+	loads, err := w.Desk.OperatorAvailabilities(w.As(b), []int{a.ID, b.ID})
+	w.Must(err)
+	if loads[a.ID].Load != 1 || loads[b.ID].Load != 3 {
+		t.Fatalf("loads a=%d b=%d, want 1 and 3", loads[a.ID].Load, loads[b.ID].Load)
+	}
 }

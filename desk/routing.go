@@ -218,10 +218,20 @@ func (d *Desk) placeholders(n, start int) string {
 
 // lockOperators reads (and on PostgreSQL locks, in id order) the operators
 // matching the predicates.
+// lockOperators reads (and on PostgreSQL locks) operators in id order.
 func (d *Desk) lockOperators(ctx context.Context, tx *ent.Tx, ps ...predicate.Operator) ([]*ent.Operator, error) {
+	return d.lockOperatorsDrawing(ctx, tx, false, ps...)
+}
+
+// lockOperatorsDrawing is lockOperators where, with drawOffers (PostgreSQL),
+// each row also draws an offer id (nextOfferColumn).
+func (d *Desk) lockOperatorsDrawing(ctx context.Context, tx *ent.Tx, drawOffers bool, ps ...predicate.Operator) ([]*ent.Operator, error) {
 	q := tx.Operator.Query().Where(ps...).Order(ent.Asc(operator.FieldID))
 	if d.pg {
 		q.Modify(lockRows())
+	}
+	if drawOffers {
+		q.Modify(func(s *sql.Selector) { s.AppendSelectExprAs(sql.Expr(nextOfferID), nextOfferColumn) })
 	}
 	return q.All(ctx)
 }
@@ -243,6 +253,9 @@ type member struct {
 	op    *ent.Operator
 	load  int
 	limit int
+	// offerID is an id drawn for an offer to the member (PostgreSQL, a
+	// router made with drawOffers; 0 once used or when none was drawn).
+	offerID int
 }
 
 func (m *member) availability() Availability { return availabilityOf(m.op.Status, m.load, m.limit) }
@@ -261,11 +274,28 @@ type router struct {
 
 // newRouter locks the members of a queue and reads their loads.
 func (d *Desk) newRouter(ctx context.Context, tx *ent.Tx, queueID int) (*router, error) {
+	return d.newRouterDrawing(ctx, tx, queueID, false)
+}
+
+// nextOfferID draws a chat offer id (PostgreSQL), selected as
+// nextOfferColumn.
+var nextOfferID = fmt.Sprintf("nextval(pg_get_serial_sequence('%s', '%s'))", chatoffer.Table, chatoffer.FieldID)
+
+const nextOfferColumn = "parley_next_offer_id"
+
+// newRouterDrawing is newRouter that, with drawOffers on PostgreSQL, also
+// draws an offer id for each member as it locks them, so that the offers of
+// the router's first routing are inserted with the commit (their ids are
+// known: the events name them) instead of in a round trip of their own. Only
+// for a transaction that reads no offer and no load after routing (the held
+// insert is not visible before the commit): the last ingest of a delivery.
+func (d *Desk) newRouterDrawing(ctx context.Context, tx *ent.Tx, queueID int, drawOffers bool) (*router, error) {
 	q, s, err := queueForRouting(ctx, tx, queueID)
 	if err != nil {
 		return nil, err
 	}
-	ops, err := d.lockOperators(ctx, tx, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false))
+	drawOffers = drawOffers && d.pg
+	ops, err := d.lockOperatorsDrawing(ctx, tx, drawOffers, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false))
 	if err != nil {
 		return nil, err
 	}
@@ -279,9 +309,58 @@ func (d *Desk) newRouter(ctx context.Context, tx *ent.Tx, queueID int) (*router,
 	}
 	r := &router{d: d, tx: tx, q: q, settings: s}
 	for _, op := range ops {
-		r.members = append(r.members, &member{op: op, load: loads[op.ID], limit: chatLimit(op, q, s)})
+		m := &member{op: op, load: loads[op.ID], limit: chatLimit(op, q, s)}
+		if drawOffers {
+			id, err := selected[int64](op.Value, nextOfferColumn)
+			if err != nil {
+				return nil, err
+			}
+			m.offerID = int(id)
+		}
+		r.members = append(r.members, m)
 	}
 	return r, nil
+}
+
+// createOffers offers chat chatID to the chosen members, in one statement:
+// held for the commit when each chosen member has an offer id drawn
+// (newRouterDrawing), else an insert that returns the ids. expires is zero
+// under TO_ALL (offers that never expire).
+func (r *router) createOffers(ctx context.Context, chatID int, chosen []int, now, expires time.Time) ([]*ent.ChatOffer, error) {
+	drawn := true
+	for _, i := range chosen {
+		drawn = drawn && r.members[i].offerID != 0
+	}
+	if !drawn {
+		creates := make([]*ent.ChatOfferCreate, 0, len(chosen))
+		for _, i := range chosen {
+			create := r.tx.ChatOffer.Create().SetChatID(chatID).SetOperatorID(r.members[i].op.ID).SetStatus(enum.OfferOpen).SetCreatedAt(now)
+			if !expires.IsZero() {
+				create.SetExpiresAt(expires)
+			}
+			creates = append(creates, create)
+		}
+		return r.tx.ChatOffer.CreateBulk(creates...).Save(ctx)
+	}
+	cols := []string{chatoffer.FieldID, chatoffer.FieldChatID, chatoffer.FieldOperatorID, chatoffer.FieldStatus, chatoffer.FieldCreatedAt}
+	if !expires.IsZero() {
+		cols = append(cols, chatoffer.FieldExpiresAt)
+	}
+	ins := r.d.sql().Insert(chatoffer.Table).Columns(cols...)
+	offers := make([]*ent.ChatOffer, 0, len(chosen))
+	for _, i := range chosen {
+		m := r.members[i]
+		o := &ent.ChatOffer{ID: m.offerID, ChatID: chatID, OperatorID: m.op.ID, Status: enum.OfferOpen, CreatedAt: now}
+		vals := []any{o.ID, o.ChatID, o.OperatorID, string(o.Status), o.CreatedAt}
+		if !expires.IsZero() {
+			o.ExpiresAt = &expires
+			vals = append(vals, expires)
+		}
+		ins.Values(vals...)
+		offers = append(offers, o)
+		m.offerID = 0 // used
+	}
+	return offers, r.d.atCommit(ctx, r.tx, ins)
 }
 
 // anyAvailable reports whether some member could take a chat now.
@@ -384,7 +463,6 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 	}
 
 	var offered []int
-	creates := make([]*ent.ChatOfferCreate, 0, len(chosen))
 	var expires time.Time
 	if rule != enum.RuleToAll {
 		expires = now.Add(r.acceptTimeout())
@@ -392,17 +470,11 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 	for _, i := range chosen {
 		m := r.members[i]
 		cands[i].Chosen = true
-		create := tx.ChatOffer.Create().SetChatID(c.ID).SetOperatorID(m.op.ID).SetStatus(enum.OfferOpen).SetCreatedAt(now)
-		if rule != enum.RuleToAll {
-			create.SetExpiresAt(expires)
-		}
-		creates = append(creates, create)
 		m.load++
 		offered = append(offered, m.op.ID)
 	}
-	if len(creates) > 0 {
-		// One statement for all the offers of a TO_ALL chat.
-		offers, err := tx.ChatOffer.CreateBulk(creates...).Save(ctx)
+	if len(chosen) > 0 {
+		offers, err := r.createOffers(ctx, c.ID, chosen, now, expires)
 		if err != nil {
 			return nil, err
 		}
@@ -687,9 +759,11 @@ func isCode(err error, code Code) bool {
 }
 
 // routeNew routes a chat that just became WAITING (new, transferred to a
-// queue, handed over by a bot).
-func (d *Desk) routeNew(ctx context.Context, tx *ent.Tx, c *ent.Chat, queueID int, trigger string) error {
-	r, err := d.newRouter(ctx, tx, queueID)
+// queue, handed over by a bot). holdOffers: nothing later in the
+// transaction reads the chat's offers or the members' loads, so the offers
+// may be inserted with the commit (see newRouterDrawing).
+func (d *Desk) routeNew(ctx context.Context, tx *ent.Tx, c *ent.Chat, queueID int, trigger string, holdOffers bool) error {
+	r, err := d.newRouterDrawing(ctx, tx, queueID, holdOffers)
 	if err != nil {
 		return err
 	}

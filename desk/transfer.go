@@ -107,7 +107,7 @@ func (d *Desk) TransferChat(ctx context.Context, in TransferInput) (*TransferRes
 			return err
 		}
 		if target == nil {
-			return d.routeNew(ctx, tx, res.Chat, res.Chat.QueueID, TriggerTransfer)
+			return d.routeNew(ctx, tx, res.Chat, res.Chat.QueueID, TriggerTransfer, false)
 		}
 		return nil
 	})
