@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/desk"
@@ -193,5 +194,30 @@ func TestR8_ANewChatsOffersAreStoredAndEventedWithTheirIDs(t *testing.T) {
 	w.Must(err)
 	if loads[a.ID].Load != 1 || loads[b.ID].Load != 3 {
 		t.Fatalf("loads a=%d b=%d, want 1 and 3", loads[a.ID].Load, loads[b.ID].Load)
+	}
+
+	// One operator at a time: the held offer expires, and its timeout job
+	// names it.
+	c := w.Operator(active)
+	q2 := w.Queue(enum.RuleToAvailable, []*ent.Operator{c}, func(qc *ent.QueueCreate) { qc.SetAcceptTimeoutSeconds(60) })
+	wa2 := w.Channel(q2, enum.ProviderWhatsApp)
+	ch2, err := w.Desk.WebhookChannel(ctx, wa2.ID, enum.ProviderWhatsApp)
+	w.Must(err)
+	before, err = w.Desk.LastEventID(ctx)
+	w.Must(err)
+	_, err = w.Desk.ApplyDelivery(ctx, ch2, channels.Delivery{Key: "one", Updates: []channels.Update{msg("15550004", "wamid.d1")}}, []byte(`{}`))
+	w.Must(err)
+	events, err = w.Desk.EventsAfter(ctx, before, 100)
+	w.Must(err)
+	offered(events, "wamid.d1", c.ID)
+	o, err := w.Client().ChatOffer.Query().Where(chatoffer.ChatID(chatOf("wamid.d1"))).Only(ctx)
+	w.Must(err)
+	if o.ExpiresAt == nil || !o.ExpiresAt.Equal(o.CreatedAt.Add(time.Minute)) {
+		t.Fatalf("offer created %v expires %v, want a minute later", o.CreatedAt, o.ExpiresAt)
+	}
+	w.Clock.Advance(61 * time.Second)
+	w.RunJobs()
+	if o, err = w.Client().ChatOffer.Get(ctx, o.ID); err != nil || o.Status != enum.OfferExpired {
+		t.Fatalf("after the accept timeout the offer is %+v (%v), want EXPIRED", o, err)
 	}
 }

@@ -218,7 +218,6 @@ func (d *Desk) placeholders(n, start int) string {
 
 // lockOperators reads (and on PostgreSQL locks, in id order) the operators
 // matching the predicates.
-// lockOperators reads (and on PostgreSQL locks) operators in id order.
 func (d *Desk) lockOperators(ctx context.Context, tx *ent.Tx, ps ...predicate.Operator) ([]*ent.Operator, error) {
 	return d.lockOperatorsDrawing(ctx, tx, false, ps...)
 }
