@@ -156,19 +156,29 @@ func lockedWithMessageID(ps []predicate.Chat) func(*entsql.Selector) {
 // selected reads a value a query selected beside an entity's fields
 // (value is the entity's Value method).
 func selected[T any](value func(string) (ent.Value, error), column string) (T, error) {
-	var zero T
+	t, ok, err := selectedOrNull[T](value, column)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s is NULL", column)
+	}
+	return t, err
+}
+
+// selectedOrNull is selected where the value may be NULL (ok false).
+func selectedOrNull[T any](value func(string) (ent.Value, error), column string) (t T, ok bool, err error) {
 	v, err := value(column)
 	if err != nil {
-		return zero, err
+		return t, false, err
 	}
-	if u, ok := v.(*entsql.UnknownType); ok && u != nil {
+	if u, isU := v.(*entsql.UnknownType); isU && u != nil {
 		v = *u
 	}
-	t, ok := v.(T)
-	if !ok {
-		return zero, fmt.Errorf("ingest: %s is %v (%T)", column, v, v)
+	if v == nil {
+		return t, false, nil
 	}
-	return t, nil
+	if t, ok = v.(T); !ok {
+		return t, false, fmt.Errorf("%s is %v (%T)", column, v, v)
+	}
+	return t, true, nil
 }
 
 // insertMessageAtCommit writes an inbound message whose id was drawn

@@ -117,7 +117,8 @@ func TestR8_ANewChatsOffersAreStoredAndEventedWithTheirIDs(t *testing.T) {
 	w := desktest.New(t)
 	ctx := context.Background()
 	a, b := w.Operator(active, 1), w.Operator(active, 5)
-	q := w.Queue(enum.RuleToAll, []*ent.Operator{a, b})
+	// (An INACTIVE member draws no offer id.)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{a, b, w.Operator(inactive)})
 	wa := w.Channel(q, enum.ProviderWhatsApp)
 	ch, err := w.Desk.WebhookChannel(ctx, wa.ID, enum.ProviderWhatsApp)
 	w.Must(err)
@@ -196,8 +197,8 @@ func TestR8_ANewChatsOffersAreStoredAndEventedWithTheirIDs(t *testing.T) {
 		t.Fatalf("loads a=%d b=%d, want 1 and 3", loads[a.ID].Load, loads[b.ID].Load)
 	}
 
-	// One operator at a time: the held offer expires, and its timeout job
-	// names it.
+	// One operator at a time: no ids are drawn (one member of many gets the
+	// offer); the offer expires by its timeout job.
 	c := w.Operator(active)
 	q2 := w.Queue(enum.RuleToAvailable, []*ent.Operator{c}, func(qc *ent.QueueCreate) { qc.SetAcceptTimeoutSeconds(60) })
 	wa2 := w.Channel(q2, enum.ProviderWhatsApp)

@@ -276,14 +276,19 @@ func (d *Desk) newRouter(ctx context.Context, tx *ent.Tx, queueID int) (*router,
 	return d.newRouterDrawing(ctx, tx, queueID, false)
 }
 
-// nextOfferID draws a chat offer id (PostgreSQL), selected as
-// nextOfferColumn.
-var nextOfferID = fmt.Sprintf("nextval(pg_get_serial_sequence('%s', '%s'))", chatoffer.Table, chatoffer.FieldID)
+// nextOfferID draws a chat offer id for an ACTIVE operator's row
+// (PostgreSQL), selected as nextOfferColumn (NULL for the others, who get
+// no offer). Ids are drawn from the offers' range of 2^32 (ids are type <<
+// 32 | n): drawing only where an offer may follow keeps the waste to the
+// active members a routing finds at their limit.
+var nextOfferID = fmt.Sprintf("CASE WHEN %s.%s = '%s' THEN nextval(pg_get_serial_sequence('%s', '%s')) END",
+	operator.Table, operator.FieldStatus, enum.StatusActive, chatoffer.Table, chatoffer.FieldID)
 
 const nextOfferColumn = "parley_next_offer_id"
 
-// newRouterDrawing is newRouter that, with drawOffers on PostgreSQL, also
-// draws an offer id for each member as it locks them, so that the offers of
+// newRouterDrawing is newRouter that, with drawOffers on PostgreSQL and a
+// TO_ALL queue, also draws an offer id for each ACTIVE member as it locks
+// them, so that the offers of
 // the router's first routing are inserted with the commit (their ids are
 // known: the events name them) instead of in a round trip of their own. Only
 // for a transaction that reads no offer and no load after routing (the held
@@ -293,7 +298,9 @@ func (d *Desk) newRouterDrawing(ctx context.Context, tx *ent.Tx, queueID int, dr
 	if err != nil {
 		return nil, err
 	}
-	drawOffers = drawOffers && d.pg
+	// Under TO_ALL every available member is offered the chat; one at a
+	// time (the other rules), one is: drawing for all would waste ids.
+	drawOffers = drawOffers && d.pg && q.RoutingRule == enum.RuleToAll
 	ops, err := d.lockOperatorsDrawing(ctx, tx, drawOffers, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false))
 	if err != nil {
 		return nil, err
@@ -310,7 +317,8 @@ func (d *Desk) newRouterDrawing(ctx context.Context, tx *ent.Tx, queueID int, dr
 	for _, op := range ops {
 		m := &member{op: op, load: loads[op.ID], limit: chatLimit(op, q, s)}
 		if drawOffers {
-			id, err := selected[int64](op.Value, nextOfferColumn)
+			// NULL: no id drawn (not ACTIVE), no offer held.
+			id, _, err := selectedOrNull[int64](op.Value, nextOfferColumn)
 			if err != nil {
 				return nil, err
 			}
