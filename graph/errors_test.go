@@ -188,6 +188,14 @@ func TestR32_BadRequestsAreRefusedWithStableCodes(t *testing.T) {
 		})
 	}
 	s.AssertNoWrites(t, before)
+	// Refusals are logged by code and field (not by message: it may quote
+	// the input).
+	for _, want := range []string{`msg="graphql refused" code=VALIDATION path=createQueue field=name`,
+		`msg="graphql refused" code=VALIDATION field=$in.name`, `msg="graphql refused" code=DEPTH_LIMIT_EXCEEDED`} {
+		if !strings.Contains(s.Logs(), want) {
+			t.Errorf("the log has no %s:\n%s", want, s.Logs())
+		}
+	}
 }
 
 // TestR32_UnknownIDsAreNotFound: every use case that takes an id answers

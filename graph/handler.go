@@ -185,8 +185,24 @@ func markResolverErrors(ctx context.Context, next graphql.Resolver) (any, error)
 
 // presentError gives every error a stable extensions.code. Errors of the rules
 // keep their message; unexpected ones are logged and reach the client as
-// INTERNAL without driver or SQL text.
+// INTERNAL without driver or SQL text. Every other refusal is logged too, by
+// code, path and field (not its message, which may quote the input).
 func presentError(ctx context.Context, log *slog.Logger, err error) *gqlerror.Error {
+	ge := presentedError(ctx, log, err)
+	if code, _ := ge.Extensions["code"].(string); code != string(desk.CodeInternal) {
+		attrs := []any{"code", code}
+		if len(ge.Path) > 0 {
+			attrs = append(attrs, "path", ge.Path.String())
+		}
+		if f, ok := ge.Extensions["field"]; ok {
+			attrs = append(attrs, "field", f)
+		}
+		log.Info("graphql refused", attrs...)
+	}
+	return ge
+}
+
+func presentedError(ctx context.Context, log *slog.Logger, err error) *gqlerror.Error {
 	ge := graphql.DefaultErrorPresenter(ctx, err)
 	var de *desk.Error
 	var re resolverError
