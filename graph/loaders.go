@@ -59,6 +59,9 @@ func operatorList(ctx context.Context) (*graphql.FieldContext, []int) {
 		}
 		switch v := list.Result.(type) {
 		case []*ent.Operator:
+			if outer, ids := queuesMembers(list); outer != nil {
+				return outer, ids
+			}
 			ids := make([]int, 0, len(v))
 			for _, op := range v {
 				if op != nil {
@@ -103,4 +106,55 @@ func (r *Resolver) operatorAvailability(ctx context.Context, id int) (*desk.Oper
 		return v, nil
 	}
 	return r.desk.OperatorAvailability(ctx, id)
+}
+
+// queuesMembers widens a queue's members list to the members of every queue
+// of the enclosing list of queues (queues { edges { node { members { … } } } }),
+// when their members were loaded with the list (entgql loads a selected edge
+// for the whole list): one read for all of them.
+func queuesMembers(members *graphql.FieldContext) (*graphql.FieldContext, []int) {
+	if members.Object != "Queue" || members.Field.Name != "members" {
+		return nil, nil
+	}
+	for p, depth := members.Parent, 0; p != nil && depth < 2; p, depth = p.Parent, depth+1 {
+		if p.Index == nil {
+			continue
+		}
+		outer := p.Parent
+		if outer == nil {
+			return nil, nil
+		}
+		var queues []*ent.Queue
+		switch v := outer.Result.(type) {
+		case []*ent.Queue:
+			queues = v
+		case []*ent.QueueEdge:
+			for _, e := range v {
+				if e != nil {
+					queues = append(queues, e.Node)
+				}
+			}
+		default:
+			return nil, nil
+		}
+		var ids []int
+		for _, q := range queues {
+			if q == nil {
+				continue
+			}
+			// As ent's Members resolver reads them: by the field's alias.
+			ms, err := q.Edges.MembersOrErr()
+			if a := members.Field.Alias; a != "" {
+				ms, err = q.NamedMembers(a)
+			}
+			if err != nil {
+				return nil, nil // not loaded with the list: per list
+			}
+			for _, m := range ms {
+				ids = append(ids, m.ID)
+			}
+		}
+		return outer, ids
+	}
+	return nil, nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/schema/enum"
 	"github.com/parleydesk/parley/server/app/apptest"
 )
@@ -24,7 +25,8 @@ var nestedQueries = map[string]string{
 	"accounts → contacts → identities": `{ accounts(first: 100) { edges { node { id contacts { id identities { id } } } } } }`,
 	// A computed field: the availability of a list's operators is read
 	// for the whole list at once.
-	"operators → availability": `{ operators(first: 100) { edges { node { id availability { availability load limit } } } } }`,
+	"operators → availability":        `{ operators(first: 100) { edges { node { id availability { availability load limit } } } } }`,
+	"queues → members → availability": `{ queues(first: 100) { edges { node { id members { id availability { load limit } } } } } }`,
 }
 
 // addRows adds n queues (each with 2 members, a channel and a chat action)
@@ -223,5 +225,83 @@ func TestNoNPlusOne_PanelUsesAFixedNumberOfQueries(t *testing.T) {
 	// last messages and the unread counts.
 	if panel10 > 16 {
 		t.Errorf("panel: %d statements:\n%s", panel10, strings.Join(st, "\n"))
+	}
+}
+
+// TestR7_AvailabilityInListsIsEachOperatorsOwn: read for a whole list at
+// once (a list of operators, the members of a list of queues), every
+// operator's availability, load and limit are still their own, also for an
+// operator listed in two queues.
+func TestR7_AvailabilityInListsIsEachOperatorsOwn(t *testing.T) {
+	t.Parallel()
+	s := apptest.New(t)
+	tok := s.AdminToken(t)
+	c := s.Client()
+	now := s.Clock.Now()
+	mk := func(email string, status enum.OperatorStatus, limit int) *ent.Operator {
+		cr := c.Operator.Create().SetEmail(email).SetName(email).SetPasswordHash("x").SetStatus(status)
+		if limit > 0 {
+			cr.SetChatLimit(limit)
+		}
+		return cr.SaveX(bg)
+	}
+	a := mk("a@parley.test", enum.StatusActive, 1)
+	b := mk("b@parley.test", enum.StatusInactive, 0)
+	d := mk("d@parley.test", enum.StatusActive, 3)
+	q1 := c.Queue.Create().SetName("One").AddMembers(a, b).SaveX(bg)
+	c.Queue.Create().SetName("Two").AddMembers(b, d).SaveX(bg)
+	ch := c.Channel.Create().SetProvider(enum.ProviderAPI).SetName("api").SetQueueID(q1.ID).SaveX(bg)
+	chat := func(owner *ent.Operator) *ent.Chat {
+		ct := c.Contact.Create().SetName("C").SaveX(bg)
+		cr := c.Chat.Create().SetCreatedAt(now).SetLastMessageAt(now).SetChannelID(ch.ID).SetContactID(ct.ID).SetQueueID(q1.ID)
+		if owner != nil {
+			return cr.SetStatus(enum.ChatInProgress).SetOwnerID(owner.ID).SaveX(bg)
+		}
+		return cr.SetStatus(enum.ChatWaiting).SaveX(bg)
+	}
+	chat(a)
+	c.ChatOffer.Create().SetChatID(chat(nil).ID).SetOperatorID(d.ID).SetStatus(enum.OfferOpen).SetCreatedAt(now).SaveX(bg)
+	type load struct {
+		Availability string
+		Load, Limit  int
+	}
+	want := map[string]load{gid(a.ID): {"LIMIT_EXHAUSTED", 1, 1}, gid(b.ID): {"INACTIVE", 0, 5}, gid(d.ID): {"ACTIVE", 1, 3}}
+	type op struct {
+		ID           string
+		Availability load
+	}
+	check := func(where string, ops []op) {
+		t.Helper()
+		for _, o := range ops {
+			if w, ok := want[o.ID]; ok && o.Availability != w {
+				t.Errorf("%s: operator %s has %+v, want %+v", where, o.ID, o.Availability, w)
+			}
+		}
+	}
+	var list struct {
+		Operators struct{ Edges []struct{ Node op } }
+	}
+	s.Do(t, tok, `{ operators(first: 100) { edges { node { id availability { availability load limit } } } } }`, nil).OK(t).Decode(t, &list)
+	var ops []op
+	for _, e := range list.Operators.Edges {
+		ops = append(ops, e.Node)
+	}
+	if len(ops) < 4 {
+		t.Fatalf("%d operators listed", len(ops))
+	}
+	check("operators", ops)
+	var queues struct {
+		Queues struct {
+			Edges []struct{ Node struct{ Members []op } }
+		}
+	}
+	s.Do(t, tok, `{ queues(first: 100) { edges { node { members { id availability { availability load limit } } } } } }`, nil).OK(t).Decode(t, &queues)
+	n := 0
+	for _, e := range queues.Queues.Edges {
+		check("queue members", e.Node.Members)
+		n += len(e.Node.Members)
+	}
+	if n != 4 {
+		t.Fatalf("%d members listed, want 4", n)
 	}
 }
