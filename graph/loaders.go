@@ -41,8 +41,9 @@ func withSiblings(ctx context.Context, next graphql.OperationHandler) graphql.Re
 
 // operatorList finds the list the operator of the field being resolved
 // belongs to (a list of operators, or a connection's edges) and returns
-// that list's field context and the ids of its operators.
-func operatorList(ctx context.Context) (*graphql.FieldContext, []int) {
+// that list's field context and how to list the ids of its operators (run
+// once per list: the first of its operators reads for all).
+func operatorList(ctx context.Context) (*graphql.FieldContext, func() []int) {
 	fc := graphql.GetFieldContext(ctx)
 	if fc == nil {
 		return nil, nil
@@ -62,21 +63,25 @@ func operatorList(ctx context.Context) (*graphql.FieldContext, []int) {
 			if outer, ids := queuesMembers(list); outer != nil {
 				return outer, ids
 			}
-			ids := make([]int, 0, len(v))
-			for _, op := range v {
-				if op != nil {
-					ids = append(ids, op.ID)
+			return list, func() []int {
+				ids := make([]int, 0, len(v))
+				for _, op := range v {
+					if op != nil {
+						ids = append(ids, op.ID)
+					}
 				}
+				return ids
 			}
-			return list, ids
 		case []*ent.OperatorEdge:
-			ids := make([]int, 0, len(v))
-			for _, e := range v {
-				if e != nil && e.Node != nil {
-					ids = append(ids, e.Node.ID)
+			return list, func() []int {
+				ids := make([]int, 0, len(v))
+				for _, e := range v {
+					if e != nil && e.Node != nil {
+						ids = append(ids, e.Node.ID)
+					}
 				}
+				return ids
 			}
-			return list, ids
 		}
 		return nil, nil
 	}
@@ -88,7 +93,7 @@ func operatorList(ctx context.Context) (*graphql.FieldContext, []int) {
 func (r *Resolver) operatorAvailability(ctx context.Context, id int) (*desk.OperatorLoad, error) {
 	s, _ := ctx.Value(siblingsKey{}).(*siblings)
 	list, ids := operatorList(ctx)
-	if s == nil || list == nil || len(ids) < 2 {
+	if s == nil || list == nil {
 		return r.desk.OperatorAvailability(ctx, id)
 	}
 	s.mu.Lock()
@@ -98,7 +103,7 @@ func (r *Resolver) operatorAvailability(ctx context.Context, id int) (*desk.Oper
 		s.lists[list] = l
 	}
 	s.mu.Unlock()
-	l.once.Do(func() { l.loads, l.err = r.desk.OperatorAvailabilities(ctx, ids) })
+	l.once.Do(func() { l.loads, l.err = r.desk.OperatorAvailabilities(ctx, ids()) })
 	if l.err != nil {
 		return nil, l.err
 	}
@@ -112,7 +117,7 @@ func (r *Resolver) operatorAvailability(ctx context.Context, id int) (*desk.Oper
 // of the enclosing list of queues (queues { edges { node { members { … } } } }),
 // when their members were loaded with the list (entgql loads a selected edge
 // for the whole list): one read for all of them.
-func queuesMembers(members *graphql.FieldContext) (*graphql.FieldContext, []int) {
+func queuesMembers(members *graphql.FieldContext) (*graphql.FieldContext, func() []int) {
 	if members.Object != "Queue" || members.Field.Name != "members" {
 		return nil, nil
 	}
@@ -124,37 +129,41 @@ func queuesMembers(members *graphql.FieldContext) (*graphql.FieldContext, []int)
 		if outer == nil {
 			return nil, nil
 		}
-		var queues []*ent.Queue
-		switch v := outer.Result.(type) {
-		case []*ent.Queue:
-			queues = v
-		case []*ent.QueueEdge:
-			for _, e := range v {
-				if e != nil {
-					queues = append(queues, e.Node)
-				}
-			}
+		switch outer.Result.(type) {
+		case []*ent.Queue, []*ent.QueueEdge:
 		default:
 			return nil, nil
 		}
-		var ids []int
-		for _, q := range queues {
-			if q == nil {
-				continue
+		return outer, func() []int {
+			var queues []*ent.Queue
+			switch v := outer.Result.(type) {
+			case []*ent.Queue:
+				queues = v
+			case []*ent.QueueEdge:
+				for _, e := range v {
+					if e != nil {
+						queues = append(queues, e.Node)
+					}
+				}
 			}
-			// As ent's Members resolver reads them: by the field's alias.
-			ms, err := q.Edges.MembersOrErr()
-			if a := members.Field.Alias; a != "" {
-				ms, err = q.NamedMembers(a)
+			var ids []int
+			for _, q := range queues {
+				if q == nil {
+					continue
+				}
+				// As ent's Members resolver reads them: by the field's
+				// alias. Members not loaded with the list are not listed:
+				// theirs is then read on its own.
+				ms, _ := q.Edges.MembersOrErr()
+				if a := members.Field.Alias; a != "" {
+					ms, _ = q.NamedMembers(a)
+				}
+				for _, m := range ms {
+					ids = append(ids, m.ID)
+				}
 			}
-			if err != nil {
-				return nil, nil // not loaded with the list: per list
-			}
-			for _, m := range ms {
-				ids = append(ids, m.ID)
-			}
+			return ids
 		}
-		return outer, ids
 	}
 	return nil, nil
 }
