@@ -162,13 +162,18 @@ func TestR8_ANewChatsOffersAreStoredAndEventedWithTheirIDs(t *testing.T) {
 			}
 		}
 	}
-	start, err := w.Desk.LastEventID(ctx)
-	w.Must(err)
-	_, err = w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: "batch", Updates: []channels.Update{
-		msg("15550001", "wamid.a1"), msg("15550002", "wamid.b1"), msg("15550001", "wamid.a2")}}, []byte(`{}`))
-	w.Must(err)
-	events, err := w.Desk.EventsAfter(ctx, start, 100)
-	w.Must(err)
+	// deliver applies one delivery and returns the events it appended.
+	deliver := func(ch channels.Channel, key string, updates ...channels.Update) []*ent.Event {
+		t.Helper()
+		start, err := w.Desk.LastEventID(ctx)
+		w.Must(err)
+		_, err = w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: key, Updates: updates}, []byte(`{}`))
+		w.Must(err)
+		events, err := w.Desk.EventsAfter(ctx, start, 100)
+		w.Must(err)
+		return events
+	}
+	events := deliver(ch, "batch", msg("15550001", "wamid.a1"), msg("15550002", "wamid.b1"), msg("15550001", "wamid.a2"))
 	offered(events, "wamid.a1", a.ID, b.ID)
 	offered(events, "wamid.b1", b.ID)
 	a2, err := w.Client().Message.Query().Where(message.ProviderMessageID("wamid.a2")).OnlyID(ctx)
@@ -184,12 +189,7 @@ func TestR8_ANewChatsOffersAreStoredAndEventedWithTheirIDs(t *testing.T) {
 	}
 
 	// A delivery of one message: its offers are held for the commit.
-	before, err := w.Desk.LastEventID(ctx)
-	w.Must(err)
-	_, err = w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: "single", Updates: []channels.Update{msg("15550003", "wamid.c1")}}, []byte(`{}`))
-	w.Must(err)
-	events, err = w.Desk.EventsAfter(ctx, before, 100)
-	w.Must(err)
+	events = deliver(ch, "single", msg("15550003", "wamid.c1"))
 	offered(events, "wamid.c1", b.ID)
 	loads, err := w.Desk.OperatorAvailabilities(w.As(b), []int{a.ID, b.ID})
 	w.Must(err)
@@ -204,12 +204,7 @@ func TestR8_ANewChatsOffersAreStoredAndEventedWithTheirIDs(t *testing.T) {
 	wa2 := w.Channel(q2, enum.ProviderWhatsApp)
 	ch2, err := w.Desk.WebhookChannel(ctx, wa2.ID, enum.ProviderWhatsApp)
 	w.Must(err)
-	before, err = w.Desk.LastEventID(ctx)
-	w.Must(err)
-	_, err = w.Desk.ApplyDelivery(ctx, ch2, channels.Delivery{Key: "one", Updates: []channels.Update{msg("15550004", "wamid.d1")}}, []byte(`{}`))
-	w.Must(err)
-	events, err = w.Desk.EventsAfter(ctx, before, 100)
-	w.Must(err)
+	events = deliver(ch2, "one", msg("15550004", "wamid.d1"))
 	offered(events, "wamid.d1", c.ID)
 	o, err := w.Client().ChatOffer.Query().Where(chatoffer.ChatID(chatOf("wamid.d1"))).Only(ctx)
 	w.Must(err)

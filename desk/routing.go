@@ -129,15 +129,14 @@ func queueForRouting(ctx context.Context, tx *ent.Tx, queueID int) (*ent.Queue, 
 	}
 	s := defaultSettings()
 	for _, f := range routingSettings {
-		v, err := q.Value("parley_setting_" + f)
+		v, set, err := selectedOrNull[any](q.Value, "parley_setting_"+f)
 		if err != nil {
 			return nil, nil, err
 		}
-		if u, ok := v.(*sql.UnknownType); ok && u != nil {
-			v = *u
+		if !set {
+			continue // no settings row: the default
 		}
 		switch v := v.(type) {
-		case nil: // no settings row: the default
 		case int64:
 			if f == setting.FieldConcurrentChats {
 				s.ConcurrentChats = int(v)

@@ -50,42 +50,48 @@ func operatorList(ctx context.Context) (*graphql.FieldContext, func() []int) {
 	}
 	// The field's object is a list element (members { availability }) or
 	// an element's node (edges { node { availability } }).
-	for p, depth := fc.Parent, 0; p != nil && depth < 2; p, depth = p.Parent, depth+1 {
-		if p.Index == nil {
-			continue
-		}
-		list := p.Parent
-		if list == nil {
-			return nil, nil
-		}
-		switch v := list.Result.(type) {
-		case []*ent.Operator:
-			if outer, ids := queuesMembers(list); outer != nil {
-				return outer, ids
-			}
-			return list, func() []int {
-				ids := make([]int, 0, len(v))
-				for _, op := range v {
-					if op != nil {
-						ids = append(ids, op.ID)
-					}
-				}
-				return ids
-			}
-		case []*ent.OperatorEdge:
-			return list, func() []int {
-				ids := make([]int, 0, len(v))
-				for _, e := range v {
-					if e != nil && e.Node != nil {
-						ids = append(ids, e.Node.ID)
-					}
-				}
-				return ids
-			}
-		}
+	list := enclosingList(fc)
+	if list == nil {
 		return nil, nil
 	}
+	switch v := list.Result.(type) {
+	case []*ent.Operator:
+		if outer, ids := queuesMembers(list); outer != nil {
+			return outer, ids
+		}
+		return list, func() []int {
+			ids := make([]int, 0, len(v))
+			for _, op := range v {
+				if op != nil {
+					ids = append(ids, op.ID)
+				}
+			}
+			return ids
+		}
+	case []*ent.OperatorEdge:
+		return list, func() []int {
+			ids := make([]int, 0, len(v))
+			for _, e := range v {
+				if e != nil && e.Node != nil {
+					ids = append(ids, e.Node.ID)
+				}
+			}
+			return ids
+		}
+	}
 	return nil, nil
+}
+
+// enclosingList is the list field whose element fc's object is, directly
+// (a list of objects) or as an edge's node (a connection); nil when there
+// is none within those two levels.
+func enclosingList(fc *graphql.FieldContext) *graphql.FieldContext {
+	for p, depth := fc.Parent, 0; p != nil && depth < 2; p, depth = p.Parent, depth+1 {
+		if p.Index != nil {
+			return p.Parent
+		}
+	}
+	return nil
 }
 
 // operatorAvailability is an operator's availability, read together with
@@ -121,49 +127,43 @@ func queuesMembers(members *graphql.FieldContext) (*graphql.FieldContext, func()
 	if members.Object != "Queue" || members.Field.Name != "members" {
 		return nil, nil
 	}
-	for p, depth := members.Parent, 0; p != nil && depth < 2; p, depth = p.Parent, depth+1 {
-		if p.Index == nil {
-			continue
-		}
-		outer := p.Parent
-		if outer == nil {
-			return nil, nil
-		}
-		switch outer.Result.(type) {
-		case []*ent.Queue, []*ent.QueueEdge:
-		default:
-			return nil, nil
-		}
-		return outer, func() []int {
-			var queues []*ent.Queue
-			switch v := outer.Result.(type) {
-			case []*ent.Queue:
-				queues = v
-			case []*ent.QueueEdge:
-				for _, e := range v {
-					if e != nil {
-						queues = append(queues, e.Node)
-					}
-				}
-			}
-			var ids []int
-			for _, q := range queues {
-				if q == nil {
-					continue
-				}
-				// As ent's Members resolver reads them: by the field's
-				// alias. Members not loaded with the list are not listed:
-				// theirs is then read on its own.
-				ms, _ := q.Edges.MembersOrErr()
-				if a := members.Field.Alias; a != "" {
-					ms, _ = q.NamedMembers(a)
-				}
-				for _, m := range ms {
-					ids = append(ids, m.ID)
-				}
-			}
-			return ids
-		}
+	outer := enclosingList(members)
+	if outer == nil {
+		return nil, nil
 	}
-	return nil, nil
+	switch outer.Result.(type) {
+	case []*ent.Queue, []*ent.QueueEdge:
+	default:
+		return nil, nil
+	}
+	return outer, func() []int {
+		var queues []*ent.Queue
+		switch v := outer.Result.(type) {
+		case []*ent.Queue:
+			queues = v
+		case []*ent.QueueEdge:
+			for _, e := range v {
+				if e != nil {
+					queues = append(queues, e.Node)
+				}
+			}
+		}
+		var ids []int
+		for _, q := range queues {
+			if q == nil {
+				continue
+			}
+			// As ent's Members resolver reads them: by the field's
+			// alias. Members not loaded with the list are not listed:
+			// theirs is then read on its own.
+			ms, _ := q.Edges.MembersOrErr()
+			if a := members.Field.Alias; a != "" {
+				ms, _ = q.NamedMembers(a)
+			}
+			for _, m := range ms {
+				ids = append(ids, m.ID)
+			}
+		}
+		return ids
+	}
 }
