@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
 
 	"github.com/parleydesk/parley/ent"
@@ -16,7 +15,6 @@ import (
 	entcontact "github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/message"
-	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
 
@@ -38,7 +36,8 @@ type Inbound struct {
 	Attachments []InboundAttachment
 	// lean: the caller needs the message's id, not its entity
 	// (IngestResult.Message is then nil when its insert was held for the
-	// commit, see ingest).
+	// commit, and IngestResult.Chat of a new contact's chat is built in
+	// memory, not an entity of the transaction: see ingest).
 	lean bool
 	// final: nothing later in the transaction reads what this ingest
 	// writes (the message, a new chat's offers), so those writes may be
@@ -135,24 +134,6 @@ var nextMessageID = fmt.Sprintf("nextval(pg_get_serial_sequence('%s', '%s'))", m
 
 const nextMessageColumn = "parley_next_message_id"
 
-// lockedWithMessageID makes a chat query (PostgreSQL) lock the chats
-// matching ps FOR NO KEY UPDATE and draw, for each, the id of the message
-// about to be added (nextMessageColumn): the id is drawn once the lock is held
-// (the locking query is a subquery; a function of the select list would run
-// before the lock is granted), so that the messages of a chat keep the
-// order of their transactions, as ids drawn by their inserts would.
-func lockedWithMessageID(ps []predicate.Chat) func(*entsql.Selector) {
-	return func(s *entsql.Selector) {
-		inner := entsql.Dialect(dialect.Postgres).Select("*").From(entsql.Table(chat.Table))
-		for _, p := range ps {
-			p(inner)
-		}
-		inner.For(entsql.LockNoKeyUpdate)
-		s.From(inner.As(chat.Table))
-		s.AppendSelectExprAs(entsql.Expr(nextMessageID), nextMessageColumn)
-	}
-}
-
 // selected reads a value a query selected beside an entity's fields
 // (value is the entity's Value method).
 func selected[T any](value func(string) (ent.Value, error), column string) (T, error) {
@@ -227,61 +208,39 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		}
 	}
 	// A known customer's profile data is refreshed by a write sent with
-	// the commit, and their open chat on the channel is found through the
-	// identity: a message to an open chat costs no look-up of the identity.
+	// the commit.
 	if err := d.refreshIdentity(ctx, tx, ch.Provider, in.Identity); err != nil {
 		return nil, err
 	}
-	openQ := tx.Chat.Query()
-	openP := []predicate.Chat{chatOfIdentity(contactidentity.ProviderEQ(ch.Provider),
-		contactidentity.ExternalID(in.Identity.ExternalID)), chat.ChannelID(ch.ID), chatOpen()}
 	// draw: the message's insert can be held for the commit (no attachment
 	// refers to it, the caller needs its id only); its id is drawn by the
 	// statement that finds the chat or the contact.
 	draw := d.pg && in.lean && in.final && len(in.Attachments) == 0
-	switch {
-	case draw:
-		openQ.Modify(lockedWithMessageID(openP))
-	case d.pg:
-		openQ.Where(openP...).Modify(lockRows())
-	default:
-		openQ.Where(openP...)
-	}
 	res := &IngestResult{}
-	var contactID int
-	var busy bool
-	open, err := openQ.Only(ctx)
-	switch {
-	case err == nil:
-		contactID = open.ContactID
-		if draw {
-			id, err := selected[int64](open.Value, nextMessageColumn)
-			if err != nil {
-				return nil, err
-			}
-			res.MessageID = int(id)
-		}
-	case ent.IsNotFound(err):
-		open = nil
-		var c contactOf
-		if c, err = d.findOrCreateContact(ctx, tx, ch.Provider, in.Identity, ch.QueueID, draw); err != nil {
-			return nil, err
-		}
-		contactID, res.IdentityID, res.NewContact, busy, res.MessageID = c.contactID, c.identityID, c.created, c.busy, c.messageID
-	default:
+	var open *ent.Chat
+	var c contactOf
+	if d.pg {
+		open, c, err = d.senderPG(ctx, tx, ch, in, draw, now)
+	} else {
+		open, c, err = d.senderSQLite(ctx, tx, ch, in.Identity)
+	}
+	if err != nil {
 		return nil, err
 	}
-	if open == nil {
-		create := tx.Chat.Create().SetStatus(enum.ChatWaiting).SetChannelID(ch.ID).SetContactID(contactID).
-			SetQueueID(ch.QueueID).SetCreatedAt(now).SetLastMessageAt(now).SetLastInboundAt(now).SetRoutePending(busy)
-		if windowed(ch.Provider) {
-			create.SetReplyWindowEndsAt(now.Add(replyWindow))
-		}
-		if res.Chat, err = create.Save(ctx); err != nil {
+	res.IdentityID, res.NewContact, res.MessageID = c.identityID, c.created, c.messageID
+	switch {
+	case open == nil && c.chat != nil:
+		res.Chat, res.NewChat = c.chat, true // inserted with its contact
+	case open == nil:
+		n := newChat(ch, c.contactID, now, c.busy)
+		if res.Chat, err = tx.Chat.Create().SetStatus(n.Status).SetChannelID(n.ChannelID).SetContactID(n.ContactID).
+			SetQueueID(n.QueueID).SetCreatedAt(n.CreatedAt).SetLastMessageAt(n.LastMessageAt).
+			SetNillableLastInboundAt(n.LastInboundAt).SetNillableReplyWindowEndsAt(n.ReplyWindowEndsAt).
+			SetRoutePending(n.RoutePending).Save(ctx); err != nil {
 			return nil, err
 		}
 		res.NewChat = true
-	} else {
+	default:
 		// A customer message clears the completion timer (R18). The row is
 		// locked (PostgreSQL) by the query above.
 		upd := d.sql().Update(chat.Table).Set(chat.FieldLastMessageAt, now).Set(chat.FieldLastInboundAt, now).
@@ -392,7 +351,7 @@ func (d *Desk) refreshIdentity(ctx context.Context, tx *ent.Tx, p enum.Provider,
 		entsql.EQ(contactidentity.FieldExternalID, id.ExternalID), entsql.Or(changed...))))
 }
 
-// contactOf is what findOrCreateContact found or created.
+// contactOf is the sender of an inbound message, as found or created.
 type contactOf struct {
 	contactID, identityID int
 	created               bool
@@ -401,44 +360,40 @@ type contactOf struct {
 	busy bool
 	// messageID is the id drawn for the message (PostgreSQL, when asked).
 	messageID int
+	// chat is the new chat inserted with a new contact (PostgreSQL, lean
+	// ingests), not an entity of the transaction.
+	chat *ent.Chat
 }
 
-// findOrCreateContact returns the contact of an identity, creating both on
-// the first message (R2); on PostgreSQL the statement also takes the
-// queue's routing mark and, with draw, draws the message's id.
-func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int, draw bool) (contactOf, error) {
-	q := tx.ContactIdentity.Query().Where(contactidentity.ProviderEQ(p), contactidentity.ExternalID(id.ExternalID))
-	if d.pg {
-		q.Modify(func(s *entsql.Selector) {
-			s.AppendSelectExprAs(routingMark(queueID), routingMarkColumn)
-			if draw {
-				s.AppendSelectExprAs(entsql.Expr(nextMessageID), nextMessageColumn)
-			}
-		})
+// newChat is the chat a customer's first message opens (R1), before it is
+// stored: WAITING in the channel's queue.
+func newChat(ch *ent.Channel, contactID int, now time.Time, routePending bool) *ent.Chat {
+	c := &ent.Chat{Status: enum.ChatWaiting, ChannelID: ch.ID, ContactID: contactID, QueueID: ch.QueueID,
+		CreatedAt: now, LastMessageAt: now, LastInboundAt: &now, RoutePending: routePending}
+	if windowed(ch.Provider) {
+		ends := now.Add(replyWindow)
+		c.ReplyWindowEndsAt = &ends
 	}
-	ident, err := q.Only(ctx)
+	return c
+}
+
+// senderSQLite finds the sender's open chat on the channel, or their contact
+// (created on their first message, R2).
+func (d *Desk) senderSQLite(ctx context.Context, tx *ent.Tx, ch *ent.Channel, id InboundIdentity) (*ent.Chat, contactOf, error) {
+	open, err := tx.Chat.Query().Where(chatOfIdentity(contactidentity.ProviderEQ(ch.Provider),
+		contactidentity.ExternalID(id.ExternalID)), chat.ChannelID(ch.ID), chatOpen()).Only(ctx)
 	switch {
-	case err == nil && d.pg:
-		out := contactOf{contactID: ident.ContactID, identityID: ident.ID}
-		got, err := selected[bool](ident.Value, routingMarkColumn)
-		if err != nil {
-			return contactOf{}, err
-		}
-		out.busy = !got
-		if draw {
-			id, err := selected[int64](ident.Value, nextMessageColumn)
-			if err != nil {
-				return contactOf{}, err
-			}
-			out.messageID = int(id)
-		}
-		return out, nil
 	case err == nil:
-		return contactOf{contactID: ident.ContactID, identityID: ident.ID}, nil
+		return open, contactOf{contactID: open.ContactID}, nil
 	case !ent.IsNotFound(err):
-		return contactOf{}, err
-	case d.pg:
-		return d.createContactPG(ctx, tx, p, id, queueID, draw)
+		return nil, contactOf{}, err
+	}
+	ident, err := tx.ContactIdentity.Query().Where(contactidentity.ProviderEQ(ch.Provider), contactidentity.ExternalID(id.ExternalID)).Only(ctx)
+	switch {
+	case err == nil:
+		return nil, contactOf{contactID: ident.ContactID, identityID: ident.ID}, nil
+	case !ent.IsNotFound(err):
+		return nil, contactOf{}, err
 	}
 	now := d.Now()
 	create := tx.Contact.Create().SetName(clip(id.Name, 300)).SetCreatedAt(now).SetUpdatedAt(now)
@@ -450,14 +405,86 @@ func (d *Desk) findOrCreateContact(ctx context.Context, tx *ent.Tx, p enum.Provi
 	}
 	c, err := create.Save(ctx)
 	if err != nil {
-		return contactOf{}, err
+		return nil, contactOf{}, err
 	}
-	ident, err = tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(p).SetExternalID(id.ExternalID).
+	ident, err = tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(ch.Provider).SetExternalID(id.ExternalID).
 		SetDisplayName(clip(id.Name, 300)).SetUsername(clip(id.Username, 100)).SetPhone(clip(id.Phone, 50)).Save(ctx)
 	if err != nil {
-		return contactOf{}, err
+		return nil, contactOf{}, err
 	}
-	return contactOf{contactID: c.ID, identityID: ident.ID, created: true}, nil
+	return nil, contactOf{contactID: c.ID, identityID: ident.ID, created: true}, nil
+}
+
+// Columns senderPG selects beside the chat's.
+const (
+	identityColumn        = "parley_identity_id"
+	identityContactColumn = "parley_identity_contact"
+)
+
+// senderPG finds, in one statement, the sender's identity and their
+// contact's open chat on the channel, locked FOR NO KEY UPDATE; without an
+// open chat the statement also takes the queue's routing mark
+// (routingMark). With draw, it draws the message's id once the chat's lock
+// is held (the lock is taken by a subquery, below the select list that
+// draws), so that the messages of a chat keep the order of their
+// transactions, as ids drawn by their inserts would. A sender never seen
+// before is created by createContactPG.
+func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inbound, draw bool, now time.Time) (*ent.Chat, contactOf, error) {
+	row, err := tx.Chat.Query().Modify(func(s *entsql.Selector) {
+		// (The columns are named before the FROM clause is replaced.)
+		for _, col := range []string{identityColumn, identityContactColumn, routingMarkColumn, nextMessageColumn} {
+			if col != nextMessageColumn || draw {
+				s.AppendSelectExprAs(entsql.Expr(s.C(col)), col)
+			}
+		}
+		s.FromExpr(entsql.ExprFunc(func(b *entsql.Builder) {
+			b.WriteString("(SELECT o.*, i.").Ident(contactidentity.FieldID).WriteString(" AS ").Ident(identityColumn).
+				WriteString(", i.").Ident(contactidentity.FieldContactID).WriteString(" AS ").Ident(identityContactColumn).
+				WriteString(", CASE WHEN o.").Ident(chat.FieldID).WriteString(" IS NULL THEN ").Join(routingMark(ch.QueueID)).
+				WriteString(" END AS ").Ident(routingMarkColumn)
+			if draw {
+				b.WriteString(", " + nextMessageID + " AS ").Ident(nextMessageColumn)
+			}
+			b.WriteString(" FROM ").Ident(contactidentity.Table).WriteString(" AS i LEFT JOIN LATERAL (SELECT * FROM ").
+				Ident(chat.Table).WriteString(" WHERE ").Ident(chat.FieldContactID).WriteString(" = i.").Ident(contactidentity.FieldContactID).
+				WriteString(" AND ").Ident(chat.FieldChannelID).WriteString(" = ").Arg(ch.ID).
+				WriteString(" AND ").Ident(chat.FieldStatus).WriteString(" <> '" + string(enum.ChatCompleted) + "'").
+				WriteString(" FOR NO KEY UPDATE) AS o ON true WHERE i.").Ident(contactidentity.FieldProvider).WriteString(" = ").
+				Arg(string(ch.Provider)).WriteString(" AND i.").Ident(contactidentity.FieldExternalID).WriteString(" = ").
+				Arg(in.Identity.ExternalID).WriteString(") AS ").Ident(chat.Table)
+		}))
+	}).Only(ctx)
+	if ent.IsNotFound(err) {
+		c, err := d.createContactPG(ctx, tx, ch, in, draw, now)
+		return nil, c, err
+	}
+	if err != nil {
+		return nil, contactOf{}, err
+	}
+	var out contactOf
+	for _, f := range []struct {
+		column string
+		to     *int
+	}{{identityColumn, &out.identityID}, {identityContactColumn, &out.contactID}, {nextMessageColumn, &out.messageID}} {
+		if f.column == nextMessageColumn && !draw {
+			continue
+		}
+		v, err := selected[int64](row.Value, f.column)
+		if err != nil {
+			return nil, contactOf{}, err
+		}
+		*f.to = int(v)
+	}
+	if row.ID != 0 {
+		return row, out, nil // the open chat (the mark was not taken)
+	}
+	// No open chat: the row's chat columns are NULL.
+	got, err := selected[bool](row.Value, routingMarkColumn)
+	if err != nil {
+		return nil, contactOf{}, err
+	}
+	out.busy = !got
+	return nil, out, nil
 }
 
 // routingMarkColumn names the result of routingMark in a query.
@@ -481,37 +508,58 @@ func routingMark(queueID int) entsql.Querier {
 }
 
 // createContactPG creates a contact and its identity, as the ent creates of
-// the SQLite path do, takes the queue's routing mark (routingMark) and,
-// with draw, draws the message's id, in one statement. A concurrent first
-// message of the same identity fails it on the identity's unique index; the
-// use case then runs again and finds the identity.
-func (d *Desk) createContactPG(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, queueID int, draw bool) (contactOf, error) {
+// senderSQLite do, takes the queue's routing mark (routingMark) and, with
+// draw, draws the message's id, in one statement; for a lean ingest the
+// statement also inserts the new chat (newChat), pending routing when the
+// mark was busy. A concurrent first message of the same identity fails it
+// on the identity's unique index; the use case then runs again and finds the
+// identity.
+func (d *Desk) createContactPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inbound, draw bool, now time.Time) (contactOf, error) {
+	id := in.Identity
 	optional := func(s string, n int) any {
 		if s = clip(s, n); s != "" {
 			return s
 		}
 		return nil
 	}
+	args := []any{}
+	arg := func(v any) string { args = append(args, v); return fmt.Sprintf("$%d", len(args)) }
+	cols := func(cs ...string) string { return strings.Join(cs, ", ") }
+	at := arg(now)
+	query := fmt.Sprintf(`WITH c AS (
+  INSERT INTO %s (%s) VALUES (%s, %s, %s, %s, %s) RETURNING %s
+), i AS (
+  INSERT INTO %s (%s) SELECT c.%s, %s, %s, %s, %s, %s, false, %s, %s FROM c RETURNING %s
+)`,
+		entcontact.Table, cols(entcontact.FieldName, entcontact.FieldPhone, entcontact.FieldUsername, entcontact.FieldCreatedAt,
+			entcontact.FieldUpdatedAt), arg(clip(id.Name, 300)), arg(optional(id.Phone, 50)), arg(optional(id.Username, 100)), at, at,
+		entcontact.FieldID,
+		contactidentity.Table, cols(contactidentity.FieldContactID, contactidentity.FieldProvider, contactidentity.FieldExternalID,
+			contactidentity.FieldDisplayName, contactidentity.FieldUsername, contactidentity.FieldPhone,
+			contactidentity.FieldUnreachable, contactidentity.FieldCreatedAt, contactidentity.FieldUpdatedAt),
+		entcontact.FieldID, arg(string(ch.Provider)), arg(id.ExternalID), arg(clip(id.Name, 300)), arg(clip(id.Username, 100)),
+		arg(clip(id.Phone, 50)), at, at, cols(contactidentity.FieldContactID, contactidentity.FieldID))
+	lock := queueLock("pg_try_advisory_xact_lock", arg(routingLockClass), arg(int32(uint32(ch.QueueID))))
 	drawn := "0"
 	if draw {
 		drawn = nextMessageID
 	}
-	query := fmt.Sprintf(`WITH c AS (
-  INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s) VALUES ($1, $2, $3, $4, $4) RETURNING %[7]s
+	var n *ent.Chat
+	if in.lean {
+		n = newChat(ch, 0, now, false)
+		query += fmt.Sprintf(`, h AS (
+  INSERT INTO %s (%s) SELECT %s, %s, c.%s, %s, %s, %s, %s, %s, %s, NOT %s FROM c RETURNING %s, %s
 )
-INSERT INTO %[8]s (%[9]s, %[10]s, %[11]s, %[12]s, %[13]s, %[14]s, %[15]s, %[16]s, %[17]s)
-SELECT c.%[7]s, $5, $6, $7, $8, $9, false, $4, $4 FROM c
-RETURNING %[9]s, %[18]s, `+queueLock("pg_try_advisory_xact_lock", "$10", "$11")+`, %[19]s`,
-		entcontact.Table, entcontact.FieldName, entcontact.FieldPhone, entcontact.FieldUsername, entcontact.FieldCreatedAt,
-		entcontact.FieldUpdatedAt, entcontact.FieldID,
-		contactidentity.Table, contactidentity.FieldContactID, contactidentity.FieldProvider, contactidentity.FieldExternalID,
-		contactidentity.FieldDisplayName, contactidentity.FieldUsername, contactidentity.FieldPhone,
-		contactidentity.FieldUnreachable, contactidentity.FieldCreatedAt, contactidentity.FieldUpdatedAt, contactidentity.FieldID,
-		drawn)
-	now := d.Now()
-	args := []any{clip(id.Name, 300), optional(id.Phone, 50), optional(id.Username, 100), now,
-		string(p), id.ExternalID, clip(id.Name, 300), clip(id.Username, 100), clip(id.Phone, 50),
-		routingLockClass, int32(uint32(queueID))}
+SELECT i.%s, i.%s, NOT h.%s, %s, h.%s FROM i, h`,
+			chat.Table, cols(chat.FieldStatus, chat.FieldChannelID, chat.FieldContactID, chat.FieldQueueID, chat.FieldCreatedAt,
+				chat.FieldLastMessageAt, chat.FieldLastInboundAt, chat.FieldReplyWindowEndsAt, chat.FieldDuplicatesFound,
+				chat.FieldRoutePending),
+			arg(string(n.Status)), arg(n.ChannelID), entcontact.FieldID, arg(n.QueueID), arg(n.CreatedAt), arg(n.LastMessageAt),
+			arg(*n.LastInboundAt), arg(n.ReplyWindowEndsAt), arg(n.DuplicatesFound), lock, chat.FieldID, chat.FieldRoutePending,
+			contactidentity.FieldContactID, contactidentity.FieldID, chat.FieldRoutePending, drawn, chat.FieldID)
+	} else {
+		query += fmt.Sprintf("\nSELECT i.%s, i.%s, %s, %s, 0 FROM i", contactidentity.FieldContactID, contactidentity.FieldID, lock, drawn)
+	}
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return contactOf{}, err
@@ -525,10 +573,15 @@ RETURNING %[9]s, %[18]s, `+queueLock("pg_try_advisory_xact_lock", "$10", "$11")+
 	}
 	out := contactOf{created: true}
 	var got bool
-	if err := rows.Scan(&out.contactID, &out.identityID, &got, &out.messageID); err != nil {
+	var chatID int
+	if err := rows.Scan(&out.contactID, &out.identityID, &got, &out.messageID, &chatID); err != nil {
 		return contactOf{}, err
 	}
 	out.busy = !got
+	if n != nil {
+		n.ID, n.ContactID, n.RoutePending = chatID, out.contactID, out.busy
+		out.chat = n
+	}
 	return out, rows.Close()
 }
 

@@ -217,3 +217,58 @@ func TestR8_ANewChatsOffersAreStoredAndEventedWithTheirIDs(t *testing.T) {
 		t.Fatalf("after the accept timeout the offer is %+v (%v), want EXPIRED", o, err)
 	}
 }
+
+// R1, R2, R21: a customer's first message through a webhook opens a WAITING
+// chat in the channel's queue with every column an opened chat has (on
+// PostgreSQL the statement that creates the contact inserts it); once that
+// chat is completed, the customer's next message opens another one for the
+// same contact (on PostgreSQL the statement that looks for the open chat
+// finds the contact), stored alike.
+func TestR1_AWebhooksMessageOpensAWholeChat(t *testing.T) {
+	w := desktest.New(t)
+	ctx := context.Background()
+	op := w.Operator(active)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{op})
+	wa := w.Channel(q, enum.ProviderWhatsApp)
+	ch, err := w.Desk.WebhookChannel(ctx, wa.ID, enum.ProviderWhatsApp)
+	w.Must(err)
+	open := func(id string) *ent.Chat {
+		t.Helper()
+		_, err := w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: "body-" + id, Updates: []channels.Update{{
+			Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: "15550009", Name: "Ann", Phone: "+15550009"},
+			MessageID: id, MessageKind: string(enum.KindText), Text: "hello"}}}, []byte(`{}`))
+		w.Must(err)
+		m, err := w.Client().Message.Query().Where(message.ProviderMessageID(id)).WithChat().Only(ctx)
+		w.Must(err)
+		c, at := m.Edges.Chat, m.CreatedAt
+		switch {
+		case c.Status != enum.ChatWaiting || c.ChannelID != wa.ID || c.QueueID != q.ID:
+			t.Fatalf("%s opened chat %+v, want WAITING on channel %d in queue %d", id, c, wa.ID, q.ID)
+		case c.RoutePending || c.DuplicatesFound != 0 || c.OwnerID != nil || c.ParentID != nil || c.TransferNote != "" ||
+			c.CompletedAt != nil || c.CompletionDueAt != nil || c.AcceptedAt != nil:
+			t.Fatalf("%s opened chat %+v with columns a new chat does not have", id, c)
+		case !c.CreatedAt.Equal(at) || !c.LastMessageAt.Equal(at) || c.LastInboundAt == nil || !c.LastInboundAt.Equal(at):
+			t.Fatalf("%s opened chat %+v, want created, last message and last inbound at %v", id, c, at)
+		case c.ReplyWindowEndsAt == nil || !c.ReplyWindowEndsAt.Equal(at.Add(24*time.Hour)):
+			t.Fatalf("%s opened chat %+v, want its WhatsApp reply window to end 24 h after %v", id, c, at)
+		case c.OfferedAt == nil || !c.OfferedAt.Equal(at):
+			t.Fatalf("%s opened chat %+v, want it offered at %v", id, c, at)
+		}
+		contact, err := c.QueryContact().Only(ctx)
+		w.Must(err)
+		if contact.Name != "Ann" || contact.Phone != "+15550009" {
+			t.Fatalf("%s opened a chat for contact %+v, want Ann +15550009", id, contact)
+		}
+		return c
+	}
+	first := open("wamid.first")
+	_, err = w.Desk.AcceptChat(w.As(op), first.ID)
+	w.Must(err)
+	_, err = w.Desk.CompleteChat(w.As(op), first.ID)
+	w.Must(err)
+	next := open("wamid.next")
+	if next.ID == first.ID || next.ContactID != first.ContactID {
+		t.Fatalf("the message after completion went to chat %d of contact %d, want a new chat of contact %d (the first: %d)",
+			next.ID, next.ContactID, first.ContactID, first.ID)
+	}
+}
