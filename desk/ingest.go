@@ -207,11 +207,6 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 			return nil, err
 		}
 	}
-	// A known customer's profile data is refreshed by a write sent with
-	// the commit.
-	if err := d.refreshIdentity(ctx, tx, ch.Provider, in.Identity); err != nil {
-		return nil, err
-	}
 	// draw: the message's insert can be held for the commit (no attachment
 	// refers to it, the caller needs its id only); its id is drawn by the
 	// statement that finds the chat or the contact.
@@ -228,6 +223,13 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		return nil, err
 	}
 	res.IdentityID, res.NewContact, res.MessageID = c.identityID, c.created, c.messageID
+	// A known customer's profile data is refreshed by a write sent with
+	// the commit (a new one's was just written).
+	if !c.created {
+		if err := d.refreshIdentity(ctx, tx, ch.Provider, in.Identity); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case open == nil && c.chat != nil:
 		res.Chat, res.NewChat = c.chat, true // inserted with its contact
