@@ -218,18 +218,9 @@ func (d *Desk) placeholders(n, start int) string {
 // lockOperators reads (and on PostgreSQL locks, in id order) the operators
 // matching the predicates.
 func (d *Desk) lockOperators(ctx context.Context, tx *ent.Tx, ps ...predicate.Operator) ([]*ent.Operator, error) {
-	return d.lockOperatorsDrawing(ctx, tx, false, ps...)
-}
-
-// lockOperatorsDrawing is lockOperators where, with drawOffers (PostgreSQL),
-// each row also draws an offer id (nextOfferColumn).
-func (d *Desk) lockOperatorsDrawing(ctx context.Context, tx *ent.Tx, drawOffers bool, ps ...predicate.Operator) ([]*ent.Operator, error) {
 	q := tx.Operator.Query().Where(ps...).Order(ent.Asc(operator.FieldID))
 	if d.pg {
 		q.Modify(lockRows())
-	}
-	if drawOffers {
-		q.Modify(func(s *sql.Selector) { s.AppendSelectExprAs(sql.Expr(nextOfferID), nextOfferColumn) })
 	}
 	return q.All(ctx)
 }
@@ -275,15 +266,81 @@ func (d *Desk) newRouter(ctx context.Context, tx *ent.Tx, queueID int) (*router,
 	return d.newRouterDrawing(ctx, tx, queueID, false)
 }
 
-// nextOfferID draws a chat offer id for an ACTIVE operator's row
-// (PostgreSQL), selected as nextOfferColumn (NULL for the others, who get
-// no offer). Ids are drawn from the offers' range of 2^32 (ids are type <<
-// 32 | n): drawing only where an offer may follow keeps the waste to the
-// active members a routing finds at their limit.
-var nextOfferID = fmt.Sprintf("CASE WHEN %s.%s = '%s' THEN nextval(pg_get_serial_sequence('%s', '%s')) END",
-	operator.Table, operator.FieldStatus, enum.StatusActive, chatoffer.Table, chatoffer.FieldID)
+// nextOfferID draws a chat offer id for an ACTIVE operator's row of a
+// TO_ALL queue (PostgreSQL), selected as nextOfferColumn (NULL for the
+// others, who get no offer): under TO_ALL every available member is offered
+// the chat; one at a time (the other rules), one is, and drawing for all
+// would waste ids. Ids are drawn from the offers' range of 2^32 (ids are
+// type << 32 | n): drawing only where an offer may follow keeps the waste to
+// the active members a routing finds at their limit.
+func nextOfferID(queueID int) sql.Querier {
+	return sql.ExprFunc(func(b *sql.Builder) {
+		b.WriteString("CASE WHEN ").Ident(operator.Table).WriteByte('.').Ident(operator.FieldStatus).
+			WriteString(" = '" + string(enum.StatusActive) + "' AND (SELECT ").Ident(queue.FieldRoutingRule).
+			WriteString(" FROM ").Ident(queue.Table).WriteString(" WHERE ").Ident(queue.FieldID).WriteString(" = ").Arg(queueID).
+			WriteString(") = '" + string(enum.RuleToAll) + "' THEN nextval(pg_get_serial_sequence('" + chatoffer.Table +
+				"', '" + chatoffer.FieldID + "')) END")
+	})
+}
 
 const nextOfferColumn = "parley_next_offer_id"
+
+// Columns lockMembersPG selects beside the operators'.
+const (
+	queueRowColumn    = "parley_queue"
+	settingsRowColumn = "parley_settings"
+)
+
+// lockMembersPG locks the members of a queue that are not disabled, in id
+// order (lockOperators), and reads, in the same statement, the queue and
+// the system settings routing falls back to, each row as JSON (every column
+// comes along, as ent reads them: the entities' JSON names are the column
+// names); with drawOffers, each member's row also draws an offer id
+// (nextOfferID). The queue and settings are read with the statement's
+// snapshot, as a statement of their own before the lock would read them.
+// A queue without members returns no row: q is then nil.
+func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, drawOffers bool) (ops []*ent.Operator, q *ent.Queue, s *ent.Setting, err error) {
+	query := tx.Operator.Query().Where(operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false)).
+		Order(ent.Asc(operator.FieldID)).Modify(lockRows(), func(sel *sql.Selector) {
+		sel.AppendSelectExprAs(sql.ExprFunc(func(b *sql.Builder) {
+			b.WriteString("(SELECT to_jsonb(q) FROM ").Ident(queue.Table).WriteString(" AS q WHERE q.").Ident(queue.FieldID).
+				WriteString(" = ").Arg(queueID).WriteString(")")
+		}), queueRowColumn)
+		sel.AppendSelectExprAs(sql.ExprFunc(func(b *sql.Builder) {
+			b.WriteString("(SELECT to_jsonb(s) FROM ").Ident(setting.Table).WriteString(" AS s WHERE s.").Ident(setting.FieldScope).
+				WriteString(" = ").Arg(settingsScope).WriteString(")")
+		}), settingsRowColumn)
+		if drawOffers {
+			sel.AppendSelectExprAs(nextOfferID(queueID), nextOfferColumn)
+		}
+	})
+	if ops, err = query.All(ctx); err != nil || len(ops) == 0 {
+		return nil, nil, nil, err
+	}
+	q, s = &ent.Queue{}, defaultSettings()
+	for _, row := range []struct {
+		column string
+		into   any
+	}{{queueRowColumn, q}, {settingsRowColumn, s}} {
+		v, set, err := selectedOrNull[any](ops[0].Value, row.column)
+		switch {
+		case err != nil:
+			return nil, nil, nil, err
+		case !set && row.column == queueRowColumn:
+			return nil, nil, nil, fmt.Errorf("routing: queue %d has members but no row", queueID)
+		case !set:
+			continue // no settings row: the defaults
+		}
+		raw, ok := v.([]byte)
+		if !ok {
+			return nil, nil, nil, fmt.Errorf("routing: %s is %T", row.column, v)
+		}
+		if err := json.Unmarshal(raw, row.into); err != nil {
+			return nil, nil, nil, fmt.Errorf("routing: %s: %w", row.column, err)
+		}
+	}
+	return ops, q, s, nil
+}
 
 // newRouterDrawing is newRouter that, with drawOffers on PostgreSQL and a
 // TO_ALL queue, also draws an offer id for each ACTIVE member as it locks
@@ -293,16 +350,27 @@ const nextOfferColumn = "parley_next_offer_id"
 // for a transaction that reads no offer and no load after routing (the held
 // insert is not visible before the commit): the last ingest of a delivery.
 func (d *Desk) newRouterDrawing(ctx context.Context, tx *ent.Tx, queueID int, drawOffers bool) (*router, error) {
-	q, s, err := queueForRouting(ctx, tx, queueID)
-	if err != nil {
-		return nil, err
+	drawOffers = drawOffers && d.pg
+	var ops []*ent.Operator
+	var q *ent.Queue
+	var s *ent.Setting
+	var err error
+	if d.pg {
+		// The members, the queue and the settings in one statement.
+		if ops, q, s, err = d.lockMembersPG(ctx, tx, queueID, drawOffers); err != nil {
+			return nil, err
+		}
 	}
-	// Under TO_ALL every available member is offered the chat; one at a
-	// time (the other rules), one is: drawing for all would waste ids.
-	drawOffers = drawOffers && d.pg && q.RoutingRule == enum.RuleToAll
-	ops, err := d.lockOperatorsDrawing(ctx, tx, drawOffers, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false))
-	if err != nil {
-		return nil, err
+	if q == nil {
+		// SQLite, or a queue without members (or none at all).
+		if q, s, err = queueForRouting(ctx, tx, queueID); err != nil {
+			return nil, err
+		}
+		if !d.pg {
+			if ops, err = d.lockOperators(ctx, tx, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false)); err != nil {
+				return nil, err
+			}
+		}
 	}
 	ids := make([]int, len(ops))
 	for i, op := range ops {
