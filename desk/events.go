@@ -12,6 +12,7 @@ import (
 
 	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chatoffer"
 	entevent "github.com/parleydesk/parley/ent/event"
 	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
@@ -53,6 +54,9 @@ type event struct {
 	Audience []int
 	// Queues lists the queues whose view shows the event, besides QueueID.
 	Queues []int
+	// offersOfChat: the audience is the operators ChatID is offered to,
+	// read by the statement that appends the events (withChatAudience).
+	offersOfChat bool
 }
 
 // emit records an event of the use case's transaction; it is written at
@@ -89,7 +93,10 @@ func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) ([]*
 		r := eventRow{Ord: i, Type: e.Type, ChatID: nonZero(e.ChatID), OperatorID: nonZero(e.OperatorID),
 			QueueID: nonZero(e.QueueID), Payload: e.Payload}
 		r.Audience = e.Audience
-		if r.Audience == nil && e.OperatorID != 0 {
+		if e.offersOfChat {
+			r.OffersOf = nonZero(e.ChatID)
+		}
+		if r.Audience == nil && e.OperatorID != 0 && !e.offersOfChat {
 			r.Audience = []int{e.OperatorID}
 		}
 		r.QueueIDs = e.Queues
@@ -111,6 +118,7 @@ func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) ([]*
 	} else {
 		ids, err = flushEventsSQLite(ctx, tx, rows, now)
 	}
+	// (flushEventsPG sets the audiences it read: rows[i].Audience.)
 	if err != nil {
 		return nil, fmt.Errorf("append events: %w", err)
 	}
@@ -180,6 +188,9 @@ type eventRow struct {
 	Payload    map[string]any `json:"payload,omitempty"`
 	Audience   []int          `json:"audience,omitempty"`
 	QueueIDs   []int          `json:"queue_ids,omitempty"`
+	// OffersOf (PostgreSQL): the audience is the operators this chat is
+	// offered to when the events are appended.
+	OffersOf *int `json:"offers_of,omitempty"`
 }
 
 func nonZero(v int) *int {
@@ -208,16 +219,21 @@ func eventsStatement(notify bool) string {
 	}
 	return fmt.Sprintf(`WITH ins AS (
   INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)
-  SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload, e.audience, e.queue_ids, $2::timestamptz
+  SELECT e.type, e.chat_id, e.operator_id, e.queue_id, e.payload,
+    CASE WHEN e.offers_of IS NULL THEN e.audience ELSE (
+      SELECT jsonb_agg(o.%[13]s ORDER BY o.%[13]s) FROM %[14]s AS o WHERE o.%[15]s = e.offers_of AND o.%[16]s = '%[17]s'
+    ) END,
+    e.queue_ids, $2::timestamptz
   FROM (SELECT %[10]s) AS l,
     jsonb_to_recordset($1::jsonb) AS e(ord int, type text, chat_id bigint, operator_id bigint, queue_id bigint,
-      payload jsonb, audience jsonb, queue_ids jsonb)
+      payload jsonb, audience jsonb, queue_ids jsonb, offers_of bigint)
   ORDER BY e.ord
-  RETURNING %[11]s
+  RETURNING %[11]s, %[7]s
 )%[12]s
-SELECT ins.%[11]s FROM ins, n`+store.InlineCommit, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
+SELECT ins.%[11]s, ins.%[7]s FROM ins, n`+store.InlineCommit, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
 		entevent.FieldQueueID, entevent.FieldPayload, entevent.FieldAudience, entevent.FieldQueueIds,
-		entevent.FieldCreatedAt, eventLock, entevent.FieldID, n)
+		entevent.FieldCreatedAt, eventLock, entevent.FieldID, n,
+		chatoffer.FieldOperatorID, chatoffer.Table, chatoffer.FieldChatID, chatoffer.FieldStatus, enum.OfferOpen)
 }
 
 // flushEventsPG takes the event lock, inserts the events, queues the
@@ -232,7 +248,8 @@ SELECT ins.%[11]s FROM ins, n`+store.InlineCommit, entevent.Table, entevent.Fiel
 // connection prepared once (parsing and planning it for every commit was a
 // fifth of PostgreSQL's CPU), with the writes held for the commit ahead of
 // it. When the insert or the commit fails, the transaction is rolled back as
-// any failed one.
+// any failed one. The audiences the statement read (OffersOf) are set on
+// rows.
 func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
 	body, err := json.Marshal(rows)
 	if err != nil {
@@ -247,18 +264,39 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 		return nil, err
 	}
 	defer res.Close()
-	ids := make([]int, 0, len(rows))
+	type appended struct {
+		id       int
+		audience []byte
+	}
+	got := make([]appended, 0, len(rows))
 	for res.Next() {
-		var id int
-		if err := res.Scan(&id); err != nil {
+		var a appended
+		if err := res.Scan(&a.id, &a.audience); err != nil {
 			return nil, err
 		}
-		ids = append(ids, id)
+		got = append(got, a)
 	}
 	if err := res.Err(); err != nil {
 		return nil, err
 	}
-	slices.Sort(ids)
+	if len(got) != len(rows) {
+		return nil, fmt.Errorf("%d ids for %d events", len(got), len(rows))
+	}
+	// Ids were drawn in the rows' order.
+	slices.SortFunc(got, func(a, b appended) int { return a.id - b.id })
+	ids := make([]int, len(got))
+	for i, a := range got {
+		ids[i] = a.id
+		if rows[i].OffersOf == nil {
+			continue
+		}
+		rows[i].Audience = nil
+		if a.audience != nil {
+			if err := json.Unmarshal(a.audience, &rows[i].Audience); err != nil {
+				return nil, fmt.Errorf("audience of event %d: %w", a.id, err)
+			}
+		}
+	}
 	return ids, nil
 }
 
@@ -266,6 +304,21 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 // the actor (R12: a chat offered to them; the SPA plays its sound).
 func Notifies(e *ent.Event, a *Actor) bool {
 	return e.Type == EventChatOffered && a != nil && e.OperatorID != nil && *e.OperatorID == a.OperatorID
+}
+
+// withChatAudience returns e with chatAudience(c) as its audience. On
+// PostgreSQL the operators a waiting chat is offered to are read by the
+// statement that appends the events, at commit (flushEventsPG), rather than
+// by a statement of their own: no later than the read they replace, and
+// counting the offers the transaction made meanwhile.
+func (d *Desk) withChatAudience(ctx context.Context, tx *ent.Tx, c *ent.Chat, e event) (event, error) {
+	if d.pg && (c.OwnerID == nil || c.Status == enum.ChatWaiting) {
+		e.Audience, e.offersOfChat = nil, true
+		return e, nil
+	}
+	var err error
+	e.Audience, err = d.chatAudience(ctx, tx, c)
+	return e, err
 }
 
 // chatAudience is who sees a change of a chat on their panel: its owner, or

@@ -261,12 +261,12 @@ func (d *Desk) applyEdit(ctx context.Context, tx *ent.Tx, ch channels.Channel, u
 	if err != nil {
 		return false, err
 	}
-	audience, err := d.chatAudience(ctx, tx, c)
+	edited, err := d.withChatAudience(ctx, tx, c, event{Type: EventMessageEdited, ChatID: c.ID, QueueID: c.QueueID,
+		Payload: map[string]any{"messageId": m.ID}})
 	if err != nil {
 		return false, err
 	}
-	return true, d.emit(ctx, tx, event{Type: EventMessageEdited, ChatID: c.ID, QueueID: c.QueueID, Audience: audience,
-		Payload: map[string]any{"messageId": m.ID}})
+	return true, d.emit(ctx, tx, edited)
 }
 
 // applyStatus moves an outbound message's delivery status forward, never
@@ -409,12 +409,12 @@ func (d *Desk) applyEcho(ctx context.Context, tx *ent.Tx, ch channels.Channel, u
 	if err != nil {
 		return false, err
 	}
-	audience, err := d.chatAudience(ctx, tx, c)
+	added, err := d.withChatAudience(ctx, tx, c, event{Type: EventMessageAdded, ChatID: c.ID, QueueID: c.QueueID,
+		Payload: map[string]any{"messageId": m.ID}})
 	if err != nil {
 		return false, err
 	}
-	return true, d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: c.ID, QueueID: c.QueueID, Audience: audience,
-		Payload: map[string]any{"messageId": m.ID}})
+	return true, d.emit(ctx, tx, added)
 }
 
 // retryLateStatus applies a status that arrived before its message's send

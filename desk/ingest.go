@@ -298,14 +298,14 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	}
 	// A new chat reaches panels through its offers; a message in an open
 	// chat reaches its owner or the operators it is offered to.
-	audience := []int{}
+	added := event{Type: EventMessageAdded, ChatID: res.Chat.ID, QueueID: res.Chat.QueueID, Audience: []int{},
+		Payload: map[string]any{"messageId": res.MessageID}}
 	if !res.NewChat {
-		if audience, err = d.chatAudience(ctx, tx, res.Chat); err != nil {
+		if added, err = d.withChatAudience(ctx, tx, res.Chat, added); err != nil {
 			return nil, err
 		}
 	}
-	if err := d.emit(ctx, tx, event{Type: EventMessageAdded, ChatID: res.Chat.ID, QueueID: res.Chat.QueueID,
-		Audience: audience, Payload: map[string]any{"messageId": res.MessageID}}); err != nil {
+	if err := d.emit(ctx, tx, added); err != nil {
 		return nil, err
 	}
 	switch {
