@@ -226,7 +226,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	// A known customer's profile data is refreshed by a write sent with
 	// the commit (a new one's was just written).
 	if !c.created {
-		if err := d.refreshIdentity(ctx, tx, ch.Provider, in.Identity); err != nil {
+		if err := d.refreshIdentity(ctx, tx, ch.Provider, in.Identity, c.profile); err != nil {
 			return nil, err
 		}
 	}
@@ -334,23 +334,63 @@ func windowed(p enum.Provider) bool {
 }
 
 // refreshIdentity updates a known identity's profile data from its
-// message, when it changed (R2), at commit.
-func (d *Desk) refreshIdentity(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity) error {
+// message, when it changed (R2), at commit. known is the identity as the
+// transaction read it (PostgreSQL), nil when it was not read: when it shows
+// nothing to change, nothing is written.
+func (d *Desk) refreshIdentity(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, known *identityProfile) error {
+	fields := profileFields(id)
+	if known != nil && !known.stale(fields) {
+		return nil
+	}
 	// A customer who writes can be written to again.
 	upd := d.sql().Update(contactidentity.Table).Set(contactidentity.FieldUpdatedAt, d.Now()).
 		Set(contactidentity.FieldUnreachable, false).Set(contactidentity.FieldUnreachableReason, "")
 	changed := []*entsql.Predicate{entsql.EQ(contactidentity.FieldUnreachable, true)}
+	for _, f := range fields {
+		upd.Set(f.column, f.value)
+		changed = append(changed, entsql.Or(entsql.NEQ(f.column, f.value), entsql.IsNull(f.column)))
+	}
+	return d.atCommit(ctx, tx, upd.Where(entsql.And(entsql.EQ(contactidentity.FieldProvider, string(p)),
+		entsql.EQ(contactidentity.FieldExternalID, id.ExternalID), entsql.Or(changed...))))
+}
+
+// profileField is a column of an identity's profile and the value a
+// message gives it.
+type profileField struct{ column, value string }
+
+// profileFields are the profile values a message gives (those it has).
+func profileFields(id InboundIdentity) []profileField {
+	var out []profileField
 	for _, f := range []struct {
 		column, value string
 		max           int
 	}{{contactidentity.FieldDisplayName, id.Name, 300}, {contactidentity.FieldUsername, id.Username, 100}} {
 		if v := clip(f.value, f.max); v != "" {
-			upd.Set(f.column, v)
-			changed = append(changed, entsql.Or(entsql.NEQ(f.column, v), entsql.IsNull(f.column)))
+			out = append(out, profileField{f.column, v})
 		}
 	}
-	return d.atCommit(ctx, tx, upd.Where(entsql.And(entsql.EQ(contactidentity.FieldProvider, string(p)),
-		entsql.EQ(contactidentity.FieldExternalID, id.ExternalID), entsql.Or(changed...))))
+	return out
+}
+
+// identityProfile is an identity's profile as read (columns by name; a
+// NULL column is missing).
+type identityProfile struct {
+	values      map[string]string
+	unreachable bool
+}
+
+// stale reports whether refreshIdentity's update would change the identity
+// (its WHERE clause, evaluated on what was read).
+func (p *identityProfile) stale(fields []profileField) bool {
+	if p.unreachable {
+		return true
+	}
+	for _, f := range fields {
+		if v, ok := p.values[f.column]; !ok || v != f.value {
+			return true
+		}
+	}
+	return false
 }
 
 // contactOf is the sender of an inbound message, as found or created.
@@ -365,6 +405,9 @@ type contactOf struct {
 	// chat is the new chat inserted with a new contact (PostgreSQL, lean
 	// ingests), not an entity of the transaction.
 	chat *ent.Chat
+	// profile is the known identity's profile (PostgreSQL), nil when it
+	// was not read.
+	profile *identityProfile
 }
 
 // newChat is the chat a customer's first message opens (R1), before it is
@@ -417,11 +460,17 @@ func (d *Desk) senderSQLite(ctx context.Context, tx *ent.Tx, ch *ent.Channel, id
 	return nil, contactOf{contactID: c.ID, identityID: ident.ID, created: true}, nil
 }
 
-// Columns senderPG selects beside the chat's.
+// Columns senderPG selects beside the chat's: the identity's id and
+// contact, and its profile (identityProfileColumns).
 const (
 	identityColumn        = "parley_identity_id"
 	identityContactColumn = "parley_identity_contact"
 )
+
+// identityProfileColumns name, in senderPG's result, the identity's columns
+// refreshIdentity compares.
+var identityProfileColumns = []struct{ column, as string }{{contactidentity.FieldDisplayName, "parley_identity_display_name"},
+	{contactidentity.FieldUsername, "parley_identity_username"}, {contactidentity.FieldUnreachable, "parley_identity_unreachable"}}
 
 // senderPG finds, in one statement, the sender's identity and their
 // contact's open chat on the channel, locked FOR NO KEY UPDATE; without an
@@ -434,15 +483,23 @@ const (
 func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inbound, draw bool, now time.Time) (*ent.Chat, contactOf, error) {
 	row, err := tx.Chat.Query().Modify(func(s *entsql.Selector) {
 		// (The columns are named before the FROM clause is replaced.)
-		for _, col := range []string{identityColumn, identityContactColumn, routingMarkColumn, nextMessageColumn} {
-			if col != nextMessageColumn || draw {
-				s.AppendSelectExprAs(entsql.Expr(s.C(col)), col)
-			}
+		cols := []string{identityColumn, identityContactColumn, routingMarkColumn}
+		if draw {
+			cols = append(cols, nextMessageColumn)
+		}
+		for _, p := range identityProfileColumns {
+			cols = append(cols, p.as)
+		}
+		for _, col := range cols {
+			s.AppendSelectExprAs(entsql.Expr(s.C(col)), col)
 		}
 		s.FromExpr(entsql.ExprFunc(func(b *entsql.Builder) {
 			b.WriteString("(SELECT o.*, i.").Ident(contactidentity.FieldID).WriteString(" AS ").Ident(identityColumn).
-				WriteString(", i.").Ident(contactidentity.FieldContactID).WriteString(" AS ").Ident(identityContactColumn).
-				WriteString(", CASE WHEN o.").Ident(chat.FieldID).WriteString(" IS NULL THEN ").Join(routingMark(ch.QueueID)).
+				WriteString(", i.").Ident(contactidentity.FieldContactID).WriteString(" AS ").Ident(identityContactColumn)
+			for _, p := range identityProfileColumns {
+				b.WriteString(", i.").Ident(p.column).WriteString(" AS ").Ident(p.as)
+			}
+			b.WriteString(", CASE WHEN o.").Ident(chat.FieldID).WriteString(" IS NULL THEN ").Join(routingMark(ch.QueueID)).
 				WriteString(" END AS ").Ident(routingMarkColumn)
 			if draw {
 				b.WriteString(", " + nextMessageID + " AS ").Ident(nextMessageColumn)
@@ -476,6 +533,26 @@ func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inb
 			return nil, contactOf{}, err
 		}
 		*f.to = int(v)
+	}
+	out.profile = &identityProfile{values: map[string]string{}}
+	for _, p := range identityProfileColumns {
+		v, set, err := selectedOrNull[any](row.Value, p.as)
+		switch {
+		case err != nil:
+			return nil, contactOf{}, err
+		case !set:
+			continue
+		}
+		switch v := v.(type) {
+		case bool:
+			out.profile.unreachable = v
+		case string:
+			out.profile.values[p.column] = v
+		case []byte:
+			out.profile.values[p.column] = string(v)
+		default:
+			return nil, contactOf{}, fmt.Errorf("ingest: identity column %s is %T", p.column, v)
+		}
 	}
 	if row.ID != 0 {
 		return row, out, nil // the open chat (the mark was not taken)

@@ -13,6 +13,7 @@ import (
 	"github.com/parleydesk/parley/desk/desktest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chatoffer"
+	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/message"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
@@ -271,4 +272,51 @@ func TestR1_AWebhooksMessageOpensAWholeChat(t *testing.T) {
 		t.Fatalf("the message after completion went to chat %d of contact %d, want a new chat of contact %d (the first: %d)",
 			next.ID, next.ContactID, first.ContactID, first.ID)
 	}
+}
+
+// R2: a known customer's message refreshes their identity: a customer who
+// had blocked the channel and writes again is reachable again (their name
+// unchanged), and a new name replaces the old one. (On PostgreSQL the
+// transaction compares what the open chat's look-up read, and writes only
+// a change.)
+func TestR2_ACustomersMessageRefreshesTheirIdentity(t *testing.T) {
+	w := desktest.New(t)
+	ctx := context.Background()
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
+	tgc := w.Channel(q, enum.ProviderTelegram)
+	ch, err := w.Desk.WebhookChannel(ctx, tgc.ID, enum.ProviderTelegram)
+	w.Must(err)
+	n := 0
+	deliver := func(u channels.Update) {
+		t.Helper()
+		n++
+		u.Sender.ExternalID = "4242"
+		if u.Kind == channels.UpdateMessage {
+			u.MessageID, u.MessageKind, u.Text = fmt.Sprintf("4242:%d", n), string(enum.KindText), "hello"
+		}
+		_, err := w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: fmt.Sprintf("update-%d", n), Updates: []channels.Update{u}}, []byte(`{}`))
+		w.Must(err)
+	}
+	want := func(name, username string, unreachable bool) {
+		t.Helper()
+		id, err := w.Client().ContactIdentity.Query().Where(contactidentity.ExternalID("4242")).Only(ctx)
+		w.Must(err)
+		if id.DisplayName != name || id.Username != username || id.Unreachable != unreachable {
+			t.Fatalf("identity %q @%s unreachable %v, want %q @%s unreachable %v", id.DisplayName, id.Username, id.Unreachable,
+				name, username, unreachable)
+		}
+	}
+	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann", Username: "ann"}})
+	want("Ann", "ann", false)
+	deliver(channels.Update{Kind: channels.UpdateReachability, Sender: channels.Identity{}, Reachable: false})
+	want("Ann", "ann", true)
+	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann", Username: "ann"}})
+	want("Ann", "ann", false)
+	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann Lee", Username: "ann"}})
+	want("Ann Lee", "ann", false)
+	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann Lee", Username: "annlee"}})
+	want("Ann Lee", "annlee", false)
+	// A message without a name or username keeps them.
+	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{}})
+	want("Ann Lee", "annlee", false)
 }
