@@ -306,37 +306,31 @@ func Notifies(e *ent.Event, a *Actor) bool {
 	return e.Type == EventChatOffered && a != nil && e.OperatorID != nil && *e.OperatorID == a.OperatorID
 }
 
-// withChatAudience returns e with chatAudience(c) as its audience. On
-// PostgreSQL the operators a waiting chat is offered to are read by the
-// statement that appends the events, at commit (flushEventsPG), rather than
-// by a statement of their own: no later than the read they replace, and
-// counting the offers the transaction made meanwhile.
+// withChatAudience returns e with the audience of a change of chat c: who
+// sees it on their panel, its owner, or the operators it is offered to while
+// it waits. On PostgreSQL those operators are read by the statement that
+// appends the events, at commit (flushEventsPG), rather than by a statement
+// of their own: no earlier than the read it replaces, and counting the
+// offers the transaction made meanwhile.
 func (d *Desk) withChatAudience(ctx context.Context, tx *ent.Tx, c *ent.Chat, e event) (event, error) {
-	if d.pg && (c.OwnerID == nil || c.Status == enum.ChatWaiting) {
+	switch {
+	case c.OwnerID != nil && c.Status != enum.ChatWaiting:
+		e.Audience = []int{*c.OwnerID}
+		return e, nil
+	case d.pg:
 		e.Audience, e.offersOfChat = nil, true
 		return e, nil
 	}
-	var err error
-	e.Audience, err = d.chatAudience(ctx, tx, c)
-	return e, err
-}
-
-// chatAudience is who sees a change of a chat on their panel: its owner, or
-// the operators it is offered to while it waits.
-func (d *Desk) chatAudience(ctx context.Context, tx *ent.Tx, c *ent.Chat) ([]int, error) {
-	if c.OwnerID != nil && c.Status != enum.ChatWaiting {
-		return []int{*c.OwnerID}, nil
-	}
 	open, _, err := d.offersOf(ctx, tx, c.ID)
 	if err != nil {
-		return nil, err
+		return e, err
 	}
-	out := make([]int, 0, len(open))
+	e.Audience = make([]int, 0, len(open))
 	for id := range open {
-		out = append(out, id)
+		e.Audience = append(e.Audience, id)
 	}
-	slices.Sort(out)
-	return out, nil
+	slices.Sort(e.Audience)
+	return e, nil
 }
 
 // LastEventID is the id of the newest event (0 when there is none).

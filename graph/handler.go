@@ -202,6 +202,7 @@ func presentError(ctx context.Context, log *slog.Logger, err error) *gqlerror.Er
 	return ge
 }
 
+// presentedError is the error as the client receives it (see presentError).
 func presentedError(ctx context.Context, log *slog.Logger, err error) *gqlerror.Error {
 	ge := graphql.DefaultErrorPresenter(ctx, err)
 	var de *desk.Error
