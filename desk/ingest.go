@@ -2,6 +2,7 @@ package desk
 
 import (
 	"context"
+	stdsql "database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -134,17 +135,8 @@ var nextMessageID = fmt.Sprintf("nextval(pg_get_serial_sequence('%s', '%s'))", m
 
 const nextMessageColumn = "parley_next_message_id"
 
-// selected reads a value a query selected beside an entity's fields
-// (value is the entity's Value method).
-func selected[T any](value func(string) (ent.Value, error), column string) (T, error) {
-	t, ok, err := selectedOrNull[T](value, column)
-	if err == nil && !ok {
-		err = fmt.Errorf("%s is NULL", column)
-	}
-	return t, err
-}
-
-// selectedOrNull is selected where the value may be NULL (ok false).
+// selectedOrNull reads a value a query selected beside an entity's fields
+// (value is the entity's Value method); ok is false when it is NULL.
 func selectedOrNull[T any](value func(string) (ent.Value, error), column string) (t T, ok bool, err error) {
 	v, err := value(column)
 	if err != nil {
@@ -398,7 +390,7 @@ type contactOf struct {
 	contactID, identityID int
 	created               bool
 	// busy: the queue of the chat about to be opened is busy routing
-	// another new chat (routingMark, PostgreSQL).
+	// another new chat (the routing mark, PostgreSQL).
 	busy bool
 	// messageID is the id drawn for the message (PostgreSQL, when asked).
 	messageID int
@@ -460,134 +452,130 @@ func (d *Desk) senderSQLite(ctx context.Context, tx *ent.Tx, ch *ent.Channel, id
 	return nil, contactOf{contactID: c.ID, identityID: ident.ID, created: true}, nil
 }
 
-// Columns senderPG selects beside the chat's: the identity's id and
-// contact, and its profile (identityProfileColumns).
+// Columns senderPG selects beside the chat's: the identity's id, contact
+// and profile (the columns refreshIdentity compares), the queue's routing
+// mark (see below) and the drawn message id (nextMessageID).
 const (
-	identityColumn        = "parley_identity_id"
-	identityContactColumn = "parley_identity_contact"
+	identityColumn         = "parley_identity_id"
+	identityContactColumn  = "parley_identity_contact"
+	identityNameColumn     = "parley_identity_display_name"
+	identityUsernameColumn = "parley_identity_username"
+	identityBlockedColumn  = "parley_identity_unreachable"
+	routingMarkColumn      = "parley_routing_mark"
 )
 
-// identityProfileColumns name, in senderPG's result, the identity's columns
-// refreshIdentity compares.
-var identityProfileColumns = []struct{ column, as string }{{contactidentity.FieldDisplayName, "parley_identity_display_name"},
-	{contactidentity.FieldUsername, "parley_identity_username"}, {contactidentity.FieldUnreachable, "parley_identity_unreachable"}}
+// The routing mark tells whether another transaction is routing a new chat
+// of the queue at this instant, without waiting (false: busy); when none
+// is, this transaction takes the mark until it ends. A busy queue's new
+// chats are routed by a release of the queue right after commit
+// (release.go) rather than queueing on the members' row locks, where each
+// would wait for the previous one to commit: under a burst one release
+// routes them together, under one lock. It is queueLock's try-lock,
+// evaluated by the statement that finds (senderPG) or creates
+// (createContactPG) the new chat's contact (PostgreSQL; SQLite has one
+// writer at a time: never busy).
+
+// senderStatements are senderPG's statement without and with the message
+// id drawn (draw). Its arguments: $1 the channel, $2 its provider, $3 the
+// sender's external id, $4 the routing lock's class, $5 the queue. It is a
+// fixed string, built once: building it with ent's query builder for every
+// message, and reading the extra columns' types from the driver, cost
+// about a tenth of the server's CPU under load.
+var senderStatements = [2]string{senderStatement(false), senderStatement(true)}
+
+func senderStatement(draw bool) string {
+	cols := make([]string, len(chat.Columns))
+	for i, c := range chat.Columns {
+		cols[i] = `o."` + c + `"`
+	}
+	drawn := ""
+	if draw {
+		drawn = fmt.Sprintf(`, %s AS %s`, nextMessageID, nextMessageColumn)
+	}
+	return fmt.Sprintf(`SELECT %s, i.%s AS %s, i.%s AS %s, i.%s AS %s, i.%s AS %s, i.%s AS %s,
+  CASE WHEN o.%s IS NULL THEN %s END AS %s%s
+FROM %s AS i LEFT JOIN LATERAL (
+  SELECT * FROM %s WHERE %s = i.%s AND %s = $1 AND %s <> '%s' FOR NO KEY UPDATE
+) AS o ON true
+WHERE i.%s = $2 AND i.%s = $3`,
+		strings.Join(cols, ", "), contactidentity.FieldID, identityColumn, contactidentity.FieldContactID, identityContactColumn,
+		contactidentity.FieldDisplayName, identityNameColumn, contactidentity.FieldUsername, identityUsernameColumn,
+		contactidentity.FieldUnreachable, identityBlockedColumn,
+		chat.FieldID, queueLock("pg_try_advisory_xact_lock", "$4", "$5"), routingMarkColumn, drawn,
+		contactidentity.Table, chat.Table, chat.FieldContactID, contactidentity.FieldContactID, chat.FieldChannelID,
+		chat.FieldStatus, enum.ChatCompleted, contactidentity.FieldProvider, contactidentity.FieldExternalID)
+}
 
 // senderPG finds, in one statement, the sender's identity and their
 // contact's open chat on the channel, locked FOR NO KEY UPDATE; without an
 // open chat the statement also takes the queue's routing mark
-// (routingMark). With draw, it draws the message's id once the chat's lock
-// is held (the lock is taken by a subquery, below the select list that
-// draws), so that the messages of a chat keep the order of their
+// (the routing mark). With draw, it draws the message's id once the chat's lock
+// is held (the select list that draws is evaluated on the rows the locking
+// subquery returns), so that the messages of a chat keep the order of their
 // transactions, as ids drawn by their inserts would. A sender never seen
 // before is created by createContactPG.
 func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inbound, draw bool, now time.Time) (*ent.Chat, contactOf, error) {
-	row, err := tx.Chat.Query().Modify(func(s *entsql.Selector) {
-		// (The columns are named before the FROM clause is replaced.)
-		cols := []string{identityColumn, identityContactColumn, routingMarkColumn}
-		if draw {
-			cols = append(cols, nextMessageColumn)
-		}
-		for _, p := range identityProfileColumns {
-			cols = append(cols, p.as)
-		}
-		for _, col := range cols {
-			s.AppendSelectExprAs(entsql.Expr(s.C(col)), col)
-		}
-		s.FromExpr(entsql.ExprFunc(func(b *entsql.Builder) {
-			b.WriteString("(SELECT o.*, i.").Ident(contactidentity.FieldID).WriteString(" AS ").Ident(identityColumn).
-				WriteString(", i.").Ident(contactidentity.FieldContactID).WriteString(" AS ").Ident(identityContactColumn)
-			for _, p := range identityProfileColumns {
-				b.WriteString(", i.").Ident(p.column).WriteString(" AS ").Ident(p.as)
-			}
-			b.WriteString(", CASE WHEN o.").Ident(chat.FieldID).WriteString(" IS NULL THEN ").Join(routingMark(ch.QueueID)).
-				WriteString(" END AS ").Ident(routingMarkColumn)
-			if draw {
-				b.WriteString(", " + nextMessageID + " AS ").Ident(nextMessageColumn)
-			}
-			b.WriteString(" FROM ").Ident(contactidentity.Table).WriteString(" AS i LEFT JOIN LATERAL (SELECT * FROM ").
-				Ident(chat.Table).WriteString(" WHERE ").Ident(chat.FieldContactID).WriteString(" = i.").Ident(contactidentity.FieldContactID).
-				WriteString(" AND ").Ident(chat.FieldChannelID).WriteString(" = ").Arg(ch.ID).
-				WriteString(" AND ").Ident(chat.FieldStatus).WriteString(" <> '" + string(enum.ChatCompleted) + "'").
-				WriteString(" FOR NO KEY UPDATE) AS o ON true WHERE i.").Ident(contactidentity.FieldProvider).WriteString(" = ").
-				Arg(string(ch.Provider)).WriteString(" AND i.").Ident(contactidentity.FieldExternalID).WriteString(" = ").
-				Arg(in.Identity.ExternalID).WriteString(") AS ").Ident(chat.Table)
-		}))
-	}).Only(ctx)
-	if ent.IsNotFound(err) {
-		c, err := d.createContactPG(ctx, tx, ch, in, draw, now)
-		return nil, c, err
+	query := senderStatements[0]
+	if draw {
+		query = senderStatements[1]
 	}
+	rows, err := tx.QueryContext(ctx, query, ch.ID, string(ch.Provider), in.Identity.ExternalID,
+		routingLockClass, int32(uint32(ch.QueueID)))
 	if err != nil {
 		return nil, contactOf{}, err
 	}
-	var out contactOf
-	for _, f := range []struct {
-		column string
-		to     *int
-	}{{identityColumn, &out.identityID}, {identityContactColumn, &out.contactID}, {nextMessageColumn, &out.messageID}} {
-		if f.column == nextMessageColumn && !draw {
-			continue
-		}
-		v, err := selected[int64](row.Value, f.column)
-		if err != nil {
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
 			return nil, contactOf{}, err
 		}
-		*f.to = int(v)
+		rows.Close()
+		c, err := d.createContactPG(ctx, tx, ch, in, draw, now)
+		return nil, c, err
 	}
-	out.profile = &identityProfile{values: map[string]string{}}
-	for _, p := range identityProfileColumns {
-		v, set, err := selectedOrNull[any](row.Value, p.as)
-		switch {
-		case err != nil:
-			return nil, contactOf{}, err
-		case !set:
-			continue
-		}
-		switch v := v.(type) {
-		case bool:
-			out.profile.unreachable = v
-		case string:
-			out.profile.values[p.column] = v
-		case []byte:
-			out.profile.values[p.column] = string(v)
-		default:
-			return nil, contactOf{}, fmt.Errorf("ingest: identity column %s is %T", p.column, v)
-		}
+	var identity, contact, message stdsql.NullInt64
+	var name, username stdsql.NullString
+	var unreachable, mark stdsql.NullBool
+	extra := map[string]any{identityColumn: &identity, identityContactColumn: &contact, identityNameColumn: &name,
+		identityUsernameColumn: &username, identityBlockedColumn: &unreachable, routingMarkColumn: &mark}
+	if draw {
+		extra[nextMessageColumn] = &message
+	}
+	row, err := tx.Chat.ScanRow(rows, extra)
+	if err != nil {
+		return nil, contactOf{}, err
+	}
+	if rows.Next() {
+		return nil, contactOf{}, fmt.Errorf("ingest: identity %s/%s has more than one open chat on channel %d",
+			ch.Provider, in.Identity.ExternalID, ch.ID)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, contactOf{}, err
+	}
+	if !identity.Valid || !contact.Valid || (draw && !message.Valid) {
+		return nil, contactOf{}, fmt.Errorf("ingest: the sender's look-up returned no identity, contact or message id")
+	}
+	out := contactOf{identityID: int(identity.Int64), contactID: int(contact.Int64), messageID: int(message.Int64),
+		profile: &identityProfile{values: map[string]string{}, unreachable: unreachable.Valid && unreachable.Bool}}
+	if name.Valid {
+		out.profile.values[contactidentity.FieldDisplayName] = name.String
+	}
+	if username.Valid {
+		out.profile.values[contactidentity.FieldUsername] = username.String
 	}
 	if row.ID != 0 {
 		return row, out, nil // the open chat (the mark was not taken)
 	}
-	// No open chat: the row's chat columns are NULL.
-	got, err := selected[bool](row.Value, routingMarkColumn)
-	if err != nil {
-		return nil, contactOf{}, err
+	// No open chat: the row's chat columns are NULL, the mark was tried.
+	if !mark.Valid {
+		return nil, contactOf{}, fmt.Errorf("ingest: the routing mark of queue %d was not tried", ch.QueueID)
 	}
-	out.busy = !got
+	out.busy = !mark.Bool
 	return nil, out, nil
 }
 
-// routingMarkColumn names the result of routingMark in a query.
-const routingMarkColumn = "parley_routing_mark"
-
-// routingMark tells whether another transaction is routing a new chat of
-// the queue at this instant, without waiting (false: busy); when none is,
-// this transaction takes the mark until it ends. A busy queue's new chats
-// are routed by a release of the queue right after commit (release.go)
-// rather than queueing on the members' row locks, where each would wait
-// for the previous one to commit: under a burst one release routes them
-// together, under one lock. It is queueLock's try-lock as an expression
-// (with the builder's placeholders), evaluated by the statement that finds
-// or creates the new chat's contact (PostgreSQL; SQLite has one writer at a
-// time: never busy).
-func routingMark(queueID int) entsql.Querier {
-	return entsql.ExprFunc(func(b *entsql.Builder) {
-		b.WriteString("pg_try_advisory_xact_lock(hashtext(").Arg(routingLockClass).
-			WriteString(" || ':' || current_schema()), ").Arg(int32(uint32(queueID))).WriteString(")")
-	})
-}
-
 // createContactPG creates a contact and its identity, as the ent creates of
-// senderSQLite do, takes the queue's routing mark (routingMark) and, with
+// senderSQLite do, takes the queue's routing mark and, with
 // draw, draws the message's id, in one statement; for a lean ingest the
 // statement also inserts the new chat (newChat), pending routing when the
 // mark was busy. A concurrent first message of the same identity fails it

@@ -4,13 +4,16 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chatoffer"
 	"github.com/parleydesk/parley/ent/contactidentity"
@@ -280,7 +283,15 @@ func TestR1_AWebhooksMessageOpensAWholeChat(t *testing.T) {
 // transaction compares what the open chat's look-up read, and writes only
 // a change.)
 func TestR2_ACustomersMessageRefreshesTheirIdentity(t *testing.T) {
-	w := desktest.New(t)
+	// The identity UPDATEs the desk sends: on PostgreSQL only when the
+	// message changes the profile the look-up read.
+	var updates atomic.Int64
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, statement string) {
+		if strings.Contains(statement, `UPDATE "contact_identities"`) {
+			updates.Add(1)
+		}
+	})
+	w := desktest.NewOn(t, db, desktest.NewClock())
 	ctx := context.Background()
 	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
 	tgc := w.Channel(q, enum.ProviderTelegram)
@@ -297,8 +308,11 @@ func TestR2_ACustomersMessageRefreshesTheirIdentity(t *testing.T) {
 		_, err := w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: fmt.Sprintf("update-%d", n), Updates: []channels.Update{u}}, []byte(`{}`))
 		w.Must(err)
 	}
-	want := func(name, username string, unreachable bool) {
+	want := func(name, username string, unreachable bool, updated int64) {
 		t.Helper()
+		if got := updates.Swap(0); storetest.Postgres() && got != updated {
+			t.Fatalf("%d identity updates sent, want %d", got, updated)
+		}
 		id, err := w.Client().ContactIdentity.Query().Where(contactidentity.ExternalID("4242")).Only(ctx)
 		w.Must(err)
 		if id.DisplayName != name || id.Username != username || id.Unreachable != unreachable {
@@ -307,16 +321,18 @@ func TestR2_ACustomersMessageRefreshesTheirIdentity(t *testing.T) {
 		}
 	}
 	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann", Username: "ann"}})
-	want("Ann", "ann", false)
-	deliver(channels.Update{Kind: channels.UpdateReachability, Sender: channels.Identity{}, Reachable: false})
-	want("Ann", "ann", true)
+	want("Ann", "ann", false, 0) // created with the profile
 	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann", Username: "ann"}})
-	want("Ann", "ann", false)
+	want("Ann", "ann", false, 0) // unchanged: nothing to write
+	deliver(channels.Update{Kind: channels.UpdateReachability, Sender: channels.Identity{}, Reachable: false})
+	want("Ann", "ann", true, 1)
+	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann", Username: "ann"}})
+	want("Ann", "ann", false, 1)
 	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann Lee", Username: "ann"}})
-	want("Ann Lee", "ann", false)
+	want("Ann Lee", "ann", false, 1)
 	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{Name: "Ann Lee", Username: "annlee"}})
-	want("Ann Lee", "annlee", false)
+	want("Ann Lee", "annlee", false, 1)
 	// A message without a name or username keeps them.
 	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{}})
-	want("Ann Lee", "annlee", false)
+	want("Ann Lee", "annlee", false, 0)
 }

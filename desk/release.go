@@ -11,14 +11,14 @@ import (
 )
 
 // Releases of new chats left pending (PostgreSQL). A new chat that finds
-// its queue busy is stored route_pending and committed unrouted
-// (routingMark); right after the commit, this process's release worker
-// routes it, with any others of the queue that arrived meanwhile, in one
-// transaction (releaseQueue). The ingest writes nothing else: no job row,
-// which concurrent ingests would queue on. The pending chat is the durable
-// record: if the process stops before its worker runs, any instance's
-// scheduler finds the chat still pending after pendingGrace and releases its
-// queue (sweepPending).
+// its queue busy is stored route_pending and committed unrouted (the
+// routing mark, desk/ingest.go); right after the commit, this process's
+// release worker routes it, with any others of the queue that arrived
+// meanwhile, in one transaction (releaseQueue). The ingest writes nothing
+// else: no job row, which concurrent ingests would queue on. The pending
+// chat is the durable record: if the process stops before its worker runs,
+// any instance's scheduler finds the chat still pending after pendingGrace
+// and releases its queue (sweepPending).
 
 // wantedReleases are the queues to release, asked for by commits of this
 // process and not yet run.

@@ -34,7 +34,7 @@ func main() {
 			gen.FeatureExecQuery,
 			gen.FeatureIntercept,
 		},
-	}, entc.Extensions(ex))
+	}, entc.Extensions(ex), entc.TemplateFiles("ent/template/scanrow.tmpl"))
 	if err != nil {
 		log.Fatalf("running ent codegen: %v", err)
 	}

@@ -157,7 +157,7 @@ func TestR12_ResumeAfterADropDeliversEveryMissedEventOnce(t *testing.T) {
 	ws2.Subscribe("1", panelSub, map[string]any{"after": strconv.Itoa(last)})
 	wg.Wait()
 	// On PostgreSQL some of these concurrent new chats are left to their
-	// queue's release (desk.routingMark), which the server's release worker
+	// queue's release (desk's routing mark), which the server's release worker
 	// would run at once; this test server runs no scheduler.
 	if _, err := w.s.Desk().RunDueJobs(context.Background()); err != nil {
 		t.Fatal(err)
