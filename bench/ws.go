@@ -246,8 +246,10 @@ type deliveryPhase struct {
 	// afterAck is, for every receipt, how long after the webhook's answer
 	// it came (0 when it came first): the live delivery's own share.
 	afterAck samples
-	expected int
-	got      int
+	// afterAckNew is afterAck for new chats' offers only.
+	afterAckNew samples
+	expected    int
+	got         int
 }
 
 func newTracker() *tracker {
@@ -316,6 +318,9 @@ func (t *tracker) receive(at time.Time, e *liveEvent) {
 		after = at.Sub(p.ack)
 	}
 	p.phase.afterAck = append(p.phase.afterAck, after)
+	if p.isNew {
+		p.phase.afterAckNew = append(p.phase.afterAckNew, after)
+	}
 	if p.got == 1 {
 		p.phase.first = append(p.phase.first, lat)
 	}
@@ -346,5 +351,5 @@ func (t *tracker) wait(ph *deliveryPhase, timeout time.Duration) deliveryPhase {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return deliveryPhase{receipts: append(samples(nil), ph.receipts...), first: append(samples(nil), ph.first...),
-		afterAck: append(samples(nil), ph.afterAck...), expected: ph.expected, got: ph.got}
+		afterAck: append(samples(nil), ph.afterAck...), afterAckNew: append(samples(nil), ph.afterAckNew...), expected: ph.expected, got: ph.got}
 }
