@@ -561,7 +561,7 @@ FROM (SELECT 1) AS one LEFT JOIN f ON true LEFT JOIN ni ON true%s`,
 // channel, locked FOR NO KEY UPDATE, or creates a sender never seen before
 // (a contact and its identity, and for a lean ingest the new chat, pending
 // routing when the mark is busy), in one statement. Without an open chat it
-// takes the queue's routing mark (the routing mark, above). With draw, it
+// takes the queue's routing mark (described above). With draw, it
 // draws the message's id once the chat's lock is held (the select list that
 // draws is evaluated on the rows the locking subquery returns), so that the
 // messages of a chat keep the order of their transactions, as ids drawn by
