@@ -43,7 +43,7 @@ func scanRow(rows *stdsql.Rows, node rowScanner, extra map[string]any) error {
 	return node.assignValues(columns, values)
 }
 
-// ScanRow reads a Account from the current row of rows (after
+// ScanRow reads one Account from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *AccountClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Account, error) {
@@ -54,7 +54,7 @@ func (c *AccountClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Accou
 	return node, nil
 }
 
-// ScanRow reads a ApiKey from the current row of rows (after
+// ScanRow reads one ApiKey from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *ApiKeyClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*ApiKey, error) {
@@ -65,7 +65,7 @@ func (c *ApiKeyClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*ApiKey
 	return node, nil
 }
 
-// ScanRow reads a Attachment from the current row of rows (after
+// ScanRow reads one Attachment from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *AttachmentClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Attachment, error) {
@@ -76,7 +76,7 @@ func (c *AttachmentClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*At
 	return node, nil
 }
 
-// ScanRow reads a Channel from the current row of rows (after
+// ScanRow reads one Channel from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *ChannelClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Channel, error) {
@@ -87,7 +87,7 @@ func (c *ChannelClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Chann
 	return node, nil
 }
 
-// ScanRow reads a Chat from the current row of rows (after
+// ScanRow reads one Chat from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *ChatClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Chat, error) {
@@ -98,7 +98,7 @@ func (c *ChatClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Chat, er
 	return node, nil
 }
 
-// ScanRow reads a ChatAction from the current row of rows (after
+// ScanRow reads one ChatAction from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *ChatActionClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*ChatAction, error) {
@@ -109,7 +109,7 @@ func (c *ChatActionClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Ch
 	return node, nil
 }
 
-// ScanRow reads a ChatOffer from the current row of rows (after
+// ScanRow reads one ChatOffer from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *ChatOfferClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*ChatOffer, error) {
@@ -120,7 +120,7 @@ func (c *ChatOfferClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Cha
 	return node, nil
 }
 
-// ScanRow reads a Contact from the current row of rows (after
+// ScanRow reads one Contact from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *ContactClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Contact, error) {
@@ -131,7 +131,7 @@ func (c *ContactClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Conta
 	return node, nil
 }
 
-// ScanRow reads a ContactIdentity from the current row of rows (after
+// ScanRow reads one ContactIdentity from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *ContactIdentityClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*ContactIdentity, error) {
@@ -142,7 +142,7 @@ func (c *ContactIdentityClient) ScanRow(rows *stdsql.Rows, extra map[string]any)
 	return node, nil
 }
 
-// ScanRow reads a ContactMerge from the current row of rows (after
+// ScanRow reads one ContactMerge from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *ContactMergeClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*ContactMerge, error) {
@@ -153,7 +153,7 @@ func (c *ContactMergeClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*
 	return node, nil
 }
 
-// ScanRow reads a Draft from the current row of rows (after
+// ScanRow reads one Draft from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *DraftClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Draft, error) {
@@ -164,7 +164,7 @@ func (c *DraftClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Draft, 
 	return node, nil
 }
 
-// ScanRow reads a DuplicateRule from the current row of rows (after
+// ScanRow reads one DuplicateRule from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *DuplicateRuleClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*DuplicateRule, error) {
@@ -175,7 +175,7 @@ func (c *DuplicateRuleClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (
 	return node, nil
 }
 
-// ScanRow reads a Event from the current row of rows (after
+// ScanRow reads one Event from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *EventClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Event, error) {
@@ -186,7 +186,7 @@ func (c *EventClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Event, 
 	return node, nil
 }
 
-// ScanRow reads a InboundDelivery from the current row of rows (after
+// ScanRow reads one InboundDelivery from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *InboundDeliveryClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*InboundDelivery, error) {
@@ -197,7 +197,7 @@ func (c *InboundDeliveryClient) ScanRow(rows *stdsql.Rows, extra map[string]any)
 	return node, nil
 }
 
-// ScanRow reads a Job from the current row of rows (after
+// ScanRow reads one Job from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *JobClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Job, error) {
@@ -208,7 +208,7 @@ func (c *JobClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Job, erro
 	return node, nil
 }
 
-// ScanRow reads a Message from the current row of rows (after
+// ScanRow reads one Message from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *MessageClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Message, error) {
@@ -219,7 +219,7 @@ func (c *MessageClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Messa
 	return node, nil
 }
 
-// ScanRow reads a Operator from the current row of rows (after
+// ScanRow reads one Operator from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *OperatorClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Operator, error) {
@@ -230,7 +230,7 @@ func (c *OperatorClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Oper
 	return node, nil
 }
 
-// ScanRow reads a OperatorSession from the current row of rows (after
+// ScanRow reads one OperatorSession from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *OperatorSessionClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*OperatorSession, error) {
@@ -241,7 +241,7 @@ func (c *OperatorSessionClient) ScanRow(rows *stdsql.Rows, extra map[string]any)
 	return node, nil
 }
 
-// ScanRow reads a OperatorStatusChange from the current row of rows (after
+// ScanRow reads one OperatorStatusChange from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *OperatorStatusChangeClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*OperatorStatusChange, error) {
@@ -252,7 +252,7 @@ func (c *OperatorStatusChangeClient) ScanRow(rows *stdsql.Rows, extra map[string
 	return node, nil
 }
 
-// ScanRow reads a Queue from the current row of rows (after
+// ScanRow reads one Queue from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *QueueClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Queue, error) {
@@ -263,7 +263,7 @@ func (c *QueueClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Queue, 
 	return node, nil
 }
 
-// ScanRow reads a QuickReply from the current row of rows (after
+// ScanRow reads one QuickReply from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *QuickReplyClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*QuickReply, error) {
@@ -274,7 +274,7 @@ func (c *QuickReplyClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Qu
 	return node, nil
 }
 
-// ScanRow reads a RoutingDecision from the current row of rows (after
+// ScanRow reads one RoutingDecision from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *RoutingDecisionClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*RoutingDecision, error) {
@@ -285,7 +285,7 @@ func (c *RoutingDecisionClient) ScanRow(rows *stdsql.Rows, extra map[string]any)
 	return node, nil
 }
 
-// ScanRow reads a Setting from the current row of rows (after
+// ScanRow reads one Setting from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *SettingClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Setting, error) {
@@ -296,7 +296,7 @@ func (c *SettingClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Setti
 	return node, nil
 }
 
-// ScanRow reads a SupportCase from the current row of rows (after
+// ScanRow reads one SupportCase from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
 func (c *SupportCaseClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*SupportCase, error) {
