@@ -135,25 +135,6 @@ var nextMessageID = fmt.Sprintf("nextval(pg_get_serial_sequence('%s', '%s'))", m
 
 const nextMessageColumn = "parley_next_message_id"
 
-// selectedOrNull reads a value a query selected beside an entity's fields
-// (value is the entity's Value method); ok is false when it is NULL.
-func selectedOrNull[T any](value func(string) (ent.Value, error), column string) (t T, ok bool, err error) {
-	v, err := value(column)
-	if err != nil {
-		return t, false, err
-	}
-	if u, isU := v.(*entsql.UnknownType); isU && u != nil {
-		v = *u
-	}
-	if v == nil {
-		return t, false, nil
-	}
-	if t, ok = v.(T); !ok {
-		return t, false, fmt.Errorf("%s is %v (%T)", column, v, v)
-	}
-	return t, true, nil
-}
-
 // insertMessageAtCommit writes an inbound message whose id was drawn
 // (nextMessageID) with the commit: the columns ent's create sets on the
 // other path (its defaults and checks hold: kind and text are always given,
@@ -532,7 +513,7 @@ func senderStatement(draw, lean bool) string {
   SELECT %s, i.%s AS %s, i.%s AS %s, i.%s AS %s, i.%s AS %s, i.%s AS %s,
     CASE WHEN o.%s IS NULL THEN %s END AS %s%s
   FROM %s AS i LEFT JOIN LATERAL (
-    SELECT * FROM %s WHERE %s = i.%s AND %s = $1 AND %s <> '%s' FOR NO KEY UPDATE
+    SELECT * FROM %s WHERE %s = i.%s AND %s = $1 AND %s FOR NO KEY UPDATE
   ) AS o ON true
   WHERE i.%s = $2 AND i.%s = $3
 ), %s
@@ -545,7 +526,7 @@ FROM (SELECT 1) AS one LEFT JOIN f ON true LEFT JOIN ni ON true%s`,
 		contactidentity.FieldUnreachable, identityBlockedColumn,
 		chat.FieldID, lock, routingMarkColumn, found,
 		contactidentity.Table, chat.Table, chat.FieldContactID, contactidentity.FieldContactID, chat.FieldChannelID,
-		chat.FieldStatus, enum.ChatCompleted, contactidentity.FieldProvider, contactidentity.FieldExternalID,
+		openChatCondition(chat.FieldStatus), contactidentity.FieldProvider, contactidentity.FieldExternalID,
 		// c, ni (, h): the contact, identity (and chat) created when f
 		// found nobody.
 		contact,

@@ -18,9 +18,13 @@ import (
 // partial index against literals only, and a statement whose bound value
 // decided a plan is compiled again each time it runs.
 func chatOpen() predicate.Chat {
-	return func(s *entsql.Selector) {
-		s.Where(entsql.ExprP(s.C(chat.FieldStatus) + " <> '" + string(enum.ChatCompleted) + "'"))
-	}
+	return func(s *entsql.Selector) { s.Where(entsql.ExprP(openChatCondition(s.C(chat.FieldStatus)))) }
+}
+
+// openChatCondition is chatOpen's condition on a chat's status column, for
+// statements written by hand (senderStatement).
+func openChatCondition(status string) string {
+	return status + " <> '" + string(enum.ChatCompleted) + "'"
 }
 
 // chatRoutePending matches the chats that still owe their first routing

@@ -285,6 +285,25 @@ func nextOfferID(queueID int) sql.Querier {
 
 const nextOfferColumn = "parley_next_offer_id"
 
+// selectedOrNull reads a value a query selected beside an entity's fields
+// (value is the entity's Value method); ok is false when it is NULL.
+func selectedOrNull[T any](value func(string) (ent.Value, error), column string) (t T, ok bool, err error) {
+	v, err := value(column)
+	if err != nil {
+		return t, false, err
+	}
+	if u, isU := v.(*sql.UnknownType); isU && u != nil {
+		v = *u
+	}
+	if v == nil {
+		return t, false, nil
+	}
+	if t, ok = v.(T); !ok {
+		return t, false, fmt.Errorf("%s is %v (%T)", column, v, v)
+	}
+	return t, true, nil
+}
+
 // Columns lockMembersPG selects beside the operators'.
 const (
 	queueRowColumn    = "parley_queue"
