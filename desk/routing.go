@@ -259,6 +259,8 @@ type router struct {
 	members  []*member
 	// offers are the offers of chats read ahead (a release batch).
 	offers map[int]chatOffers
+	// batch, when set, holds the offers of the routings until flush.
+	batch *offerBatch
 }
 
 // newRouter locks the members of a queue and reads their loads.
@@ -427,11 +429,7 @@ func (r *router) createOffers(ctx context.Context, chatID int, chosen []int, now
 	if !drawn {
 		creates := make([]*ent.ChatOfferCreate, 0, len(chosen))
 		for _, i := range chosen {
-			create := r.tx.ChatOffer.Create().SetChatID(chatID).SetOperatorID(r.members[i].op.ID).SetStatus(enum.OfferOpen).SetCreatedAt(now)
-			if !expires.IsZero() {
-				create.SetExpiresAt(expires)
-			}
-			creates = append(creates, create)
+			creates = append(creates, r.offerCreate(chatID, r.members[i].op.ID, now, expires))
 		}
 		return r.tx.ChatOffer.CreateBulk(creates...).Save(ctx)
 	}
@@ -454,6 +452,16 @@ func (r *router) createOffers(ctx context.Context, chatID int, chosen []int, now
 		m.offerID = 0 // used
 	}
 	return offers, r.d.atCommit(ctx, r.tx, ins)
+}
+
+// offerCreate is the insert of an open offer of a chat to an operator
+// (expires zero: an offer that never expires, TO_ALL).
+func (r *router) offerCreate(chatID, operatorID int, now, expires time.Time) *ent.ChatOfferCreate {
+	create := r.tx.ChatOffer.Create().SetChatID(chatID).SetOperatorID(operatorID).SetStatus(enum.OfferOpen).SetCreatedAt(now)
+	if !expires.IsZero() {
+		create.SetExpiresAt(expires)
+	}
+	return create
 }
 
 // anyAvailable reports whether some member could take a chat now.
@@ -567,27 +575,17 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 		offered = append(offered, m.op.ID)
 	}
 	if len(chosen) > 0 {
-		offers, err := r.createOffers(ctx, c.ID, chosen, now, expires)
-		if err != nil {
+		if err := r.offer(ctx, c.ID, chosen, now, expires); err != nil {
 			return nil, err
-		}
-		for _, o := range offers {
-			if rule != enum.RuleToAll {
-				if err := d.enqueue(ctx, tx, jobSpec{kind: jobOfferTimeout, chatID: c.ID, ref: o.ID, due: expires}); err != nil {
-					return nil, err
-				}
-			}
-			if err := d.emit(ctx, tx, event{Type: EventChatOffered, ChatID: c.ID, OperatorID: o.OperatorID, QueueID: r.q.ID,
-				Payload: map[string]any{"offerId": o.ID}}); err != nil {
-				return nil, err
-			}
 		}
 	}
 	if rule == enum.RuleRoundRobin && len(offered) == 1 {
-		if err := tx.Queue.UpdateOneID(r.q.ID).SetRrLastOperatorID(offered[0]).Exec(ctx); err != nil {
+		r.q.RrLastOperatorID = &offered[0]
+		if r.batch != nil {
+			r.batch.turn = true
+		} else if err := tx.Queue.UpdateOneID(r.q.ID).SetRrLastOperatorID(offered[0]).Exec(ctx); err != nil {
 			return nil, err
 		}
-		r.q.RrLastOperatorID = &offered[0]
 	}
 	if len(offered) > 0 {
 		if err := d.atCommit(ctx, tx, d.sql().Update(chat.Table).Set(chat.FieldOfferedAt, now).
@@ -619,9 +617,106 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 		return nil, err
 	}
 	if len(offered) == 0 {
-		return nil, d.emit(ctx, tx, event{Type: EventChatWaiting, ChatID: c.ID, QueueID: r.q.ID})
+		return nil, r.then(ctx, func(ctx context.Context) error {
+			return d.emit(ctx, tx, event{Type: EventChatWaiting, ChatID: c.ID, QueueID: r.q.ID})
+		})
 	}
 	return offered, nil
+}
+
+// offerBatch holds the offers of a release's routings, inserted together by
+// one statement once every chat of the release is decided (flush), instead
+// of one statement per chat; and, in their order, the steps that follow
+// each routing and need those offers' ids (events, offer time-outs). No
+// routing of the release reads offers back: the chats' offers were read
+// ahead (router.offers) and the members' loads are counted in memory.
+type offerBatch struct {
+	creates []*ent.ChatOfferCreate
+	offers  []*ent.ChatOffer
+	steps   []func(context.Context) error
+	// turn: a ROUND_ROBIN routing moved the queue's turn (router.q).
+	turn bool
+}
+
+// offerBatchChunk bounds the offers one insert of a flush carries (each
+// takes six parameters; PostgreSQL takes at most 65,535 per statement).
+const offerBatchChunk = 1000
+
+// offer offers chat chatID to the chosen members and announces the offers
+// (announce): at once, or with the batch's flush when the router batches.
+func (r *router) offer(ctx context.Context, chatID int, chosen []int, now, expires time.Time) error {
+	b := r.batch
+	if b == nil {
+		offers, err := r.createOffers(ctx, chatID, chosen, now, expires)
+		if err != nil {
+			return err
+		}
+		return r.announce(ctx, chatID, offers, expires)
+	}
+	from := len(b.creates)
+	for _, i := range chosen {
+		b.creates = append(b.creates, r.offerCreate(chatID, r.members[i].op.ID, now, expires))
+	}
+	to := len(b.creates)
+	b.steps = append(b.steps, func(ctx context.Context) error { return r.announce(ctx, chatID, b.offers[from:to], expires) })
+	return nil
+}
+
+// then runs a step of a routing that must follow its offers' announcement:
+// at once, or in its place after the batch's flush.
+func (r *router) then(ctx context.Context, step func(context.Context) error) error {
+	if r.batch == nil {
+		return step(ctx)
+	}
+	r.batch.steps = append(r.batch.steps, step)
+	return nil
+}
+
+// announce enqueues the time-outs of a chat's new offers (not under TO_ALL,
+// whose offers never expire) and emits their CHAT_OFFERED events.
+func (r *router) announce(ctx context.Context, chatID int, offers []*ent.ChatOffer, expires time.Time) error {
+	for _, o := range offers {
+		if !expires.IsZero() {
+			if err := r.d.enqueue(ctx, r.tx, jobSpec{kind: jobOfferTimeout, chatID: chatID, ref: o.ID, due: expires}); err != nil {
+				return err
+			}
+		}
+		if err := r.d.emit(ctx, r.tx, event{Type: EventChatOffered, ChatID: chatID, OperatorID: o.OperatorID, QueueID: r.q.ID,
+			Payload: map[string]any{"offerId": o.ID}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// batchOffers makes the router hold the offers of its routings for flush.
+func (r *router) batchOffers() { r.batch = &offerBatch{} }
+
+// flush inserts the offers the router batched, in as few statements as
+// their number allows, runs the routings' steps in order and writes the
+// queue's round-robin turn; the router then offers at once again.
+func (r *router) flush(ctx context.Context) error {
+	b := r.batch
+	r.batch = nil
+	if b == nil {
+		return nil
+	}
+	for chunk := range slices.Chunk(b.creates, offerBatchChunk) {
+		offers, err := r.tx.ChatOffer.CreateBulk(chunk...).Save(ctx)
+		if err != nil {
+			return err
+		}
+		b.offers = append(b.offers, offers...)
+	}
+	for _, step := range b.steps {
+		if err := step(ctx); err != nil {
+			return err
+		}
+	}
+	if b.turn {
+		return r.tx.Queue.UpdateOneID(r.q.ID).SetRrLastOperatorID(*r.q.RrLastOperatorID).Exec(ctx)
+	}
+	return nil
 }
 
 // leastLoaded picks, among the pool, the member with the fewest chats, ties
@@ -773,6 +868,8 @@ func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error 
 	if err != nil {
 		return err
 	}
+	// The release's offers are inserted together, after every decision.
+	r.batchOffers()
 	order := ent.Asc(chat.FieldCreatedAt)
 	if r.waitingOrder() == enum.NewestFirst {
 		order = ent.Desc(chat.FieldCreatedAt)
@@ -840,10 +937,15 @@ func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error 
 			}
 		}
 	}
-	if len(firsts) == 0 {
-		return nil
+	if err := r.flush(ctx); err != nil || len(firsts) == 0 {
+		return err
 	}
-	return tx.Chat.Update().Where(chat.IDIn(firsts...)).SetRoutePending(false).Exec(ctx)
+	// Nothing reads the flag back: it is written with the commit.
+	ids := make([]any, len(firsts))
+	for i, id := range firsts {
+		ids[i] = id
+	}
+	return d.atCommit(ctx, tx, d.sql().Update(chat.Table).Set(chat.FieldRoutePending, false).Where(sql.In(chat.FieldID, ids...)))
 }
 
 func isCode(err error, code Code) bool {

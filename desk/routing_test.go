@@ -2,7 +2,9 @@ package desk_test
 
 import (
 	"context"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -320,4 +322,61 @@ func outcomeFor(offered bool) string {
 		return desk.OutcomeOffered
 	}
 	return desk.OutcomeWaiting
+}
+
+// TestR9_AReleaseOffersItsChatsTogether: a release that routes several
+// waiting chats inserts their offers with one statement, once every chat is
+// decided; each chat's CHAT_OFFERED event still follows its routing, in the
+// release's order, naming the offer stored for it; and the round-robin turn
+// the routings moved is stored for the next chat (R8, R9, R11).
+func TestR9_AReleaseOffersItsChatsTogether(t *testing.T) {
+	var offerInserts atomic.Int64
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, statement string) {
+		if strings.Contains(statement, `INSERT INTO "chat_offers"`) || strings.Contains(statement, "INSERT INTO `chat_offers`") {
+			offerInserts.Add(1)
+		}
+	})
+	w := desktest.NewOn(t, db, desktest.NewClock())
+	ctx := context.Background()
+	a, b := w.Operator(inactive, 5), w.Operator(inactive, 5)
+	q := w.Queue(enum.RuleRoundRobin, []*ent.Operator{a, b})
+	ch := w.Channel(q, enum.ProviderAPI)
+	var chats []int
+	for _, who := range []string{"rel-1", "rel-2", "rel-3"} {
+		chats = append(chats, w.Inbound(ch, who, "hello").Chat.ID)
+		w.Clock.Advance(time.Second)
+	}
+	w.RunJobs()
+	for _, op := range []*ent.Operator{a, b} {
+		_, err := w.Desk.SetMyStatus(w.As(op), active)
+		w.Must(err)
+	}
+	offerInserts.Store(0)
+	if w.RunJobs() == 0 {
+		t.Fatal("no release ran")
+	}
+	if n := offerInserts.Load(); n != 1 {
+		t.Fatalf("the release sent %d offer inserts for 3 chats, want 1", n)
+	}
+	// Oldest first, in turns: A, B, A.
+	offered, err := w.Client().Event.Query().Where(event.TypeEQ(desk.EventChatOffered)).Order(ent.Asc(event.FieldID)).All(ctx)
+	w.Must(err)
+	if len(offered) != len(chats) {
+		t.Fatalf("%d CHAT_OFFERED events, want %d", len(offered), len(chats))
+	}
+	for i, e := range offered {
+		want := []int{a.ID, b.ID}[i%2]
+		o, err := w.Client().ChatOffer.Query().Where(chatoffer.ChatID(chats[i])).Only(ctx)
+		w.Must(err)
+		if *e.ChatID != chats[i] || *e.OperatorID != want || o.OperatorID != want || e.Payload["offerId"] != float64(o.ID) {
+			t.Fatalf("event %d: chat %d to %d naming offer %v; want chat %d to %d naming its offer %d (to %d)",
+				i, *e.ChatID, *e.OperatorID, e.Payload["offerId"], chats[i], want, o.ID, o.OperatorID)
+		}
+	}
+	atRest(t, w, w.Invariants(), "after the release")
+	// A had the last turn: the next chat is B's.
+	next := w.Inbound(ch, "rel-4", "hello")
+	if got := openOffers(w, next.Chat.ID); len(got) != 1 || !got[b.ID] {
+		t.Fatalf("the next chat's offers = %v, want B's turn", got)
+	}
 }
