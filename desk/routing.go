@@ -13,6 +13,7 @@ import (
 
 	"entgo.io/ent/dialect/sql"
 
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/chatoffer"
@@ -166,15 +167,8 @@ func (d *Desk) loads(ctx context.Context, tx querier, ids []int) (map[int]int, e
 	if len(ids) == 0 {
 		return out, nil
 	}
-	in := d.placeholders(len(ids), 2)
-	inOffers := d.placeholders(len(ids), len(ids)+3)
-	query := fmt.Sprintf(`SELECT op, COUNT(*) FROM (
-  SELECT %[1]s AS op FROM %[2]s WHERE %[3]s = %[4]s AND %[1]s IN (%[5]s)
-  UNION ALL
-  SELECT %[6]s AS op FROM %[7]s WHERE %[8]s = %[9]s AND %[6]s IN (%[10]s)
-) loads GROUP BY op`,
-		chat.FieldOwnerID, chat.Table, chat.FieldStatus, d.placeholder(1), in,
-		chatoffer.FieldOperatorID, chatoffer.Table, chatoffer.FieldStatus, d.placeholder(len(ids)+2), inOffers)
+	query := loadsSQL(d.placeholder(1), "IN ("+d.placeholders(len(ids), 2)+")",
+		d.placeholder(len(ids)+2), "IN ("+d.placeholders(len(ids), len(ids)+3)+")")
 	args := make([]any, 0, 2*len(ids)+2)
 	args = append(args, string(enum.ChatInProgress))
 	for _, id := range ids {
@@ -197,6 +191,21 @@ func (d *Desk) loads(ctx context.Context, tx querier, ids []int) (map[int]int, e
 		out[op] = n
 	}
 	return out, rows.Err()
+}
+
+// loadsSQL counts operators' loads (R7), a row (operator, load) for each
+// with some: the chats they own in progress (their status given by the
+// parameter inProgress) and their open offers (open); ownedIn and offeredIn
+// select the operators (a condition on the id column that follows, such
+// as "IN ($2, $3)").
+func loadsSQL(inProgress, ownedIn, open, offeredIn string) string {
+	return fmt.Sprintf(`SELECT op, COUNT(*) FROM (
+  SELECT %[1]s AS op FROM %[2]s WHERE %[3]s = %[4]s AND %[1]s %[5]s
+  UNION ALL
+  SELECT %[6]s AS op FROM %[7]s WHERE %[8]s = %[9]s AND %[6]s %[10]s
+) AS loads GROUP BY op`,
+		chat.FieldOwnerID, chat.Table, chat.FieldStatus, inProgress, ownedIn,
+		chatoffer.FieldOperatorID, chatoffer.Table, chatoffer.FieldStatus, open, offeredIn)
 }
 
 func (d *Desk) placeholder(i int) string {
@@ -265,27 +274,8 @@ type router struct {
 
 // newRouter locks the members of a queue and reads their loads.
 func (d *Desk) newRouter(ctx context.Context, tx *ent.Tx, queueID int) (*router, error) {
-	return d.newRouterDrawing(ctx, tx, queueID, false)
+	return d.lockRouter(ctx, tx, queueID, false, false)
 }
-
-// nextOfferID draws a chat offer id for an ACTIVE operator's row of a
-// TO_ALL queue (PostgreSQL), selected as nextOfferColumn (NULL for the
-// others, who get no offer): under TO_ALL every available member is offered
-// the chat; one at a time (the other rules), one is, and drawing for all
-// would waste ids. Ids are drawn from the offers' range of 2^32 (ids are
-// type << 32 | n): drawing only where an offer may follow keeps the waste to
-// the active members a routing finds at their limit.
-func nextOfferID(queueID int) sql.Querier {
-	return sql.ExprFunc(func(b *sql.Builder) {
-		b.WriteString("CASE WHEN ").Ident(operator.Table).WriteByte('.').Ident(operator.FieldStatus).
-			WriteString(" = '" + string(enum.StatusActive) + "' AND (SELECT ").Ident(queue.FieldRoutingRule).
-			WriteString(" FROM ").Ident(queue.Table).WriteString(" WHERE ").Ident(queue.FieldID).WriteString(" = ").Arg(queueID).
-			WriteString(") = '" + string(enum.RuleToAll) + "' THEN nextval(pg_get_serial_sequence('" + chatoffer.Table +
-				"', '" + chatoffer.FieldID + "')) END")
-	})
-}
-
-const nextOfferColumn = "parley_next_offer_id"
 
 // selectedOrNull reads a value a query selected beside an entity's fields
 // (value is the entity's Value method); ok is false when it is NULL.
@@ -310,57 +300,134 @@ func selectedOrNull[T any](value func(string) (ent.Value, error), column string)
 const (
 	queueRowColumn    = "parley_queue"
 	settingsRowColumn = "parley_settings"
+	nextOfferColumn   = "parley_next_offer_id"
 )
 
+// membersStatements are lockMembersPG's statements, by whether they take the
+// queue's routing mark first (mark) and draw offer ids (draw): fixed
+// strings, built once.
+var membersStatements = [2][2]string{{membersStatement(false, false), membersStatement(false, true)},
+	{membersStatement(true, false), membersStatement(true, true)}}
+
+// membersStatement is, joined by store.Then: with mark, the wait for the
+// queue's routing mark ($1 its class, $2 the queue); the lock of the
+// members that are not disabled, in id order, FOR NO KEY UPDATE as
+// lockRows, with the queue's row and the settings' row as JSON (every
+// column comes along, as ent reads them: the entities' JSON names are the
+// column names) read by the same statement ($1 the queue, $2 the settings'
+// scope) and, with draw, an offer id drawn for each ACTIVE member of a
+// TO_ALL queue (NULL for the others, who get no offer: under TO_ALL every
+// available member is offered the chat; under the other rules one is, and
+// drawing for all would waste ids; ids come from the offers' range of 2^32,
+// ids being type << 32 | n); and the members' loads ($1 the queue, $2 the
+// owned chats' status, $3 the open offers' status). The loads are a
+// statement of their own, sent in the same message: it takes its snapshot
+// once the members' locks are held, and so counts what the transactions it
+// waited for committed (a subquery of the locking statement would not).
+func membersStatement(mark, draw bool) string {
+	cols := make([]string, len(operator.Columns))
+	for i, c := range operator.Columns {
+		cols[i] = `o."` + c + `"`
+	}
+	members := fmt.Sprintf(`SELECT queue_members.%s FROM %s AS queue_members WHERE queue_members.%s = $1`,
+		operator.QueuesPrimaryKey[1], operator.QueuesTable, operator.QueuesPrimaryKey[0])
+	drawn := ""
+	if draw {
+		drawn = fmt.Sprintf(`,
+  CASE WHEN o.%s = '%s' AND (SELECT %s FROM %s WHERE %s = $1) = '%s' THEN nextval(pg_get_serial_sequence('%s', '%s')) END AS %s`,
+			operator.FieldStatus, enum.StatusActive, queue.FieldRoutingRule, queue.Table, queue.FieldID, enum.RuleToAll,
+			chatoffer.Table, chatoffer.FieldID, nextOfferColumn)
+	}
+	lock := fmt.Sprintf(`SELECT %s,
+  (SELECT to_jsonb(q) FROM %s AS q WHERE q.%s = $1) AS %s,
+  (SELECT to_jsonb(s) FROM %s AS s WHERE s.%s = $2) AS %s%s
+FROM %s AS o WHERE o.%s IN (%s) AND NOT o.%s
+ORDER BY o.%s FOR NO KEY UPDATE`, strings.Join(cols, ", "),
+		queue.Table, queue.FieldID, queueRowColumn, setting.Table, setting.FieldScope, settingsRowColumn, drawn,
+		operator.Table, operator.FieldID, members, operator.FieldDisabled, operator.FieldID)
+	in := "= ANY(ARRAY(" + members + "))"
+	loads := loadsSQL("$2", in, "$3", in)
+	stmt := lock + store.Then + loads
+	if mark {
+		stmt = fmt.Sprintf(queueLockSQL, "pg_advisory_xact_lock") + store.Then + stmt
+	}
+	return stmt
+}
+
+// lockedMember is an operator lockMembersPG locked, with their load and the
+// offer id drawn for them (0: none).
+type lockedMember struct {
+	op      *ent.Operator
+	load    int
+	offerID int
+}
+
 // lockMembersPG locks the members of a queue that are not disabled, in id
-// order (lockOperators), and reads, in the same statement, the queue and
-// the system settings routing falls back to, each row as JSON (every column
-// comes along, as ent reads them: the entities' JSON names are the column
-// names); with drawOffers, each member's row also draws an offer id
-// (nextOfferID). The queue and settings are read with the statement's
-// snapshot, as a statement of their own before the lock would read them.
-// A queue without members returns no row: q is then nil.
-func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, drawOffers bool) (ops []*ent.Operator, q *ent.Queue, s *ent.Setting, err error) {
-	query := tx.Operator.Query().Where(operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false)).
-		Order(ent.Asc(operator.FieldID)).Modify(lockRows(), func(sel *sql.Selector) {
-		sel.AppendSelectExprAs(sql.ExprFunc(func(b *sql.Builder) {
-			b.WriteString("(SELECT to_jsonb(q) FROM ").Ident(queue.Table).WriteString(" AS q WHERE q.").Ident(queue.FieldID).
-				WriteString(" = ").Arg(queueID).WriteString(")")
-		}), queueRowColumn)
-		sel.AppendSelectExprAs(sql.ExprFunc(func(b *sql.Builder) {
-			b.WriteString("(SELECT to_jsonb(s) FROM ").Ident(setting.Table).WriteString(" AS s WHERE s.").Ident(setting.FieldScope).
-				WriteString(" = ").Arg(settingsScope).WriteString(")")
-		}), settingsRowColumn)
-		if drawOffers {
-			sel.AppendSelectExprAs(nextOfferID(queueID), nextOfferColumn)
+// order (lockOperators), and reads the queue, the system settings routing
+// falls back to and the members' loads, in one round trip
+// (membersStatement); with mark, it first waits for the queue's routing
+// mark, held then until the transaction ends; with drawOffers, it draws an
+// offer id for each ACTIVE member of a TO_ALL queue. The queue and settings
+// are read with the locking statement's snapshot, as a statement of their
+// own before the lock would read them. A queue without members returns no
+// member: q is then nil.
+func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark, drawOffers bool) (ms []lockedMember, q *ent.Queue, s *ent.Setting, err error) {
+	args := []any{queueID, settingsScope, queueID, string(enum.ChatInProgress), string(enum.OfferOpen)}
+	if mark {
+		args = append([]any{routingLockClass, int32(uint32(queueID))}, args...)
+	}
+	rows, err := tx.QueryContext(ctx, membersStatements[b2i(mark)][b2i(drawOffers)], args...)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("lock the members of queue %d: %w", queueID, err)
+	}
+	defer rows.Close()
+	if mark {
+		for rows.Next() { // the mark's one row (void)
 		}
-	})
-	if ops, err = query.All(ctx); err != nil || len(ops) == 0 {
+	}
+	if mark && !rows.NextResultSet() {
+		return nil, nil, nil, fmt.Errorf("lock the members of queue %d: no members after the mark (%v)", queueID, rows.Err())
+	}
+	var queueRow, settingsRow []byte
+	var offerID stdsql.NullInt64
+	extra := map[string]any{queueRowColumn: &queueRow, settingsRowColumn: &settingsRow, nextOfferColumn: &offerID}
+	for rows.Next() {
+		op, err := tx.Operator.ScanRow(rows, extra)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ms = append(ms, lockedMember{op: op, offerID: int(offerID.Int64)})
+	}
+	if !rows.NextResultSet() {
+		return nil, nil, nil, fmt.Errorf("lock the members of queue %d: no loads (%v)", queueID, rows.Err())
+	}
+	loads := map[int]int{}
+	for rows.Next() {
+		var op, n int
+		if err := rows.Scan(&op, &n); err != nil {
+			return nil, nil, nil, err
+		}
+		loads[op] = n
+	}
+	if err := rows.Err(); err != nil || len(ms) == 0 {
 		return nil, nil, nil, err
 	}
+	for i := range ms {
+		ms[i].load = loads[ms[i].op.ID]
+	}
 	q, s = &ent.Queue{}, defaultSettings()
-	for _, row := range []struct {
-		column string
-		into   any
-	}{{queueRowColumn, q}, {settingsRowColumn, s}} {
-		v, set, err := selectedOrNull[any](ops[0].Value, row.column)
-		switch {
-		case err != nil:
-			return nil, nil, nil, err
-		case !set && row.column == queueRowColumn:
-			return nil, nil, nil, fmt.Errorf("routing: queue %d has members but no row", queueID)
-		case !set:
-			continue // no settings row: the defaults
-		}
-		raw, ok := v.([]byte)
-		if !ok {
-			return nil, nil, nil, fmt.Errorf("routing: %s is %T", row.column, v)
-		}
-		if err := json.Unmarshal(raw, row.into); err != nil {
-			return nil, nil, nil, fmt.Errorf("routing: %s: %w", row.column, err)
+	if queueRow == nil {
+		return nil, nil, nil, fmt.Errorf("routing: queue %d has members but no row", queueID)
+	}
+	if err := json.Unmarshal(queueRow, q); err != nil {
+		return nil, nil, nil, fmt.Errorf("routing: queue %d: %w", queueID, err)
+	}
+	if settingsRow != nil { // else no settings row: the defaults
+		if err := json.Unmarshal(settingsRow, s); err != nil {
+			return nil, nil, nil, fmt.Errorf("routing: settings: %w", err)
 		}
 	}
-	return ops, q, s, nil
+	return ms, q, s, nil
 }
 
 // newRouterDrawing is newRouter that, with drawOffers on PostgreSQL and a
@@ -371,14 +438,23 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, drawO
 // for a transaction that reads no offer and no load after routing (the held
 // insert is not visible before the commit): the last ingest of a delivery.
 func (d *Desk) newRouterDrawing(ctx context.Context, tx *ent.Tx, queueID int, drawOffers bool) (*router, error) {
+	return d.lockRouter(ctx, tx, queueID, false, drawOffers)
+}
+
+// lockRouter makes a router of a queue: it locks the members and reads
+// their loads, the queue and the settings; on PostgreSQL with mark, it
+// first waits for the queue's routing mark; with drawOffers, see
+// newRouterDrawing.
+func (d *Desk) lockRouter(ctx context.Context, tx *ent.Tx, queueID int, mark, drawOffers bool) (*router, error) {
 	drawOffers = drawOffers && d.pg
-	var ops []*ent.Operator
+	var locked []lockedMember
 	var q *ent.Queue
 	var s *ent.Setting
 	var err error
 	if d.pg {
-		// The members, the queue and the settings in one statement.
-		if ops, q, s, err = d.lockMembersPG(ctx, tx, queueID, drawOffers); err != nil {
+		// The members, their loads, the queue and the settings in one
+		// round trip.
+		if locked, q, s, err = d.lockMembersPG(ctx, tx, queueID, mark, drawOffers); err != nil {
 			return nil, err
 		}
 	}
@@ -388,31 +464,26 @@ func (d *Desk) newRouterDrawing(ctx context.Context, tx *ent.Tx, queueID int, dr
 			return nil, err
 		}
 		if !d.pg {
-			if ops, err = d.lockOperators(ctx, tx, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false)); err != nil {
-				return nil, err
-			}
-		}
-	}
-	ids := make([]int, len(ops))
-	for i, op := range ops {
-		ids[i] = op.ID
-	}
-	loads, err := d.loads(ctx, tx, ids)
-	if err != nil {
-		return nil, err
-	}
-	r := &router{d: d, tx: tx, q: q, settings: s}
-	for _, op := range ops {
-		m := &member{op: op, load: loads[op.ID], limit: chatLimit(op, q, s)}
-		if drawOffers {
-			// NULL: no id drawn (not ACTIVE), no offer held.
-			id, _, err := selectedOrNull[int64](op.Value, nextOfferColumn)
+			ops, err := d.lockOperators(ctx, tx, operator.HasQueuesWith(queue.ID(queueID)), operator.Disabled(false))
 			if err != nil {
 				return nil, err
 			}
-			m.offerID = int(id)
+			ids := make([]int, len(ops))
+			for i, op := range ops {
+				ids[i] = op.ID
+			}
+			loads, err := d.loads(ctx, tx, ids)
+			if err != nil {
+				return nil, err
+			}
+			for _, op := range ops {
+				locked = append(locked, lockedMember{op: op, load: loads[op.ID]})
+			}
 		}
-		r.members = append(r.members, m)
+	}
+	r := &router{d: d, tx: tx, q: q, settings: s}
+	for _, l := range locked {
+		r.members = append(r.members, &member{op: l.op, load: l.load, limit: chatLimit(l.op, q, s), offerID: l.offerID})
 	}
 	return r, nil
 }
@@ -853,15 +924,10 @@ const releaseBatch = 200
 // skipped: that transaction is changing them and will enqueue its own
 // release if needed.
 func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error {
-	if d.pg {
-		// The release routes under the queue's routing mark: new chats
-		// arriving meanwhile are left pending to the next release instead
-		// of queueing on the members' locks behind this one.
-		if _, err := d.advisory(ctx, tx, "pg_advisory_xact_lock", routingLockClass, queueID); err != nil {
-			return err
-		}
-	}
-	r, err := d.newRouter(ctx, tx, queueID)
+	// The release routes under the queue's routing mark (PostgreSQL): new
+	// chats arriving meanwhile are left pending to the next release instead
+	// of queueing on the members' locks behind this one.
+	r, err := d.lockRouter(ctx, tx, queueID, true, false)
 	if ent.IsNotFound(err) || isCode(err, CodeNotFound) {
 		return nil // the queue was deleted
 	}
@@ -986,27 +1052,6 @@ var queueLockSQL = "SELECT " + queueLock("%s", "$1", "$2")
 // class, given the placeholders of the class and the queue id.
 func queueLock(fn, class, queue string) string {
 	return fn + "(hashtext(" + class + " || ':' || current_schema()), " + queue + ")"
-}
-
-// advisory calls a transaction-scoped advisory lock function on a queue's
-// lock of a class.
-func (d *Desk) advisory(ctx context.Context, tx *ent.Tx, fn, class string, queueID int) (bool, error) {
-	rows, err := tx.QueryContext(ctx, fmt.Sprintf(queueLockSQL, fn), class, int32(uint32(queueID)))
-	if err != nil {
-		return false, fmt.Errorf("%s(%s, %d): %w", fn, class, queueID, err)
-	}
-	defer rows.Close()
-	got := true // the blocking functions return void: read as ""
-	if rows.Next() {
-		var v any
-		if err := rows.Scan(&v); err != nil {
-			return false, err
-		}
-		if b, ok := v.(bool); ok {
-			got = b
-		}
-	}
-	return got, rows.Err()
 }
 
 // routeAfterCommit asks for a release of the queue as soon as this

@@ -99,6 +99,18 @@ func IsAtCommit(ctx context.Context) bool { v, _ := ctx.Value(atCommitKey{}).(bo
 // transaction is left to commit.
 const InlineCommit = "\n/* parley: commit */"
 
+// Then separates the statements of a query that a transaction sends in
+// one message, one round trip, on connections opened by this package
+// (PostgreSQL; elsewhere the query fails). Each statement numbers its own
+// parameters from $1, and takes the query's arguments in order, as many as
+// its highest parameter. The query's rows are those of its first statement
+// that returns rows; rows.NextResultSet moves on to the next one's.
+// PostgreSQL runs the statements in order, each with a snapshot of its own
+// (READ COMMITTED): a statement after one that waited for a lock sees what
+// the lock's holder committed, as a statement of its own round trip would.
+// The first error ends the message and aborts the transaction.
+const Then = "\n/* parley: then */\n"
+
 // CheckNamedValue implements driver.NamedValueChecker: ent passes JSON
 // values as json.RawMessage, sent as text.
 func (c *pqConn) CheckNamedValue(nv *driver.NamedValue) error {
@@ -114,6 +126,9 @@ func (c *pqConn) CheckNamedValue(nv *driver.NamedValue) error {
 }
 
 func (c *pqConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if strings.Contains(query, Then) {
+		return c.queryChain(ctx, query, args)
+	}
 	commit := c.inTx && strings.HasSuffix(query, InlineCommit)
 	if !commit && !c.begin {
 		c.messages++
@@ -170,6 +185,60 @@ func (c *pqConn) ExecContext(ctx context.Context, query string, args []driver.Na
 	res, err := c.forwardConn.ExecContext(ctx, b.text(), nil)
 	c.sent(b, false, err)
 	return res, err
+}
+
+// queryChain sends the statements of a query joined by Then in one
+// message (after the transaction's BEGIN when it is still to be sent), each
+// with its share of the arguments.
+func (c *pqConn) queryChain(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if !c.inTx {
+		return nil, errors.New("store: statements joined by Then run inside a transaction only")
+	}
+	var b batch
+	if c.begin {
+		b.stmts = append(b.stmts, "BEGIN")
+	}
+	rest := args
+	for _, stmt := range strings.Split(query, Then) {
+		n := highestParam(stmt)
+		if n > len(rest) {
+			return nil, fmt.Errorf("store: a statement joined by Then takes %d arguments, %d left", n, len(rest))
+		}
+		q, err := c.render(stmt, rest[:n])
+		if err != nil {
+			return nil, err
+		}
+		b.setup = append(b.setup, q.setup...)
+		b.fresh = append(b.fresh, q.fresh...)
+		b.stmts = append(b.stmts, q.stmts...)
+		rest = rest[n:]
+	}
+	if len(rest) > 0 {
+		return nil, fmt.Errorf("store: %d arguments left over by the statements joined by Then", len(rest))
+	}
+	c.messages++
+	rows, err := c.forwardConn.QueryContext(ctx, b.text(), nil)
+	c.sent(b, false, err)
+	return rows, err
+}
+
+// highestParam is the highest parameter ($n) a statement names.
+func highestParam(stmt string) int {
+	high := 0
+	for i := 0; i < len(stmt); i++ {
+		if stmt[i] != '$' {
+			continue
+		}
+		j := i + 1
+		for j < len(stmt) && stmt[j] >= '0' && stmt[j] <= '9' {
+			j++
+		}
+		if n, err := strconv.Atoi(stmt[i+1 : j]); err == nil && n > high {
+			high = n
+		}
+		i = j - 1
+	}
+	return high
 }
 
 // deferrable reports whether a statement is a write that returns no rows

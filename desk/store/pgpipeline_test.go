@@ -323,3 +323,104 @@ func TestPostgresArgumentsKeepTheirValues(t *testing.T) {
 		t.Fatalf("a string with a NUL byte: %v, want an error naming it", err)
 	}
 }
+
+// TestPostgresStatementsJoinedByThenTravelTogether: statements joined by
+// Then go in one message, BEGIN included, each with its own arguments, and
+// their rows are read one result set after the other. A statement after one
+// that waited for a row lock sees what the lock's holder committed meanwhile
+// (its own snapshot), which a subquery of the locking statement would not.
+func TestPostgresStatementsJoinedByThenTravelTogether(t *testing.T) {
+	p := newPipeline(t)
+	ctx := context.Background()
+	if _, err := p.conn.ExecContext(ctx, p.q("INSERT INTO T VALUES (1, 'a'), (2, 'b')")); err != nil {
+		t.Fatal(err)
+	}
+	// Another transaction holds row 1 and adds row 3.
+	other, err := p.db.SQL.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback() //nolint:errcheck
+	if _, err := other.ExecContext(ctx, p.q("UPDATE T SET s = 'held' WHERE v = 1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.ExecContext(ctx, p.q("INSERT INTO T VALUES (3, 'c')")); err != nil {
+		t.Fatal(err)
+	}
+
+	backend := p.backend()
+	before := p.messages()
+	tx := p.begin()
+	type result struct {
+		locked     []string
+		count      int
+		sub, after int
+		err        error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = func() error {
+			rows, err := tx.QueryContext(ctx, p.q("SELECT s, (SELECT count(*) FROM T WHERE v > $1) FROM T WHERE v <= $2 ORDER BY v FOR UPDATE")+Then+
+				p.q("SELECT count(*) FROM T WHERE v > $1"), 0, 2, 0)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var s string
+				if err := rows.Scan(&s, &r.sub); err != nil {
+					return err
+				}
+				r.locked = append(r.locked, s)
+			}
+			if !rows.NextResultSet() || !rows.Next() {
+				return fmt.Errorf("no second result set (%v)", rows.Err())
+			}
+			if err := rows.Scan(&r.after); err != nil {
+				return err
+			}
+			return rows.Err()
+		}()
+		done <- r
+	}()
+	// The chain waits for row 1's lock; then the holder commits.
+	for waiting := false; !waiting; {
+		if err := p.db.SQL.QueryRowContext(ctx, "SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+			backend).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("the chain ended before the lock was released: %+v", r)
+		default:
+		}
+	}
+	if err := other.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if strings.Join(r.locked, ",") != "held,b" {
+		t.Fatalf("the locking statement read %v, want [held b] (the row after its holder's commit)", r.locked)
+	}
+	if r.sub != 2 || r.after != 3 {
+		t.Fatalf("rows counted by the locking statement's subquery %d and by the next statement %d, want 2 and 3", r.sub, r.after)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.messages() - before; got != 2 {
+		t.Fatalf("BEGIN and two joined statements, then COMMIT, took %d messages, want 2", got)
+	}
+
+	// Arguments that do not match the statements fail before anything is sent.
+	tx = p.begin()
+	defer tx.Rollback() //nolint:errcheck
+	if _, err := tx.QueryContext(ctx, p.q("SELECT v FROM T WHERE v = $1")+Then+p.q("SELECT v FROM T WHERE v = $2"), 1, 2); err == nil ||
+		!strings.Contains(err.Error(), "arguments") {
+		t.Fatalf("a chain given 2 arguments for 3: %v, want an error", err)
+	}
+}
