@@ -211,13 +211,14 @@ func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
 		if err != nil || len(jobs) == 0 {
 			return err
 		}
-		ids := make([]int, len(jobs))
+		ids := make([]any, len(jobs))
 		for i, j := range jobs {
 			ids[i] = j.ID
 		}
+		// The lease is written with the commit: nothing reads it back.
 		lease := now.Add(jobLease)
-		if err := tx.Job.Update().Where(job.IDIn(ids...)).
-			SetLockedUntil(lease).AddAttempts(1).ClearDedupeKey().Exec(ctx); err != nil {
+		if err := d.atCommit(ctx, tx, d.sql().Update(job.Table).Set(job.FieldLockedUntil, lease).Add(job.FieldAttempts, 1).
+			SetNull(job.FieldDedupeKey).Where(sql.In(job.FieldID, ids...))); err != nil {
 			return err
 		}
 		for _, j := range jobs {

@@ -9,12 +9,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"entgo.io/ent/dialect/sql"
+
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/attachment"
+	entcontact "github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/job"
 	"github.com/parleydesk/parley/ent/message"
+	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
 
@@ -403,31 +407,33 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 		if err := d.finishJob(ctx, tx, j); err != nil {
 			return err
 		}
-		q := tx.Contact.Query().Where(contactOfIdentity(contactidentity.ID(jobRef(j))))
-		if d.pg {
-			q.Modify(lockRows())
-		}
-		c, err := q.Only(ctx)
-		if ent.IsNotFound(err) {
-			return nil // the identity went (a merge): nothing to fill
-		}
-		if err != nil {
-			return err
-		}
-		upd := tx.Contact.UpdateOneID(c.ID).SetUpdatedAt(d.Now())
-		if c.Name == "" && p.Name != "" {
-			upd.SetName(clip(p.Name, 300))
-		}
-		if c.Username == "" && p.Username != "" {
-			upd.SetUsername(clip(p.Username, 100))
-		}
-		if c.Phone == "" && p.Phone != "" {
-			upd.SetPhone(clip(p.Phone, 50))
+		// Only what the contact lacks is filled, compared by the update
+		// itself on the row's latest version (an operator's edit meanwhile
+		// wins), and written with the commit: nothing reads it back. A
+		// contact whose identity went (a merge) is not updated.
+		upd := d.sql().Update(entcontact.Table).Set(entcontact.FieldUpdatedAt, d.Now())
+		for _, f := range []struct {
+			column, value string
+		}{{entcontact.FieldName, clip(p.Name, 300)}, {entcontact.FieldUsername, clip(p.Username, 100)},
+			{entcontact.FieldPhone, clip(p.Phone, 50)}} {
+			if f.value != "" {
+				upd.Set(f.column, fillEmpty(f.column, f.value))
+			}
 		}
 		if photoKey != "" {
-			upd.SetPhotoKey(photoKey)
+			upd.Set(entcontact.FieldPhotoKey, photoKey)
 		}
-		return upd.Exec(ctx)
+		return d.atCommit(ctx, tx, upd.Where(sql.In(entcontact.FieldID, identityContacts([]predicate.ContactIdentity{
+			contactidentity.ID(jobRef(j))}))))
+	})
+}
+
+// fillEmpty is the value of a text column set to value only where it is
+// empty or NULL (an UPDATE's SET).
+func fillEmpty(column, value string) sql.Querier {
+	return sql.ExprFunc(func(b *sql.Builder) {
+		b.WriteString("CASE WHEN COALESCE(").Ident(column).WriteString(", '') = '' THEN ").Arg(value).WriteString(" ELSE ").
+			Ident(column).WriteString(" END")
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parleydesk/parley/ent/job"
 	"github.com/parleydesk/parley/ent/schema/enum"
 	"github.com/parleydesk/parley/server/app/apptest"
 )
@@ -367,5 +368,31 @@ func TestR2_ContactPhoto(t *testing.T) {
 	}
 	if status, _, _ := r.s.GetFile(t, other.Token, *last.Attachments[0].URL); status != http.StatusNotFound {
 		t.Fatalf("GET the inbound photo by another operator = %d, want 404 (R24)", status)
+	}
+}
+
+// TestR2_AFetchedProfileFillsOnlyWhatTheContactLacks: the FETCH_PROFILE job
+// of a new Messenger contact fills the contact's empty fields from the
+// profile, and keeps what was set meanwhile: a name an operator gave the
+// contact before the job ran stays; the photo, which the contact lacked, is
+// stored.
+func TestR2_AFetchedProfileFillsOnlyWhatTheContactLacks(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	fb := r.channel(t, "MESSENGER", nil)
+	r.deliver(t, "MESSENGER", fb, "inbound_text.json")
+	contactID := r.lastChat(t, fb).ContactID
+	r.s.Do(t, r.op.Token, `mutation($id: ID!) { updateContact(id: $id, input: {name: "Pete (VIP)"}) { id } }`,
+		map[string]any{"id": apptest.ID(contactID)}).OK(t)
+	r.run(t)
+	c, err := r.s.Client().Contact.Get(bg, contactID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "Pete (VIP)" || c.PhotoKey == "" {
+		t.Fatalf("contact after the profile job: name %q, photo %q; want the operator's name kept and the photo stored", c.Name, c.PhotoKey)
+	}
+	if n, err := r.s.Client().Job.Query().Where(job.KindEQ("FETCH_PROFILE"), job.StatusEQ(enum.JobDone)).Count(bg); err != nil || n != 1 {
+		t.Fatalf("FETCH_PROFILE jobs done: %d (%v), want 1", n, err)
 	}
 }
