@@ -381,12 +381,26 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 		return nil, nil, nil, fmt.Errorf("lock the members of queue %d: %w", queueID, err)
 	}
 	defer rows.Close()
+	// next moves on to the next statement's rows, once these are read: an
+	// error of the statements (a deadlock, to retry) comes with the rows.
+	next := func(what string) error {
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("lock the members of queue %d: %w", queueID, err)
+		}
+		if !rows.NextResultSet() {
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("lock the members of queue %d: %w", queueID, err)
+			}
+			return fmt.Errorf("lock the members of queue %d: no %s", queueID, what)
+		}
+		return nil
+	}
 	if mark {
 		for rows.Next() { // the mark's one row (void)
 		}
-	}
-	if mark && !rows.NextResultSet() {
-		return nil, nil, nil, fmt.Errorf("lock the members of queue %d: no members after the mark (%v)", queueID, rows.Err())
+		if err := next("members after the mark"); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	var queueRow, settingsRow []byte
 	var offerID stdsql.NullInt64
@@ -398,8 +412,8 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 		}
 		ms = append(ms, lockedMember{op: op, offerID: int(offerID.Int64)})
 	}
-	if !rows.NextResultSet() {
-		return nil, nil, nil, fmt.Errorf("lock the members of queue %d: no loads (%v)", queueID, rows.Err())
+	if err := next("loads"); err != nil {
+		return nil, nil, nil, err
 	}
 	loads := map[int]int{}
 	for rows.Next() {

@@ -418,9 +418,33 @@ func TestPostgresStatementsJoinedByThenTravelTogether(t *testing.T) {
 
 	// Arguments that do not match the statements fail before anything is sent.
 	tx = p.begin()
-	defer tx.Rollback() //nolint:errcheck
 	if _, err := tx.QueryContext(ctx, p.q("SELECT v FROM T WHERE v = $1")+Then+p.q("SELECT v FROM T WHERE v = $2"), 1, 2); err == nil ||
 		!strings.Contains(err.Error(), "arguments") {
 		t.Fatalf("a chain given 2 arguments for 3: %v, want an error", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A statement that fails while it runs reports PostgreSQL's error with
+	// its rows (a deadlock would be retried on its code), the next one does
+	// not run and the transaction changes nothing.
+	tx = p.begin()
+	rows, err := tx.QueryContext(ctx, p.q("SELECT 10 / (v - $1) FROM T ORDER BY v")+Then+p.q("INSERT INTO T VALUES ($1, $2) RETURNING v"), 3, 9, "never")
+	if err == nil {
+		for rows.Next() {
+		}
+		err = rows.Err()
+		rows.Close()
+	}
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) || pqErr.Code != "22012" {
+		t.Fatalf("a chain whose first statement divides by zero: %v, want division_by_zero", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.committed(); got != "1,2,3" {
+		t.Fatalf("after the failed chain committed %q, want 1,2,3", got)
 	}
 }
