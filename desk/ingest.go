@@ -472,15 +472,11 @@ const (
 // with ent's query builder for every message, and reading the extra
 // columns' types from the driver, cost about a tenth of the server's CPU
 // under load.
-var senderStatements = [2][2]string{{senderStatement(false, false), senderStatement(false, true)},
-	{senderStatement(true, false), senderStatement(true, true)}}
+var senderStatements = statementsByFlags(senderStatement)
 
 func senderStatement(draw, lean bool) string {
-	cols := make([]string, len(chat.Columns))
-	for i, c := range chat.Columns {
-		cols[i] = `f."` + c + `"`
-	}
-	oCols := strings.ReplaceAll(strings.Join(cols, ", "), "f.", "o.")
+	cols := qualified("f", chat.Columns)
+	oCols := strings.Join(qualified("o", chat.Columns), ", ")
 	found, drawn := "", ""
 	if draw {
 		found = fmt.Sprintf(`, %s AS %s`, nextMessageID, nextMessageColumn)
@@ -627,6 +623,21 @@ func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inb
 		out.chat = n
 	}
 	return nil, out, nil
+}
+
+// statementsByFlags builds the variants of a statement that two flags
+// shape, indexed [b2i(a)][b2i(b)].
+func statementsByFlags(build func(a, b bool) string) [2][2]string {
+	return [2][2]string{{build(false, false), build(false, true)}, {build(true, false), build(true, true)}}
+}
+
+// qualified names columns of a table by its alias in a statement: a."c".
+func qualified(alias string, columns []string) []string {
+	out := make([]string, len(columns))
+	for i, c := range columns {
+		out[i] = alias + `."` + c + `"`
+	}
+	return out
 }
 
 // b2i is 1 for true.

@@ -306,8 +306,7 @@ const (
 // membersStatements are lockMembersPG's statements, by whether they take the
 // queue's routing mark first (mark) and draw offer ids (draw): fixed
 // strings, built once.
-var membersStatements = [2][2]string{{membersStatement(false, false), membersStatement(false, true)},
-	{membersStatement(true, false), membersStatement(true, true)}}
+var membersStatements = statementsByFlags(membersStatement)
 
 // membersStatement is, joined by store.Then: with mark, the wait for the
 // queue's routing mark ($1 its class, $2 the queue); the lock of the
@@ -325,10 +324,7 @@ var membersStatements = [2][2]string{{membersStatement(false, false), membersSta
 // once the members' locks are held, and so counts what the transactions it
 // waited for committed (a subquery of the locking statement would not).
 func membersStatement(mark, draw bool) string {
-	cols := make([]string, len(operator.Columns))
-	for i, c := range operator.Columns {
-		cols[i] = `o."` + c + `"`
-	}
+	cols := qualified("o", operator.Columns)
 	members := fmt.Sprintf(`SELECT queue_members.%s FROM %s AS queue_members WHERE queue_members.%s = $1`,
 		operator.QueuesPrimaryKey[1], operator.QueuesTable, operator.QueuesPrimaryKey[0])
 	drawn := ""
