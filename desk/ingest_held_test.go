@@ -263,6 +263,11 @@ func TestR1_AWebhooksMessageOpensAWholeChat(t *testing.T) {
 		if contact.Name != "Ann" || contact.Phone != "+15550009" {
 			t.Fatalf("%s opened a chat for contact %+v, want Ann +15550009", id, contact)
 		}
+		ident, err := contact.QueryIdentities().Only(ctx)
+		w.Must(err)
+		if ident.ExternalID != "15550009" || ident.DisplayName != "Ann" || ident.Phone != "+15550009" {
+			t.Fatalf("%s: the contact's identity %+v, want 15550009 Ann +15550009", id, ident)
+		}
 		return c
 	}
 	first := open("wamid.first")
