@@ -4,7 +4,6 @@ import (
 	entsql "entgo.io/ent/dialect/sql"
 
 	"github.com/parleydesk/parley/ent/chat"
-	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
@@ -33,15 +32,9 @@ func chatRoutePending() predicate.Chat {
 	return func(s *entsql.Selector) { s.Where(entsql.ExprP(s.C(chat.FieldRoutePending))) }
 }
 
-// contactOfIdentity matches the contact of the identities matching ps as
-// "id IN (SELECT contact_id …)": ent's HasIdentitiesWith is a correlated
-// EXISTS, which SQLite evaluates once per contact (a scan of every contact).
-func contactOfIdentity(ps ...predicate.ContactIdentity) predicate.Contact {
-	return func(s *entsql.Selector) { s.Where(entsql.In(s.C(contact.FieldID), identityContacts(ps))) }
-}
-
 // chatOfIdentity matches the chats of the contact of the identities
-// matching ps (see contactOfIdentity).
+// matching ps, as "contact_id IN (SELECT contact_id …)": ent's edge
+// predicates are correlated EXISTS, which SQLite evaluates once per row.
 func chatOfIdentity(ps ...predicate.ContactIdentity) predicate.Chat {
 	return func(s *entsql.Selector) { s.Where(entsql.In(s.C(chat.FieldContactID), identityContacts(ps))) }
 }
