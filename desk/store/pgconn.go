@@ -103,7 +103,8 @@ const InlineCommit = "\n/* parley: commit */"
 // one message, one round trip, on connections opened by this package
 // (PostgreSQL; elsewhere the query fails). Each statement numbers its own
 // parameters from $1, and takes the query's arguments in order, as many as
-// its highest parameter. The query's rows are those of its first statement
+// its highest parameter (any "$n" in its text counts, even inside a quoted
+// literal or a comment: keep those out of joined statements). The query's rows are those of its first statement
 // that returns rows; rows.NextResultSet moves on to the next one's.
 // PostgreSQL runs the statements in order, each with a snapshot of its own
 // (READ COMMITTED): a statement after one that waited for a lock sees what
