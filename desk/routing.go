@@ -963,9 +963,13 @@ func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error 
 		if chats, err = waiting(r.routable()); err != nil {
 			return err
 		}
-		ids := make([]int, len(chats))
-		for i, c := range chats {
-			ids[i] = c.ID
+		// The offers of the chats routed before: a pending chat was never
+		// routed (it has none), and its NEW_CHAT routing reads none.
+		var ids []int
+		for _, c := range chats {
+			if !c.RoutePending {
+				ids = append(ids, c.ID)
+			}
 		}
 		if r.offers, err = d.offersOfChats(ctx, tx, ids); err != nil {
 			return err

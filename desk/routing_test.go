@@ -212,7 +212,15 @@ func TestR10_NewChatsOfABusyQueueAreRoutedByItsRelease(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
 	}
-	w := desktest.New(t)
+	// The reads of chats' offers ahead of their routing: a release of
+	// pending chats needs none (they were never routed).
+	var offerReads atomic.Int64
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, statement string) {
+		if strings.Contains(statement, "FROM chat_offers WHERE chat_id IN") {
+			offerReads.Add(1)
+		}
+	})
+	w := desktest.NewOn(t, db, desktest.NewClock())
 	a, b := w.Operator(active, 1), w.Operator(active, 1)
 	q := w.Queue(enum.RuleToAll, []*ent.Operator{a, b})
 	ch := w.Channel(q, enum.ProviderAPI)
@@ -241,8 +249,12 @@ func TestR10_NewChatsOfABusyQueueAreRoutedByItsRelease(t *testing.T) {
 	if n, err := w.Client().Job.Query().Count(ctx); err != nil || n != 0 {
 		t.Fatalf("jobs = %d (%v): a pending chat needs no job row", n, err)
 	}
+	offerReads.Store(0)
 	if w.RunJobs() == 0 {
 		t.Fatal("no release ran")
+	}
+	if n := offerReads.Load(); n != 0 {
+		t.Fatalf("the release of pending chats read their offers %d times, want none", n)
 	}
 	// TO_ALL with a limit of 1 each: the oldest chat is offered to both,
 	// which fills them; the two others wait.
