@@ -337,7 +337,7 @@ func profileFields(id InboundIdentity) []profileField {
 	for _, f := range []struct {
 		column, value string
 		max           int
-	}{{contactidentity.FieldDisplayName, id.Name, 300}, {contactidentity.FieldUsername, id.Username, 100}} {
+	}{{contactidentity.FieldDisplayName, id.Name, maxNameLen}, {contactidentity.FieldUsername, id.Username, maxUsernameLen}} {
 		if v := clip(f.value, f.max); v != "" {
 			out = append(out, profileField{f.column, v})
 		}
@@ -414,19 +414,19 @@ func (d *Desk) senderSQLite(ctx context.Context, tx *ent.Tx, ch *ent.Channel, id
 		return nil, contactOf{}, err
 	}
 	now := d.Now()
-	create := tx.Contact.Create().SetName(clip(id.Name, 300)).SetCreatedAt(now).SetUpdatedAt(now)
+	create := tx.Contact.Create().SetName(clip(id.Name, maxNameLen)).SetCreatedAt(now).SetUpdatedAt(now)
 	if id.Phone != "" {
-		create.SetPhone(clip(id.Phone, 50))
+		create.SetPhone(clip(id.Phone, maxPhoneLen))
 	}
 	if id.Username != "" {
-		create.SetUsername(clip(id.Username, 100))
+		create.SetUsername(clip(id.Username, maxUsernameLen))
 	}
 	c, err := create.Save(ctx)
 	if err != nil {
 		return nil, contactOf{}, err
 	}
 	ident, err = tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(ch.Provider).SetExternalID(id.ExternalID).
-		SetDisplayName(clip(id.Name, 300)).SetUsername(clip(id.Username, 100)).SetPhone(clip(id.Phone, 50)).Save(ctx)
+		SetDisplayName(clip(id.Name, maxNameLen)).SetUsername(clip(id.Username, maxUsernameLen)).SetPhone(clip(id.Phone, maxPhoneLen)).Save(ctx)
 	if err != nil {
 		return nil, contactOf{}, err
 	}
@@ -554,8 +554,8 @@ func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inb
 		return nil
 	}
 	args := []any{ch.ID, string(ch.Provider), id.ExternalID, routingLockClass, int32(uint32(ch.QueueID)), now,
-		clip(id.Name, 300), optional(id.Phone, 50), optional(id.Username, 100),
-		clip(id.Name, 300), clip(id.Username, 100), clip(id.Phone, 50)}
+		clip(id.Name, maxNameLen), optional(id.Phone, maxPhoneLen), optional(id.Username, maxUsernameLen),
+		clip(id.Name, maxNameLen), clip(id.Username, maxUsernameLen), clip(id.Phone, maxPhoneLen)}
 	var n *ent.Chat
 	if in.lean {
 		n = newChat(ch, 0, now, false)
@@ -639,6 +639,14 @@ func qualified(alias string, columns []string) []string {
 	}
 	return out
 }
+
+// The longest name, username and phone a contact or an identity keeps (the
+// schema's MaxLen of those fields): longer values from providers are clipped.
+const (
+	maxNameLen     = 300
+	maxUsernameLen = 100
+	maxPhoneLen    = 50
+)
 
 // b2i is 1 for true.
 func b2i(b bool) int {

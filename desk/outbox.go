@@ -414,8 +414,8 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 		upd := d.sql().Update(entcontact.Table).Set(entcontact.FieldUpdatedAt, d.Now())
 		for _, f := range []struct {
 			column, value string
-		}{{entcontact.FieldName, clip(p.Name, 300)}, {entcontact.FieldUsername, clip(p.Username, 100)},
-			{entcontact.FieldPhone, clip(p.Phone, 50)}} {
+		}{{entcontact.FieldName, clip(p.Name, maxNameLen)}, {entcontact.FieldUsername, clip(p.Username, maxUsernameLen)},
+			{entcontact.FieldPhone, clip(p.Phone, maxPhoneLen)}} {
 			if f.value != "" {
 				upd.Set(f.column, fillEmpty(f.column, f.value))
 			}
