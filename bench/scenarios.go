@@ -618,8 +618,10 @@ func (r *runner) panelLatency(ctx context.Context, e *env) error {
 		}
 		e.drain(ctx, 30*time.Second)
 		ph := &deliveryPhase{}
+		split := startCPUSplit(e.srv.pid)
 		res := drive(ctx, e.web, ls.tr, p.spec, ls.hooks(ph))
 		got := ls.trk.wait(ph, 10*time.Second)
+		cpu := split.perMessage(res.acked)
 		target, verdict := "", ""
 		if e.kind == dbPostgres {
 			target, verdict = "p99 ≤ "+ms(p.target), r.rep.verdict(got.receipts.pct(99) <= p.target && got.got == got.expected)
@@ -629,6 +631,7 @@ func (r *runner) panelLatency(ctx context.Context, e *env) error {
 				ls.k, delivered(got), p50p99(res.ack), p50p99(got.afterAck), p50p99(got.afterAckNew)),
 			Limit: p50p99(p.bare) + " bare commit", Ratio: ratio(float64(got.receipts.pct(99)), float64(p.bare.pct(99))),
 			Target: target, Result: verdict})
+		r.rep.add(row{DB: label, Figure: "Webhook → panel " + p.name + ": CPU per message (delivered to every panel)", Value: cpu})
 	}
 	if n := ls.st.ended.Load(); n > 0 {
 		r.rep.note("%s: %d panel subscriptions ended during the webhook → panel scenario (%v).", label, n, ls.st.lastEnd.Load())
@@ -649,8 +652,10 @@ func (r *runner) offerLatency(ctx context.Context, e *env) error {
 	}
 	e.drain(ctx, 30*time.Second)
 	ph := &deliveryPhase{}
+	split := startCPUSplit(e.srv.pid)
 	res := drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: r.opt.duration}, ls.hooks(ph))
 	got := ls.trk.wait(ph, 10*time.Second)
+	cpu := split.perMessage(res.acked)
 	bare := r.base[e.kind][1].lat
 	target, verdict := "", ""
 	if e.kind == dbPostgres {
@@ -661,6 +666,7 @@ func (r *runner) offerLatency(ctx context.Context, e *env) error {
 			p50p99(got.receipts), delivered(got), ms(res.ack.pct(99))),
 		Limit: p50p99(bare) + " bare commit", Ratio: ratio(float64(got.first.pct(99)), float64(bare.pct(99))),
 		Target: target, Result: verdict})
+	r.rep.add(row{DB: label, Figure: "Inbound → offer: CPU per message (offered on every panel)", Value: cpu})
 	return nil
 }
 

@@ -356,6 +356,20 @@ func (c cpuSplit) finish() string {
 	return fmt.Sprintf("server %.2f, PostgreSQL %.2f, load generator %.2f, other %.2f (of %d cores)", server, pg, self, other, runtime.NumCPU())
 }
 
+// perMessage is the CPU time the server, PostgreSQL (on this machine) and
+// this load generator used per message of the n the phase sent, from its
+// start until now: work done after a message's acknowledgement (its events'
+// delivery, its jobs) counts when it is done by then. Unlike latencies, it
+// hardly moves with the machine's noise.
+func (c cpuSplit) perMessage(n int) string {
+	if n == 0 {
+		return "no message"
+	}
+	per := func(d time.Duration) string { return fmt.Sprintf("%.3f ms", d.Seconds()*1000/float64(n)) }
+	return fmt.Sprintf("server %s, PostgreSQL %s, load generator %s", per(cpuTime(c.serverPID)-c.server),
+		per(commCPU("postgres")-c.pg), per(cpuTime(os.Getpid())-c.self))
+}
+
 // machineBusy samples /proc/stat: the fraction of all CPUs busy between two
 // calls.
 type cpuSample struct{ busy, total uint64 }

@@ -39,6 +39,10 @@ type Options struct {
 	Logger         *slog.Logger
 	// Hub serves subscriptions; without it subscriptions are refused.
 	Hub *live.Hub
+	// Loads shares the loads of live events between their subscribers; give
+	// it the events of each local commit (LiveLoads.Committed) so that the
+	// events of one commit share them too. Nil: a LiveLoads of its own.
+	Loads *LiveLoads
 	// Origins are the browser origins allowed to open a websocket (the CORS
 	// allow-list); clients that send no Origin (servers, tests) are allowed.
 	Origins []string
@@ -77,7 +81,10 @@ func NewHandler(d *desk.Desk, opts Options) *handler.Server {
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = 15 * time.Second
 	}
-	cfg := Config{Resolvers: &Resolver{client: d.Client(), desk: d, hub: opts.Hub, publicURL: opts.PublicURL, live: &liveLoads{}}}
+	if opts.Loads == nil {
+		opts.Loads = NewLiveLoads()
+	}
+	cfg := Config{Resolvers: &Resolver{client: d.Client(), desk: d, hub: opts.Hub, publicURL: opts.PublicURL, live: opts.Loads}}
 	cfg.Directives.Public = func(ctx context.Context, _ any, next graphql.Resolver) (any, error) {
 		return next(ctx)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -278,5 +279,50 @@ func TestR32_WebsocketOriginsComeFromTheCORSAllowList(t *testing.T) {
 	}
 	if resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("foreign origin answered %v, want 403", resp)
+	}
+}
+
+// The events one commit appends share the loads of the chat they name: a
+// new chat offered to three operators is one commit (its creation, its
+// message, an offer each), and the three panels that show the chat with its
+// customer read the chat once, not once per event.
+func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
+	rec := &apptest.Recorder{}
+	w := newLiveWorld(t, apptest.WithRecorder(rec))
+	ops := []apptest.Operator{w.op, w.s.CreateOperator(t, enum.RoleOperator), w.s.CreateOperator(t, enum.RoleOperator)}
+	if err := w.s.Client().Queue.UpdateOne(w.queue).AddMemberIDs(ops[1].ID, ops[2].ID).Exec(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range ops[1:] {
+		w.s.Do(t, op.Token, `mutation { setMyStatus(status: ACTIVE) { status } }`, nil).OK(t)
+	}
+	after := lastEventID(t, w.s)
+	var panels []*apptest.WS
+	for _, op := range ops {
+		ws := w.s.Connect(t, op.Token)
+		ws.Subscribe("1", `subscription($after: ID) { panel(after: $after) { type chatId chat { id contact { externalName: name } } } }`,
+			map[string]any{"after": after})
+		panels = append(panels, ws)
+	}
+	rec.Reset()
+	chatID := w.inbound(t, "shared-"+apptest.Unique("c"), "hello")
+	for i, ws := range panels {
+		m := ws.Next()
+		if m.Type != "next" || !strings.Contains(string(m.Payload), `"CHAT_OFFERED"`) || !strings.Contains(string(m.Payload), `"chatId":"`+chatID+`"`) ||
+			!strings.Contains(string(m.Payload), `"externalName":`) {
+			t.Fatalf("panel %d: got %s %s, want the offer of chat %s with its customer", i, m.Type, m.Payload, chatID)
+		}
+	}
+	// The panels' loads, outside any transaction (SQLite quotes with `).
+	chatRead := regexp.MustCompile("^driver\\.Query: query=SELECT .* FROM [`\"]chats[`\"] WHERE [`\"]chats[`\"]\\.[`\"]id[`\"] = ")
+	reads := 0
+	for _, s := range rec.Statements() {
+		if chatRead.MatchString(s) {
+			reads++
+		}
+	}
+	if reads != 1 {
+		t.Fatalf("three panels showing the offers of one commit read the chat %d times, want once:\n%s", reads,
+			strings.Join(rec.Statements(), "\n"))
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/parleydesk/parley/ent"
 )
 
 // The subscribers an event reaches resolve its chat and message with one
@@ -12,13 +14,13 @@ import (
 // or field loads again, and a failed load is shared as well (not retried by
 // each subscriber).
 func TestLiveLoadsOncePerEventAndField(t *testing.T) {
-	var l liveLoads
+	l := NewLiveLoads()
 	var calls atomic.Int32
 	fn := func() (any, error) { calls.Add(1); return "chat", nil }
 	var wg sync.WaitGroup
 	for range 50 {
 		wg.Go(func() {
-			v, err := l.load(7, "chat", fn)
+			v, err := l.load(7, "chat", 1, fn)
 			if err != nil || v != "chat" {
 				t.Errorf("load = %v, %v", v, err)
 			}
@@ -28,20 +30,59 @@ func TestLiveLoadsOncePerEventAndField(t *testing.T) {
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("50 subscribers of one event loaded its chat %d times, want 1", n)
 	}
-	if _, _ = l.load(7, "message", fn); calls.Load() != 2 {
+	if _, _ = l.load(7, "message", 1, fn); calls.Load() != 2 {
 		t.Fatalf("another field of the event was not loaded")
 	}
-	if _, _ = l.load(8, "chat", fn); calls.Load() != 3 {
+	if _, _ = l.load(8, "chat", 1, fn); calls.Load() != 3 {
 		t.Fatalf("another event's chat was not loaded")
 	}
 	boom := errors.New("boom")
 	fail := func() (any, error) { calls.Add(1); return nil, boom }
 	for range 3 {
-		if _, err := l.load(9, "chat", fail); !errors.Is(err, boom) {
+		if _, err := l.load(9, "chat", 1, fail); !errors.Is(err, boom) {
 			t.Fatalf("err = %v, want the load's error", err)
 		}
 	}
 	if calls.Load() != 4 {
 		t.Fatalf("a failed load ran %d times for one event, want once", calls.Load()-3)
+	}
+}
+
+// The events one local commit appended (a new chat's creation, its message
+// and one offer per operator) share one load of each chat and message they
+// name; another chat of the commit, or the same chat in the next commit,
+// loads again.
+func TestLiveLoadsOncePerCommitAndEntity(t *testing.T) {
+	l := NewLiveLoads()
+	var calls atomic.Int32
+	fn := func() (any, error) { calls.Add(1); return "chat", nil }
+	events := func(ids ...int) []*ent.Event {
+		out := make([]*ent.Event, len(ids))
+		for i, id := range ids {
+			out[i] = &ent.Event{ID: id}
+		}
+		return out
+	}
+	l.Committed(events(10, 11, 12, 13))
+	for _, id := range []int{12, 10, 13, 11} {
+		if _, err := l.load(id, "chat", 5, fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("four events of one commit naming one chat loaded it %d times, want 1", n)
+	}
+	if _, _ = l.load(11, "chat", 6, fn); calls.Load() != 2 {
+		t.Fatalf("another chat of the commit was not loaded")
+	}
+	if _, _ = l.load(11, "message", 5, fn); calls.Load() != 3 {
+		t.Fatalf("the commit's message was not loaded apart from its chat")
+	}
+	l.Committed(events(14, 15))
+	if _, _ = l.load(15, "chat", 5, fn); calls.Load() != 4 {
+		t.Fatalf("the chat was not loaded again for the next commit")
+	}
+	if _, _ = l.load(16, "chat", 5, fn); calls.Load() != 5 {
+		t.Fatalf("an event no commit reported (another instance's) was not loaded on its own")
 	}
 }

@@ -16,7 +16,7 @@ type Resolver struct {
 	// publicURL is where providers reach this server (PARLEY_PUBLIC_URL).
 	publicURL string
 	// live shares the loads of a live event between its subscribers.
-	live *liveLoads
+	live *LiveLoads
 	// pages holds the messages preloaded for a page of chats.
 	pages messagePages
 }

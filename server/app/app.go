@@ -45,6 +45,8 @@ type App struct {
 	Websockets *graph.Websockets
 
 	stopLive context.CancelFunc
+	// loads shares the loads of live events between their subscribers.
+	loads *graph.LiveLoads
 
 	requests atomic.Int64
 }
@@ -89,6 +91,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 	// PostgreSQL other instances hear of it through the NOTIFY the
 	// committing transaction sends (desk.EventsChannel).
 	var hub *live.Hub
+	loads := graph.NewLiveLoads()
 	liveCtx, stopLive := context.WithCancel(context.WithoutCancel(ctx))
 	store, err := files.NewDir(cfg.FilesDir)
 	if err != nil {
@@ -98,10 +101,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 	}
 	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect),
 		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention, MetaAppID: cfg.MetaAppID}),
-		desk.WithEventSink(func(events []*ent.Event) { hub.Committed(events) }),
+		desk.WithEventSink(func(events []*ent.Event) { loads.Committed(events); hub.Committed(events) }),
 		desk.WithFiles(store), desk.WithAdapters(adapters(cfg)...)}, o.desk...)
 	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...), stopLive: stopLive,
-		Websockets: graph.NewWebsockets()}
+		Websockets: graph.NewWebsockets(), loads: loads}
 	hubOpts := live.Options{Buffer: cfg.SubscriptionBuf, Logger: log}
 	hub = live.New(a.Desk, hubOpts)
 	a.Hub = hub
@@ -162,6 +165,7 @@ func (a *App) Handler() http.Handler {
 		DepthLimit:      a.Config.DepthLimit,
 		Logger:          a.Log,
 		Hub:             a.Hub,
+		Loads:           a.loads,
 		Origins:         a.Config.CORSOrigins,
 		PingInterval:    a.Config.WSPingInterval,
 		PublicURL:       a.Config.PublicURL,
