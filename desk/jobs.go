@@ -12,6 +12,7 @@ import (
 
 	"entgo.io/ent/dialect/sql"
 
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/job"
 	"github.com/parleydesk/parley/ent/schema/enum"
@@ -196,36 +197,47 @@ func (d *Desk) runDueJobs(ctx context.Context) (int, error) {
 
 // claimJobs leases a batch of due jobs. Claiming clears the dedupe key, so a
 // change after the claim enqueues a fresh job instead of being absorbed by one
-// already running.
+// already running. It is one statement, an UPDATE of the due jobs (on
+// PostgreSQL locked FOR NO KEY UPDATE SKIP LOCKED by its subquery, so that
+// schedulers never wait for one another) RETURNING them, and it commits in
+// the same round trip (store.InlineCommit).
 func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
 	var claimed []*ent.Job
 	err := d.inTx(ctx, "claim jobs", func(tx *ent.Tx) error {
+		claimed = nil
 		now := d.Now()
-		q := tx.Job.Query().Where(job.StatusEQ(enum.JobPending), job.DueAtLTE(now),
-			job.Or(job.LockedUntilIsNil(), job.LockedUntilLT(now))).
-			Order(ent.Asc(job.FieldDueAt), ent.Asc(job.FieldID)).Limit(jobBatch)
-		if d.pg {
-			q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked)))
-		}
-		jobs, err := q.All(ctx)
-		if err != nil || len(jobs) == 0 {
-			return err
-		}
-		ids := make([]any, len(jobs))
-		for i, j := range jobs {
-			ids[i] = j.ID
-		}
-		// The lease is written with the commit: nothing reads it back.
 		lease := now.Add(jobLease)
-		if err := d.atCommit(ctx, tx, d.sql().Update(job.Table).Set(job.FieldLockedUntil, lease).Add(job.FieldAttempts, 1).
-			SetNull(job.FieldDedupeKey).Where(sql.In(job.FieldID, ids...))); err != nil {
+		due := d.sql().Select(job.FieldID).From(sql.Table(job.Table)).
+			Where(sql.And(sql.EQ(job.FieldStatus, string(enum.JobPending)), sql.LTE(job.FieldDueAt, now),
+				sql.Or(sql.IsNull(job.FieldLockedUntil), sql.LT(job.FieldLockedUntil, now)))).
+			OrderBy(job.FieldDueAt, job.FieldID).Limit(jobBatch)
+		if d.pg {
+			due.For(sql.LockNoKeyUpdate, sql.WithLockAction(sql.SkipLocked))
+		}
+		query, args := d.sql().Update(job.Table).Set(job.FieldLockedUntil, lease).Add(job.FieldAttempts, 1).
+			SetNull(job.FieldDedupeKey).Where(sql.In(job.FieldID, due)).Returning(job.Columns...).Query()
+		rows, err := tx.QueryContext(ctx, query+store.InlineCommit, args...)
+		if err != nil {
 			return err
 		}
-		for _, j := range jobs {
-			j.LockedUntil = &lease
-			j.Attempts++
+		defer rows.Close()
+		for rows.Next() {
+			j, err := tx.Job.ScanRow(rows, nil)
+			if err != nil {
+				return err
+			}
+			claimed = append(claimed, j)
 		}
-		claimed = jobs
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		// RETURNING keeps no order: run them in the order they fell due.
+		slices.SortFunc(claimed, func(a, b *ent.Job) int {
+			if c := a.DueAt.Compare(b.DueAt); c != 0 {
+				return c
+			}
+			return a.ID - b.ID
+		})
 		return nil
 	})
 	return claimed, err
