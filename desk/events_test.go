@@ -2,6 +2,7 @@ package desk_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	"github.com/parleydesk/parley/desk/desktest"
 	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chat"
+	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
 
@@ -130,5 +133,43 @@ func TestEvents_NoNotificationWhileNoOtherInstanceListens(t *testing.T) {
 		case <-deadline:
 			t.Fatal("the commit made while other instances listen sent no notification")
 		}
+	}
+}
+
+// A live event's chat is read with its contact (on PostgreSQL in one
+// statement, the contact as JSON): every field as ent's own load gives it,
+// and the contact can query its edges afterwards (it is bound to the
+// client, not left without a driver).
+func TestEvents_AnEventsChatIsReadWithItsContactAsEntLoadsThem(t *testing.T) {
+	w := desktest.New(t)
+	ctx := context.Background()
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
+	res := w.Inbound(w.Channel(q, enum.ProviderAPI), "event-chat", "hello")
+	// Fields that are NULL, set and JSON-typed on both rows.
+	ct, err := w.Client().Contact.Query().Where(contact.ID(res.Chat.ContactID)).Only(ctx)
+	w.Must(err)
+	w.Must(ct.Update().SetPhone("+15550100").SetNotes("prefers \"email\"\nafter 5pm").Exec(ctx))
+
+	got, err := w.Desk.EventChat(ctx, res.Chat.ID)
+	w.Must(err)
+	want, err := w.Client().Chat.Query().Where(chat.ID(res.Chat.ID)).WithContact().Only(ctx)
+	w.Must(err)
+	g, err := json.Marshal(got)
+	w.Must(err)
+	x, err := json.Marshal(want)
+	w.Must(err)
+	if string(g) != string(x) {
+		t.Fatalf("EventChat:\n%s\nent's load:\n%s", g, x)
+	}
+	if !strings.Contains(string(g), `"notes":"prefers \"email\"\nafter 5pm"`) {
+		t.Fatalf("the contact's fields are missing: %s", g)
+	}
+	n, err := got.Edges.Contact.QueryIdentities().Count(ctx)
+	w.Must(err)
+	if n != 1 {
+		t.Fatalf("the contact's identities: %d, want 1", n)
+	}
+	if _, err := w.Desk.EventChat(ctx, res.Chat.ID+1000); desk.AsError(err) == nil || desk.AsError(err).Code != desk.CodeNotFound {
+		t.Fatalf("an unknown chat: %v, want not found", err)
 	}
 }

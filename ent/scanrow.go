@@ -54,6 +54,14 @@ func (c *AccountClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Accou
 	return node, nil
 }
 
+// Bind binds node, a Account decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *AccountClient) Bind(node *Account) *Account {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one ApiKey from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -63,6 +71,14 @@ func (c *ApiKeyClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*ApiKey
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a ApiKey decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *ApiKeyClient) Bind(node *ApiKey) *ApiKey {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one Attachment from the current row of rows (after
@@ -76,6 +92,14 @@ func (c *AttachmentClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*At
 	return node, nil
 }
 
+// Bind binds node, a Attachment decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *AttachmentClient) Bind(node *Attachment) *Attachment {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one Channel from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -85,6 +109,14 @@ func (c *ChannelClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Chann
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a Channel decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *ChannelClient) Bind(node *Channel) *Channel {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one Chat from the current row of rows (after
@@ -98,6 +130,14 @@ func (c *ChatClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Chat, er
 	return node, nil
 }
 
+// Bind binds node, a Chat decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *ChatClient) Bind(node *Chat) *Chat {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one ChatAction from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -107,6 +147,14 @@ func (c *ChatActionClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Ch
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a ChatAction decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *ChatActionClient) Bind(node *ChatAction) *ChatAction {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one ChatOffer from the current row of rows (after
@@ -120,6 +168,14 @@ func (c *ChatOfferClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Cha
 	return node, nil
 }
 
+// Bind binds node, a ChatOffer decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *ChatOfferClient) Bind(node *ChatOffer) *ChatOffer {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one Contact from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -129,6 +185,14 @@ func (c *ContactClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Conta
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a Contact decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *ContactClient) Bind(node *Contact) *Contact {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one ContactIdentity from the current row of rows (after
@@ -142,6 +206,14 @@ func (c *ContactIdentityClient) ScanRow(rows *stdsql.Rows, extra map[string]any)
 	return node, nil
 }
 
+// Bind binds node, a ContactIdentity decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *ContactIdentityClient) Bind(node *ContactIdentity) *ContactIdentity {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one ContactMerge from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -151,6 +223,14 @@ func (c *ContactMergeClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a ContactMerge decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *ContactMergeClient) Bind(node *ContactMerge) *ContactMerge {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one Draft from the current row of rows (after
@@ -164,6 +244,14 @@ func (c *DraftClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Draft, 
 	return node, nil
 }
 
+// Bind binds node, a Draft decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *DraftClient) Bind(node *Draft) *Draft {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one DuplicateRule from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -173,6 +261,14 @@ func (c *DuplicateRuleClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a DuplicateRule decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *DuplicateRuleClient) Bind(node *DuplicateRule) *DuplicateRule {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one Event from the current row of rows (after
@@ -186,6 +282,14 @@ func (c *EventClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Event, 
 	return node, nil
 }
 
+// Bind binds node, a Event decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *EventClient) Bind(node *Event) *Event {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one InboundDelivery from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -195,6 +299,14 @@ func (c *InboundDeliveryClient) ScanRow(rows *stdsql.Rows, extra map[string]any)
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a InboundDelivery decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *InboundDeliveryClient) Bind(node *InboundDelivery) *InboundDelivery {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one Job from the current row of rows (after
@@ -208,6 +320,14 @@ func (c *JobClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Job, erro
 	return node, nil
 }
 
+// Bind binds node, a Job decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *JobClient) Bind(node *Job) *Job {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one Message from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -217,6 +337,14 @@ func (c *MessageClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Messa
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a Message decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *MessageClient) Bind(node *Message) *Message {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one Operator from the current row of rows (after
@@ -230,6 +358,14 @@ func (c *OperatorClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Oper
 	return node, nil
 }
 
+// Bind binds node, a Operator decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *OperatorClient) Bind(node *Operator) *Operator {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one OperatorSession from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -239,6 +375,14 @@ func (c *OperatorSessionClient) ScanRow(rows *stdsql.Rows, extra map[string]any)
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a OperatorSession decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *OperatorSessionClient) Bind(node *OperatorSession) *OperatorSession {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one OperatorStatusChange from the current row of rows (after
@@ -252,6 +396,14 @@ func (c *OperatorStatusChangeClient) ScanRow(rows *stdsql.Rows, extra map[string
 	return node, nil
 }
 
+// Bind binds node, a OperatorStatusChange decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *OperatorStatusChangeClient) Bind(node *OperatorStatusChange) *OperatorStatusChange {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one Queue from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -261,6 +413,14 @@ func (c *QueueClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Queue, 
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a Queue decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *QueueClient) Bind(node *Queue) *Queue {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one QuickReply from the current row of rows (after
@@ -274,6 +434,14 @@ func (c *QuickReplyClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Qu
 	return node, nil
 }
 
+// Bind binds node, a QuickReply decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *QuickReplyClient) Bind(node *QuickReply) *QuickReply {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one RoutingDecision from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -283,6 +451,14 @@ func (c *RoutingDecisionClient) ScanRow(rows *stdsql.Rows, extra map[string]any)
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a RoutingDecision decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *RoutingDecisionClient) Bind(node *RoutingDecision) *RoutingDecision {
+	node.config = c.config
+	return node
 }
 
 // ScanRow reads one Setting from the current row of rows (after
@@ -296,6 +472,14 @@ func (c *SettingClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*Setti
 	return node, nil
 }
 
+// Bind binds node, a Setting decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *SettingClient) Bind(node *Setting) *Setting {
+	node.config = c.config
+	return node
+}
+
 // ScanRow reads one SupportCase from the current row of rows (after
 // rows.Next): its columns into the entity, bound to the client's driver,
 // every other column into the destination extra gives it by name.
@@ -305,4 +489,12 @@ func (c *SupportCaseClient) ScanRow(rows *stdsql.Rows, extra map[string]any) (*S
 		return nil, err
 	}
 	return node, nil
+}
+
+// Bind binds node, a SupportCase decoded from JSON (a row a statement
+// returned as to_jsonb), to the client's driver, so that its edges can be
+// queried, and returns it.
+func (c *SupportCaseClient) Bind(node *SupportCase) *SupportCase {
+	node.config = c.config
+	return node
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/parleydesk/parley/ent"
-	"github.com/parleydesk/parley/ent/chat"
 )
 
 // LiveLoads shares what a live event's fields load between the subscribers
@@ -115,7 +114,7 @@ func (r *Resolver) eventChat(ctx context.Context, e *ent.Event) (*ent.Chat, erro
 	v, err := r.live.load(e.ID, "chat", *e.ChatID, func() (any, error) {
 		// The context of the first subscriber may end while the others
 		// wait for its load: it must not cancel theirs.
-		return r.client.Chat.Query().Where(chat.ID(*e.ChatID)).WithContact().Only(context.WithoutCancel(ctx))
+		return r.desk.EventChat(context.WithoutCancel(ctx), *e.ChatID)
 	})
 	if err != nil {
 		return nil, err
