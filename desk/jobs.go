@@ -123,7 +123,7 @@ func (d *Desk) RunScheduler(ctx context.Context) error {
 		if _, err := d.sweepPending(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("scheduler: look for pending chats", "err", err)
 		}
-		if _, err := d.runDueJobs(ctx); err != nil && ctx.Err() == nil {
+		if _, err := d.runDueJobs(ctx, false); err != nil && ctx.Err() == nil {
 			d.log.Error("scheduler", "err", err)
 		}
 		wait := schedulerPoll
@@ -166,12 +166,17 @@ func (d *Desk) RunDueJobs(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	ran := d.runWantedReleases(ctx)
-	n, err := d.runDueJobs(ctx)
+	n, err := d.runDueJobs(ctx, true)
 	return ran + n, err
 }
 
-// runDueJobs runs every job due now and returns how many it ran.
-func (d *Desk) runDueJobs(ctx context.Context) (int, error) {
+// runDueJobs runs the jobs due now and returns how many it ran. With all,
+// it claims again until a claim finds none (jobs that fell due while it
+// ran, or that the jobs it ran enqueued, run too); without, it stops after a
+// batch smaller than a full one, which left no job due when it was
+// claimed: the scheduler's loop looks at the next due time next (a job due
+// by then runs at once) and spares a claim that would find nothing.
+func (d *Desk) runDueJobs(ctx context.Context, all bool) (int, error) {
 	ran := 0
 	for {
 		jobs, err := d.claimJobs(ctx)
@@ -191,6 +196,9 @@ func (d *Desk) runDueJobs(ctx context.Context) (int, error) {
 			if d.runJob(ctx, j) {
 				ran++
 			}
+		}
+		if !all && len(jobs) < jobBatch {
+			return ran, nil
 		}
 	}
 }

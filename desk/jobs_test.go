@@ -3,8 +3,10 @@ package desk_test
 import (
 	"context"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/parleydesk/parley/desk/desktest"
 	"github.com/parleydesk/parley/desk/store/storetest"
@@ -61,5 +63,54 @@ func TestR10_ASchedulerClaimsDueJobsWithOneStatementPerBatch(t *testing.T) {
 		if j.Status != enum.JobDone || j.Attempts != 1 || j.LockedUntil == nil {
 			t.Fatalf("job %d: %s after %d attempts (lease %v), want DONE after one claimed attempt", j.ID, j.Status, j.Attempts, j.LockedUntil)
 		}
+	}
+}
+
+// The scheduler's loop claims again only after a full batch: a batch
+// smaller than one left nothing due when it was claimed, so the loop goes
+// on to the next due time (a job due by then runs at once) without a claim
+// that would find nothing. Three due jobs: one claim, then the look for the
+// next due time.
+func TestR10_TheSchedulerSparesAClaimThatWouldFindNothing(t *testing.T) {
+	claim := regexp.MustCompile("(?is)^[^=]*query=UPDATE [`\"]jobs[`\"].*RETURNING")
+	nextDue := regexp.MustCompile("(?is)^[^=]*query=SELECT .* FROM [`\"]jobs[`\"] .*ORDER BY")
+	var mu sync.Mutex
+	claims := 0
+	looked := make(chan int, 1)
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case claim.MatchString(s):
+			claims++
+		case nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED"):
+			select {
+			case looked <- claims:
+			default:
+			}
+		}
+	})
+	w := desktest.NewOn(t, db, desktest.NewClock())
+	ctx, cancel := context.WithCancel(context.Background())
+	for range 3 {
+		w.Must(w.Client().Job.Create().SetKind("COMPLETION_DUE").SetDueAt(w.Clock.Now()).SetCreatedAt(w.Clock.Now()).Exec(ctx))
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Desk.RunScheduler(ctx) }()
+	var n int
+	select {
+	case n = <-looked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the scheduler never looked for the next due job")
+	}
+	cancel()
+	w.Must(<-done)
+	if n != 1 {
+		t.Fatalf("the scheduler claimed %d times before looking for the next due job, want 1 (three jobs, one batch)", n)
+	}
+	left, err := w.Client().Job.Query().Where(job.KindEQ("COMPLETION_DUE"), job.StatusNEQ(enum.JobDone)).Count(context.Background())
+	w.Must(err)
+	if left != 0 {
+		t.Fatalf("%d of the 3 jobs were not run", left)
 	}
 }
