@@ -8,8 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parleydesk/parley/channels"
+	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/desk/store/storetest"
+	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/job"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
@@ -114,3 +119,123 @@ func TestR10_TheSchedulerSparesAClaimThatWouldFindNothing(t *testing.T) {
 		t.Fatalf("%d of the 3 jobs were not run", left)
 	}
 }
+
+// profiles is a provider adapter that answers profile fetches only; during
+// runs while the fetch is in flight (between the job's claim and the fill).
+type profiles struct {
+	profile channels.Profile
+	during  func()
+}
+
+func (*profiles) Provider() string { return string(enum.ProviderTelegram) }
+func (*profiles) Parse(channels.Channel, []byte) (channels.Delivery, error) {
+	return channels.Delivery{}, channels.ErrUnsupported
+}
+func (*profiles) Send(context.Context, channels.Channel, channels.Outbound) (channels.SendResult, error) {
+	return channels.SendResult{}, channels.ErrUnsupported
+}
+func (p *profiles) Profile(context.Context, channels.Channel, string) (channels.Profile, error) {
+	if p.during != nil {
+		p.during()
+	}
+	return p.profile, nil
+}
+func (*profiles) Download(context.Context, channels.Channel, string) (channels.File, error) {
+	return channels.File{}, channels.ErrUnsupported
+}
+func (*profiles) RegisterWebhook(context.Context, channels.Channel, string) error {
+	return channels.ErrUnsupported
+}
+
+// R2: a new contact's fetched profile fills their empty fields and ends the
+// job with one commit whose writes all travel with it (on PostgreSQL one
+// round trip: nothing is sent before the COMMIT); both writes hold only
+// while the job's claim does: a claim lost during the provider call (its
+// lease ran out, another scheduler took the job) changes neither the
+// contact nor the job, which the new holder runs.
+func TestR2_AFetchedProfileIsOneCommitThatHoldsOnlyUnderItsClaim(t *testing.T) {
+	var mu sync.Mutex
+	var fill []string // what the fill's transaction sent, "held" or "sent"
+	recording := false
+	db := storetest.Open(t).WithQueryHook(func(ctx context.Context, s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		// The fill's writes: the contact's, the job's end (not a claim).
+		fillWrite := regexp.MustCompile("(?i)query=UPDATE [`\"](contacts[`\"]|jobs[`\"] SET .*done_at)").MatchString(s) &&
+			!strings.Contains(s, "RETURNING")
+		if recording && fillWrite {
+			if store.IsAtCommit(ctx) {
+				fill = append(fill, "held")
+			} else {
+				fill = append(fill, "sent: "+s)
+			}
+		}
+	})
+	p := &profiles{profile: channels.Profile{Name: "Olga Petrova", Username: "olga"}}
+	w := desktest.NewWith(t, db, desktest.NewClock(), desk.WithAdapters(p))
+	ctx := context.Background()
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
+	tg := w.Channel(q, enum.ProviderTelegram)
+	ch, err := w.Desk.WebhookChannel(ctx, tg.ID, enum.ProviderTelegram)
+	w.Must(err)
+	deliver := func(from string) *ent.Contact {
+		t.Helper()
+		_, err := w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: "update-" + from, Updates: []channels.Update{{
+			Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: from}, MessageID: from + ":1",
+			MessageKind: string(enum.KindText), Text: "hello"}}}, []byte(`{}`))
+		w.Must(err)
+		id, err := w.Client().ContactIdentity.Query().Where(contactidentity.ExternalID(from)).Only(ctx)
+		w.Must(err)
+		return w.Client().Contact.GetX(ctx, id.ContactID)
+	}
+	profileJob := func(c *ent.Contact) *ent.Job {
+		t.Helper()
+		js, err := w.Client().Job.Query().Where(job.KindEQ("FETCH_PROFILE")).All(ctx)
+		w.Must(err)
+		for _, j := range js {
+			id, err := w.Client().ContactIdentity.Get(ctx, desk.PayloadInt(j.Payload, "ref"))
+			w.Must(err)
+			if id.ContactID == c.ID {
+				return j
+			}
+		}
+		t.Fatalf("no profile job for contact %d", c.ID)
+		return nil
+	}
+
+	olga := deliver("7001")
+	// The fill's transaction begins after the provider call.
+	p.during = func() { mu.Lock(); recording = true; mu.Unlock() }
+	w.Must(errOf(w.Desk.RunDueJobs(ctx)))
+	mu.Lock()
+	recording = false
+	sent := fill
+	mu.Unlock()
+	if got := w.Client().Contact.GetX(ctx, olga.ID); got.Name != "Olga Petrova" || got.Username != "olga" {
+		t.Fatalf("contact after the profile job: %q @%s, want the profile's", got.Name, got.Username)
+	}
+	if j := profileJob(olga); j.Status != enum.JobDone {
+		t.Fatalf("profile job: %s, want DONE", j.Status)
+	}
+	if w.DB.Postgres() && (len(sent) != 2 || sent[0] != "held" || sent[1] != "held") {
+		t.Fatalf("the fill's transaction sent %q, want two writes held for its commit", sent)
+	}
+
+	// Another scheduler takes the job over while the provider answers.
+	ivan := deliver("7002")
+	var taken time.Time
+	p.during = func() {
+		j := profileJob(ivan)
+		taken = j.LockedUntil.Add(time.Hour)
+		w.Must(j.Update().SetLockedUntil(taken).Exec(ctx))
+	}
+	w.Must(errOf(w.Desk.RunDueJobs(ctx)))
+	if got := w.Client().Contact.GetX(ctx, ivan.ID); got.Name != "" || got.Username != "" {
+		t.Fatalf("a fill under a lost claim changed the contact: %q @%s", got.Name, got.Username)
+	}
+	if j := profileJob(ivan); j.Status != enum.JobPending || !j.LockedUntil.Equal(taken) {
+		t.Fatalf("profile job after a lost claim: %s, lease %v; want PENDING under the new holder's lease %v", j.Status, j.LockedUntil, taken)
+	}
+}
+
+func errOf(_ int, err error) error { return err }

@@ -404,13 +404,14 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 		}
 	}
 	return d.inTx(ctx, "profile fetched", func(tx *ent.Tx) error {
-		if err := d.finishJob(ctx, tx, j); err != nil {
-			return err
-		}
 		// Only what the contact lacks is filled, compared by the update
 		// itself on the row's latest version (an operator's edit meanwhile
-		// wins), and written with the commit: nothing reads it back. A
-		// contact whose identity went (a merge) is not updated.
+		// wins). A contact whose identity went (a merge) is not updated.
+		// The fill and the job's end are written with the commit (one
+		// round trip), each only while the claim holds (claimHolds): when
+		// it was lost meanwhile (its lease ran out and another scheduler
+		// took the job over), neither changes anything, and the job's new
+		// holder fills the contact.
 		upd := d.sql().Update(entcontact.Table).Set(entcontact.FieldUpdatedAt, d.Now())
 		for _, f := range []struct {
 			column, value string
@@ -423,9 +424,26 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 		if photoKey != "" {
 			upd.Set(entcontact.FieldPhotoKey, photoKey)
 		}
-		return d.atCommit(ctx, tx, upd.Where(sql.In(entcontact.FieldID, identityContacts([]predicate.ContactIdentity{
-			contactidentity.ID(jobRef(j))}))))
+		if err := d.atCommit(ctx, tx, upd.Where(sql.And(sql.In(entcontact.FieldID, identityContacts([]predicate.ContactIdentity{
+			contactidentity.ID(jobRef(j))})), d.claimHolds(j)))); err != nil {
+			return err
+		}
+		return d.atCommit(ctx, tx, d.sql().Update(job.Table).Set(job.FieldStatus, string(enum.JobDone)).
+			Set(job.FieldDoneAt, d.Now()).Where(claimOf(j)))
 	})
+}
+
+// claimOf matches a claimed job's row while the claim holds: the job still
+// pending under the lease the claim set.
+func claimOf(j *ent.Job) *sql.Predicate {
+	return sql.And(sql.EQ(job.FieldID, j.ID), sql.EQ(job.FieldStatus, string(enum.JobPending)),
+		sql.EQ(job.FieldLockedUntil, *j.LockedUntil))
+}
+
+// claimHolds is a condition, for a write of another table, that j's claim
+// still holds.
+func (d *Desk) claimHolds(j *ent.Job) *sql.Predicate {
+	return sql.Exists(d.sql().Select(job.FieldID).From(sql.Table(job.Table)).Where(claimOf(j)))
 }
 
 // fillEmpty is the value of a text column set to value only where it is

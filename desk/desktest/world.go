@@ -41,9 +41,15 @@ func New(t testing.TB) *World {
 // instance, or the same one after a restart.
 func NewOn(t testing.TB, db *store.DB, clock *Clock) *World {
 	t.Helper()
+	return NewWith(t, db, clock)
+}
+
+// NewWith is NewOn with more options for the desk (adapters, files).
+func NewWith(t testing.TB, db *store.DB, clock *Clock, opts ...desk.Option) *World {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d := desk.New(db.Client, desk.WithDialect(db.Dialect), desk.WithClock(clock), desk.WithLogger(log),
-		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, SessionTTL: 12 * time.Hour}))
+	d := desk.New(db.Client, append([]desk.Option{desk.WithDialect(db.Dialect), desk.WithClock(clock), desk.WithLogger(log),
+		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, SessionTTL: 12 * time.Hour})}, opts...)...)
 	w := &World{T: t, DB: db, Desk: d, Clock: clock}
 	if _, err := d.Settings(context.Background()); err != nil {
 		t.Fatalf("settings: %v", err)
