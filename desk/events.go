@@ -17,6 +17,7 @@ import (
 	"github.com/parleydesk/parley/ent/chatoffer"
 	entcontact "github.com/parleydesk/parley/ent/contact"
 	entevent "github.com/parleydesk/parley/ent/event"
+	entmessage "github.com/parleydesk/parley/ent/message"
 	"github.com/parleydesk/parley/ent/predicate"
 	"github.com/parleydesk/parley/ent/schema/enum"
 	"github.com/parleydesk/parley/ent/setting"
@@ -412,50 +413,83 @@ func (d *Desk) pruneEvents(ctx context.Context, tx *ent.Tx) error {
 	return d.enqueue(ctx, tx, jobSpec{kind: jobPruneEvents, dedupe: pruneDedupeKey, due: d.Now().Add(pruneEvery)})
 }
 
-// contactRowColumn is the column of eventChatStatement that carries the
-// chat's contact, as JSON.
-const contactRowColumn = "parley_contact"
+// The columns of eventViewStatement that carry rows as JSON.
+const (
+	contactRowColumn = "parley_contact"
+	messageRowColumn = "parley_message"
+)
 
-// eventChatStatement reads a chat and its contact in one statement
-// (PostgreSQL): the contact's row as JSON (to_jsonb), decoded by the
-// entity's JSON names, which are its columns.
-var eventChatStatement = fmt.Sprintf(`SELECT %s,
-  (SELECT to_jsonb(k) FROM %s AS k WHERE k.%s = c.%s) AS %s
-FROM %s AS c WHERE c.%s = $1`, strings.Join(qualified("c", chat.Columns), ", "),
-	entcontact.Table, entcontact.FieldID, chat.FieldContactID, contactRowColumn, chat.Table, chat.FieldID)
+// eventViewStatements read a chat, its contact and, in the second, a
+// message in one statement (PostgreSQL): the contact's and the message's
+// rows as JSON (to_jsonb), decoded by the entities' JSON names, which are
+// their columns.
+var eventViewStatements = func() [2]string {
+	chatAndContact := fmt.Sprintf(`SELECT %s,
+  (SELECT to_jsonb(k) FROM %s AS k WHERE k.%s = c.%s) AS %s`, strings.Join(qualified("c", chat.Columns), ", "),
+		entcontact.Table, entcontact.FieldID, chat.FieldContactID, contactRowColumn)
+	from := fmt.Sprintf(`
+FROM %s AS c WHERE c.%s = $1`, chat.Table, chat.FieldID)
+	withMessage := fmt.Sprintf(`,
+  (SELECT to_jsonb(m) FROM %s AS m WHERE m.%s = $2 AND m.%s = c.%s) AS %s`,
+		entmessage.Table, entmessage.FieldID, entmessage.FieldChatID, chat.FieldID, messageRowColumn)
+	return [2]string{chatAndContact + from, chatAndContact + withMessage + from}
+}()
 
-// EventChat is the chat a live event names, with its contact (what a panel
-// shows of it), read once by the subscribers the event reaches: one round
-// trip on PostgreSQL, where ent's eager loading would take two.
-func (d *Desk) EventChat(ctx context.Context, id int) (*ent.Chat, error) {
+// EventView is what a live event names, read once by the subscribers the
+// event reaches: its chat with the chat's contact (what a panel shows of
+// it) and, when messageID is not 0, that message of the chat (nil if there
+// is none). One round trip on PostgreSQL, where ent's loads take two or
+// three. Entities decoded from JSON lack what only eager loading uses (a
+// message's author key): their edges are queried by id.
+func (d *Desk) EventView(ctx context.Context, chatID, messageID int) (*ent.Chat, *ent.Message, error) {
 	if !d.pg {
-		return d.client.Chat.Query().Where(chat.ID(id)).WithContact().Only(ctx)
+		c, err := d.client.Chat.Query().Where(chat.ID(chatID)).WithContact().Only(ctx)
+		if err != nil || messageID == 0 {
+			return c, nil, err
+		}
+		m, err := d.client.Message.Query().Where(entmessage.ID(messageID), entmessage.ChatID(chatID)).Only(ctx)
+		if ent.IsNotFound(err) {
+			return c, nil, nil
+		}
+		return c, m, err
 	}
-	rows, err := d.client.QueryContext(ctx, eventChatStatement, id)
+	query, args := eventViewStatements[0], []any{chatID}
+	if messageID != 0 {
+		query, args = eventViewStatements[1], append(args, messageID)
+	}
+	rows, err := d.client.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer rows.Close()
 	if !rows.Next() {
 		if err := rows.Err(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return nil, Fail(CodeNotFound, "chat %d not found", id)
+		return nil, nil, Fail(CodeNotFound, "chat %d not found", chatID)
 	}
-	var contactRow []byte
-	c, err := d.client.Chat.ScanRow(rows, map[string]any{contactRowColumn: &contactRow})
+	var contactRow, messageRow []byte
+	c, err := d.client.Chat.ScanRow(rows, map[string]any{contactRowColumn: &contactRow, messageRowColumn: &messageRow})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := rows.Close(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if contactRow != nil {
 		ct := &ent.Contact{}
 		if err := json.Unmarshal(contactRow, ct); err != nil {
-			return nil, fmt.Errorf("contact of chat %d: %w", id, err)
+			return nil, nil, fmt.Errorf("contact of chat %d: %w", chatID, err)
 		}
 		c.Edges.Contact = d.client.Contact.Bind(ct)
 	}
-	return c, nil
+	var m *ent.Message
+	if messageRow != nil {
+		m = &ent.Message{}
+		if err := json.Unmarshal(messageRow, m); err != nil {
+			return nil, nil, fmt.Errorf("message %d: %w", messageID, err)
+		}
+		m = d.client.Message.Bind(m)
+	}
+	return c, m, nil
 }

@@ -136,40 +136,61 @@ func TestEvents_NoNotificationWhileNoOtherInstanceListens(t *testing.T) {
 	}
 }
 
-// A live event's chat is read with its contact (on PostgreSQL in one
-// statement, the contact as JSON): every field as ent's own load gives it,
-// and the contact can query its edges afterwards (it is bound to the
-// client, not left without a driver).
-func TestEvents_AnEventsChatIsReadWithItsContactAsEntLoadsThem(t *testing.T) {
+// A live event's chat is read with its contact and its message (on
+// PostgreSQL in one statement, the contact and the message as JSON): every
+// field as ent's own loads give them, and both can query their edges
+// afterwards (they are bound to the client, not left without a driver).
+func TestEvents_AnEventsChatAndMessageAreReadAsEntLoadsThem(t *testing.T) {
 	w := desktest.New(t)
 	ctx := context.Background()
-	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
+	op := w.Operator(active)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{op})
 	res := w.Inbound(w.Channel(q, enum.ProviderAPI), "event-chat", "hello")
 	// Fields that are NULL, set and JSON-typed on both rows.
 	ct, err := w.Client().Contact.Query().Where(contact.ID(res.Chat.ContactID)).Only(ctx)
 	w.Must(err)
 	w.Must(ct.Update().SetPhone("+15550100").SetNotes("prefers \"email\"\nafter 5pm").Exec(ctx))
+	_, err = w.Desk.AcceptChat(w.As(op), res.Chat.ID)
+	w.Must(err)
+	sent, err := w.Desk.SendMessage(w.As(op), res.Chat.ID, "how can I help?", nil)
+	w.Must(err)
+	w.Must(w.Client().Message.UpdateOneID(sent.ID).SetContent(map[string]any{"buttons": []any{"yes", "no"}, "n": 2}).
+		SetPreviousTexts([]string{"hi"}).Exec(ctx))
 
-	got, err := w.Desk.EventChat(ctx, res.Chat.ID)
-	w.Must(err)
-	want, err := w.Client().Chat.Query().Where(chat.ID(res.Chat.ID)).WithContact().Only(ctx)
-	w.Must(err)
-	g, err := json.Marshal(got)
-	w.Must(err)
-	x, err := json.Marshal(want)
-	w.Must(err)
-	if string(g) != string(x) {
-		t.Fatalf("EventChat:\n%s\nent's load:\n%s", g, x)
+	asJSON := func(v any) string {
+		b, err := json.Marshal(v)
+		w.Must(err)
+		return string(b)
 	}
-	if !strings.Contains(string(g), `"notes":"prefers \"email\"\nafter 5pm"`) {
-		t.Fatalf("the contact's fields are missing: %s", g)
-	}
-	n, err := got.Edges.Contact.QueryIdentities().Count(ctx)
+	gotChat, gotMessage, err := w.Desk.EventView(ctx, res.Chat.ID, sent.ID)
 	w.Must(err)
-	if n != 1 {
-		t.Fatalf("the contact's identities: %d, want 1", n)
+	wantChat, err := w.Client().Chat.Query().Where(chat.ID(res.Chat.ID)).WithContact().Only(ctx)
+	w.Must(err)
+	wantMessage, err := w.Client().Message.Get(ctx, sent.ID)
+	w.Must(err)
+	if g, x := asJSON(gotChat), asJSON(wantChat); g != x {
+		t.Fatalf("EventView's chat:\n%s\nent's load:\n%s", g, x)
 	}
-	if _, err := w.Desk.EventChat(ctx, res.Chat.ID+1000); desk.AsError(err) == nil || desk.AsError(err).Code != desk.CodeNotFound {
+	if !strings.Contains(asJSON(gotChat), `"notes":"prefers \"email\"\nafter 5pm"`) {
+		t.Fatalf("the contact's fields are missing: %s", asJSON(gotChat))
+	}
+	if g, x := asJSON(gotMessage), asJSON(wantMessage); g != x || !strings.Contains(g, `"buttons":["yes","no"]`) {
+		t.Fatalf("EventView's message:\n%s\nent's load:\n%s", g, x)
+	}
+	n, err := gotChat.Edges.Contact.QueryIdentities().Count(ctx)
+	w.Must(err)
+	author, err := gotMessage.QueryAuthor().Only(ctx)
+	w.Must(err)
+	if n != 1 || author.ID != op.ID {
+		t.Fatalf("the contact's identities: %d, the message's author: %d; want 1 and operator %d", n, author.ID, op.ID)
+	}
+	if c, m, err := w.Desk.EventView(ctx, res.Chat.ID, 0); err != nil || m != nil || c.ID != res.Chat.ID {
+		t.Fatalf("the chat alone: %v, %v, %v", c, m, err)
+	}
+	if _, m, err := w.Desk.EventView(ctx, res.Chat.ID, sent.ID+1000); err != nil || m != nil {
+		t.Fatalf("an unknown message: %v, %v; want none, no error", m, err)
+	}
+	if _, _, err := w.Desk.EventView(ctx, res.Chat.ID+1000, 0); desk.AsError(err) == nil || desk.AsError(err).Code != desk.CodeNotFound {
 		t.Fatalf("an unknown chat: %v, want not found", err)
 	}
 }

@@ -285,8 +285,9 @@ func TestR32_WebsocketOriginsComeFromTheCORSAllowList(t *testing.T) {
 // The events one commit appends share the loads of the chat they name: a
 // new chat offered to three operators is one commit (its creation, its
 // message, an offer each), and the three panels that show the chat with its
-// customer read the chat once, not once per event, and on PostgreSQL its
-// contact with it.
+// customer read the chat once, not once per event; on PostgreSQL its
+// contact with it, and the next message's event reads the chat, the contact
+// and the message in one statement.
 func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 	rec := &apptest.Recorder{}
 	w := newLiveWorld(t, apptest.WithRecorder(rec))
@@ -301,12 +302,40 @@ func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 	var panels []*apptest.WS
 	for _, op := range ops {
 		ws := w.s.Connect(t, op.Token)
-		ws.Subscribe("1", `subscription($after: ID) { panel(after: $after) { type chatId chat { id contact { externalName: name } } } }`,
-			map[string]any{"after": after})
+		ws.Subscribe("1", `subscription($after: ID) { panel(after: $after) {
+		  type chatId chat { id contact { externalName: name } } message { text } } }`, map[string]any{"after": after})
 		panels = append(panels, ws)
 	}
+	// The panels' loads, outside any transaction (SQLite quotes with `):
+	// on PostgreSQL one statement (the contact and the message as JSON),
+	// on SQLite ent's loads (the chat, its contact, the message).
+	reads := func() (chats, contacts, messages int) {
+		read := func(table string) *regexp.Regexp {
+			return regexp.MustCompile("(?s)^driver\\.Query(Context)?: query=SELECT .*\\sFROM [`\"]" + table + "[`\"]( WHERE|$)")
+		}
+		chatRead := regexp.MustCompile("(?s)^driver\\.Query(Context)?: query=SELECT .*\\sFROM [`\"]?chats[`\"]?")
+		contactRead, messageRead := read("contacts"), read("messages")
+		for _, s := range rec.Statements() {
+			if chatRead.MatchString(s) {
+				chats++
+			}
+			if contactRead.MatchString(s) {
+				contacts++
+			}
+			if messageRead.MatchString(s) {
+				messages++
+			}
+		}
+		rec.Reset()
+		return
+	}
+	separate := 1
+	if w.s.DB().Postgres() {
+		separate = 0
+	}
+	customer := "shared-" + apptest.Unique("c")
 	rec.Reset()
-	chatID := w.inbound(t, "shared-"+apptest.Unique("c"), "hello")
+	chatID := w.inbound(t, customer, "hello")
 	for i, ws := range panels {
 		m := ws.Next()
 		if m.Type != "next" || !strings.Contains(string(m.Payload), `"CHAT_OFFERED"`) || !strings.Contains(string(m.Payload), `"chatId":"`+chatID+`"`) ||
@@ -314,26 +343,19 @@ func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 			t.Fatalf("panel %d: got %s %s, want the offer of chat %s with its customer", i, m.Type, m.Payload, chatID)
 		}
 	}
-	// The panels' loads, outside any transaction (SQLite quotes with `): the
-	// chat with its contact, in one statement on PostgreSQL (the contact as
-	// JSON), in two on SQLite (ent's eager loading).
-	chatRead := regexp.MustCompile("(?s)^driver\\.Query(Context)?: query=SELECT .*\\sFROM [`\"]?chats[`\"]?")
-	contactRead := regexp.MustCompile("(?s)^driver\\.Query(Context)?: query=SELECT .*\\sFROM [`\"]contacts[`\"] WHERE")
-	chats, contacts := 0, 0
-	for _, s := range rec.Statements() {
-		if chatRead.MatchString(s) {
-			chats++
-		}
-		if contactRead.MatchString(s) {
-			contacts++
+	if chats, contacts, _ := reads(); chats != 1 || contacts != separate {
+		t.Fatalf("three panels showing the offers of one commit read the chat %d times and its contact %d more, want once and %d",
+			chats, contacts, separate)
+	}
+	w.inbound(t, customer, "are you there?")
+	for i, ws := range panels {
+		m := ws.Next()
+		if m.Type != "next" || !strings.Contains(string(m.Payload), `"MESSAGE_ADDED"`) || !strings.Contains(string(m.Payload), `"text":"are you there?"`) {
+			t.Fatalf("panel %d: got %s %s, want the message", i, m.Type, m.Payload)
 		}
 	}
-	wantContacts := 1
-	if w.s.DB().Postgres() {
-		wantContacts = 0
-	}
-	if chats != 1 || contacts != wantContacts {
-		t.Fatalf("three panels showing the offers of one commit read the chat %d times and its contact %d more, want once and %d:\n%s",
-			chats, contacts, wantContacts, strings.Join(rec.Statements(), "\n"))
+	if chats, contacts, messages := reads(); chats != 1 || contacts != separate || messages != separate {
+		t.Fatalf("three panels showing a message read its chat %d times, its contact %d and the message %d more, want once, %d and %d",
+			chats, contacts, messages, separate, separate)
 	}
 }

@@ -5,12 +5,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/ent"
 )
 
 // LiveLoads shares what a live event's fields load between the subscribers
 // the event reaches: its chat (with the contact, which panels show) and its
-// message are read once per event instead of once per subscriber, and once
+// message, read together, once per event instead of once per subscriber, and once
 // per local commit for the events one commit appended (Committed): a new
 // chat offered to four operators is one commit of six events, which name
 // one chat. Entries live a few seconds, long enough for every subscriber of
@@ -33,7 +34,8 @@ type liveKey struct {
 	// it, the event itself otherwise.
 	group int
 	field string
-	id    int
+	// id, id2: the entities loaded (a chat and a message).
+	id, id2 int
 }
 
 type liveLoad struct {
@@ -68,13 +70,13 @@ func (l *LiveLoads) Committed(events []*ent.Event) {
 	}
 }
 
-// load returns the value of field (the entity id) for event, loading it
-// once per event, or per commit (Committed).
-func (l *LiveLoads) load(event int, field string, id int, fn func() (any, error)) (any, error) {
+// load returns the value of k (its field and ids; the group is set here)
+// for event, loading it once per event, or per commit (Committed).
+func (l *LiveLoads) load(event int, k liveKey, fn func() (any, error)) (any, error) {
 	now := time.Now()
 	l.mu.Lock()
 	l.sweepLocked(now)
-	k := liveKey{group: event, field: field, id: id}
+	k.group = event
 	if c, ok := l.commits[event]; ok {
 		k.group = c.first
 	}
@@ -106,29 +108,54 @@ func (l *LiveLoads) sweepLocked(now time.Time) {
 	l.swept = now
 }
 
+// eventView is what a live event names: its chat (with the contact) and
+// its message (payload messageId), read together (Desk.EventView).
+type eventView struct {
+	chat    *ent.Chat
+	message *ent.Message
+}
+
+// view loads the chat and message of a live event, once for the
+// subscribers of its commit (or of the event).
+func (r *Resolver) view(ctx context.Context, e *ent.Event) (eventView, error) {
+	chatID, messageID := 0, desk.PayloadInt(e.Payload, "messageId")
+	if e.ChatID != nil {
+		chatID = *e.ChatID
+	}
+	v, err := r.live.load(e.ID, liveKey{field: "view", id: chatID, id2: messageID}, func() (any, error) {
+		// The context of the first subscriber may end while the others
+		// wait for its load: it must not cancel theirs.
+		ctx := context.WithoutCancel(ctx)
+		if chatID == 0 {
+			m, err := r.client.Message.Get(ctx, messageID)
+			return eventView{message: m}, err
+		}
+		c, m, err := r.desk.EventView(ctx, chatID, messageID)
+		return eventView{chat: c, message: m}, err
+	})
+	if err != nil {
+		return eventView{}, err
+	}
+	return v.(eventView), nil
+}
+
 // eventChat is the chat of a live event, with its contact.
 func (r *Resolver) eventChat(ctx context.Context, e *ent.Event) (*ent.Chat, error) {
 	if e.ChatID == nil {
 		return nil, nil
 	}
-	v, err := r.live.load(e.ID, "chat", *e.ChatID, func() (any, error) {
-		// The context of the first subscriber may end while the others
-		// wait for its load: it must not cancel theirs.
-		return r.desk.EventChat(context.WithoutCancel(ctx), *e.ChatID)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return v.(*ent.Chat), nil
+	v, err := r.view(ctx, e)
+	return v.chat, err
 }
 
 // eventMessage is the message of a live event (payload messageId).
-func (r *Resolver) eventMessage(ctx context.Context, e *ent.Event, id int) (*ent.Message, error) {
-	v, err := r.live.load(e.ID, "message", id, func() (any, error) {
-		return r.client.Message.Get(context.WithoutCancel(ctx), id)
-	})
-	if err != nil {
-		return nil, err
+func (r *Resolver) eventMessage(ctx context.Context, e *ent.Event) (*ent.Message, error) {
+	if desk.PayloadInt(e.Payload, "messageId") == 0 {
+		return nil, nil
 	}
-	return v.(*ent.Message), nil
+	v, err := r.view(ctx, e)
+	if err == nil && v.message == nil {
+		err = desk.Fail(desk.CodeNotFound, "the event's message is gone")
+	}
+	return v.message, err
 }

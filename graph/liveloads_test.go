@@ -20,7 +20,7 @@ func TestLiveLoadsOncePerEventAndField(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 50 {
 		wg.Go(func() {
-			v, err := l.load(7, "chat", 1, fn)
+			v, err := l.load(7, liveKey{field: "chat", id: 1}, fn)
 			if err != nil || v != "chat" {
 				t.Errorf("load = %v, %v", v, err)
 			}
@@ -30,16 +30,16 @@ func TestLiveLoadsOncePerEventAndField(t *testing.T) {
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("50 subscribers of one event loaded its chat %d times, want 1", n)
 	}
-	if _, _ = l.load(7, "message", 1, fn); calls.Load() != 2 {
+	if _, _ = l.load(7, liveKey{field: "message", id: 1}, fn); calls.Load() != 2 {
 		t.Fatalf("another field of the event was not loaded")
 	}
-	if _, _ = l.load(8, "chat", 1, fn); calls.Load() != 3 {
+	if _, _ = l.load(8, liveKey{field: "chat", id: 1}, fn); calls.Load() != 3 {
 		t.Fatalf("another event's chat was not loaded")
 	}
 	boom := errors.New("boom")
 	fail := func() (any, error) { calls.Add(1); return nil, boom }
 	for range 3 {
-		if _, err := l.load(9, "chat", 1, fail); !errors.Is(err, boom) {
+		if _, err := l.load(9, liveKey{field: "chat", id: 1}, fail); !errors.Is(err, boom) {
 			t.Fatalf("err = %v, want the load's error", err)
 		}
 	}
@@ -65,24 +65,24 @@ func TestLiveLoadsOncePerCommitAndEntity(t *testing.T) {
 	}
 	l.Committed(events(10, 11, 12, 13))
 	for _, id := range []int{12, 10, 13, 11} {
-		if _, err := l.load(id, "chat", 5, fn); err != nil {
+		if _, err := l.load(id, liveKey{field: "view", id: 5}, fn); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("four events of one commit naming one chat loaded it %d times, want 1", n)
 	}
-	if _, _ = l.load(11, "chat", 6, fn); calls.Load() != 2 {
+	if _, _ = l.load(11, liveKey{field: "view", id: 6}, fn); calls.Load() != 2 {
 		t.Fatalf("another chat of the commit was not loaded")
 	}
-	if _, _ = l.load(11, "message", 5, fn); calls.Load() != 3 {
-		t.Fatalf("the commit's message was not loaded apart from its chat")
+	if _, _ = l.load(11, liveKey{field: "view", id: 5, id2: 9}, fn); calls.Load() != 3 {
+		t.Fatalf("the chat with a message of the commit was not loaded apart from the chat alone")
 	}
 	l.Committed(events(14, 15))
-	if _, _ = l.load(15, "chat", 5, fn); calls.Load() != 4 {
+	if _, _ = l.load(15, liveKey{field: "view", id: 5}, fn); calls.Load() != 4 {
 		t.Fatalf("the chat was not loaded again for the next commit")
 	}
-	if _, _ = l.load(16, "chat", 5, fn); calls.Load() != 5 {
+	if _, _ = l.load(16, liveKey{field: "view", id: 5}, fn); calls.Load() != 5 {
 		t.Fatalf("an event no commit reported (another instance's) was not loaded on its own")
 	}
 }

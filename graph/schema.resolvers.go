@@ -103,11 +103,7 @@ func (r *liveEventResolver) Chat(ctx context.Context, obj *ent.Event) (*ent.Chat
 
 // Message is the resolver for the message field.
 func (r *liveEventResolver) Message(ctx context.Context, obj *ent.Event) (*ent.Message, error) {
-	id := desk.PayloadInt(obj.Payload, "messageId")
-	if id == 0 {
-		return nil, nil
-	}
-	return r.eventMessage(ctx, obj, id)
+	return r.eventMessage(ctx, obj)
 }
 
 // Operator is the resolver for the operator field.
