@@ -413,7 +413,7 @@ func (d *Desk) pruneEvents(ctx context.Context, tx *ent.Tx) error {
 	return d.enqueue(ctx, tx, jobSpec{kind: jobPruneEvents, dedupe: pruneDedupeKey, due: d.Now().Add(pruneEvery)})
 }
 
-// The columns of eventViewStatement that carry rows as JSON.
+// The columns of eventViewStatements that carry rows as JSON.
 const (
 	contactRowColumn = "parley_contact"
 	messageRowColumn = "parley_message"
