@@ -207,7 +207,7 @@ func (d *Desk) runDueJobs(ctx context.Context, all bool) (int, error) {
 // change after the claim enqueues a fresh job instead of being absorbed by one
 // already running. It is one statement, an UPDATE of the due jobs (on
 // PostgreSQL locked FOR NO KEY UPDATE SKIP LOCKED by its subquery, so that
-// schedulers never wait for one another) RETURNING them, and it commits in
+// schedulers never wait for one another, and picked once) RETURNING them, and it commits in
 // the same round trip (store.InlineCommit).
 func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
 	var claimed []*ent.Job
@@ -219,11 +219,22 @@ func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
 			Where(sql.And(sql.EQ(job.FieldStatus, string(enum.JobPending)), sql.LTE(job.FieldDueAt, now),
 				sql.Or(sql.IsNull(job.FieldLockedUntil), sql.LT(job.FieldLockedUntil, now)))).
 			OrderBy(job.FieldDueAt, job.FieldID).Limit(jobBatch)
+		picked := sql.In(job.FieldID, due)
 		if d.pg {
 			due.For(sql.LockNoKeyUpdate, sql.WithLockAction(sql.SkipLocked))
+			// = ANY(ARRAY(…)) runs the subquery once (an InitPlan): IN
+			// (…) may be planned as a join that runs it again for rows of
+			// the outer scan, each run skipping rows the runs before it
+			// locked, so that one claim would take more than a batch (a
+			// known pitfall of LIMIT with SKIP LOCKED).
+			picked = sql.P(func(b *sql.Builder) {
+				b.Ident(job.FieldID).WriteString(" = ANY(ARRAY")
+				b.Wrap(func(b *sql.Builder) { b.Join(due) })
+				b.WriteString(")")
+			})
 		}
 		query, args := d.sql().Update(job.Table).Set(job.FieldLockedUntil, lease).Add(job.FieldAttempts, 1).
-			SetNull(job.FieldDedupeKey).Where(sql.In(job.FieldID, due)).Returning(job.Columns...).Query()
+			SetNull(job.FieldDedupeKey).Where(picked).Returning(job.Columns...).Query()
 		rows, err := tx.QueryContext(ctx, query+store.InlineCommit, args...)
 		if err != nil {
 			return err
