@@ -438,10 +438,18 @@ FROM %s AS c WHERE c.%s = $1`, chat.Table, chat.FieldID)
 // EventView is what a live event names, read once by the subscribers the
 // event reaches: its chat with the chat's contact (what a panel shows of
 // it) and, when messageID is not 0, that message of the chat (nil if there
-// is none). One round trip on PostgreSQL, where ent's loads take two or
-// three. Entities decoded from JSON lack what only eager loading uses (a
-// message's author key): their edges are queried by id.
+// is none); an event of no chat (chatID 0) names its message alone. One
+// round trip on PostgreSQL, where ent's loads take two or three. Entities
+// decoded from JSON lack what only eager loading uses (a message's author
+// key): their edges are queried by id.
 func (d *Desk) EventView(ctx context.Context, chatID, messageID int) (*ent.Chat, *ent.Message, error) {
+	if chatID == 0 {
+		if messageID == 0 {
+			return nil, nil, nil
+		}
+		m, err := d.client.Message.Get(ctx, messageID)
+		return nil, m, err
+	}
 	if !d.pg {
 		c, err := d.client.Chat.Query().Where(chat.ID(chatID)).WithContact().Only(ctx)
 		if err != nil || messageID == 0 {

@@ -207,8 +207,8 @@ func (d *Desk) runDueJobs(ctx context.Context, all bool) (int, error) {
 // change after the claim enqueues a fresh job instead of being absorbed by one
 // already running. It is one statement, an UPDATE of the due jobs (on
 // PostgreSQL locked FOR NO KEY UPDATE SKIP LOCKED by its subquery, so that
-// schedulers never wait for one another, and picked once) RETURNING them, and it commits in
-// the same round trip (store.InlineCommit).
+// schedulers never wait for one another, and picked once) RETURNING them,
+// and it commits in the same round trip (store.InlineCommit).
 func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
 	var claimed []*ent.Job
 	err := d.inTx(ctx, "claim jobs", func(tx *ent.Tx) error {

@@ -106,7 +106,7 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 
 // finishJob marks a claimed job done in tx, failing if the claim was lost.
 func (d *Desk) finishJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
-	n, err := tx.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending), job.LockedUntilEQ(*j.LockedUntil)).
+	n, err := tx.Job.Update().Where(func(s *sql.Selector) { s.Where(claimOf(j)) }).
 		SetStatus(enum.JobDone).SetDoneAt(d.Now()).Save(ctx)
 	if err != nil {
 		return err

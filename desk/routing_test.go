@@ -278,12 +278,18 @@ func TestR10_NewChatsOfABusyQueueAreRoutedByItsRelease(t *testing.T) {
 	}
 	atRest(t, w, w.Invariants(), "after the release")
 
-	// Capacity frees: the next waiting chat is offered (R9).
+	// Capacity frees: the next waiting chat is offered (R9). Its release
+	// reads the offers of the chats routed before (the count above sees
+	// such a read).
 	_, err = w.Desk.AcceptChat(w.As(a), chats[0].ID)
 	w.Must(err)
+	offerReads.Store(0)
 	w.RunJobs()
 	if got := openOffers(w, chats[1].ID); !got[b.ID] || len(got) != 1 {
 		t.Fatalf("second chat offers = %v, want B (A is full)", got)
+	}
+	if offerReads.Load() == 0 {
+		t.Fatal("the release of chats routed before read no offers: the count above counts nothing")
 	}
 }
 

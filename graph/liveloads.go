@@ -125,12 +125,7 @@ func (r *Resolver) view(ctx context.Context, e *ent.Event) (eventView, error) {
 	v, err := r.live.load(e.ID, liveKey{field: "view", id: chatID, id2: messageID}, func() (any, error) {
 		// The context of the first subscriber may end while the others
 		// wait for its load: it must not cancel theirs.
-		ctx := context.WithoutCancel(ctx)
-		if chatID == 0 {
-			m, err := r.client.Message.Get(ctx, messageID)
-			return eventView{message: m}, err
-		}
-		c, m, err := r.desk.EventView(ctx, chatID, messageID)
+		c, m, err := r.desk.EventView(context.WithoutCancel(ctx), chatID, messageID)
 		return eventView{chat: c, message: m}, err
 	})
 	if err != nil {
