@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,6 +61,7 @@ type options struct {
 	serverBin     string
 	profileDir    string
 	panelRate     float64
+	cpuProfile    string
 }
 
 func (o options) has(s string) bool { return slices.Contains(o.scenarios, s) }
@@ -81,12 +83,13 @@ func parseOptions(args []string) (options, error) {
 	serverBin := fs.String("server-bin", "", "a prebuilt server binary (default: go build ./server)")
 	profileDir := fs.String("profile-dir", "", "sample PostgreSQL waits and record `perf` of the server during ingest at c=8 into this directory")
 	panelRate := fs.Float64("panel-rate", 0, "messages/s of the webhook → panel scenario's c=8 phase (default: half the measured ingest capacity)")
+	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile to this file (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
 	o := options{quick: *quick, duration: *duration, pgURL: *pgURL, seedMessages: *seedMessages, seedOpenChats: *seedOpen,
 		operators: *operators, keep: *keep, serverBin: *serverBin, profileDir: *profileDir, seedOnly: *seedOnly,
-		panelRate: *panelRate}
+		panelRate: *panelRate, cpuProfile: *cpuProfile}
 	switch *db {
 	case "both":
 		o.dbs = []string{dbPostgres, dbSQLite}
@@ -177,6 +180,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	raiseFileLimit(o.subscribers[len(o.subscribers)-1])
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	tmp, err := os.MkdirTemp("", "parley-bench-")
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package desk
 
 import (
 	"context"
+	stdsql "database/sql"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -154,35 +155,70 @@ func asRead(p map[string]any) map[string]any {
 	return out
 }
 
+// flushEventsSQLite inserts the events in one statement, which reads the
+// audience of those whose audience is the operators a chat is offered to
+// (OffersOf), as flushEventsPG's does. JSON values are written as ent
+// writes them (bytes).
 func flushEventsSQLite(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
-	bulk := make([]*ent.EventCreate, len(rows))
+	var b strings.Builder
+	b.WriteString(eventsInsertSQLite)
+	args := make([]any, 0, len(rows)*10)
 	for i, r := range rows {
-		c := tx.Event.Create().SetType(r.Type).SetCreatedAt(now).SetNillableChatID(r.ChatID).
-			SetNillableOperatorID(r.OperatorID).SetNillableQueueID(r.QueueID)
-		if r.Payload != nil {
-			c.SetPayload(r.Payload)
+		if i > 0 {
+			b.WriteString(", ")
 		}
-		if r.Audience != nil {
-			c.SetAudience(r.Audience)
+		b.WriteString(eventValuesSQLite)
+		payload, err := jsonArg(r.Payload)
+		if err != nil {
+			return nil, err
 		}
-		if r.QueueIDs != nil {
-			c.SetQueueIds(r.QueueIDs)
+		audience, err := jsonArg(r.Audience)
+		if err != nil {
+			return nil, err
 		}
-		bulk[i] = c
+		queues, err := jsonArg(r.QueueIDs)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, r.Type, r.ChatID, r.OperatorID, r.QueueID, payload, r.OffersOf, audience, r.OffersOf, queues, now)
 	}
-	created, err := tx.Event.CreateBulk(bulk...).Save(ctx)
+	fmt.Fprintf(&b, " RETURNING %s, %s", entevent.FieldID, entevent.FieldAudience)
+	res, err := tx.QueryContext(ctx, b.String(), args...)
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]int, len(created))
-	for i, e := range created {
-		ids[i] = e.ID
-	}
-	slices.Sort(ids)
-	return ids, nil
+	return appendedEvents(res, rows)
 }
 
-// eventRow is an event as the PostgreSQL insert reads it (JSON).
+// eventsInsertSQLite and eventValuesSQLite (a row's values, repeated) make
+// flushEventsSQLite's statement. A row's audience: with OffersOf ($6, $8)
+// the operators the chat is offered to, NULL when none is; else $7.
+var (
+	eventsInsertSQLite = fmt.Sprintf("INSERT INTO %s (%s, %s, %s, %s, %s, %s, %s, %s) VALUES ", entevent.Table,
+		entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID, entevent.FieldQueueID, entevent.FieldPayload,
+		entevent.FieldAudience, entevent.FieldQueueIds, entevent.FieldCreatedAt)
+	eventValuesSQLite = fmt.Sprintf(`(?, ?, ?, ?, ?, CASE WHEN ? IS NULL THEN ? ELSE (
+  SELECT CAST(json_group_array(%[1]s) AS BLOB) FROM (SELECT %[1]s FROM %[2]s WHERE %[3]s = ? AND %[4]s = '%[5]s' ORDER BY %[1]s) HAVING count(*) > 0
+) END, ?, ?)`, chatoffer.FieldOperatorID, chatoffer.Table, chatoffer.FieldChatID, chatoffer.FieldStatus, enum.OfferOpen)
+)
+
+// jsonArg is a JSON column's argument as ent writes it: its encoding, or
+// NULL for a nil map or slice.
+func jsonArg(v any) (any, error) {
+	switch v := v.(type) {
+	case map[string]any:
+		if v == nil {
+			return nil, nil
+		}
+	case []int:
+		if v == nil {
+			return nil, nil
+		}
+	}
+	return json.Marshal(v)
+}
+
+// eventRow is an event as the insert reads it (JSON on PostgreSQL).
 type eventRow struct {
 	Ord        int            `json:"ord"`
 	Type       string         `json:"type"`
@@ -192,8 +228,8 @@ type eventRow struct {
 	Payload    map[string]any `json:"payload,omitempty"`
 	Audience   []int          `json:"audience,omitempty"`
 	QueueIDs   []int          `json:"queue_ids,omitempty"`
-	// OffersOf (PostgreSQL): the audience is the operators this chat is
-	// offered to when the events are appended.
+	// OffersOf: the audience is the operators this chat is offered to when
+	// the events are appended.
 	OffersOf *int `json:"offers_of,omitempty"`
 }
 
@@ -267,6 +303,14 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 	if err != nil {
 		return nil, err
 	}
+	return appendedEvents(res, rows)
+}
+
+// appendedEvents reads the ids and audiences an events insert returned
+// (RETURNING id, audience, in any order) and returns the ids in the rows'
+// order (they were drawn in it); the audiences the statement read
+// (OffersOf) are set on rows. It closes res.
+func appendedEvents(res *stdsql.Rows, rows []eventRow) ([]int, error) {
 	defer res.Close()
 	type appended struct {
 		id       int
@@ -286,7 +330,6 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 	if len(got) != len(rows) {
 		return nil, fmt.Errorf("%d ids for %d events", len(got), len(rows))
 	}
-	// Ids were drawn in the rows' order.
 	slices.SortFunc(got, func(a, b appended) int { return a.id - b.id })
 	ids := make([]int, len(got))
 	for i, a := range got {
@@ -312,29 +355,18 @@ func Notifies(e *ent.Event, a *Actor) bool {
 
 // withChatAudience returns e with the audience of a change of chat c: who
 // sees it on their panel, its owner, or the operators it is offered to while
-// it waits. On PostgreSQL those operators are read by the statement that
-// appends the events, at commit (flushEventsPG), rather than by a statement
-// of their own: no earlier than the read it replaces, and counting the
-// offers the transaction made meanwhile.
-func (d *Desk) withChatAudience(ctx context.Context, tx *ent.Tx, c *ent.Chat, e event) (event, error) {
+// it waits. Those operators are read by the statement that appends the
+// events, at commit (flushEventsPG, flushEventsSQLite), rather than by a
+// statement of their own: no earlier than the read it replaces, and counting
+// the offers the transaction made meanwhile.
+func withChatAudience(c *ent.Chat, e event) event {
 	switch {
 	case c.OwnerID != nil && c.Status != enum.ChatWaiting:
 		e.Audience = []int{*c.OwnerID}
-		return e, nil
-	case d.pg:
+	default:
 		e.Audience, e.offersOfChat = nil, true
-		return e, nil
 	}
-	open, _, err := d.offersOf(ctx, tx, c.ID)
-	if err != nil {
-		return e, err
-	}
-	e.Audience = make([]int, 0, len(open))
-	for id := range open {
-		e.Audience = append(e.Audience, id)
-	}
-	slices.Sort(e.Audience)
-	return e, nil
+	return e
 }
 
 // LastEventID is the id of the newest event (0 when there is none).

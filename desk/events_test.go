@@ -4,7 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +20,7 @@ import (
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/contact"
+	entevent "github.com/parleydesk/parley/ent/event"
 	"github.com/parleydesk/parley/ent/schema/enum"
 )
 
@@ -193,4 +198,80 @@ func TestEvents_AnEventsChatAndMessageAreReadAsEntLoadsThem(t *testing.T) {
 	if _, _, err := w.Desk.EventView(ctx, res.Chat.ID+1000, 0); desk.AsError(err) == nil || desk.AsError(err).Code != desk.CodeNotFound {
 		t.Fatalf("an unknown chat: %v, want not found", err)
 	}
+}
+
+// R12: a message to a waiting chat reaches the operators it is offered to,
+// read by the statement that appends its event, on either database (no
+// read of the offers of its own); a message to an accepted chat reaches its
+// owner, one to a chat offered to nobody no panel. The events the commit
+// hands the live hub carry the audiences the log holds. (On SQLite the
+// message costs the look-up of the chat with its sender's identity, which
+// shows nothing to refresh, and three writes.)
+func TestR12_AWaitingChatsMessageReachesTheOperatorsItsEventsInsertReads(t *testing.T) {
+	var recording atomic.Bool
+	var mu sync.Mutex
+	var sent []string
+	var sunk []*ent.Event
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, statement string) {
+		if recording.Load() && strings.Contains(statement, "query=") {
+			mu.Lock()
+			sent = append(sent, statement)
+			mu.Unlock()
+		}
+	})
+	w := desktest.NewWith(t, db, desktest.NewClock(), desk.WithEventSink(func(events []*ent.Event) {
+		mu.Lock()
+		sunk = append(sunk, events...)
+		mu.Unlock()
+	}))
+	ctx := context.Background()
+	a, b := w.Operator(active), w.Operator(active)
+	ch := w.Channel(w.Queue(enum.RuleToAll, []*ent.Operator{a, b}), enum.ProviderAPI)
+	identityUpdate := regexp.MustCompile("UPDATE [`\"]?contact_identities")
+	// message ingests a message from who on channel c and checks that its
+	// MESSAGE_ADDED event, as the hub got it and as the log holds it, has
+	// the audience want.
+	message := func(c *ent.Channel, who string, want ...int) {
+		t.Helper()
+		mu.Lock()
+		sent, sunk = nil, nil
+		mu.Unlock()
+		recording.Store(true)
+		res := w.Inbound(c, who, "more")
+		recording.Store(false)
+		mu.Lock()
+		defer mu.Unlock()
+		logged, err := w.Client().Event.Query().Where(entevent.Type(desk.EventMessageAdded), entevent.ChatID(res.Chat.ID)).
+			Order(ent.Desc(entevent.FieldID)).First(ctx)
+		w.Must(err)
+		if desk.PayloadInt(logged.Payload, "messageId") != res.MessageID {
+			t.Fatalf("the chat's last MESSAGE_ADDED names message %v, want %d", logged.Payload, res.MessageID)
+		}
+		if len(sunk) != 1 || sunk[0].ID != logged.ID {
+			t.Fatalf("the hub got %d events, want the one event %d", len(sunk), logged.ID)
+		}
+		slices.Sort(want)
+		if !slices.Equal(logged.Audience, want) || !slices.Equal(sunk[0].Audience, want) {
+			t.Fatalf("audience: logged %v, given the hub %v, want %v", logged.Audience, sunk[0].Audience, want)
+		}
+		for _, s := range sent {
+			if strings.Contains(s, "chat_offers") && !strings.Contains(s, "INSERT INTO events") {
+				t.Fatalf("the message read the chat's offers in a statement of its own: %s", s)
+			}
+			if identityUpdate.MatchString(s) {
+				t.Fatalf("the message updated an identity whose profile it does not change: %s", s)
+			}
+		}
+		if !storetest.Postgres() && len(sent) != 4 {
+			t.Fatalf("%d statements, want the look-up and three writes:\n%s", len(sent), strings.Join(sent, "\n"))
+		}
+	}
+	first := w.Inbound(ch, "c1", "hello")
+	message(ch, "c1", a.ID, b.ID)
+	_, err := w.Desk.AcceptChat(w.As(a), first.Chat.ID)
+	w.Must(err)
+	message(ch, "c1", a.ID)
+	nobody := w.Channel(w.Queue(enum.RuleToAll, nil), enum.ProviderAPI)
+	w.Inbound(nobody, "c2", "hello")
+	message(nobody, "c2")
 }

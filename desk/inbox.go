@@ -261,11 +261,8 @@ func (d *Desk) applyEdit(ctx context.Context, tx *ent.Tx, ch channels.Channel, u
 	if err != nil {
 		return false, err
 	}
-	edited, err := d.withChatAudience(ctx, tx, c, event{Type: EventMessageEdited, ChatID: c.ID, QueueID: c.QueueID,
+	edited := withChatAudience(c, event{Type: EventMessageEdited, ChatID: c.ID, QueueID: c.QueueID,
 		Payload: map[string]any{"messageId": m.ID}})
-	if err != nil {
-		return false, err
-	}
 	return true, d.emit(ctx, tx, edited)
 }
 
@@ -409,11 +406,8 @@ func (d *Desk) applyEcho(ctx context.Context, tx *ent.Tx, ch channels.Channel, u
 	if err != nil {
 		return false, err
 	}
-	added, err := d.withChatAudience(ctx, tx, c, event{Type: EventMessageAdded, ChatID: c.ID, QueueID: c.QueueID,
+	added := withChatAudience(c, event{Type: EventMessageAdded, ChatID: c.ID, QueueID: c.QueueID,
 		Payload: map[string]any{"messageId": m.ID}})
-	if err != nil {
-		return false, err
-	}
 	return true, d.emit(ctx, tx, added)
 }
 

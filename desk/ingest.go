@@ -274,9 +274,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 	added := event{Type: EventMessageAdded, ChatID: res.Chat.ID, QueueID: res.Chat.QueueID, Audience: []int{},
 		Payload: map[string]any{"messageId": res.MessageID}}
 	if !res.NewChat {
-		if added, err = d.withChatAudience(ctx, tx, res.Chat, added); err != nil {
-			return nil, err
-		}
+		added = withChatAudience(res.Chat, added)
 	}
 	if err := d.emit(ctx, tx, added); err != nil {
 		return nil, err
@@ -308,8 +306,8 @@ func windowed(p enum.Provider) bool {
 
 // refreshIdentity updates a known identity's profile data from its
 // message, when it changed (R2), at commit. known is the identity as the
-// transaction read it (PostgreSQL), nil when it was not read: when it shows
-// nothing to change, nothing is written.
+// sender's look-up read it (nil: not read): when it shows nothing to
+// change, nothing is written.
 func (d *Desk) refreshIdentity(ctx context.Context, tx *ent.Tx, p enum.Provider, id InboundIdentity, known *identityProfile) error {
 	fields := profileFields(id)
 	if known != nil && !known.stale(fields) {
@@ -378,8 +376,8 @@ type contactOf struct {
 	// chat is the new chat inserted with a new contact (PostgreSQL, lean
 	// ingests), not an entity of the transaction.
 	chat *ent.Chat
-	// profile is the known identity's profile (PostgreSQL), nil when it
-	// was not read.
+	// profile is the known identity's profile as the look-up read it (nil
+	// for an identity just created).
 	profile *identityProfile
 }
 
@@ -395,22 +393,42 @@ func newChat(ch *ent.Channel, contactID int, now time.Time, routePending bool) *
 	return c
 }
 
-// senderSQLite finds the sender's open chat on the channel, or their contact
-// (created on their first message, R2).
+// senderSQLite finds the sender's identity and their contact's open chat on
+// the channel in one statement (senderSQLiteStatement), or creates their
+// contact and identity on their first message (R2).
 func (d *Desk) senderSQLite(ctx context.Context, tx *ent.Tx, ch *ent.Channel, id InboundIdentity) (*ent.Chat, contactOf, error) {
-	open, err := tx.Chat.Query().Where(chatOfIdentity(contactidentity.ProviderEQ(ch.Provider),
-		contactidentity.ExternalID(id.ExternalID)), chat.ChannelID(ch.ID), chatOpen()).Only(ctx)
-	switch {
-	case err == nil:
-		return open, contactOf{contactID: open.ContactID}, nil
-	case !ent.IsNotFound(err):
+	rows, err := tx.QueryContext(ctx, senderSQLiteStatement, ch.ID, string(ch.Provider), id.ExternalID)
+	if err != nil {
 		return nil, contactOf{}, err
 	}
-	ident, err := tx.ContactIdentity.Query().Where(contactidentity.ProviderEQ(ch.Provider), contactidentity.ExternalID(id.ExternalID)).Only(ctx)
-	switch {
-	case err == nil:
-		return nil, contactOf{contactID: ident.ContactID, identityID: ident.ID}, nil
-	case !ent.IsNotFound(err):
+	defer rows.Close()
+	if rows.Next() {
+		var identity, contact stdsql.NullInt64
+		var name, username stdsql.NullString
+		var unreachable stdsql.NullBool
+		row, err := tx.Chat.ScanRow(rows, map[string]any{identityColumn: &identity, identityContactColumn: &contact,
+			identityNameColumn: &name, identityUsernameColumn: &username, identityBlockedColumn: &unreachable})
+		if err != nil {
+			return nil, contactOf{}, err
+		}
+		if rows.Next() {
+			return nil, contactOf{}, fmt.Errorf("ingest: identity %s/%s has more than one open chat on channel %d",
+				ch.Provider, id.ExternalID, ch.ID)
+		}
+		if err := rows.Close(); err != nil {
+			return nil, contactOf{}, err
+		}
+		out := contactOf{identityID: int(identity.Int64), contactID: int(contact.Int64),
+			profile: readProfile(name, username, unreachable)}
+		if row.ID != 0 {
+			return row, out, nil
+		}
+		return nil, out, nil
+	}
+	if err := rows.Err(); err != nil {
+		return nil, contactOf{}, err
+	}
+	if err := rows.Close(); err != nil {
 		return nil, contactOf{}, err
 	}
 	now := d.Now()
@@ -425,7 +443,7 @@ func (d *Desk) senderSQLite(ctx context.Context, tx *ent.Tx, ch *ent.Channel, id
 	if err != nil {
 		return nil, contactOf{}, err
 	}
-	ident, err = tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(ch.Provider).SetExternalID(id.ExternalID).
+	ident, err := tx.ContactIdentity.Create().SetContactID(c.ID).SetProvider(ch.Provider).SetExternalID(id.ExternalID).
 		SetDisplayName(clip(id.Name, maxNameLen)).SetUsername(clip(id.Username, maxUsernameLen)).SetPhone(clip(id.Phone, maxPhoneLen)).Save(ctx)
 	if err != nil {
 		return nil, contactOf{}, err
@@ -433,9 +451,36 @@ func (d *Desk) senderSQLite(ctx context.Context, tx *ent.Tx, ch *ent.Channel, id
 	return nil, contactOf{contactID: c.ID, identityID: ident.ID, created: true}, nil
 }
 
-// Columns senderPG selects beside the chat's: the identity's id, contact
-// and profile (the columns refreshIdentity compares), the queue's routing
-// mark (see below) and the drawn message id (nextMessageID).
+// senderSQLiteStatement is senderSQLite's look-up ($1 the channel, $2 its
+// provider, $3 the sender's external id): the identity, its profile, and its
+// contact's open chat on the channel (NULL columns when there is none), the
+// columns named as senderPG's. A fixed string, as senderPG's: no locks, no
+// routing mark and no inserts, SQLite having one writer at a time.
+var senderSQLiteStatement = fmt.Sprintf(`SELECT %s, i.%s AS %s, i.%s AS %s, i.%s AS %s, i.%s AS %s, i.%s AS %s
+FROM %s AS i LEFT JOIN %s AS o ON o.%s = i.%s AND o.%s = ? AND %s
+WHERE i.%s = ? AND i.%s = ?`,
+	strings.Join(qualified("o", chat.Columns), ", "), contactidentity.FieldID, identityColumn,
+	contactidentity.FieldContactID, identityContactColumn, contactidentity.FieldDisplayName, identityNameColumn,
+	contactidentity.FieldUsername, identityUsernameColumn, contactidentity.FieldUnreachable, identityBlockedColumn,
+	contactidentity.Table, chat.Table, chat.FieldContactID, contactidentity.FieldContactID, chat.FieldChannelID,
+	openChatCondition("o."+chat.FieldStatus), contactidentity.FieldProvider, contactidentity.FieldExternalID)
+
+// readProfile is a known identity's profile as a look-up read it.
+func readProfile(name, username stdsql.NullString, unreachable stdsql.NullBool) *identityProfile {
+	p := &identityProfile{values: map[string]string{}, unreachable: unreachable.Valid && unreachable.Bool}
+	if name.Valid {
+		p.values[contactidentity.FieldDisplayName] = name.String
+	}
+	if username.Valid {
+		p.values[contactidentity.FieldUsername] = username.String
+	}
+	return p
+}
+
+// Columns senderPG (and senderSQLite, the first five) selects beside the
+// chat's: the identity's id, contact and profile (the columns
+// refreshIdentity compares), the queue's routing mark (see below) and the
+// drawn message id (nextMessageID).
 const (
 	identityColumn         = "parley_identity_id"
 	identityContactColumn  = "parley_identity_contact"
@@ -599,13 +644,7 @@ func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inb
 	out := contactOf{identityID: int(identity.Int64), contactID: int(contact.Int64), messageID: int(message.Int64),
 		created: created.Bool}
 	if !out.created {
-		out.profile = &identityProfile{values: map[string]string{}, unreachable: unreachable.Valid && unreachable.Bool}
-		if name.Valid {
-			out.profile.values[contactidentity.FieldDisplayName] = name.String
-		}
-		if username.Valid {
-			out.profile.values[contactidentity.FieldUsername] = username.String
-		}
+		out.profile = readProfile(name, username, unreachable)
 	}
 	if row.ID != 0 {
 		return row, out, nil // the open chat (the mark was not taken)
