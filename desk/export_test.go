@@ -12,3 +12,6 @@ func HoldRoutingMark(ctx context.Context, tx *sql.Tx, queueID int) error {
 	_, err := tx.ExecContext(ctx, fmt.Sprintf(queueLockSQL, "pg_advisory_xact_lock"), routingLockClass, int32(uint32(queueID)))
 	return err
 }
+
+// MaxSendAttempts is how many attempts an external job gets.
+const MaxSendAttempts = maxSendAttempts

@@ -281,16 +281,13 @@ func (d *Desk) runJob(ctx context.Context, j *ent.Job) bool {
 		return false
 	}
 	d.log.Error("job failed", "job_id", j.ID, "kind", j.Kind, "attempt", j.Attempts, "err", err)
-	upd := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending)).
-		SetLastError(truncate(err.Error(), 1000))
+	upd := d.client.Job.Update().Where(claimed(j)).SetLastError(truncate(err.Error(), 1000))
 	if j.Attempts >= jobMaxAttempts {
 		upd.SetStatus(enum.JobFailed).SetDoneAt(d.Now())
 	} else {
 		upd.SetLockedUntil(d.Now().Add(time.Duration(j.Attempts*j.Attempts) * time.Second))
 	}
-	if uerr := upd.Exec(ctx); uerr != nil {
-		d.log.Error("record job failure", "job_id", j.ID, "err", uerr)
-	}
+	d.recordFailure(ctx, j, upd)
 	return false
 }
 

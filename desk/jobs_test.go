@@ -2,6 +2,7 @@ package desk_test
 
 import (
 	"context"
+	"errors"
 	"regexp"
 	"strings"
 	"sync"
@@ -124,7 +125,9 @@ func TestR10_TheSchedulerSparesAClaimThatWouldFindNothing(t *testing.T) {
 // runs while the fetch is in flight (between the job's claim and the fill).
 type profiles struct {
 	profile channels.Profile
-	during  func()
+	// during runs while the provider answers; err is its answer, if set.
+	during func()
+	err    error
 }
 
 func (*profiles) Provider() string { return string(enum.ProviderTelegram) }
@@ -138,7 +141,7 @@ func (p *profiles) Profile(context.Context, channels.Channel, string) (channels.
 	if p.during != nil {
 		p.during()
 	}
-	return p.profile, nil
+	return p.profile, p.err
 }
 func (*profiles) Download(context.Context, channels.Channel, string) (channels.File, error) {
 	return channels.File{}, channels.ErrUnsupported
@@ -172,36 +175,9 @@ func TestR2_AFetchedProfileIsOneCommitThatHoldsOnlyUnderItsClaim(t *testing.T) {
 		}
 	})
 	p := &profiles{profile: channels.Profile{Name: "Olga Petrova", Username: "olga"}}
-	w := desktest.NewWith(t, db, desktest.NewClock(), desk.WithAdapters(p))
+	pw := newProfileWorld(t, db, p)
+	w, deliver, profileJob := pw.World, pw.deliver, pw.job
 	ctx := context.Background()
-	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
-	tg := w.Channel(q, enum.ProviderTelegram)
-	ch, err := w.Desk.WebhookChannel(ctx, tg.ID, enum.ProviderTelegram)
-	w.Must(err)
-	deliver := func(from string) *ent.Contact {
-		t.Helper()
-		_, err := w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: "update-" + from, Updates: []channels.Update{{
-			Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: from}, MessageID: from + ":1",
-			MessageKind: string(enum.KindText), Text: "hello"}}}, []byte(`{}`))
-		w.Must(err)
-		id, err := w.Client().ContactIdentity.Query().Where(contactidentity.ExternalID(from)).Only(ctx)
-		w.Must(err)
-		return w.Client().Contact.GetX(ctx, id.ContactID)
-	}
-	profileJob := func(c *ent.Contact) *ent.Job {
-		t.Helper()
-		js, err := w.Client().Job.Query().Where(job.KindEQ("FETCH_PROFILE")).All(ctx)
-		w.Must(err)
-		for _, j := range js {
-			id, err := w.Client().ContactIdentity.Get(ctx, desk.PayloadInt(j.Payload, "ref"))
-			w.Must(err)
-			if id.ContactID == c.ID {
-				return j
-			}
-		}
-		t.Fatalf("no profile job for contact %d", c.ID)
-		return nil
-	}
 
 	olga := deliver("7001")
 	// The fill's transaction begins after the provider call.
@@ -239,3 +215,88 @@ func TestR2_AFetchedProfileIsOneCommitThatHoldsOnlyUnderItsClaim(t *testing.T) {
 }
 
 func errOf(_ int, err error) error { return err }
+
+// profileWorld is a desk whose Telegram channel's adapter answers profiles
+// (p), for the profile job's tests.
+type profileWorld struct {
+	*desktest.World
+	ch channels.Channel
+}
+
+func newProfileWorld(t *testing.T, db *store.DB, p *profiles) *profileWorld {
+	w := desktest.NewWith(t, db, desktest.NewClock(), desk.WithAdapters(p))
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
+	tg := w.Channel(q, enum.ProviderTelegram)
+	ch, err := w.Desk.WebhookChannel(context.Background(), tg.ID, enum.ProviderTelegram)
+	w.Must(err)
+	return &profileWorld{World: w, ch: ch}
+}
+
+// deliver applies a new contact's first message and returns the contact.
+func (w *profileWorld) deliver(from string) *ent.Contact {
+	w.T.Helper()
+	ctx := context.Background()
+	_, err := w.Desk.ApplyDelivery(ctx, w.ch, channels.Delivery{Key: "update-" + from, Updates: []channels.Update{{
+		Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: from}, MessageID: from + ":1",
+		MessageKind: string(enum.KindText), Text: "hello"}}}, []byte(`{}`))
+	w.Must(err)
+	id, err := w.Client().ContactIdentity.Query().Where(contactidentity.ExternalID(from)).Only(ctx)
+	w.Must(err)
+	return w.Client().Contact.GetX(ctx, id.ContactID)
+}
+
+// job is contact c's profile job.
+func (w *profileWorld) job(c *ent.Contact) *ent.Job {
+	w.T.Helper()
+	ctx := context.Background()
+	js, err := w.Client().Job.Query().Where(job.KindEQ("FETCH_PROFILE")).All(ctx)
+	w.Must(err)
+	for _, j := range js {
+		id, err := w.Client().ContactIdentity.Get(ctx, desk.PayloadInt(j.Payload, "ref"))
+		w.Must(err)
+		if id.ContactID == c.ID {
+			return j
+		}
+	}
+	w.T.Fatalf("no profile job for contact %d", c.ID)
+	return nil
+}
+
+// R10: a scheduler whose claim of a job ran out while the provider answered
+// (another scheduler took the job over) records neither the failure nor,
+// at the last attempt, the giving up over the new holder's claim: the job
+// stays pending under the new holder's lease, without the stale error; the
+// holder's own run then succeeds.
+func TestR10_AFailureUnderALostClaimLeavesTheNewHoldersJobAlone(t *testing.T) {
+	p := &profiles{profile: channels.Profile{Name: "Olga Petrova"}}
+	w := newProfileWorld(t, storetest.Open(t), p)
+	ctx := context.Background()
+	olga := w.deliver("7101")
+	var taken time.Time
+	p.during = func() {
+		j := w.job(olga)
+		taken = j.LockedUntil.Add(time.Hour)
+		w.Must(j.Update().SetLockedUntil(taken).Exec(ctx))
+	}
+	p.err = errors.New("provider unavailable")
+	check := func(when string) {
+		t.Helper()
+		if j := w.job(olga); j.Status != enum.JobPending || !j.LockedUntil.Equal(taken) || j.LastError != "" {
+			t.Fatalf("%s: job %s, lease %v, last error %q; want PENDING under the new holder's lease %v, no error",
+				when, j.Status, j.LockedUntil, j.LastError, taken)
+		}
+	}
+	w.Must(errOf(w.Desk.RunDueJobs(ctx)))
+	check("a failure under a lost claim")
+	// The last attempt fails the same way: giving up is not recorded either.
+	w.Must(w.job(olga).Update().SetAttempts(desk.MaxSendAttempts - 1).ClearLockedUntil().Exec(ctx))
+	w.Must(errOf(w.Desk.RunDueJobs(ctx)))
+	check("giving up under a lost claim")
+	// The holder's run.
+	p.during, p.err = nil, nil
+	w.Must(w.job(olga).Update().ClearLockedUntil().Exec(ctx))
+	w.Must(errOf(w.Desk.RunDueJobs(ctx)))
+	if j := w.job(olga); j.Status != enum.JobDone || w.Client().Contact.GetX(ctx, olga.ID).Name != "Olga Petrova" {
+		t.Fatalf("the holder's run: job %s, want DONE with the profile filled", j.Status)
+	}
+}

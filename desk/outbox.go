@@ -78,7 +78,9 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 		return false
 	}
 	delay := time.Duration(j.Attempts*j.Attempts) * time.Second
-	upd := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending))
+	// Under this claim only: a scheduler whose lease ran out while the
+	// provider answered must not touch the new holder's lease or call mark.
+	upd := d.client.Job.Update().Where(claimed(j))
 	// The provider answered that it did not take the message (or was never
 	// reached): the next attempt is a fresh call, not an unconfirmed one.
 	// When the call was made but its outcome could not be recorded, the
@@ -93,20 +95,32 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 	}
 	d.log.Warn("job will be retried", "job_id", j.ID, "kind", j.Kind, "attempt", j.Attempts, "in", delay, "err", err)
 	if j.Attempts >= maxSendAttempts {
-		if gerr := d.giveUp(ctx, j, err); gerr != nil {
+		switch gerr := d.giveUp(ctx, j, err); {
+		case errors.Is(gerr, errJobLost):
+			d.log.Warn("job claimed elsewhere", "job_id", j.ID, "kind", j.Kind)
+		case gerr != nil:
 			d.log.Error("give up job", "job_id", j.ID, "err", gerr)
 		}
 		return false
 	}
-	if uerr := upd.SetLastError(truncate(err.Error(), 1000)).SetLockedUntil(d.Now().Add(delay)).Exec(ctx); uerr != nil {
-		d.log.Error("record job retry", "job_id", j.ID, "err", uerr)
-	}
+	d.recordFailure(ctx, j, upd.SetLastError(truncate(err.Error(), 1000)).SetLockedUntil(d.Now().Add(delay)))
 	return false
+}
+
+// recordFailure runs upd, the failure record of a job under its claim
+// (claimed): a claim lost meanwhile is logged, not written over.
+func (d *Desk) recordFailure(ctx context.Context, j *ent.Job, upd *ent.JobUpdate) {
+	switch n, err := upd.Save(ctx); {
+	case err != nil:
+		d.log.Error("record job failure", "job_id", j.ID, "err", err)
+	case n == 0:
+		d.log.Warn("job claimed elsewhere", "job_id", j.ID, "kind", j.Kind)
+	}
 }
 
 // finishJob marks a claimed job done in tx, failing if the claim was lost.
 func (d *Desk) finishJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
-	n, err := tx.Job.Update().Where(func(s *sql.Selector) { s.Where(claimOf(j)) }).
+	n, err := tx.Job.Update().Where(claimed(j)).
 		SetStatus(enum.JobDone).SetDoneAt(d.Now()).Save(ctx)
 	if err != nil {
 		return err
@@ -120,8 +134,7 @@ func (d *Desk) finishJob(ctx context.Context, tx *ent.Tx, j *ent.Job) error {
 // markCallStarted records, under the job's lease, that a provider call is
 // about to be made.
 func (d *Desk) markCallStarted(ctx context.Context, j *ent.Job) error {
-	n, err := d.client.Job.Update().Where(job.ID(j.ID), job.StatusEQ(enum.JobPending), job.LockedUntilEQ(*j.LockedUntil)).
-		SetCallStartedAt(d.Now()).Save(ctx)
+	n, err := d.client.Job.Update().Where(claimed(j)).SetCallStartedAt(d.Now()).Save(ctx)
 	if err != nil {
 		return err
 	}
@@ -137,7 +150,8 @@ func (d *Desk) done(ctx context.Context, j *ent.Job) error {
 }
 
 // giveUp ends a job whose transient failures outlasted the retries: a
-// message is FAILED, an attachment FAILED.
+// message is FAILED, an attachment FAILED; only while j's claim holds
+// (errJobLost otherwise, and nothing changes).
 func (d *Desk) giveUp(ctx context.Context, j *ent.Job, cause error) error {
 	return d.inTx(ctx, "give up job", func(tx *ent.Tx) error {
 		switch j.Kind {
@@ -153,8 +167,12 @@ func (d *Desk) giveUp(ctx context.Context, j *ent.Job, cause error) error {
 				return err
 			}
 		}
-		return tx.Job.UpdateOneID(j.ID).SetStatus(enum.JobFailed).SetDoneAt(d.Now()).
-			SetLastError(truncate(cause.Error(), 1000)).Exec(ctx)
+		n, err := tx.Job.Update().Where(claimed(j)).SetStatus(enum.JobFailed).SetDoneAt(d.Now()).
+			SetLastError(truncate(cause.Error(), 1000)).Save(ctx)
+		if err == nil && n != 1 {
+			err = errJobLost // the new holder decides; nothing above stays
+		}
+		return err
 	})
 }
 
@@ -439,6 +457,9 @@ func claimOf(j *ent.Job) *sql.Predicate {
 	return sql.And(sql.EQ(job.FieldID, j.ID), sql.EQ(job.FieldStatus, string(enum.JobPending)),
 		sql.EQ(job.FieldLockedUntil, *j.LockedUntil))
 }
+
+// claimed matches j while this claim of it holds (claimOf).
+func claimed(j *ent.Job) predicate.Job { return func(s *sql.Selector) { s.Where(claimOf(j)) } }
 
 // claimHolds is a condition, for a write of another table, that j's claim
 // still holds.
