@@ -89,6 +89,8 @@ type Desk struct {
 	channels channelCache
 	// wanted are the releases this process's commits asked for (release.go).
 	wanted wantedReleases
+	// dues tells the scheduler when the jobs its commits enqueued fall due.
+	dues dueHint
 }
 
 // Option configures a Desk.
@@ -269,6 +271,9 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 	if st.kick {
 		d.Kick()
 	}
+	if !st.due.IsZero() {
+		d.dues.note(st.due)
+	}
 	for q := range st.routeLater {
 		d.wantRelease(q)
 	}
@@ -309,8 +314,10 @@ type txState struct {
 	// releases are the queues whose waiting chats to release (R9), enqueued
 	// at the end (see flushReleases).
 	releases map[int]bool
-	// kick wakes the scheduler after commit: a job is due now.
+	// kick wakes the scheduler after commit: a job is due now; due is the
+	// earliest due time of the jobs enqueued for later (dueHint).
 	kick bool
+	due  time.Time
 	// routeLater are the queues to release right after commit (pending new
 	// chats, see routeAfterCommit).
 	routeLater map[int]bool

@@ -94,12 +94,39 @@ func (d *Desk) enqueue(ctx context.Context, tx *ent.Tx, j jobSpec) error {
 			return fmt.Errorf("enqueue %s: %w", j.kind, err)
 		}
 	}
-	if !j.due.After(d.Now()) {
-		if st, ok := d.txs.Load(tx); ok {
-			st.(*txState).kick = true
+	if st, ok := d.txs.Load(tx); ok {
+		if ts := st.(*txState); !j.due.After(d.Now()) {
+			ts.kick = true
+		} else if ts.due.IsZero() || j.due.Before(ts.due) {
+			ts.due = j.due
 		}
 	}
 	return nil
+}
+
+// dueHint is the earliest due time of the jobs this process's commits
+// enqueued since the scheduler last took it (RunScheduler).
+type dueHint struct {
+	mu sync.Mutex
+	at time.Time
+}
+
+// note lowers the hint to t.
+func (h *dueHint) note(t time.Time) {
+	h.mu.Lock()
+	if h.at.IsZero() || t.Before(h.at) {
+		h.at = t
+	}
+	h.mu.Unlock()
+}
+
+// take returns the hint and clears it.
+func (h *dueHint) take() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t := h.at
+	h.at = time.Time{}
+	return t
 }
 
 // Kick wakes the scheduler (without blocking).
@@ -119,6 +146,13 @@ func (d *Desk) RunScheduler(ctx context.Context) error {
 	var worker sync.WaitGroup
 	worker.Go(func() { d.releaseWorker(ctx) })
 	defer worker.Wait() // returns after the worker's last release
+	// next is the earliest due time known: read from the database at
+	// looked, then lowered by the due times this process's commits gave
+	// their jobs (noteDue). The database is read again once a second
+	// (other instances' jobs) or when next has passed, not after every
+	// claim: a commit that enqueues a job due now kicks the loop, which
+	// claims it, and would otherwise cost a look as well.
+	var next, looked time.Time
 	for {
 		if _, err := d.sweepPending(ctx); err != nil && ctx.Err() == nil {
 			d.log.Error("scheduler: look for pending chats", "err", err)
@@ -126,11 +160,18 @@ func (d *Desk) RunScheduler(ctx context.Context) error {
 		if _, err := d.runDueJobs(ctx, false); err != nil && ctx.Err() == nil {
 			d.log.Error("scheduler", "err", err)
 		}
-		wait := schedulerPoll
-		if next, err := d.nextDue(ctx); err == nil && !next.IsZero() {
-			if w := next.Sub(d.Now()); w < wait {
-				wait = max(w, 0)
+		now := d.Now()
+		if hint := d.dues.take(); !hint.IsZero() && (next.IsZero() || hint.Before(next)) {
+			next = hint
+		}
+		if looked.IsZero() || now.Sub(looked) >= schedulerPoll || now.Before(looked) || (!next.IsZero() && !next.After(now)) {
+			if n, err := d.nextDue(ctx); err == nil {
+				next, looked = n, now
 			}
+		}
+		wait := max(schedulerPoll-now.Sub(looked), 0)
+		if !next.IsZero() {
+			wait = min(wait, max(next.Sub(now), 0))
 		}
 		timer.Reset(wait)
 		select {
@@ -282,12 +323,14 @@ func (d *Desk) runJob(ctx context.Context, j *ent.Job) bool {
 	}
 	d.log.Error("job failed", "job_id", j.ID, "kind", j.Kind, "attempt", j.Attempts, "err", err)
 	upd := d.client.Job.Update().Where(claimed(j)).SetLastError(truncate(err.Error(), 1000))
+	var retry time.Time
 	if j.Attempts >= jobMaxAttempts {
 		upd.SetStatus(enum.JobFailed).SetDoneAt(d.Now())
 	} else {
-		upd.SetLockedUntil(d.Now().Add(time.Duration(j.Attempts*j.Attempts) * time.Second))
+		retry = d.Now().Add(time.Duration(j.Attempts*j.Attempts) * time.Second)
+		upd.SetLockedUntil(retry)
 	}
-	d.recordFailure(ctx, j, upd)
+	d.recordFailure(ctx, j, upd, retry)
 	return false
 }
 

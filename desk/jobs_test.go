@@ -3,9 +3,11 @@ package desk_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,5 +300,48 @@ func TestR10_AFailureUnderALostClaimLeavesTheNewHoldersJobAlone(t *testing.T) {
 	w.Must(errOf(w.Desk.RunDueJobs(ctx)))
 	if j := w.job(olga); j.Status != enum.JobDone || w.Client().Contact.GetX(ctx, olga.ID).Name != "Olga Petrova" {
 		t.Fatalf("the holder's run: job %s, want DONE with the profile filled", j.Status)
+	}
+}
+
+// R10: the scheduler learns when the jobs of this process's commits fall
+// due from the commits themselves: a commit that enqueues a job due now
+// kicks its loop, which claims the job, without reading the next due time
+// from the database again (it does so once a second, for other instances'
+// jobs, on the desk's clock, here frozen). Six new contacts' profile jobs,
+// each claimed by a loop of its own: one look, the first. (The loop runs
+// the jobs it claimed one after another: the sixth fetch begins once the
+// fifth job has ended; the sixth is cut short by the stop.)
+func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
+	nextDue := regexp.MustCompile("(?is)^[^=]*query=SELECT .* FROM [`\"]jobs[`\"] .*ORDER BY")
+	var looks atomic.Int64
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, s string) {
+		if nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED") {
+			looks.Add(1)
+		}
+	})
+	fetched := make(chan struct{}, 1)
+	p := &profiles{profile: channels.Profile{Name: "Olga Petrova"}, during: func() { fetched <- struct{}{} }}
+	w := newProfileWorld(t, db, p)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Desk.RunScheduler(ctx) }()
+	var contacts []*ent.Contact
+	for i := range 6 {
+		contacts = append(contacts, w.deliver(fmt.Sprintf("72%02d", i)))
+		select {
+		case <-fetched:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the profile job of contact %d did not run", i)
+		}
+	}
+	cancel()
+	w.Must(<-done)
+	for _, c := range contacts[:5] {
+		if j := w.job(c); j.Status != enum.JobDone {
+			t.Fatalf("profile job of contact %d: %s, want DONE", c.ID, j.Status)
+		}
+	}
+	if n := looks.Load(); n != 1 {
+		t.Fatalf("the scheduler looked for the next due job %d times, want once (at its start)", n)
 	}
 }

@@ -103,18 +103,22 @@ func (d *Desk) runExternal(ctx context.Context, j *ent.Job) bool {
 		}
 		return false
 	}
-	d.recordFailure(ctx, j, upd.SetLastError(truncate(err.Error(), 1000)).SetLockedUntil(d.Now().Add(delay)))
+	retry := d.Now().Add(delay)
+	d.recordFailure(ctx, j, upd.SetLastError(truncate(err.Error(), 1000)).SetLockedUntil(retry), retry)
 	return false
 }
 
 // recordFailure runs upd, the failure record of a job under its claim
-// (claimed): a claim lost meanwhile is logged, not written over.
-func (d *Desk) recordFailure(ctx context.Context, j *ent.Job, upd *ent.JobUpdate) {
+// (claimed): a claim lost meanwhile is logged, not written over. retry is
+// when the job is to run again (zero: never), which the scheduler is told.
+func (d *Desk) recordFailure(ctx context.Context, j *ent.Job, upd *ent.JobUpdate, retry time.Time) {
 	switch n, err := upd.Save(ctx); {
 	case err != nil:
 		d.log.Error("record job failure", "job_id", j.ID, "err", err)
 	case n == 0:
 		d.log.Warn("job claimed elsewhere", "job_id", j.ID, "kind", j.Kind)
+	case !retry.IsZero():
+		d.dues.note(retry)
 	}
 }
 
