@@ -191,14 +191,15 @@ func flushEventsSQLite(ctx context.Context, tx *ent.Tx, rows []eventRow, now tim
 }
 
 // eventsInsertSQLite and eventValuesSQLite (a row's values, repeated) make
-// flushEventsSQLite's statement. A row's audience: with OffersOf ($6, $8)
-// the operators the chat is offered to, NULL when none is; else $7.
+// flushEventsSQLite's statement. A row's audience: with OffersOf (its sixth
+// and eighth values) the operators the chat is offered to, in id order,
+// NULL when none is; else its seventh value.
 var (
 	eventsInsertSQLite = fmt.Sprintf("INSERT INTO %s (%s, %s, %s, %s, %s, %s, %s, %s) VALUES ", entevent.Table,
 		entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID, entevent.FieldQueueID, entevent.FieldPayload,
 		entevent.FieldAudience, entevent.FieldQueueIds, entevent.FieldCreatedAt)
 	eventValuesSQLite = fmt.Sprintf(`(?, ?, ?, ?, ?, CASE WHEN ? IS NULL THEN ? ELSE (
-  SELECT CAST(json_group_array(%[1]s) AS BLOB) FROM (SELECT %[1]s FROM %[2]s WHERE %[3]s = ? AND %[4]s = '%[5]s' ORDER BY %[1]s) HAVING count(*) > 0
+  SELECT CAST(json_group_array(%[1]s ORDER BY %[1]s) AS BLOB) FROM %[2]s WHERE %[3]s = ? AND %[4]s = '%[5]s' HAVING count(*) > 0
 ) END, ?, ?)`, chatoffer.FieldOperatorID, chatoffer.Table, chatoffer.FieldChatID, chatoffer.FieldStatus, enum.OfferOpen)
 )
 

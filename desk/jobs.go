@@ -148,7 +148,7 @@ func (d *Desk) RunScheduler(ctx context.Context) error {
 	defer worker.Wait() // returns after the worker's last release
 	// next is the earliest due time known: read from the database at
 	// looked, then lowered by the due times this process's commits gave
-	// their jobs (noteDue). The database is read again once a second
+	// their jobs (dueHint). The database is read again once a second
 	// (other instances' jobs) or when next has passed, not after every
 	// claim: a commit that enqueues a job due now kicks the loop, which
 	// claims it, and would otherwise cost a look as well.
