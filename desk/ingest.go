@@ -403,23 +403,12 @@ func (d *Desk) senderSQLite(ctx context.Context, tx *ent.Tx, ch *ent.Channel, id
 	}
 	defer rows.Close()
 	if rows.Next() {
-		var identity, contact stdsql.NullInt64
-		var name, username stdsql.NullString
-		var unreachable stdsql.NullBool
-		row, err := tx.Chat.ScanRow(rows, map[string]any{identityColumn: &identity, identityContactColumn: &contact,
-			identityNameColumn: &name, identityUsernameColumn: &username, identityBlockedColumn: &unreachable})
+		var sr senderRow
+		row, err := sr.scan(tx, rows, ch, id.ExternalID, nil)
 		if err != nil {
 			return nil, contactOf{}, err
 		}
-		if rows.Next() {
-			return nil, contactOf{}, fmt.Errorf("ingest: identity %s/%s has more than one open chat on channel %d",
-				ch.Provider, id.ExternalID, ch.ID)
-		}
-		if err := rows.Close(); err != nil {
-			return nil, contactOf{}, err
-		}
-		out := contactOf{identityID: int(identity.Int64), contactID: int(contact.Int64),
-			profile: readProfile(name, username, unreachable)}
+		out := contactOf{identityID: int(sr.identity.Int64), contactID: int(sr.contact.Int64), profile: sr.profile()}
 		if row.ID != 0 {
 			return row, out, nil
 		}
@@ -465,14 +454,41 @@ WHERE i.%s = ? AND i.%s = ?`,
 	contactidentity.Table, chat.Table, chat.FieldContactID, contactidentity.FieldContactID, chat.FieldChannelID,
 	openChatCondition("o."+chat.FieldStatus), contactidentity.FieldProvider, contactidentity.FieldExternalID)
 
-// readProfile is a known identity's profile as a look-up read it.
-func readProfile(name, username stdsql.NullString, unreachable stdsql.NullBool) *identityProfile {
-	p := &identityProfile{values: map[string]string{}, unreachable: unreachable.Valid && unreachable.Bool}
-	if name.Valid {
-		p.values[contactidentity.FieldDisplayName] = name.String
+// senderRow is what a sender look-up (senderPG's, senderSQLite's) reads
+// of the identity beside the open chat.
+type senderRow struct {
+	identity, contact stdsql.NullInt64
+	name, username    stdsql.NullString
+	unreachable       stdsql.NullBool
+}
+
+// scan reads the look-up's row (rows after Next): the open chat (ID 0
+// without one), the identity's columns into r, others into extra; a second
+// row is an error. It closes rows.
+func (r *senderRow) scan(tx *ent.Tx, rows *stdsql.Rows, ch *ent.Channel, externalID string, extra map[string]any) (*ent.Chat, error) {
+	if extra == nil {
+		extra = map[string]any{}
 	}
-	if username.Valid {
-		p.values[contactidentity.FieldUsername] = username.String
+	extra[identityColumn], extra[identityContactColumn], extra[identityNameColumn] = &r.identity, &r.contact, &r.name
+	extra[identityUsernameColumn], extra[identityBlockedColumn] = &r.username, &r.unreachable
+	row, err := tx.Chat.ScanRow(rows, extra)
+	if err != nil {
+		return nil, err
+	}
+	if rows.Next() {
+		return nil, fmt.Errorf("ingest: identity %s/%s has more than one open chat on channel %d", ch.Provider, externalID, ch.ID)
+	}
+	return row, rows.Close()
+}
+
+// profile is the known identity's profile as the look-up read it.
+func (r *senderRow) profile() *identityProfile {
+	p := &identityProfile{values: map[string]string{}, unreachable: r.unreachable.Valid && r.unreachable.Bool}
+	if r.name.Valid {
+		p.values[contactidentity.FieldDisplayName] = r.name.String
+	}
+	if r.username.Valid {
+		p.values[contactidentity.FieldUsername] = r.username.String
 	}
 	return p
 }
@@ -618,33 +634,24 @@ func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inb
 		}
 		return nil, contactOf{}, errors.New("ingest: the sender's look-up returned no row")
 	}
-	var identity, contact, message, chatID stdsql.NullInt64
-	var name, username stdsql.NullString
-	var unreachable, mark, created stdsql.NullBool
-	extra := map[string]any{identityColumn: &identity, identityContactColumn: &contact, identityNameColumn: &name,
-		identityUsernameColumn: &username, identityBlockedColumn: &unreachable, routingMarkColumn: &mark,
-		createdColumn: &created, newChatColumn: &chatID}
+	var sr senderRow
+	var message, chatID stdsql.NullInt64
+	var mark, created stdsql.NullBool
+	extra := map[string]any{routingMarkColumn: &mark, createdColumn: &created, newChatColumn: &chatID}
 	if draw {
 		extra[nextMessageColumn] = &message
 	}
-	row, err := tx.Chat.ScanRow(rows, extra)
+	row, err := sr.scan(tx, rows, ch, id.ExternalID, extra)
 	if err != nil {
 		return nil, contactOf{}, err
 	}
-	if rows.Next() {
-		return nil, contactOf{}, fmt.Errorf("ingest: identity %s/%s has more than one open chat on channel %d",
-			ch.Provider, id.ExternalID, ch.ID)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, contactOf{}, err
-	}
-	if !identity.Valid || !contact.Valid || (draw && !message.Valid) {
+	if !sr.identity.Valid || !sr.contact.Valid || (draw && !message.Valid) {
 		return nil, contactOf{}, errors.New("ingest: the sender's look-up returned no identity, contact or message id")
 	}
-	out := contactOf{identityID: int(identity.Int64), contactID: int(contact.Int64), messageID: int(message.Int64),
+	out := contactOf{identityID: int(sr.identity.Int64), contactID: int(sr.contact.Int64), messageID: int(message.Int64),
 		created: created.Bool}
 	if !out.created {
-		out.profile = readProfile(name, username, unreachable)
+		out.profile = sr.profile()
 	}
 	if row.ID != 0 {
 		return row, out, nil // the open chat (the mark was not taken)
