@@ -227,7 +227,10 @@ type tracker struct {
 	mu        sync.Mutex
 	bySeq     map[int64]*pending
 	byContact map[string]int64
-	stray     int
+	// messagesOf are the deliveries of messages to a contact's open chat,
+	// by the contact's name.
+	messagesOf map[string][]int64
+	stray      int
 }
 
 type pending struct {
@@ -253,7 +256,7 @@ type deliveryPhase struct {
 }
 
 func newTracker() *tracker {
-	return &tracker{bySeq: map[int64]*pending{}, byContact: map[string]int64{}}
+	return &tracker{bySeq: map[int64]*pending{}, byContact: map[string]int64{}, messagesOf: map[string][]int64{}}
 }
 
 // expect registers a delivery about to be posted: expect receipts are due.
@@ -263,6 +266,8 @@ func (t *tracker) expect(d delivery, start time.Time, expect int, ph *deliveryPh
 	t.bySeq[d.seq] = &pending{start: start, expect: expect, phase: ph, isNew: d.isNew}
 	if d.isNew {
 		t.byContact[d.contact.name()] = d.seq
+	} else {
+		t.messagesOf[d.contact.name()] = append(t.messagesOf[d.contact.name()], d.seq)
 	}
 	ph.expected += expect
 }
@@ -309,6 +314,21 @@ func (t *tracker) receive(at time.Time, e *liveEvent) {
 		t.stray++
 		return
 	}
+	t.credit(p, at)
+	if e.Type == "CHAT_OFFERED" {
+		// A message that reached a new chat before its offers (the chat
+		// waited for a release of its queue) had no panel to go to: the
+		// offer brings the chat with it.
+		for _, m := range t.messagesOf[e.Chat.Contact.Name] {
+			if q := t.bySeq[m]; q != nil && !q.ack.IsZero() && at.After(q.ack) && q.got < q.expect {
+				t.credit(q, at)
+			}
+		}
+	}
+}
+
+// credit records a receipt of p's delivery at `at` (t.mu held).
+func (t *tracker) credit(p *pending, at time.Time) {
 	p.got++
 	lat := at.Sub(p.start)
 	p.phase.got++
