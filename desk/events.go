@@ -155,40 +155,51 @@ func asRead(p map[string]any) map[string]any {
 	return out
 }
 
-// flushEventsSQLite inserts the events in one statement, which reads the
-// audience of those whose audience is the operators a chat is offered to
-// (OffersOf), as flushEventsPG's does. JSON values are written as ent
-// writes them (bytes).
+// flushEventsSQLite inserts the events, eventsPerInsertSQLite to a
+// statement, which reads the audience of those whose audience is the
+// operators a chat is offered to (OffersOf), as flushEventsPG's does. JSON
+// values are written as ent writes them (bytes).
 func flushEventsSQLite(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
-	var b strings.Builder
-	b.WriteString(eventsInsertSQLite)
-	args := make([]any, 0, len(rows)*10)
-	for i, r := range rows {
-		if i > 0 {
-			b.WriteString(", ")
+	var got []appended
+	for chunk := range slices.Chunk(rows, eventsPerInsertSQLite) {
+		var b strings.Builder
+		b.WriteString(eventsInsertSQLite)
+		args := make([]any, 0, len(chunk)*10)
+		for i, r := range chunk {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(eventValuesSQLite)
+			payload, err := jsonArg(r.Payload)
+			if err != nil {
+				return nil, err
+			}
+			audience, err := jsonArg(r.Audience)
+			if err != nil {
+				return nil, err
+			}
+			queues, err := jsonArg(r.QueueIDs)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, r.Type, r.ChatID, r.OperatorID, r.QueueID, payload, r.OffersOf, audience, r.OffersOf, queues, now)
 		}
-		b.WriteString(eventValuesSQLite)
-		payload, err := jsonArg(r.Payload)
+		fmt.Fprintf(&b, " RETURNING %s, %s", entevent.FieldID, entevent.FieldAudience)
+		res, err := tx.QueryContext(ctx, b.String(), args...)
 		if err != nil {
 			return nil, err
 		}
-		audience, err := jsonArg(r.Audience)
-		if err != nil {
+		if got, err = scanAppended(res, got); err != nil {
 			return nil, err
 		}
-		queues, err := jsonArg(r.QueueIDs)
-		if err != nil {
-			return nil, err
-		}
-		args = append(args, r.Type, r.ChatID, r.OperatorID, r.QueueID, payload, r.OffersOf, audience, r.OffersOf, queues, now)
 	}
-	fmt.Fprintf(&b, " RETURNING %s, %s", entevent.FieldID, entevent.FieldAudience)
-	res, err := tx.QueryContext(ctx, b.String(), args...)
-	if err != nil {
-		return nil, err
-	}
-	return appendedEvents(res, rows)
+	return appendedIDs(got, rows)
 }
+
+// eventsPerInsertSQLite bounds the rows of one events insert on SQLite (ten
+// parameters each: SQLite takes at most 32,766 in a statement; a release of
+// many chats to many operators appends thousands of events).
+const eventsPerInsertSQLite = 500
 
 // eventsInsertSQLite and eventValuesSQLite (a row's values, repeated) make
 // flushEventsSQLite's statement. A row's audience: with OffersOf (its sixth
@@ -304,20 +315,23 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 	if err != nil {
 		return nil, err
 	}
-	return appendedEvents(res, rows)
+	got, err := scanAppended(res, nil)
+	if err != nil {
+		return nil, err
+	}
+	return appendedIDs(got, rows)
 }
 
-// appendedEvents reads the ids and audiences an events insert returned
-// (RETURNING id, audience, in any order) and returns the ids in the rows'
-// order (they were drawn in it); the audiences the statement read
-// (OffersOf) are set on rows. It closes res.
-func appendedEvents(res *stdsql.Rows, rows []eventRow) ([]int, error) {
+// appended is an event as its insert returned it.
+type appended struct {
+	id       int
+	audience []byte
+}
+
+// scanAppended reads the ids and audiences an events insert returned
+// (RETURNING id, audience) onto got, and closes res.
+func scanAppended(res *stdsql.Rows, got []appended) ([]appended, error) {
 	defer res.Close()
-	type appended struct {
-		id       int
-		audience []byte
-	}
-	got := make([]appended, 0, len(rows))
 	for res.Next() {
 		var a appended
 		if err := res.Scan(&a.id, &a.audience); err != nil {
@@ -325,9 +339,13 @@ func appendedEvents(res *stdsql.Rows, rows []eventRow) ([]int, error) {
 		}
 		got = append(got, a)
 	}
-	if err := res.Err(); err != nil {
-		return nil, err
-	}
+	return got, res.Err()
+}
+
+// appendedIDs returns the ids of the appended events (in any order) in the
+// rows' order, in which they were drawn; the audiences the inserts read
+// (OffersOf) are set on rows.
+func appendedIDs(got []appended, rows []eventRow) ([]int, error) {
 	if len(got) != len(rows) {
 		return nil, fmt.Errorf("%d ids for %d events", len(got), len(rows))
 	}

@@ -275,3 +275,64 @@ func TestR12_AWaitingChatsMessageReachesTheOperatorsItsEventsInsertReads(t *test
 	w.Inbound(nobody, "c2", "hello")
 	message(nobody, "c2")
 }
+
+// A commit of hundreds of events (a release offering 180 waiting chats to
+// three operators who just joined the queue: 540 CHAT_OFFERED in one
+// transaction, more than SQLite's insert takes in one statement) appends
+// them whole, with ids in their order, and hands the live hub the events
+// the log holds.
+func TestEvents_ACommitOfHundredsOfEventsIsAppendedWhole(t *testing.T) {
+	var mu sync.Mutex
+	var sunk []*ent.Event
+	w := desktest.NewWith(t, storetest.Open(t), desktest.NewClock(), desk.WithEventSink(func(events []*ent.Event) {
+		mu.Lock()
+		sunk = append(sunk, events...)
+		mu.Unlock()
+	}))
+	ctx := context.Background()
+	a := w.Operator(active, 1000)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{a})
+	ch := w.Channel(q, enum.ProviderAPI)
+	const chats = 180
+	for i := range chats {
+		w.Inbound(ch, fmt.Sprintf("many-%d", i), "hi")
+	}
+	joined := []*ent.Operator{w.Operator(active, 1000), w.Operator(active, 1000), w.Operator(active, 1000)}
+	for _, op := range joined {
+		_, err := w.Desk.UpdateOperator(w.AsAdmin(), op.ID, desk.UpdateOperatorInput{AddQueueIDs: []int{q.ID}})
+		w.Must(err)
+	}
+	before, err := w.Desk.LastEventID(ctx)
+	w.Must(err)
+	mu.Lock()
+	sunk = nil
+	mu.Unlock()
+	w.RunJobs()
+	logged, err := w.Desk.EventsAfter(ctx, before, 10_000)
+	w.Must(err)
+	offered := map[int]int{}
+	for i, e := range logged {
+		if i > 0 && e.ID <= logged[i-1].ID {
+			t.Fatalf("event ids out of order: %d after %d", e.ID, logged[i-1].ID)
+		}
+		if e.Type == desk.EventChatOffered && e.OperatorID != nil {
+			offered[*e.OperatorID]++
+		}
+	}
+	for _, op := range joined {
+		if offered[op.ID] != chats {
+			t.Fatalf("operator %d: %d CHAT_OFFERED, want %d (all: %v)", op.ID, offered[op.ID], chats, offered)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sunk) != len(logged) {
+		t.Fatalf("the hub got %d events, the log holds %d", len(sunk), len(logged))
+	}
+	for i := range sunk {
+		if sunk[i].ID != logged[i].ID || sunk[i].Type != logged[i].Type || !slices.Equal(sunk[i].Audience, logged[i].Audience) {
+			t.Fatalf("event %d: the hub got %d %s %v, the log holds %d %s %v", i, sunk[i].ID, sunk[i].Type, sunk[i].Audience,
+				logged[i].ID, logged[i].Type, logged[i].Audience)
+		}
+	}
+}
