@@ -314,9 +314,14 @@ func TestR10_AFailureUnderALostClaimLeavesTheNewHoldersJobAlone(t *testing.T) {
 func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
 	nextDue := regexp.MustCompile("(?is)^[^=]*query=SELECT .* FROM [`\"]jobs[`\"] .*ORDER BY")
 	var looks atomic.Int64
+	looked := make(chan struct{}, 1)
 	db := storetest.Open(t).WithQueryHook(func(_ context.Context, s string) {
 		if nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED") {
 			looks.Add(1)
+			select {
+			case looked <- struct{}{}:
+			default:
+			}
 		}
 	})
 	fetched := make(chan struct{}, 1)
@@ -325,6 +330,13 @@ func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Desk.RunScheduler(ctx) }()
+	// The first look, with no job in the database, before the first
+	// delivery (a job found due then would be looked for again once claimed).
+	select {
+	case <-looked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the scheduler never looked for the next due job")
+	}
 	var contacts []*ent.Contact
 	for i := range 6 {
 		contacts = append(contacts, w.deliver(fmt.Sprintf("72%02d", i)))
