@@ -499,12 +499,15 @@ func (d *Desk) EventView(ctx context.Context, chatID, messageID int) (*ent.Chat,
 			return nil, nil, nil
 		}
 		m, err := d.client.Message.Get(ctx, messageID)
+		if ent.IsNotFound(err) {
+			return nil, nil, nil
+		}
 		return nil, m, err
 	}
 	if !d.pg {
 		c, err := d.client.Chat.Query().Where(chat.ID(chatID)).WithContact().Only(ctx)
 		if err != nil || messageID == 0 {
-			return c, nil, err
+			return c, nil, notFound(err, "chat", chatID)
 		}
 		m, err := d.client.Message.Query().Where(entmessage.ID(messageID), entmessage.ChatID(chatID)).Only(ctx)
 		if ent.IsNotFound(err) {

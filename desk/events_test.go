@@ -336,3 +336,22 @@ func TestEvents_ACommitOfHundredsOfEventsIsAppendedWhole(t *testing.T) {
 		}
 	}
 }
+
+// An event's view of what is gone reads alike on both databases: a chat
+// that is not there is NOT_FOUND, a message that is not there is none.
+func TestEvents_AnEventsViewOfWhatIsGone(t *testing.T) {
+	w := desktest.New(t)
+	ctx := context.Background()
+	ch := w.Channel(w.Queue(enum.RuleToAll, nil), enum.ProviderAPI)
+	res := w.Inbound(ch, "gone", "hello")
+	if _, _, err := w.Desk.EventView(ctx, res.Chat.ID+1_000_000, 0); desk.AsError(err).Code != desk.CodeNotFound ||
+		!strings.Contains(err.Error(), "chat") {
+		t.Fatalf("a chat that is not there: %v, want NOT_FOUND naming the chat", err)
+	}
+	for _, chatID := range []int{0, res.Chat.ID} {
+		c, m, err := w.Desk.EventView(ctx, chatID, res.MessageID+1_000_000)
+		if err != nil || m != nil || (chatID != 0) != (c != nil) {
+			t.Fatalf("chat %d, a message that is not there: %v %v %v, want no message and no error", chatID, c, m, err)
+		}
+	}
+}

@@ -165,9 +165,15 @@ func (d *Desk) RunScheduler(ctx context.Context) error {
 			next = hint
 		}
 		if looked.IsZero() || now.Sub(looked) >= schedulerPoll || now.Before(looked) || (!next.IsZero() && !next.After(now)) {
-			if n, err := d.nextDue(ctx); err == nil {
-				next, looked = n, now
+			switch n, err := d.nextDue(ctx); {
+			case err == nil:
+				next = n
+			case !next.After(now):
+				// A failed look is tried again after a poll, not at once
+				// (the database may be down).
+				next = time.Time{}
 			}
+			looked = now
 		}
 		wait := max(schedulerPoll-now.Sub(looked), 0)
 		if !next.IsZero() {

@@ -357,3 +357,48 @@ func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
 		t.Fatalf("the scheduler looked for the next due job %d times, want once (at its start)", n)
 	}
 }
+
+// R10: a scheduler whose database fails does not retry its look for the
+// next due job at once, in a loop, but after a poll: with the database
+// closed, one failed look, then none for a while (the desk's clock, moved
+// past a poll to call for the look, then frozen again).
+func TestR10_ASchedulerWhoseDatabaseFailsWaitsBeforeLookingAgain(t *testing.T) {
+	nextDue := regexp.MustCompile("(?is)^[^=]*query=SELECT .* FROM [`\"]jobs[`\"] .*ORDER BY")
+	var looks atomic.Int64
+	looked := make(chan struct{}, 1)
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, s string) {
+		if nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED") {
+			looks.Add(1)
+			select {
+			case looked <- struct{}{}:
+			default:
+			}
+		}
+	})
+	w := desktest.NewOn(t, db, desktest.NewClock())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Desk.RunScheduler(ctx) }()
+	await := func(what string) {
+		t.Helper()
+		select {
+		case <-looked:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the scheduler never looked for the next due job %s", what)
+		}
+	}
+	await("at its start")
+	w.Must(db.SQL.Close())
+	w.Clock.Advance(2 * time.Second)
+	w.Desk.Kick()
+	await("once its database was closed")
+	failed := looks.Load()
+	// A window, not a synchronisation: a loop retrying at once would look
+	// thousands of times in it.
+	<-time.After(300 * time.Millisecond)
+	cancel()
+	w.Must(<-done)
+	if n := looks.Load() - failed; n > 1 {
+		t.Fatalf("the scheduler looked %d more times within 300 ms of a failed look, want at most one", n)
+	}
+}
