@@ -312,18 +312,7 @@ func TestR10_AFailureUnderALostClaimLeavesTheNewHoldersJobAlone(t *testing.T) {
 // the jobs it claimed one after another: the sixth fetch begins once the
 // fifth job has ended; the sixth is cut short by the stop.)
 func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
-	nextDue := regexp.MustCompile("(?is)^[^=]*query=SELECT .* FROM [`\"]jobs[`\"] .*ORDER BY")
-	var looks atomic.Int64
-	looked := make(chan struct{}, 1)
-	db := storetest.Open(t).WithQueryHook(func(_ context.Context, s string) {
-		if nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED") {
-			looks.Add(1)
-			select {
-			case looked <- struct{}{}:
-			default:
-			}
-		}
-	})
+	db, looks, looked := watchLooks(t)
 	fetched := make(chan struct{}, 1)
 	p := &profiles{profile: channels.Profile{Name: "Olga Petrova"}, during: func() { fetched <- struct{}{} }}
 	w := newProfileWorld(t, db, p)
@@ -363,18 +352,7 @@ func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
 // closed, one failed look, then none for a while (the desk's clock, moved
 // past a poll to call for the look, then frozen again).
 func TestR10_ASchedulerWhoseDatabaseFailsWaitsBeforeLookingAgain(t *testing.T) {
-	nextDue := regexp.MustCompile("(?is)^[^=]*query=SELECT .* FROM [`\"]jobs[`\"] .*ORDER BY")
-	var looks atomic.Int64
-	looked := make(chan struct{}, 1)
-	db := storetest.Open(t).WithQueryHook(func(_ context.Context, s string) {
-		if nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED") {
-			looks.Add(1)
-			select {
-			case looked <- struct{}{}:
-			default:
-			}
-		}
-	})
+	db, looks, looked := watchLooks(t)
 	w := desktest.NewOn(t, db, desktest.NewClock())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -401,4 +379,22 @@ func TestR10_ASchedulerWhoseDatabaseFailsWaitsBeforeLookingAgain(t *testing.T) {
 	if n := looks.Load() - failed; n > 1 {
 		t.Fatalf("the scheduler looked %d more times within 300 ms of a failed look, want at most one", n)
 	}
+}
+
+// watchLooks opens a database that counts the scheduler's looks for the
+// next due job (the nextDue query, not a claim's subquery) and signals each
+// on looked, when it is free.
+func watchLooks(t *testing.T) (db *store.DB, looks *atomic.Int64, looked chan struct{}) {
+	nextDue := regexp.MustCompile("(?is)^[^=]*query=SELECT .* FROM [`\"]jobs[`\"] .*ORDER BY")
+	looks, looked = &atomic.Int64{}, make(chan struct{}, 1)
+	db = storetest.Open(t).WithQueryHook(func(_ context.Context, s string) {
+		if nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED") {
+			looks.Add(1)
+			select {
+			case looked <- struct{}{}:
+			default:
+			}
+		}
+	})
+	return db, looks, looked
 }
