@@ -79,7 +79,7 @@ type Desk struct {
 	// writeMu queues this process's write transactions on SQLite.
 	writeMu sync.Mutex
 	// onEvents is given, after each commit that appended events, those
-	// events (ids in commit order).
+	// events (ids in order).
 	onEvents func(events []*ent.Event)
 	// adapters are the provider clients, by provider.
 	adapters map[enum.Provider]channels.Adapter
@@ -110,7 +110,8 @@ func WithDialect(name string) Option { return func(d *Desk) { d.pg = name == dia
 // events, those events as the log holds them (the live hub dispatches them
 // without reading the log back when they follow what it has dispatched).
 // It is called in commit order on SQLite; on PostgreSQL concurrent commits
-// may report out of order.
+// may report out of order, and one commit's ids need not be consecutive
+// (see eventAppendLock).
 func WithEventSink(fn func(events []*ent.Event)) Option { return func(d *Desk) { d.onEvents = fn } }
 
 // WithAdapters plugs provider adapters in (server wires them).
@@ -247,8 +248,8 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 	}
 	var events []*ent.Event
 	if err == nil {
-		// Events go in last, under the event lock, so that their ids are
-		// in commit order (see flushEvents).
+		// Events go in last, under the append lock, so that a read of the
+		// log waits for them (see eventAppendLock).
 		events, err = d.flushEvents(ctx, tx, st.events)
 	}
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	stdsql "database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -75,19 +76,36 @@ func (d *Desk) emit(_ context.Context, tx *ent.Tx, e event) error {
 	return nil
 }
 
-// eventLock is the PostgreSQL advisory lock that orders event ids, one per
-// schema (advisory locks are shared by the whole database).
-const eventLock = "pg_advisory_xact_lock(hashtext('parley.events:' || current_schema()), 0)"
+// The event log's order on PostgreSQL. A transaction that appends events
+// draws their ids (a sequence) in its last statement, which commits it
+// (flushEventsPG), holding eventAppendLock, a transaction-scoped advisory
+// lock taken in SHARED mode: appends do not wait for one another, so their
+// commits share WAL flushes, and ids may become visible out of order (a
+// transaction that drew 10 may commit after one that drew 11). A read of
+// the log takes the same lock in EXCLUSIVE mode, eventReadLock, for the
+// read alone (ReadEvents, EventsAfter, LastEventID): it waits for the
+// appends in flight to commit or roll back, and new ones wait for it (they
+// queue behind a waiting reader), so every id at or below the highest it
+// reads is final: committed and read, or never to be. A reader that has
+// read up to id N can therefore resume after N with no gap. Changes to
+// the same row still append in commit order: the row's lock is held until
+// the commit, and ids are drawn just before it. SQLite has one writer at a
+// time, so its ids are in commit order anyway.
+//
+// The lock is one per schema (advisory locks are shared by the whole
+// database). Before, appends took it in EXCLUSIVE mode: each commit's WAL
+// flush then waited for the previous one's, which bounded the ingest rate
+// at concurrency 8 (README, Performance).
+const (
+	eventLockKey    = "hashtext('parley.events:' || current_schema()), 0"
+	eventAppendLock = "pg_advisory_xact_lock_shared(" + eventLockKey + ")"
+	eventReadLock   = "SELECT pg_advisory_xact_lock(" + eventLockKey + ")"
+)
 
 // flushEvents appends a transaction's events just before it commits and
 // returns them as a read of the log would (ids in order, payload numbers as
-// float64). On PostgreSQL the transaction first takes a
-// transaction-scoped advisory lock, held until commit: ids are then handed
-// out in commit order, so a reader that has seen id N has seen every
-// committed event below N and can resume after it with no gap. Only this
-// short tail is serialised: one statement that takes the lock and inserts
-// the events, and the commit. SQLite has one writer at a time, so its ids
-// are in commit order anyway.
+// float64). On PostgreSQL the ids are drawn under the append lock (see
+// above), in the statement that commits; SQLite's are in commit order.
 func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) ([]*ent.Event, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -284,18 +302,17 @@ func eventsStatement(notify bool) string {
 )%[12]s
 SELECT ins.%[11]s, ins.%[7]s FROM ins, n`+store.InlineCommit, entevent.Table, entevent.FieldType, entevent.FieldChatID, entevent.FieldOperatorID,
 		entevent.FieldQueueID, entevent.FieldPayload, entevent.FieldAudience, entevent.FieldQueueIds,
-		entevent.FieldCreatedAt, eventLock, entevent.FieldID, n,
+		entevent.FieldCreatedAt, eventAppendLock, entevent.FieldID, n,
 		chatoffer.FieldOperatorID, chatoffer.Table, chatoffer.FieldChatID, chatoffer.FieldStatus, enum.OfferOpen)
 }
 
-// flushEventsPG takes the event lock, inserts the events, queues the
+// flushEventsPG takes the append lock, inserts the events, queues the
 // notification (unless no other instance listens) and commits, in one round
 // trip: the sort reads the lock's subquery before it emits the first row,
 // so every id is drawn under the lock, in the events' order, and the lock
-// is held until the commit is durable. The statement ends the transaction
-// (store.InlineCommit), so the lock is held for the server's work only,
-// never while the server waits for this process, which on a busy machine
-// was most of the time every other transaction spent waiting for it. It
+// is held until the commit is durable and visible. The statement ends the
+// transaction (store.InlineCommit), so a reader waiting for the lock waits
+// for the server's work only, never for a round trip to this process. It
 // travels in the simple query protocol, as EXECUTE of a statement the
 // connection prepared once (parsing and planning it for every commit was a
 // fifth of PostgreSQL's CPU), with the writes held for the commit ahead of
@@ -388,8 +405,16 @@ func withChatAudience(c *ent.Chat, e event) event {
 	return e
 }
 
-// LastEventID is the id of the newest event (0 when there is none).
+// LastEventID is the id of the newest event (0 when there is none): on
+// PostgreSQL, once the appends in flight have ended (see eventAppendLock),
+// so that every event below it is final.
 func (d *Desk) LastEventID(ctx context.Context) (int, error) {
+	if d.pg {
+		var last int
+		err := d.readLog(ctx, fmt.Sprintf("SELECT COALESCE(max(%s), 0) FROM %s", entevent.FieldID, entevent.Table),
+			func(rows *stdsql.Rows) error { return rows.Scan(&last) })
+		return last, err
+	}
 	e, err := d.client.Event.Query().Order(ent.Desc(entevent.FieldID)).Select(entevent.FieldID).First(ctx)
 	if ent.IsNotFound(err) {
 		return 0, nil
@@ -415,15 +440,58 @@ func (d *Desk) EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event,
 }
 
 // ReadEvents returns up to limit events with an id above after, oldest
-// first, without the retention check (the live pump's read).
+// first, without the retention check (the live pump's read). On PostgreSQL
+// it reads once the appends in flight have ended (see eventAppendLock): no
+// event below the last it returns can appear later.
 func (d *Desk) ReadEvents(ctx context.Context, after, limit int) ([]*ent.Event, error) {
 	// The id is written into the statement (it is an int): a statement
 	// without arguments is one round trip and, outside a transaction, one
 	// implicit transaction through lib/pq instead of two.
+	if d.pg {
+		var events []*ent.Event
+		query := fmt.Sprintf("SELECT %s FROM %s WHERE %s > %d ORDER BY %s LIMIT %d", strings.Join(entevent.Columns, ", "),
+			entevent.Table, entevent.FieldID, after, entevent.FieldID, limit)
+		err := d.readLog(ctx, query, func(rows *stdsql.Rows) error {
+			e, err := d.client.Event.ScanRow(rows, nil)
+			events = append(events, e)
+			return err
+		})
+		return events, err
+	}
 	idAfter := predicate.Event(func(s *entsql.Selector) {
 		s.Where(entsql.ExprP(s.C(entevent.FieldID) + " > " + strconv.Itoa(after)))
 	})
 	return d.client.Event.Query().Where(idAfter).Order(ent.Asc(entevent.FieldID)).Limit(limit).All(ctx)
+}
+
+// readLog runs query, a read of the event log without arguments, after
+// eventReadLock in one message (PostgreSQL): the two statements form one
+// implicit transaction, so the lock, once granted, is held through the
+// read, which takes its snapshot after the appends it waited for. scan is
+// called for each row.
+func (d *Desk) readLog(ctx context.Context, query string, scan func(*stdsql.Rows) error) error {
+	rows, err := d.client.QueryContext(ctx, eventReadLock+"; "+query)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() { // the lock's row: lib/pq moves on once it is read
+	}
+	if !rows.NextResultSet() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return errors.New("read events: the read returned no result")
+	}
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return rows.Close()
 }
 
 const (

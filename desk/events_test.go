@@ -355,3 +355,88 @@ func TestEvents_AnEventsViewOfWhatIsGone(t *testing.T) {
 		}
 	}
 }
+
+// TestR12_AReadOfTheLogWaitsForTheAppendsInFlight: on PostgreSQL appends
+// draw their event ids concurrently (they do not wait for one another), so
+// a higher id may be visible before a lower one commits; a read of the log
+// (the live pump's, a resumption's, the newest id at start) waits for the
+// appends in flight, so it never returns an id above one still to come.
+func TestR12_AReadOfTheLogWaitsForTheAppendsInFlight(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite has one writer at a time")
+	}
+	w := desktest.New(t)
+	q := w.Queue(enum.RuleToAll, nil)
+	ch := w.Channel(q, enum.ProviderAPI)
+	ctx := context.Background()
+	w.Inbound(ch, "before", "hi")
+	start, err := w.Desk.LastEventID(ctx)
+	w.Must(err)
+
+	// An append in flight: its id drawn under the append lock, not committed.
+	tx, err := w.DB.SQL.BeginTx(ctx, nil)
+	w.Must(err)
+	defer tx.Rollback() //nolint:errcheck
+	const lockKey = "hashtext('parley.events:' || current_schema())"
+	_, err = tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock_shared("+lockKey+", 0)")
+	w.Must(err)
+	var inFlight int
+	w.Must(tx.QueryRowContext(ctx, "INSERT INTO events (type, created_at) VALUES ('TEST_IN_FLIGHT', now()) RETURNING id").Scan(&inFlight))
+
+	// A later append commits meanwhile: appends do not wait for each other.
+	appended := make(chan struct{})
+	go func() { w.Inbound(ch, "after", "hi"); close(appended) }()
+	select {
+	case <-appended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("an append waited for another one in flight")
+	}
+
+	type read struct {
+		events []*ent.Event
+		last   int
+		err    error
+	}
+	reads, lasts := make(chan read, 1), make(chan read, 1)
+	go func() { e, err := w.Desk.ReadEvents(ctx, start, 100); reads <- read{events: e, err: err} }()
+	go func() { l, err := w.Desk.LastEventID(ctx); lasts <- read{last: l, err: err} }()
+	// Both wait for the append in flight (their lock requests are queued).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting int
+		w.Must(w.DB.SQL.QueryRowContext(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+  AND classid = (`+lockKey+`::bigint & 4294967295)::oid AND objid = 0`).Scan(&waiting))
+		if waiting == 2 {
+			break
+		}
+		select {
+		case r := <-reads:
+			t.Fatalf("the read did not wait for the append in flight: %d events, %v", len(r.events), r.err)
+		case r := <-lasts:
+			t.Fatalf("LastEventID did not wait for the append in flight: %d, %v", r.last, r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reads wait for the append lock, want 2", waiting)
+		}
+		time.Sleep(time.Millisecond) // polling a condition, bounded by the deadline
+	}
+	w.Must(tx.Commit())
+
+	r := <-reads
+	w.Must(r.err)
+	var ids []int
+	var types []string
+	for _, e := range r.events {
+		ids, types = append(ids, e.ID), append(types, e.Type)
+	}
+	if len(ids) < 2 || ids[0] != inFlight || !slices.IsSorted(ids) || !slices.Contains(types, desk.EventMessageAdded) {
+		t.Fatalf("read after %d: ids %v (%v), want %d (committed last) first, then the later append's, in order",
+			start, ids, types, inFlight)
+	}
+	l := <-lasts
+	w.Must(l.err)
+	if l.last != ids[len(ids)-1] {
+		t.Fatalf("LastEventID = %d, want %d", l.last, ids[len(ids)-1])
+	}
+}

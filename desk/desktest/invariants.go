@@ -20,8 +20,8 @@ import (
 //
 // The checker is stateful only to avoid re-reading every routing decision at
 // every run: decisions never change once written, so each is verified once.
-// A few checks read the event log, whose ids follow commit order; pruning
-// old events only makes them see less.
+// A few checks read the event log, whose ids follow commit order for the
+// changes of one row; pruning old events only makes them see less.
 //
 // Use one checker per database, from any goroutine (checks are serialised).
 // Report lists the violations; the caller decides how to fail.

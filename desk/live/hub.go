@@ -5,11 +5,14 @@
 // that resumes after an event id first replays the log from the database,
 // then continues live with no gap and no duplicate at the seam.
 //
-// Event ids are handed out in commit order (desk.flushEvents), so a reader
-// that has seen id N has seen every committed event below it. The pump is
-// woken by local commits, by PostgreSQL notifications from other instances
-// (see Listener), and by a poll that bounds the delay if a notification is
-// lost.
+// A read of the log is final up to the last id it returns: on PostgreSQL
+// it waits for the appends in flight (desk.eventAppendLock), so a reader
+// that has seen id N has seen every committed event below it and no event
+// below N can appear later. Local commits hand their events over
+// (Committed) and those that follow what was dispatched go out without a
+// read. The pump is woken when a gap outlasts GapWait, by PostgreSQL
+// notifications from other instances (see Listener), and by a poll that
+// bounds the delay if a notification is lost.
 //
 // A subscription costs no goroutine: the hub (under its lock, in id order)
 // puts each event straight into the subscription's small handoff channel,
@@ -111,9 +114,9 @@ type Hub struct {
 
 	mu     sync.Mutex
 	cursor int // the last event id dispatched
-	// held are local commits' events reported before an earlier commit's,
-	// by first id, until that one reports (or the gap timer wakes the pump).
-	held     map[int][]*ent.Event
+	// held are local commits' events reported before an earlier id's, by
+	// id, until that one is dispatched (or the gap timer wakes the pump).
+	held     map[int]*ent.Event
 	gapTimer *time.Timer
 	subs     map[*Stream]struct{}
 	index    map[indexKey][]*Stream
@@ -175,15 +178,16 @@ func (h *Hub) Start(ctx context.Context) error {
 }
 
 // Committed is given the events a local commit appended (ids in order).
-// When they follow the last event dispatched they are dispatched at once,
-// without reading them back from the log, with any held events they make
-// follow. Events reported before an earlier local commit's (on PostgreSQL
-// concurrent commits may report out of order) are held for up to GapWait:
-// that commit has ended (ids follow commit order), its report is on its
-// way. Otherwise, or when the gap outlasts GapWait (another instance's
-// events come between, or a rolled-back transaction left an id unused),
-// the pump reads the log, which is in commit order: nothing is skipped or
-// delivered twice.
+// Each event that follows the last one dispatched is dispatched at once,
+// without reading it back from the log, with any held events it makes
+// follow. The others are held for up to GapWait: on PostgreSQL concurrent
+// appends draw their ids concurrently (desk.eventAppendLock), so a
+// commit's ids need not be consecutive, and an earlier id may belong to a
+// commit that has not reported yet (it reports right after its commit).
+// When the gap outlasts GapWait (another instance's events come between,
+// or a rolled-back transaction left an id unused), the pump reads the log,
+// which waits for the appends in flight: nothing is skipped or delivered
+// twice.
 //
 // The dispatch runs on the committing goroutine; it touches only the
 // subscriptions of each event's audience (see the index) and never blocks
@@ -193,31 +197,35 @@ func (h *Hub) Committed(events []*ent.Event) {
 		return
 	}
 	h.mu.Lock()
-	held := false
-	if !h.closed && consecutive(events) {
-		switch first := events[0].ID; {
-		case first <= h.cursor+1: // (the pump may have read some of them)
-			h.dispatchLocked(events)
-			h.drainHeldLocked()
-		case first > h.cursor+1:
-			h.holdLocked(events)
-			held = true
-		}
+	defer h.mu.Unlock()
+	if h.closed {
+		return
 	}
-	behind := events[len(events)-1].ID > h.cursor
-	h.mu.Unlock()
-	if behind && !held {
-		h.Wake()
+	for _, e := range events {
+		switch {
+		case e.ID <= h.cursor: // the pump read it
+		case e.ID == h.cursor+1:
+			h.dispatchLocked([]*ent.Event{e})
+			h.drainHeldLocked()
+		default:
+			h.holdLocked(e)
+		}
 	}
 }
 
-// holdLocked keeps a local commit's events until the gap before them fills
+// holdLocked keeps a local commit's event until the gap before it fills
 // and arms the gap timer (h.mu held).
-func (h *Hub) holdLocked(events []*ent.Event) {
+func (h *Hub) holdLocked(e *ent.Event) {
 	if h.held == nil {
-		h.held = map[int][]*ent.Event{}
+		h.held = map[int]*ent.Event{}
 	}
-	h.held[events[0].ID] = events
+	h.held[e.ID] = e
+	h.armGapTimerLocked()
+}
+
+// armGapTimerLocked makes the pump read the log GapWait from now, unless
+// it is to already (h.mu held).
+func (h *Hub) armGapTimerLocked() {
 	if h.gapTimer == nil {
 		h.gapTimer = time.AfterFunc(h.opt.GapWait, func() {
 			h.mu.Lock()
@@ -228,33 +236,29 @@ func (h *Hub) holdLocked(events []*ent.Event) {
 	}
 }
 
-// drainHeldLocked dispatches the held events that now follow the cursor
-// (those the pump dispatched meanwhile are skipped) and stops the gap timer
-// once none is held (h.mu held).
+// drainHeldLocked dispatches the held events that now follow the cursor,
+// forgets those the pump dispatched meanwhile, and stops the gap timer once
+// none is held, or arms it while some still are (h.mu held).
 func (h *Hub) drainHeldLocked() {
-	for progressed := true; progressed && len(h.held) > 0; {
-		progressed = false
-		for first, events := range h.held {
-			if first <= h.cursor+1 {
-				delete(h.held, first)
-				h.dispatchLocked(events)
-				progressed = true
-			}
+	if len(h.held) == 0 {
+		return
+	}
+	for e, ok := h.held[h.cursor+1]; ok; e, ok = h.held[h.cursor+1] {
+		delete(h.held, e.ID)
+		h.dispatchLocked([]*ent.Event{e})
+	}
+	for id := range h.held {
+		if id <= h.cursor {
+			delete(h.held, id)
 		}
 	}
-	if len(h.held) == 0 && h.gapTimer != nil {
+	switch {
+	case len(h.held) > 0:
+		h.armGapTimerLocked()
+	case h.gapTimer != nil:
 		h.gapTimer.Stop()
 		h.gapTimer = nil
 	}
-}
-
-func consecutive(events []*ent.Event) bool {
-	for i := 1; i < len(events); i++ {
-		if events[i].ID != events[i-1].ID+1 {
-			return false
-		}
-	}
-	return true
 }
 
 // Wake makes the pump read new events now (without blocking).

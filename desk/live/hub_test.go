@@ -190,6 +190,42 @@ func TestHub_LocalCommitsReportedOutOfOrderAreDeliveredInOrderWithoutReadingTheL
 	}
 }
 
+// On PostgreSQL concurrent commits draw their ids concurrently, so one
+// commit's ids need not be consecutive: each event that follows the cursor
+// goes out at once, the others wait for the commit that drew the ids
+// between, and nothing reads the log.
+func TestHub_ACommitsInterleavedIdsAreDeliveredInOrderWithoutReadingTheLog(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{}
+	h, stop := start(t, log, live.Options{GapWait: time.Hour}) // the gap timer never fires here
+	defer stop()
+	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, b1, a2, b2 := log.append(1), log.append(1), log.append(1), log.append(1)
+	reads := log.readCount()
+	h.Committed([]*ent.Event{log.event(a1), log.event(a2)})
+	if got := receive(t, st).ID; got != a1 {
+		t.Fatalf("got event %d, want %d", got, a1)
+	}
+	if got := h.Cursor(); got != a1 {
+		t.Fatalf("cursor %d, want %d: %d waits for %d", got, a1, a2, b1)
+	}
+	h.Committed([]*ent.Event{log.event(b1), log.event(b2)})
+	for _, want := range []int{b1, a2, b2} {
+		if got := receive(t, st).ID; got != want {
+			t.Fatalf("got event %d, want %d", got, want)
+		}
+	}
+	if n := log.readCount() - reads; n != 0 {
+		t.Errorf("the log was read %d times, want none", n)
+	}
+	stop()
+	for range st.C {
+	}
+}
+
 // A gap no local commit fills (another instance's event, an id a
 // rolled-back transaction used) is read from the log after GapWait, and the
 // held events follow it in order.
