@@ -92,7 +92,10 @@ func (d *Desk) emit(_ context.Context, tx *ent.Tx, e event) error {
 // the commit, and ids are drawn just before it. SQLite has one writer at a
 // time, so its ids are in commit order anyway.
 //
-// The lock is one per schema (advisory locks are shared by the whole
+// Once an append holds the lock it waits for nothing (the events table has
+// no foreign key, whose check would lock the row referred to), so a reader
+// waiting for it cannot close a cycle of waits: keep it so. The lock is
+// one per schema (advisory locks are shared by the whole
 // database). Before, appends took it in EXCLUSIVE mode: each commit's WAL
 // flush then waited for the previous one's, which bounded the ingest rate
 // at concurrency 8 (README, Performance).
