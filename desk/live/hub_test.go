@@ -162,10 +162,7 @@ func TestHub_LocalCommitsReportedOutOfOrderAreDeliveredInOrderWithoutReadingTheL
 	log := &memLog{}
 	h, stop := start(t, log, live.Options{GapWait: time.Hour}) // the gap timer never fires here
 	defer stop()
-	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := panelOfOne(t, h)
 	a, b, c := log.append(1), log.append(1), log.append(1)
 	reads := log.readCount()
 	h.Committed([]*ent.Event{log.event(c)})
@@ -177,16 +174,28 @@ func TestHub_LocalCommitsReportedOutOfOrderAreDeliveredInOrderWithoutReadingTheL
 	if got := h.Cursor(); got != c {
 		t.Fatalf("cursor %d once the first commit reported, want %d", got, c)
 	}
-	for _, want := range []int{a, b, c} {
-		if got := receive(t, st).ID; got != want {
-			t.Fatalf("got event %d, want %d", got, want)
-		}
-	}
-	if n := log.readCount() - reads; n != 0 {
-		t.Errorf("the log was read %d times, want none", n)
-	}
+	expectIDs(t, st, a, b, c)
+	expectNoRead(t, log, reads)
 	stop()
 	for range st.C {
+	}
+}
+
+// panelOfOne subscribes operator 1's panel.
+func panelOfOne(t *testing.T, h *live.Hub) *live.Stream {
+	t.Helper()
+	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// expectNoRead fails unless the log was read as many times as before.
+func expectNoRead(t *testing.T, log *memLog, before int) {
+	t.Helper()
+	if n := log.readCount() - before; n != 0 {
+		t.Errorf("the log was read %d times, want none", n)
 	}
 }
 
@@ -199,28 +208,17 @@ func TestHub_ACommitsInterleavedIdsAreDeliveredInOrderWithoutReadingTheLog(t *te
 	log := &memLog{}
 	h, stop := start(t, log, live.Options{GapWait: time.Hour}) // the gap timer never fires here
 	defer stop()
-	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := panelOfOne(t, h)
 	a1, b1, a2, b2 := log.append(1), log.append(1), log.append(1), log.append(1)
 	reads := log.readCount()
 	h.Committed([]*ent.Event{log.event(a1), log.event(a2)})
-	if got := receive(t, st).ID; got != a1 {
-		t.Fatalf("got event %d, want %d", got, a1)
-	}
+	expectIDs(t, st, a1)
 	if got := h.Cursor(); got != a1 {
 		t.Fatalf("cursor %d, want %d: %d waits for %d", got, a1, a2, b1)
 	}
 	h.Committed([]*ent.Event{log.event(b1), log.event(b2)})
-	for _, want := range []int{b1, a2, b2} {
-		if got := receive(t, st).ID; got != want {
-			t.Fatalf("got event %d, want %d", got, want)
-		}
-	}
-	if n := log.readCount() - reads; n != 0 {
-		t.Errorf("the log was read %d times, want none", n)
-	}
+	expectIDs(t, st, b1, a2, b2)
+	expectNoRead(t, log, reads)
 	stop()
 	for range st.C {
 	}
