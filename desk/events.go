@@ -83,7 +83,8 @@ func (d *Desk) emit(_ context.Context, tx *ent.Tx, e event) error {
 // commits share WAL flushes, and ids may become visible out of order (a
 // transaction that drew 10 may commit after one that drew 11). A read of
 // the log takes the same lock in EXCLUSIVE mode, eventReadLock, for the
-// read alone (ReadEvents, EventsAfter, LastEventID): it waits for the
+// read alone (ReadEvents, LastEventID; a resumption reads only up to an
+// id such a read returned, EventsThrough): it waits for the
 // appends in flight to commit or roll back, and new ones wait for it (they
 // queue behind a waiting reader), so every id at or below the highest it
 // reads is final: committed and read, or never to be. A reader that has
@@ -428,18 +429,31 @@ func (d *Desk) LastEventID(ctx context.Context) (int, error) {
 	return e.ID, nil
 }
 
-// EventsAfter returns up to limit events with an id above after, oldest
-// first. It fails with EVENTS_EXPIRED when events after that id were pruned
-// (the client must refetch its state instead of resuming).
-func (d *Desk) EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event, error) {
+// checkRetention fails with EVENTS_EXPIRED when events after the id were
+// pruned.
+func (d *Desk) checkRetention(ctx context.Context, after int) error {
 	s, err := d.Settings(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if after < s.EventsPrunedThrough {
-		return nil, Fail(CodeEventsExpired, "events after %d are older than the retention window; refetch and subscribe again", after)
+		return Fail(CodeEventsExpired, "events after %d are older than the retention window; refetch and subscribe again", after)
 	}
-	return d.ReadEvents(ctx, after, limit)
+	return nil
+}
+
+// EventsThrough returns up to limit events with an id above after and at
+// most through, oldest first; it fails with EVENTS_EXPIRED when events
+// after after were pruned (the client must refetch its state instead of
+// resuming). It does not wait for the appends in flight: the caller vouches
+// that every id up to through is final (a read of the log returned it, or
+// a later one), as the live hub's cursor is.
+func (d *Desk) EventsThrough(ctx context.Context, after, through, limit int) ([]*ent.Event, error) {
+	if err := d.checkRetention(ctx, after); err != nil {
+		return nil, err
+	}
+	return d.client.Event.Query().Where(entevent.IDGT(after), entevent.IDLTE(through)).
+		Order(ent.Asc(entevent.FieldID)).Limit(limit).All(ctx)
 }
 
 // ReadEvents returns up to limit events with an id above after, oldest

@@ -359,8 +359,8 @@ func TestEvents_AnEventsViewOfWhatIsGone(t *testing.T) {
 // TestR12_AReadOfTheLogWaitsForTheAppendsInFlight: on PostgreSQL appends
 // draw their event ids concurrently (they do not wait for one another), so
 // a higher id may be visible before a lower one commits; a read of the log
-// (the live pump's, a resumption's, the newest id at start) waits for the
-// appends in flight, so it never returns an id above one still to come.
+// (the live pump's, the newest id at start) waits for the appends in
+// flight, so it never returns an id above one still to come.
 func TestR12_AReadOfTheLogWaitsForTheAppendsInFlight(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite has one writer at a time")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+
+	"github.com/parleydesk/parley/ent"
 )
 
 // HoldRoutingMark takes, in tx, the lock that marks a transaction routing a
@@ -15,3 +17,15 @@ func HoldRoutingMark(ctx context.Context, tx *sql.Tx, queueID int) error {
 
 // MaxSendAttempts is how many attempts an external job gets.
 const MaxSendAttempts = maxSendAttempts
+
+// EventsAfter returns up to limit events with an id above after, oldest
+// first, as a resumption would see them on a hub whose cursor is the
+// newest event (tests read what a use case appended with it): it reads
+// once the appends in flight have ended, and fails with EVENTS_EXPIRED
+// when events after that id were pruned.
+func (d *Desk) EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event, error) {
+	if err := d.checkRetention(ctx, after); err != nil {
+		return nil, err
+	}
+	return d.ReadEvents(ctx, after, limit)
+}

@@ -38,12 +38,19 @@ import (
 
 // Source is where events come from (the desk).
 type Source interface {
-	// EventsAfter returns events with an id above after, oldest first; it
-	// fails with EVENTS_EXPIRED when some were pruned.
-	EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event, error)
-	// ReadEvents is EventsAfter without the retention check (the pump
-	// starts at the newest event and never resumes from before the window).
+	// EventsThrough returns up to limit events with an id above after and
+	// at most through, oldest first, without waiting for appends in flight:
+	// the hub asks only through its cursor, every id up to which is final.
+	// It fails with EVENTS_EXPIRED when events after after were pruned.
+	EventsThrough(ctx context.Context, after, through, limit int) ([]*ent.Event, error)
+	// ReadEvents returns up to limit events with an id above after, oldest
+	// first, once the appends in flight have ended, so that no event below
+	// the last it returns can appear later; without the retention check
+	// (the pump starts at the newest event and never resumes from before
+	// the window).
 	ReadEvents(ctx context.Context, after, limit int) ([]*ent.Event, error)
+	// LastEventID is the newest event's id, once the appends in flight
+	// have ended.
 	LastEventID(ctx context.Context) (int, error)
 }
 
@@ -675,18 +682,21 @@ func (h *Hub) Subscribe(ctx context.Context, actor *desk.Actor, scope Scope, aft
 		h.mu.Unlock()
 		return nil, shuttingDown()
 	}
-	// Registered before the replay reads the log: every event the pump
-	// dispatches from now on waits in pending, so nothing falls between
-	// the replay and the live stream.
+	// Registered before the replay reads the log: every event dispatched
+	// from now on, all above the cursor, waits in pending; the replay reads
+	// up to the cursor, every id up to which is final, so nothing falls
+	// between the replay and the live stream, and the replay need not wait
+	// for the appends in flight.
 	h.addLocked(st)
 	if after == nil {
 		st.stop = context.AfterFunc(ctx, st.Close)
 		h.mu.Unlock()
 		return st, nil
 	}
+	through := h.cursor
 	h.mu.Unlock()
 
-	backlog, last, err := h.replay(ctx, actor, scope, *after)
+	backlog, last, err := h.replay(ctx, actor, scope, *after, through)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if err == nil && st.ended {
@@ -710,17 +720,17 @@ func (h *Hub) Subscribe(ctx context.Context, actor *desk.Actor, scope Scope, aft
 
 func shuttingDown() error { return desk.Fail(desk.CodeInternal, "the server is shutting down") }
 
-// replay reads the log after the client's id: the events of scope (at most
-// maxReplay), and the id it read up to. It refuses an actor whose
-// credential ended meanwhile.
-func (h *Hub) replay(ctx context.Context, actor *desk.Actor, scope Scope, after int) ([]*ent.Event, int, error) {
+// replay reads the log after the client's id, through the given one: the
+// events of scope (at most maxReplay), and the id it read up to. It
+// refuses an actor whose credential ended meanwhile.
+func (h *Hub) replay(ctx context.Context, actor *desk.Actor, scope Scope, after, through int) ([]*ent.Event, int, error) {
 	var backlog []*ent.Event
 	// The first read happens even when there seems to be nothing to replay,
 	// so that an id older than the retention window is refused whatever the
 	// pump has seen.
 	last := after
 	for {
-		events, err := h.src.EventsAfter(ctx, last, h.opt.Batch)
+		events, err := h.src.EventsThrough(ctx, last, through, h.opt.Batch)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -743,10 +753,10 @@ func (h *Hub) replay(ctx context.Context, actor *desk.Actor, scope Scope, after 
 }
 
 // spliceLocked queues the replay, then the live events dispatched during
-// it that it did not read, and makes the stream live. Reading past what the
-// pump had dispatched is safe: those events are skipped when they arrive
-// live (replayed). It returns false when the live events alone are more
-// than Buffer (h.mu held).
+// it, and makes the stream live. Those at or below last are skipped: a
+// client that resumes after an id this hub has not dispatched yet (it saw
+// it on another instance) has them already. It returns false when the live
+// events alone are more than Buffer (h.mu held).
 func (h *Hub) spliceLocked(st *Stream, backlog []*ent.Event, last int) bool {
 	st.mu.Lock()
 	pending := st.pending

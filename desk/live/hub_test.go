@@ -3,6 +3,7 @@ package live_test
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +21,9 @@ type memLog struct {
 	events []*ent.Event
 	pruned int
 	reads  int // reads of the pump and of resumptions
+	// inFlight are appended events no read sees yet (an append that has
+	// drawn its id and not committed).
+	inFlight map[int]bool
 }
 
 func (l *memLog) append(audience ...int) int {
@@ -30,15 +34,15 @@ func (l *memLog) append(audience ...int) int {
 	return id
 }
 
-func (l *memLog) EventsAfter(_ context.Context, after, limit int) ([]*ent.Event, error) {
-	return l.read(after, limit, true)
+func (l *memLog) EventsThrough(_ context.Context, after, through, limit int) ([]*ent.Event, error) {
+	return l.read(after, through, limit, true)
 }
 
 func (l *memLog) ReadEvents(_ context.Context, after, limit int) ([]*ent.Event, error) {
-	return l.read(after, limit, false)
+	return l.read(after, math.MaxInt, limit, false)
 }
 
-func (l *memLog) read(after, limit int, checkRetention bool) ([]*ent.Event, error) {
+func (l *memLog) read(after, through, limit int, checkRetention bool) ([]*ent.Event, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.reads++
@@ -47,7 +51,7 @@ func (l *memLog) read(after, limit int, checkRetention bool) ([]*ent.Event, erro
 	}
 	var out []*ent.Event
 	for _, e := range l.events {
-		if e.ID > after && len(out) < limit {
+		if e.ID > after && e.ID <= through && !l.inFlight[e.ID] && len(out) < limit {
 			out = append(out, e)
 		}
 	}

@@ -326,14 +326,14 @@ type blockingLog struct {
 	once    sync.Once
 }
 
-func (l *blockingLog) EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event, error) {
+func (l *blockingLog) EventsThrough(ctx context.Context, after, through, limit int) ([]*ent.Event, error) {
 	first := false
 	l.once.Do(func() { first = true })
 	if first {
 		close(l.reading)
 		<-l.release
 	}
-	return l.memLog.EventsAfter(ctx, after, limit)
+	return l.memLog.EventsThrough(ctx, after, through, limit)
 }
 
 // startOn starts a hub over src (the pump woken explicitly).
@@ -461,4 +461,34 @@ func TestStream_ALongReplayIsNotCountedAsBehind(t *testing.T) {
 	}
 	expectIDs(t, st, ids(35, 38)...)
 	expectEnd(t, st, desk.CodeSlowConsumer)
+}
+
+// A resumption replays the log up to the hub's cursor only: above it an
+// event may be visible while a lower id is still in flight (PostgreSQL
+// appends draw ids concurrently), and a replay that read it would mark the
+// lower one replayed when it arrives live.
+func TestHub_AResumptionReplaysNoFurtherThanTheCursor(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{inFlight: map[int]bool{}}
+	h, stop := start(t, log, live.Options{GapWait: time.Hour}) // the gap timer never fires here
+	defer stop()
+	first := log.append(1)
+	log.mu.Lock()
+	log.inFlight[first] = true // drawn, not committed
+	log.mu.Unlock()
+	second := log.append(1)
+	h.Committed([]*ent.Event{log.event(second)}) // held: first has not reported
+	after := 0
+	st, err := h.Subscribe(context.Background(), &desk.Actor{OperatorID: 1}, live.Scope{Operator: 1}, &after, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.mu.Lock()
+	delete(log.inFlight, first)
+	log.mu.Unlock()
+	h.Committed([]*ent.Event{log.event(first)})
+	expectIDs(t, st, first, second)
+	stop()
+	for range st.C {
+	}
 }
