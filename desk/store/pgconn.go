@@ -94,7 +94,7 @@ func IsAtCommit(ctx context.Context) bool { v, _ := ctx.Value(atCommitKey{}).(bo
 // the statement is sent followed by COMMIT, in one message, and the
 // transaction's Commit then has nothing left to send. Elsewhere it is a
 // comment and the transaction commits as usual. A statement that holds a
-// lock until commit (the event-order lock) then holds it for the server's
+// lock until commit (the events' append lock) then holds it for the server's
 // work only, never for a round trip to the process and back; and no empty
 // transaction is left to commit.
 const InlineCommit = "\n/* parley: commit */"
