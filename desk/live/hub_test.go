@@ -164,9 +164,8 @@ func (l *memLog) readCount() int {
 func TestHub_LocalCommitsReportedOutOfOrderAreDeliveredInOrderWithoutReadingTheLog(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	log := &memLog{}
-	h, stop := start(t, log, live.Options{GapWait: time.Hour}) // the gap timer never fires here
+	h, st, stop := holdingPanel(t, log)
 	defer stop()
-	st := panelOfOne(t, h)
 	a, b, c := log.append(1), log.append(1), log.append(1)
 	reads := log.readCount()
 	h.Committed([]*ent.Event{log.event(c)})
@@ -180,8 +179,19 @@ func TestHub_LocalCommitsReportedOutOfOrderAreDeliveredInOrderWithoutReadingTheL
 	}
 	expectIDs(t, st, a, b, c)
 	expectNoRead(t, log, reads)
-	stop()
-	for range st.C {
+}
+
+// holdingPanel starts a hub over log whose gap timer never fires (held
+// events wait for the commits before them) with operator 1's panel
+// subscribed; stop ends both and drains the panel.
+func holdingPanel(t *testing.T, log *memLog) (*live.Hub, *live.Stream, func()) {
+	t.Helper()
+	h, stopHub := start(t, log, live.Options{GapWait: time.Hour})
+	st := panelOfOne(t, h)
+	return h, st, func() {
+		stopHub()
+		for range st.C {
+		}
 	}
 }
 
@@ -210,9 +220,8 @@ func expectNoRead(t *testing.T, log *memLog, before int) {
 func TestHub_ACommitsInterleavedIdsAreDeliveredInOrderWithoutReadingTheLog(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	log := &memLog{}
-	h, stop := start(t, log, live.Options{GapWait: time.Hour}) // the gap timer never fires here
+	h, st, stop := holdingPanel(t, log)
 	defer stop()
-	st := panelOfOne(t, h)
 	a1, b1, a2, b2 := log.append(1), log.append(1), log.append(1), log.append(1)
 	reads := log.readCount()
 	h.Committed([]*ent.Event{log.event(a1), log.event(a2)})
@@ -223,9 +232,6 @@ func TestHub_ACommitsInterleavedIdsAreDeliveredInOrderWithoutReadingTheLog(t *te
 	h.Committed([]*ent.Event{log.event(b1), log.event(b2)})
 	expectIDs(t, st, b1, a2, b2)
 	expectNoRead(t, log, reads)
-	stop()
-	for range st.C {
-	}
 }
 
 // A gap no local commit fills (another instance's event, an id a
