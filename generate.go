@@ -4,4 +4,4 @@
 package parley
 
 //go:generate go run -mod=mod ./ent/entc.go
-//go:generate go run -mod=mod github.com/99designs/gqlgen generate --config gqlgen.yml
+//go:generate go run -mod=mod ./graph/generate
