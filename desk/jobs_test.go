@@ -312,7 +312,7 @@ func TestR10_AFailureUnderALostClaimLeavesTheNewHoldersJobAlone(t *testing.T) {
 // the jobs it claimed one after another: the sixth fetch begins once the
 // fifth job has ended; the sixth is cut short by the stop.)
 func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
-	db, looks, looked := watchLooks(t)
+	db, looks, looked, claimed := watchLooks(t)
 	fetched := make(chan struct{}, 1)
 	p := &profiles{profile: channels.Profile{Name: "Olga Petrova"}, during: func() { fetched <- struct{}{} }}
 	w := newProfileWorld(t, db, p)
@@ -321,10 +321,22 @@ func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
 	go func() { done <- w.Desk.RunScheduler(ctx) }()
 	// The first look, with no job in the database, before the first
 	// delivery (a job found due then would be looked for again once claimed).
+	// The hook reports a statement as it starts: the claim a kick causes
+	// next shows that the look has ended (the loop sends one statement at
+	// a time), so that no delivery's job can be seen by it.
 	select {
 	case <-looked:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the scheduler never looked for the next due job")
+	}
+	for len(claimed) > 0 {
+		<-claimed
+	}
+	w.Desk.Kick()
+	select {
+	case <-claimed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the kicked scheduler never claimed")
 	}
 	var contacts []*ent.Contact
 	for i := range 6 {
@@ -352,7 +364,7 @@ func TestR10_KickedClaimsDoNotLookForTheNextDueJob(t *testing.T) {
 // closed, one failed look, then none for a while (the desk's clock, moved
 // past a poll to call for the look, then frozen again).
 func TestR10_ASchedulerWhoseDatabaseFailsWaitsBeforeLookingAgain(t *testing.T) {
-	db, looks, looked := watchLooks(t)
+	db, looks, looked, _ := watchLooks(t)
 	w := desktest.NewOn(t, db, desktest.NewClock())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -383,18 +395,26 @@ func TestR10_ASchedulerWhoseDatabaseFailsWaitsBeforeLookingAgain(t *testing.T) {
 
 // watchLooks opens a database that counts the scheduler's looks for the
 // next due job (the nextDue query, not a claim's subquery) and signals each
-// on looked, when it is free.
-func watchLooks(t *testing.T) (db *store.DB, looks *atomic.Int64, looked chan struct{}) {
+// on looked, and each claim of due jobs on claimed, when they are free
+// (as the statement starts).
+func watchLooks(t *testing.T) (db *store.DB, looks *atomic.Int64, looked, claimed chan struct{}) {
 	nextDue := regexp.MustCompile("(?is)^[^=]*query=SELECT .* FROM [`\"]jobs[`\"] .*ORDER BY")
-	looks, looked = &atomic.Int64{}, make(chan struct{}, 1)
+	claim := regexp.MustCompile("(?is)^[^=]*query=UPDATE [`\"]jobs[`\"] SET .*RETURNING")
+	looks, looked, claimed = &atomic.Int64{}, make(chan struct{}, 1), make(chan struct{}, 1)
+	signal := func(c chan struct{}) {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
 	db = storetest.Open(t).WithQueryHook(func(_ context.Context, s string) {
-		if nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED") {
+		switch {
+		case nextDue.MatchString(s) && !strings.Contains(s, "SKIP LOCKED"):
 			looks.Add(1)
-			select {
-			case looked <- struct{}{}:
-			default:
-			}
+			signal(looked)
+		case claim.MatchString(s):
+			signal(claimed)
 		}
 	})
-	return db, looks, looked
+	return db, looks, looked, claimed
 }
