@@ -360,14 +360,16 @@ func (c cpuSplit) finish() string {
 // this load generator used per message of the n the phase sent, from its
 // start until now: work done after a message's acknowledgement (its events'
 // delivery, its jobs) counts when it is done by then. Unlike latencies, it
-// hardly moves with the machine's noise.
+// hardly moves with the machine's noise. It ends with how busy the whole
+// machine was meanwhile: a latency measured on a machine close to
+// saturation is mostly queueing for a CPU.
 func (c cpuSplit) perMessage(n int) string {
 	if n == 0 {
 		return "no message"
 	}
 	per := func(d time.Duration) string { return fmt.Sprintf("%.3f ms", d.Seconds()*1000/float64(n)) }
-	return fmt.Sprintf("server %s, PostgreSQL %s, load generator %s", per(cpuTime(c.serverPID)-c.server),
-		per(commCPU("postgres")-c.pg), per(cpuTime(os.Getpid())-c.self))
+	return fmt.Sprintf("server %s, PostgreSQL %s, load generator %s; the machine %.0f%% busy", per(cpuTime(c.serverPID)-c.server),
+		per(commCPU("postgres")-c.pg), per(cpuTime(os.Getpid())-c.self), 100*busyBetween(c.machine, readCPU()))
 }
 
 // machineBusy samples /proc/stat: the fraction of all CPUs busy between two
