@@ -409,24 +409,44 @@ func withChatAudience(c *ent.Chat, e event) event {
 	return e
 }
 
-// LastEventID is the id of the newest event (0 when there is none): on
-// PostgreSQL, once the appends in flight have ended (see eventAppendLock),
-// so that every event below it is final.
+// LastEventID is the id of the newest event: on PostgreSQL, once the
+// appends in flight have ended (see eventAppendLock), so that every event
+// below it is final. On a log that never had an event (a new installation)
+// it is the id just below the first one the log will draw (ids start at
+// the events type's offset, not at 1), so that the live hub, which starts
+// there, delivers the first commit's events at once instead of holding
+// them until a read of the log finds no gap before them; 0 when that is
+// unknown.
 func (d *Desk) LastEventID(ctx context.Context) (int, error) {
+	var last int
+	scan := func(rows *stdsql.Rows) error { return rows.Scan(&last) }
 	if d.pg {
-		var last int
-		err := d.readLog(ctx, fmt.Sprintf("SELECT COALESCE(max(%s), 0) FROM %s", entevent.FieldID, entevent.Table),
-			func(rows *stdsql.Rows) error { return rows.Scan(&last) })
+		// The sequence's start, while it has never been called (read under
+		// the read lock: no append is drawing an id).
+		err := d.readLog(ctx, fmt.Sprintf(`SELECT COALESCE(max(%[1]s), (
+  SELECT q.seqstart - 1 FROM pg_sequence AS q
+  WHERE q.seqrelid = pg_get_serial_sequence('%[2]s', '%[1]s')::regclass AND pg_sequence_last_value(q.seqrelid) IS NULL
+), 0) FROM %[2]s`, entevent.FieldID, entevent.Table), scan)
 		return last, err
 	}
-	e, err := d.client.Event.Query().Order(ent.Desc(entevent.FieldID)).Select(entevent.FieldID).First(ctx)
-	if ent.IsNotFound(err) {
-		return 0, nil
-	}
+	// The last id SQLite's AUTOINCREMENT drew (set to the type's offset by
+	// the migration), read with the newest event in one snapshot.
+	rows, err := d.client.QueryContext(ctx, fmt.Sprintf(
+		"SELECT COALESCE((SELECT max(%[1]s) FROM %[2]s), (SELECT seq FROM sqlite_sequence WHERE name = '%[2]s'), 0)",
+		entevent.FieldID, entevent.Table))
 	if err != nil {
 		return 0, err
 	}
-	return e.ID, nil
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return 0, err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	return last, rows.Close()
 }
 
 // checkRetention fails with EVENTS_EXPIRED when events after the id were

@@ -440,3 +440,25 @@ func TestR12_AReadOfTheLogWaitsForTheAppendsInFlight(t *testing.T) {
 		t.Fatalf("LastEventID = %d, want %d", l.last, ids[len(ids)-1])
 	}
 }
+
+// R12: on a log that never had an event (a new installation), the position
+// the live hub starts from (LastEventID) is just below the first id the log
+// will draw, so that the first commit's events follow it and are delivered
+// at once, not held until a read of the log finds no gap before them.
+func TestR12_ANewLogsLastEventIDIsJustBelowItsFirstEvent(t *testing.T) {
+	w := desktest.New(t)
+	ctx := context.Background()
+	if n, err := w.Client().Event.Query().Count(ctx); err != nil || n != 0 {
+		t.Fatalf("the new world's log holds %d events (%v), want none", n, err)
+	}
+	last, err := w.Desk.LastEventID(ctx)
+	w.Must(err)
+	op := w.Operator(active)
+	_, err = w.Desk.SetMyStatus(w.As(op), enum.StatusInactive)
+	w.Must(err)
+	first, err := w.Client().Event.Query().Order(ent.Asc(entevent.FieldID)).First(ctx)
+	w.Must(err)
+	if first.ID != last+1 {
+		t.Fatalf("LastEventID of the new log is %d, its first event %d: want the id just below", last, first.ID)
+	}
+}
