@@ -50,7 +50,8 @@ type Source interface {
 	// the window).
 	ReadEvents(ctx context.Context, after, limit int) ([]*ent.Event, error)
 	// LastEventID is the newest event's id, once the appends in flight
-	// have ended.
+	// have ended; on a log that never had an event, the id just below the
+	// first one it will draw (the hub starts there).
 	LastEventID(ctx context.Context) (int, error)
 }
 
