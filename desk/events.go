@@ -101,7 +101,8 @@ func (d *Desk) emit(_ context.Context, tx *ent.Tx, e event) error {
 // flush then waited for the previous one's, which bounded the ingest rate
 // at concurrency 8 (README, Performance).
 const (
-	eventLockKey    = "hashtext('parley.events:' || current_schema()), 0"
+	eventLockHash   = "hashtext('parley.events:' || current_schema())"
+	eventLockKey    = eventLockHash + ", 0"
 	eventAppendLock = "pg_advisory_xact_lock_shared(" + eventLockKey + ")"
 	eventReadLock   = "SELECT pg_advisory_xact_lock(" + eventLockKey + ")"
 )
@@ -438,15 +439,7 @@ func (d *Desk) LastEventID(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	defer rows.Close()
-	for rows.Next() {
-		if err := scan(rows); err != nil {
-			return 0, err
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return 0, err
-	}
-	return last, rows.Close()
+	return last, scanRows(rows, scan)
 }
 
 // checkRetention fails with EVENTS_EXPIRED when events after the id were
@@ -520,6 +513,12 @@ func (d *Desk) readLog(ctx context.Context, query string, scan func(*stdsql.Rows
 		}
 		return errors.New("read events: the read returned no result")
 	}
+	return scanRows(rows, scan)
+}
+
+// scanRows calls scan for each row of the current result set, then closes
+// rows.
+func scanRows(rows *stdsql.Rows, scan func(*stdsql.Rows) error) error {
 	for rows.Next() {
 		if err := scan(rows); err != nil {
 			return err

@@ -377,7 +377,7 @@ func TestR12_AReadOfTheLogWaitsForTheAppendsInFlight(t *testing.T) {
 	tx, err := w.DB.SQL.BeginTx(ctx, nil)
 	w.Must(err)
 	defer tx.Rollback() //nolint:errcheck
-	const lockKey = "hashtext('parley.events:' || current_schema())"
+	const lockKey = desk.EventLockHash
 	_, err = tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock_shared("+lockKey+", 0)")
 	w.Must(err)
 	var inFlight int

@@ -15,6 +15,10 @@ func HoldRoutingMark(ctx context.Context, tx *sql.Tx, queueID int) error {
 	return err
 }
 
+// EventLockHash is the first key of the events' advisory lock (its second
+// is 0): tests hold an append open under it and watch reads wait.
+const EventLockHash = eventLockHash
+
 // MaxSendAttempts is how many attempts an external job gets.
 const MaxSendAttempts = maxSendAttempts
 
