@@ -81,6 +81,8 @@ type Desk struct {
 	// onEvents is given, after each commit that appended events, those
 	// events (ids in order).
 	onEvents func(events []*ent.Event)
+	// views: see WithCommitViews.
+	views commitViews
 	// adapters are the provider clients, by provider.
 	adapters map[enum.Provider]channels.Adapter
 	// files keeps inbound media, contact photos and uploads.
@@ -113,6 +115,17 @@ func WithDialect(name string) Option { return func(d *Desk) { d.pg = name == dia
 // may report out of order, and one commit's ids need not be consecutive
 // (see eventAppendLock).
 func WithEventSink(fn func(events []*ent.Event)) Option { return func(d *Desk) { d.onEvents = fn } }
+
+// WithCommitViews makes a commit whose events name one chat (and at most
+// one message of it) read what they name, as EventView does, in the
+// commit's own round trip (PostgreSQL: a read sent after the COMMIT, so it
+// sees what the commit left, or a later state), while want reports true
+// (someone may render the events); fn is given the events and the view
+// before the event sink (WithEventSink) is told of them. A view that could
+// not be read is logged and not given: the events are reported all the same.
+func WithCommitViews(want func() bool, fn func(events []*ent.Event, v CommitView)) Option {
+	return func(d *Desk) { d.views = commitViews{want: want, fn: fn} }
+}
 
 // WithAdapters plugs provider adapters in (server wires them).
 func WithAdapters(as ...channels.Adapter) Option {
@@ -247,10 +260,11 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 		err = d.flushReleases(ctx, tx, st)
 	}
 	var events []*ent.Event
+	var view *CommitView
 	if err == nil {
 		// Events go in last, under the append lock, so that a read of the
 		// log waits for them (see eventAppendLock).
-		events, err = d.flushEvents(ctx, tx, st.events)
+		events, view, err = d.flushEvents(ctx, tx, st.events)
 	}
 	if err != nil {
 		// database/sql has already rolled back a transaction whose context
@@ -265,6 +279,9 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn func(tx *ent.Tx) er
 	if err := tx.Commit(); err != nil {
 		_ = tx.Rollback()
 		return fmt.Errorf("%s: commit: %w", name, err)
+	}
+	if view != nil {
+		d.views.fn(events, *view)
 	}
 	if len(events) > 0 && d.onEvents != nil {
 		d.onEvents(events)

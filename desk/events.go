@@ -111,9 +111,9 @@ const (
 // returns them as a read of the log would (ids in order, payload numbers as
 // float64). On PostgreSQL the ids are drawn under the append lock (see
 // above), in the statement that commits; SQLite's are in commit order.
-func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) ([]*ent.Event, error) {
+func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) ([]*ent.Event, *CommitView, error) {
 	if len(events) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	now := d.Now()
 	rows := make([]eventRow, len(events))
@@ -140,25 +140,31 @@ func (d *Desk) flushEvents(ctx context.Context, tx *ent.Tx, events []event) ([]*
 		rows[i] = r
 	}
 	var ids []int
+	var view *CommitView
 	var err error
 	if d.pg {
-		ids, err = d.flushEventsPG(ctx, tx, rows, now)
+		view = d.views.of(events)
+		ids, err = d.flushEventsPG(ctx, tx, rows, now, view)
 	} else {
 		ids, err = flushEventsSQLite(ctx, tx, rows, now)
 	}
-	// (flushEventsPG sets the audiences it read: rows[i].Audience.)
+	// (flushEventsPG sets the audiences it read: rows[i].Audience, and
+	// the view, or drops it when it could not be read.)
 	if err != nil {
-		return nil, fmt.Errorf("append events: %w", err)
+		return nil, nil, fmt.Errorf("append events: %w", err)
 	}
 	if len(ids) != len(rows) {
-		return nil, fmt.Errorf("append events: %d ids for %d events", len(ids), len(rows))
+		return nil, nil, fmt.Errorf("append events: %d ids for %d events", len(ids), len(rows))
+	}
+	if view != nil && view.Chat == nil {
+		view = nil
 	}
 	out := make([]*ent.Event, len(rows))
 	for i, r := range rows {
 		out[i] = &ent.Event{ID: ids[i], Type: r.Type, ChatID: r.ChatID, OperatorID: r.OperatorID, QueueID: r.QueueID,
 			Payload: asRead(r.Payload), CreatedAt: now, Audience: r.Audience, QueueIds: r.QueueIDs}
 	}
-	return out, nil
+	return out, view, nil
 }
 
 // asRead returns a payload as reading it back from the database gives it
@@ -324,7 +330,11 @@ SELECT ins.%[11]s, ins.%[7]s FROM ins, n`+store.InlineCommit, entevent.Table, en
 // it. When the insert or the commit fails, the transaction is rolled back as
 // any failed one. The audiences the statement read (OffersOf) are set on
 // rows.
-func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time) ([]int, error) {
+//
+// With a view to read (CommitViews), the view's read goes in the same
+// message, after the COMMIT (store.AfterCommit); it fills view, or leaves
+// its Chat nil when it failed (logged: the commit stands).
+func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, now time.Time, view *CommitView) ([]int, error) {
 	body, err := json.Marshal(rows)
 	if err != nil {
 		return nil, err
@@ -333,15 +343,53 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 	if d.quiet.Load() {
 		query, args = eventsInsert, args[:2]
 	}
+	if view != nil {
+		read, readArgs := eventViewStatement(view.ChatID, view.MessageID)
+		query, args = query+store.AfterCommit+read, append(args, readArgs...)
+	}
 	res, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
-	got, err := scanAppended(res, nil)
+	defer res.Close()
+	got, err := readAppended(res, nil)
+	var after *store.AfterCommitError
+	if view != nil && (err == nil || errors.As(err, &after)) {
+		// The events' rows were read to the end and the commit answered
+		// (the view's rows come after its answer): a failed read of the
+		// view costs its subscribers a read of their own, nothing more.
+		if err := d.readCommitView(res, view, err); err != nil {
+			d.log.Warn("reading a commit's view failed; its subscribers will read it", "chat", view.ChatID, "err", err)
+		}
+		err = nil
+	}
 	if err != nil {
 		return nil, err
 	}
 	return appendedIDs(got, rows)
+}
+
+// readCommitView reads the view of a commit (the result set after the
+// events'), unless reading the events failed after the commit (err).
+func (d *Desk) readCommitView(res *stdsql.Rows, view *CommitView, err error) error {
+	if err != nil {
+		return err
+	}
+	if !res.NextResultSet() {
+		if err := res.Err(); err != nil {
+			return err
+		}
+		return errors.New("no result set after the commit")
+	}
+	c, m, err := d.scanEventView(res, view.ChatID, view.MessageID)
+	if err != nil {
+		return err
+	}
+	if err := res.Close(); err != nil {
+		return err
+	}
+	view.Chat, view.Message = c, m
+	return nil
 }
 
 // appended is an event as its insert returned it.
@@ -354,6 +402,11 @@ type appended struct {
 // (RETURNING id, audience) onto got, and closes res.
 func scanAppended(res *stdsql.Rows, got []appended) ([]appended, error) {
 	defer res.Close()
+	return readAppended(res, got)
+}
+
+// readAppended is scanAppended without closing res (more may follow).
+func readAppended(res *stdsql.Rows, got []appended) ([]appended, error) {
 	for res.Next() {
 		var a appended
 		if err := res.Scan(&a.id, &a.audience); err != nil {
@@ -568,6 +621,50 @@ func (d *Desk) pruneEvents(ctx context.Context, tx *ent.Tx) error {
 	return d.enqueue(ctx, tx, jobSpec{kind: jobPruneEvents, dedupe: pruneDedupeKey, due: d.Now().Add(pruneEvery)})
 }
 
+// CommitView is what the events of one commit name (see EventView): their
+// chat with its contact and, when MessageID is set, that message of the
+// chat (nil if there is none), read after the commit (WithCommitViews).
+type CommitView struct {
+	ChatID, MessageID int
+	Chat              *ent.Chat
+	Message           *ent.Message
+}
+
+// commitViews is the desk's WithCommitViews setting.
+type commitViews struct {
+	want func() bool
+	fn   func(events []*ent.Event, v CommitView)
+}
+
+// of returns the view to read with a commit of events (its Chat to be
+// read), or nil: none is wanted, or the events name no chat, more than one,
+// or more than one message.
+func (v commitViews) of(events []event) *CommitView {
+	if v.fn == nil || !v.want() {
+		return nil
+	}
+	var view CommitView
+	for _, e := range events {
+		if e.ChatID == 0 {
+			continue
+		}
+		if view.ChatID != 0 && view.ChatID != e.ChatID {
+			return nil
+		}
+		view.ChatID = e.ChatID
+		if m := PayloadInt(e.Payload, "messageId"); m != 0 {
+			if view.MessageID != 0 && view.MessageID != m {
+				return nil
+			}
+			view.MessageID = m
+		}
+	}
+	if view.ChatID == 0 {
+		return nil
+	}
+	return &view
+}
+
 // The columns of eventViewStatements that carry rows as JSON.
 const (
 	contactRowColumn = "parley_contact"
@@ -619,15 +716,32 @@ func (d *Desk) EventView(ctx context.Context, chatID, messageID int) (*ent.Chat,
 		}
 		return c, m, err
 	}
-	query, args := eventViewStatements[0], []any{chatID}
-	if messageID != 0 {
-		query, args = eventViewStatements[1], append(args, messageID)
-	}
+	query, args := eventViewStatement(chatID, messageID)
 	rows, err := d.client.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer rows.Close()
+	c, m, err := d.scanEventView(rows, chatID, messageID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, m, rows.Close()
+}
+
+// eventViewStatement is the statement and arguments of EventView's read
+// (PostgreSQL) of a chat and, unless messageID is 0, a message.
+func eventViewStatement(chatID, messageID int) (string, []any) {
+	if messageID != 0 {
+		return eventViewStatements[1], []any{chatID, messageID}
+	}
+	return eventViewStatements[0], []any{chatID}
+}
+
+// scanEventView reads the row of an eventViewStatements read: the chat
+// (with its contact) and the message, bound to the desk's client; a chat
+// that is not there is NOT_FOUND.
+func (d *Desk) scanEventView(rows *stdsql.Rows, chatID, messageID int) (*ent.Chat, *ent.Message, error) {
 	if !rows.Next() {
 		if err := rows.Err(); err != nil {
 			return nil, nil, err
@@ -637,9 +751,6 @@ func (d *Desk) EventView(ctx context.Context, chatID, messageID int) (*ent.Chat,
 	var contactRow, messageRow []byte
 	c, err := d.client.Chat.ScanRow(rows, map[string]any{contactRowColumn: &contactRow, messageRowColumn: &messageRow})
 	if err != nil {
-		return nil, nil, err
-	}
-	if err := rows.Close(); err != nil {
 		return nil, nil, err
 	}
 	if contactRow != nil {

@@ -462,3 +462,83 @@ func TestR12_ANewLogsLastEventIDIsJustBelowItsFirstEvent(t *testing.T) {
 		t.Fatalf("LastEventID of the new log is %d, its first event %d: want the id just below", last, first.ID)
 	}
 }
+
+// R12: while someone may render live events, a commit whose events name one
+// chat (and at most one message) reads what they name with its own COMMIT,
+// on PostgreSQL: the chat with its contact and the message as the commit
+// left them (the chat's times and the message are writes held for the
+// commit), handed over before the events reach the sink. Commits of no chat
+// or of several read none, nor does any while nobody listens, nor SQLite.
+func TestR12_ACommitReadsWhatItsEventsNameWithItsCommit(t *testing.T) {
+	var want atomic.Bool
+	want.Store(true)
+	var mu sync.Mutex
+	var order []string
+	var views []desk.CommitView
+	clock := desktest.NewClock()
+	w := desktest.NewWith(t, storetest.Open(t), clock,
+		desk.WithCommitViews(want.Load, func(events []*ent.Event, v desk.CommitView) {
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, fmt.Sprintf("view %d", events[0].ID))
+			views = append(views, v)
+		}),
+		desk.WithEventSink(func(events []*ent.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, fmt.Sprintf("events %d", events[0].ID))
+		}))
+	taken := func() ([]desk.CommitView, []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		v, o := views, order
+		views, order = nil, nil
+		return v, o
+	}
+	a := w.Operator(inactive)
+	ch := w.Channel(w.Queue(enum.RuleToAll, []*ent.Operator{a}), enum.ProviderAPI)
+	first := w.Inbound(ch, "c1", "hello")
+	got, seq := taken()
+	if !storetest.Postgres() {
+		if len(got) != 0 {
+			t.Fatalf("SQLite read %d views, want none", len(got))
+		}
+		return
+	}
+	if len(got) != 1 || len(seq) != 2 || !strings.HasPrefix(seq[0], "view ") || seq[1] != "events"+strings.TrimPrefix(seq[0], "view") {
+		t.Fatalf("a new chat's commit gave %d views in the order %v; want one, before its events", len(got), seq)
+	}
+	v := got[0]
+	if v.ChatID != first.Chat.ID || v.MessageID != first.MessageID || v.Chat == nil || v.Chat.ID != first.Chat.ID ||
+		v.Chat.Edges.Contact == nil || v.Chat.Edges.Contact.Name != "Customer c1" || v.Message == nil || v.Message.Text != "hello" {
+		t.Fatalf("the new chat's view: %+v, want chat %d with its contact and message %d", v, first.Chat.ID, first.MessageID)
+	}
+
+	clock.Advance(time.Minute)
+	second := w.Inbound(ch, "c1", "still there?")
+	got, _ = taken()
+	if len(got) != 1 || got[0].Message == nil || got[0].Message.ID != second.MessageID || got[0].Message.Text != "still there?" ||
+		!got[0].Chat.LastMessageAt.Equal(clock.Now()) {
+		t.Fatalf("a message's view: %+v, want the message %d and the chat's last message time %v (held for the commit)",
+			got, second.MessageID, clock.Now())
+	}
+
+	// Two chats in one commit: the release that offers both.
+	w.Inbound(ch, "c2", "hello")
+	taken()
+	_, err := w.Desk.SetOperatorStatus(w.AsAdmin(), a.ID, enum.StatusActive)
+	w.Must(err)
+	w.RunJobs()
+	offered, err := w.Client().ChatOffer.Query().Count(context.Background())
+	w.Must(err)
+	if got, _ := taken(); offered != 2 || len(got) != 0 {
+		t.Fatalf("a release offering %d chats read %d views, want two chats and no view", offered, len(got))
+	}
+
+	// Nobody listens.
+	want.Store(false)
+	w.Inbound(ch, "c1", "anyone?")
+	if got, seq := taken(); len(got) != 0 || len(seq) != 1 {
+		t.Fatalf("with nobody listening a message read %d views (%v), want none and its events", len(got), seq)
+	}
+}

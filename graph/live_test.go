@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/ent"
 	entevent "github.com/parleydesk/parley/ent/event"
 	"github.com/parleydesk/parley/ent/schema/enum"
@@ -286,8 +287,9 @@ func TestR32_WebsocketOriginsComeFromTheCORSAllowList(t *testing.T) {
 // new chat offered to three operators is one commit (its creation, its
 // message, an offer each), and the three panels that show the chat with its
 // customer read the chat once, not once per event; on PostgreSQL its
-// contact with it, and the next message's event reads the chat, the contact
-// and the message in one statement.
+// contact with it, in the commit's own message, after the COMMIT
+// (desk.WithCommitViews), and the next message's event reads the chat, the
+// contact and the message there, in one statement.
 func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 	rec := &apptest.Recorder{}
 	w := newLiveWorld(t, apptest.WithRecorder(rec))
@@ -309,6 +311,8 @@ func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 	// The panels' loads, outside any transaction (SQLite quotes with `):
 	// on PostgreSQL one statement (the contact and the message as JSON),
 	// on SQLite ent's loads (the chat, its contact, the message).
+	// viewed counts the commits that carried the read of their view.
+	viewed := 0
 	reads := func() (chats, contacts, messages int) {
 		read := func(table string) *regexp.Regexp {
 			return regexp.MustCompile("(?s)^driver\\.Query(Context)?: query=SELECT .*\\sFROM [`\"]" + table + "[`\"]( WHERE|$)")
@@ -317,7 +321,11 @@ func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 		// chats (PostgreSQL, once a second) reads chats too.
 		chatRead := regexp.MustCompile("(?s)^driver\\.Query(Context)?: query=SELECT .*\\sFROM [`\"]?chats[`\"]?( AS c)? WHERE (c\\.|[`\"]chats[`\"]\\.)[`\"]?id[`\"]? = ")
 		contactRead, messageRead := read("contacts"), read("messages")
+		viewed = 0
 		for _, s := range rec.Statements() {
+			if _, after, ok := strings.Cut(s, store.AfterCommit); ok && strings.Contains(after, `FROM chats AS c WHERE c.id = $1`) {
+				viewed++
+			}
 			if chatRead.MatchString(s) {
 				chats++
 			}
@@ -331,9 +339,11 @@ func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 		rec.Reset()
 		return
 	}
-	separate := 1
+	// Separate reads of the chat, of its contact (and message), and
+	// commits that carried their view.
+	chatReads, separate, views := 1, 1, 0
 	if w.s.DB().Postgres() {
-		separate = 0
+		chatReads, separate, views = 0, 0, 1
 	}
 	customer := "shared-" + apptest.Unique("c")
 	rec.Reset()
@@ -345,9 +355,9 @@ func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 			t.Fatalf("panel %d: got %s %s, want the offer of chat %s with its customer", i, m.Type, m.Payload, chatID)
 		}
 	}
-	if chats, contacts, _ := reads(); chats != 1 || contacts != separate {
-		t.Fatalf("three panels showing the offers of one commit read the chat %d times and its contact %d more, want once and %d",
-			chats, contacts, separate)
+	if chats, contacts, _ := reads(); chats != chatReads || contacts != separate || viewed != views {
+		t.Fatalf("three panels showing the offers of one commit read the chat %d times and its contact %d more, with %d commits' views; want %d, %d and %d",
+			chats, contacts, viewed, chatReads, separate, views)
 	}
 	w.inbound(t, customer, "are you there?")
 	for i, ws := range panels {
@@ -356,8 +366,8 @@ func TestR12_PanelsOfOneCommitsEventsReadTheirChatOnce(t *testing.T) {
 			t.Fatalf("panel %d: got %s %s, want the message", i, m.Type, m.Payload)
 		}
 	}
-	if chats, contacts, messages := reads(); chats != 1 || contacts != separate || messages != separate {
-		t.Fatalf("three panels showing a message read its chat %d times, its contact %d and the message %d more, want once, %d and %d",
-			chats, contacts, messages, separate, separate)
+	if chats, contacts, messages := reads(); chats != chatReads || contacts != separate || messages != separate || viewed != views {
+		t.Fatalf("three panels showing a message read its chat %d times, its contact %d and the message %d more, with %d commits' views; want %d, %d, %d and %d",
+			chats, contacts, messages, viewed, chatReads, separate, separate, views)
 	}
 }

@@ -70,6 +70,37 @@ func (l *LiveLoads) Committed(events []*ent.Event) {
 	}
 }
 
+// Viewed shares the view a local commit read of what its events name
+// (desk.WithCommitViews) with their subscribers: the events that name its
+// chat, and its message or none, load nothing. Called before Committed.
+func (l *LiveLoads) Viewed(events []*ent.Event, v desk.CommitView) {
+	if len(events) == 0 {
+		return
+	}
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sweepLocked(now)
+	for _, e := range events {
+		messageID := desk.PayloadInt(e.Payload, "messageId")
+		if e.ChatID == nil || *e.ChatID != v.ChatID || messageID != 0 && messageID != v.MessageID {
+			continue
+		}
+		// The key load gives the event once Committed filed its commit.
+		k := liveKey{group: events[0].ID, field: "view", id: v.ChatID, id2: messageID}
+		if _, ok := l.m[k]; ok {
+			continue
+		}
+		view := eventView{chat: v.Chat}
+		if messageID != 0 {
+			view.message = v.Message
+		}
+		ld := &liveLoad{at: now, v: view}
+		ld.once.Do(func() {})
+		l.m[k] = ld
+	}
+}
+
 // load returns the value of k (its field and ids; the group is set here)
 // for event, loading it once per event, or per commit (Committed).
 func (l *LiveLoads) load(event int, k liveKey, fn func() (any, error)) (any, error) {

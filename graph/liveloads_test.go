@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/ent"
 )
 
@@ -84,5 +85,42 @@ func TestLiveLoadsOncePerCommitAndEntity(t *testing.T) {
 	}
 	if _, _ = l.load(16, liveKey{field: "view", id: 5}, fn); calls.Load() != 5 {
 		t.Fatalf("an event no commit reported (another instance's) was not loaded on its own")
+	}
+}
+
+// A commit's view (desk.WithCommitViews) serves its events that name its
+// chat, with its message or none, without a load; an event of the commit
+// naming another message, or another chat, loads its own.
+func TestLiveLoadsServeTheViewReadWithTheCommit(t *testing.T) {
+	l := NewLiveLoads()
+	chatID := func(id int) *int { return &id }
+	events := []*ent.Event{
+		{ID: 20, ChatID: chatID(5)},
+		{ID: 21, ChatID: chatID(5), Payload: map[string]any{"messageId": float64(9)}},
+		{ID: 22, ChatID: chatID(5), Payload: map[string]any{"messageId": float64(8)}},
+		{ID: 23, ChatID: chatID(6)},
+	}
+	c, m := &ent.Chat{ID: 5}, &ent.Message{ID: 9}
+	l.Viewed(events, desk.CommitView{ChatID: 5, MessageID: 9, Chat: c, Message: m})
+	l.Committed(events)
+	var calls atomic.Int32
+	fn := func() (any, error) { calls.Add(1); return eventView{}, nil }
+	for _, k := range []struct {
+		event int
+		key   liveKey
+		want  eventView
+	}{{20, liveKey{field: "view", id: 5}, eventView{chat: c}}, {21, liveKey{field: "view", id: 5, id2: 9}, eventView{chat: c, message: m}}} {
+		v, err := l.load(k.event, k.key, fn)
+		if err != nil || v != k.want {
+			t.Fatalf("event %d: %v, %v; want the commit's view %v", k.event, v, err, k.want)
+		}
+	}
+	if calls.Load() != 0 {
+		t.Fatalf("the events the view serves loaded %d times", calls.Load())
+	}
+	l.load(22, liveKey{field: "view", id: 5, id2: 8}, fn) //nolint:errcheck
+	l.load(23, liveKey{field: "view", id: 6}, fn)         //nolint:errcheck
+	if calls.Load() != 2 {
+		t.Fatalf("another message and another chat of the commit loaded %d times, want 2", calls.Load())
 	}
 }

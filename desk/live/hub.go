@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/parleydesk/parley/desk"
@@ -129,6 +130,8 @@ type Hub struct {
 	subs     map[*Stream]struct{}
 	index    map[indexKey][]*Stream
 	closed   bool
+	// count is len(subs), read without the lock (Subscribers).
+	count atomic.Int64
 }
 
 // indexKey files a subscription under what it follows (byOperator, byChat,
@@ -445,6 +448,7 @@ func (h *Hub) shutdown() {
 // addLocked registers a subscription and files it in the index (h.mu held).
 func (h *Hub) addLocked(st *Stream) {
 	h.subs[st] = struct{}{}
+	h.count.Store(int64(len(h.subs)))
 	if k, ok := st.scope.key(); ok {
 		h.index[k] = append(h.index[k], st)
 	}
@@ -460,6 +464,7 @@ func (h *Hub) removeLocked(st *Stream) bool {
 		return false
 	}
 	delete(h.subs, st)
+	h.count.Store(int64(len(h.subs)))
 	unfile := func(k indexKey) {
 		list := h.index[k]
 		if i := slices.Index(list, st); i >= 0 {
@@ -787,9 +792,6 @@ func (h *Hub) spliceLocked(st *Stream, backlog []*ent.Event, last int) bool {
 	return ok
 }
 
-// Subscribers is the number of live subscriptions.
-func (h *Hub) Subscribers() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.subs)
-}
+// Subscribers is the number of live subscriptions (without waiting for
+// the hub's lock: it is asked at every commit, see desk.WithCommitViews).
+func (h *Hub) Subscribers() int { return int(h.count.Load()) }

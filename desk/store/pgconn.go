@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -112,6 +113,29 @@ const InlineCommit = "\n/* parley: commit */"
 // The first error ends the message and aborts the transaction.
 const Then = "\n/* parley: then */\n"
 
+// AfterCommit joins a read to a statement that ends with InlineCommit: the
+// read is sent in the same message, after the COMMIT, on connections opened
+// by this package (PostgreSQL; elsewhere the query fails). It runs in a
+// transaction of its own, whose snapshot is taken after the commit: it sees
+// what the commit left (or a later state), as a read sent once the commit
+// returned would, without a round trip of its own. Its parameters number
+// from $1 and take the arguments the first statement leaves (see Then); its
+// rows are the query's next result set (rows.NextResultSet). The
+// transaction is committed once PostgreSQL answered the COMMIT, whatever the
+// read then does: an error of the read is an *AfterCommitError (from the
+// rows' Err or Close), and the transaction's Commit returns nil.
+const AfterCommit = "\n/* parley: after commit */\n"
+
+// AfterCommitError is the error of a read joined by AfterCommit: the
+// transaction before it committed.
+type AfterCommitError struct{ Err error }
+
+func (e *AfterCommitError) Error() string {
+	return "the read after the commit failed (the transaction committed): " + e.Err.Error()
+}
+
+func (e *AfterCommitError) Unwrap() error { return e.Err }
+
 // CheckNamedValue implements driver.NamedValueChecker: ent passes JSON
 // values as json.RawMessage, sent as text.
 func (c *pqConn) CheckNamedValue(nv *driver.NamedValue) error {
@@ -129,6 +153,9 @@ func (c *pqConn) CheckNamedValue(nv *driver.NamedValue) error {
 func (c *pqConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	if strings.Contains(query, Then) {
 		return c.queryChain(ctx, query, args)
+	}
+	if head, read, ok := strings.Cut(query, AfterCommit); ok {
+		return c.queryAfterCommit(ctx, head, read, args)
 	}
 	commit := c.inTx && strings.HasSuffix(query, InlineCommit)
 	if !commit && !c.begin {
@@ -221,6 +248,42 @@ func (c *pqConn) queryChain(ctx context.Context, query string, args []driver.Nam
 	rows, err := c.forwardConn.QueryContext(ctx, b.text(), nil)
 	c.sent(b, false, err)
 	return rows, err
+}
+
+// queryAfterCommit sends a statement that commits its transaction (with
+// the held writes ahead of it) and, in the same message, a read after the
+// COMMIT (AfterCommit).
+func (c *pqConn) queryAfterCommit(ctx context.Context, head, read string, args []driver.NamedValue) (driver.Rows, error) {
+	if !c.inTx || !strings.HasSuffix(head, InlineCommit) {
+		return nil, errors.New("store: AfterCommit follows a statement that ends with InlineCommit, in a transaction")
+	}
+	n, m := highestParam(head), highestParam(read)
+	if n+m != len(args) {
+		return nil, fmt.Errorf("store: the statements joined by AfterCommit take %d and %d arguments, not %d", n, m, len(args))
+	}
+	b, err := c.batch(head, args[:n], true)
+	if err != nil {
+		return nil, err
+	}
+	r, err := c.render(read, args[n:])
+	if err != nil {
+		return nil, err
+	}
+	b.setup = append(b.setup, r.setup...)
+	b.fresh = append(b.fresh, r.fresh...)
+	b.stmts = append(append(b.stmts, "COMMIT"), r.stmts...)
+	c.messages++
+	rows, err := c.forwardConn.QueryContext(ctx, b.text(), nil)
+	c.sent(b, true, err)
+	if err != nil {
+		return nil, err
+	}
+	tagged, ok := rows.(interface{ Tag() string })
+	if !ok {
+		rows.Close()
+		return nil, errNotSupported
+	}
+	return &committingRows{Rows: rows, conn: c, tag: tagged}, nil
 }
 
 // highestParam is the highest parameter ($n) a statement names.
@@ -401,6 +464,13 @@ func (c *pqConn) ResetSession(ctx context.Context) error {
 type committingRows struct {
 	driver.Rows
 	conn *pqConn
+	// tag, with a read after the commit (AfterCommit), is lib/pq's tag of
+	// the last statement that completed: "COMMIT" once the commit did.
+	tag interface{ Tag() string }
+}
+
+func (r *committingRows) Next(dest []driver.Value) error {
+	return r.afterCommit(r.Rows.Next(dest))
 }
 
 func (r *committingRows) Close() error {
@@ -408,7 +478,35 @@ func (r *committingRows) Close() error {
 	if err == nil {
 		r.conn.committed = true
 	}
-	return err
+	return r.afterCommit(err)
+}
+
+// afterCommit marks the transaction committed when the COMMIT completed
+// before err, the error of the read after it, which it wraps.
+func (r *committingRows) afterCommit(err error) error {
+	if err == nil || err == io.EOF || r.tag == nil || r.tag.Tag() != "COMMIT" {
+		return err
+	}
+	r.conn.committed = true
+	var done *AfterCommitError
+	if errors.As(err, &done) {
+		return err
+	}
+	return &AfterCommitError{Err: err}
+}
+
+// HasNextResultSet and NextResultSet move on to a read after the commit.
+func (r *committingRows) HasNextResultSet() bool {
+	n, ok := r.Rows.(driver.RowsNextResultSet)
+	return ok && n.HasNextResultSet()
+}
+
+func (r *committingRows) NextResultSet() error {
+	n, ok := r.Rows.(driver.RowsNextResultSet)
+	if !ok {
+		return io.EOF
+	}
+	return n.NextResultSet()
 }
 
 // BeginTx starts a transaction whose BEGIN goes out with its first

@@ -448,3 +448,116 @@ func TestPostgresStatementsJoinedByThenTravelTogether(t *testing.T) {
 		t.Fatalf("after the failed chain committed %q, want 1,2,3", got)
 	}
 }
+
+// afterCommit runs, in a new transaction with one held write (v, "held"),
+// the inline-commit insert of v+1 followed by read (AfterCommit, taking
+// readArgs): the inserted value, the read's first column as text, and the
+// first error.
+func (p *pipeline) afterCommit(v int, read string, readArgs ...any) (inserted int, got string, tx *sql.Tx, err error) {
+	p.t.Helper()
+	ctx := context.Background()
+	tx = p.begin()
+	p.hold(tx, "INSERT INTO T VALUES ($1, $2)", v, "held")
+	rows, err := tx.QueryContext(ctx, p.q("INSERT INTO T VALUES ($1, $2) RETURNING v")+InlineCommit+AfterCommit+p.q(read),
+		append([]any{v + 1, "committing"}, readArgs...)...)
+	if err != nil {
+		return 0, "", tx, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := rows.Scan(&inserted); err != nil {
+			return 0, "", tx, err
+		}
+	}
+	if !rows.NextResultSet() {
+		return inserted, "", tx, fmt.Errorf("no result set after the commit (%w)", rows.Err())
+	}
+	for rows.Next() {
+		if err := rows.Scan(&got); err != nil {
+			return inserted, "", tx, err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return inserted, got, tx, err
+	}
+	return inserted, got, tx, rows.Close()
+}
+
+// TestPostgresAReadAfterTheCommitTravelsWithIt: a read joined by
+// AfterCommit goes in the committing statement's message, runs outside the
+// committed transaction and sees what it committed; when the read fails,
+// the transaction is still committed and its Commit succeeds, and the error
+// says so; when the commit fails, the read's error is not mistaken for one
+// after the commit.
+func TestPostgresAReadAfterTheCommitTravelsWithIt(t *testing.T) {
+	p := newPipeline(t)
+	backend := p.backend()
+	before := p.messages()
+	ins, got, tx, err := p.afterCommit(1, "SELECT count(*)::text || ' ' || (pg_current_xact_id_if_assigned() IS NULL)::text FROM T WHERE v >= $1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ins != 2 || got != "2 true" {
+		t.Fatalf("inserted %d, read %q; want 2 and \"2 true\" (both rows, read outside the writing transaction)", ins, got)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatalf("Commit after the committing statement: %v", err)
+	}
+	if got := p.messages() - before; got != 1 {
+		t.Fatalf("BEGIN, a held write, an inline commit and a read after it took %d messages, want 1", got)
+	}
+
+	// The read fails after the commit: once its result set began (division
+	// by zero while it runs), and before (an argument its parameter's type
+	// refuses, converted by EXECUTE).
+	for i, c := range []struct {
+		v    int
+		read string
+		arg  any
+	}{{3, "SELECT (1 / $1::int)::text", 0}, {5, "SELECT v::text FROM T WHERE v = $1::int", "not a number"}} {
+		_, _, tx, err := p.afterCommit(c.v, c.read, c.arg)
+		var after *AfterCommitError
+		if !errors.As(err, &after) {
+			t.Fatalf("case %d: a read failing after the commit: %v, want an AfterCommitError", i, err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatalf("case %d: Commit after the committed statement and a failed read: %v", i, err)
+		}
+	}
+	if got := p.committed(); got != "1,2,3,4,5,6" {
+		t.Fatalf("committed %q, want 1,2,3,4,5,6 (the failed reads changed nothing)", got)
+	}
+
+	// The commit fails (a duplicate held write): nothing is committed and
+	// the error is the commit's.
+	_, _, tx, err = p.afterCommit(1, "SELECT $1::text", "x")
+	var after *AfterCommitError
+	if !isUnique(err) || errors.As(err, &after) {
+		t.Fatalf("a failed commit with a read after it: %v, want unique_violation, not an AfterCommitError", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatalf("Rollback: %v", err)
+	}
+	if got := p.committed(); got != "1,2,3,4,5,6" {
+		t.Fatalf("after the failed commit committed %q, want 1,2,3,4,5,6", got)
+	}
+
+	// Arguments that do not match the statements fail before anything is sent.
+	before = p.messages()
+	tx = p.begin()
+	if _, err := tx.QueryContext(context.Background(), p.q("INSERT INTO T VALUES ($1, $2)")+InlineCommit+AfterCommit+"SELECT $1::int", 9, "x"); err == nil {
+		t.Fatal("too few arguments for the read after the commit were accepted")
+	}
+	if _, err := tx.QueryContext(context.Background(), p.q("INSERT INTO T VALUES ($1, $2)")+AfterCommit+"SELECT 1", 9, "x"); err == nil {
+		t.Fatal("a read after a statement that does not commit was accepted")
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.messages() - before; got != 0 {
+		t.Fatalf("refused statements sent %d messages, want 0", got)
+	}
+	if got := p.backend(); got != backend {
+		t.Fatalf("the connection was replaced (backend %d, then %d)", backend, got)
+	}
+}

@@ -101,6 +101,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 	}
 	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect),
 		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention, MetaAppID: cfg.MetaAppID}),
+		desk.WithCommitViews(func() bool { return hub.Subscribers() > 0 }, loads.Viewed),
 		desk.WithEventSink(func(events []*ent.Event) { loads.Committed(events); hub.Committed(events) }),
 		desk.WithFiles(store), desk.WithAdapters(adapters(cfg)...)}, o.desk...)
 	a := &App{Config: cfg, Log: log, DB: db, Desk: desk.New(db.Client, deskOpts...), stopLive: stopLive,
