@@ -627,8 +627,8 @@ func (r *runner) panelLatency(ctx context.Context, e *env) error {
 			target, verdict = "p99 ≤ "+ms(p.target), r.rep.verdict(got.receipts.pct(99) <= p.target && got.got == got.expected)
 		}
 		r.rep.add(row{DB: label, Figure: "Webhook → panel " + p.name + ": p50 / p99",
-			Value: p50p99(got.receipts) + fmt.Sprintf(" (%d operators per chat; %s; ack p50 / p99 %s; after the ack %s, new chats' offers %s)",
-				ls.k, delivered(got), p50p99(res.ack), p50p99(got.afterAck), p50p99(got.afterAckNew)),
+			Value: p50p99(got.receipts) + fmt.Sprintf(" (%d operators per chat; %s; ack p50 / p99 %s, new contacts' %s; after the ack %s, new chats' offers %s)",
+				ls.k, delivered(got), p50p99(res.ack), p50p99(res.ackNew), p50p99(got.afterAck), p50p99(got.afterAckNew)),
 			Limit: p50p99(p.bare) + " bare commit", Ratio: ratio(float64(got.receipts.pct(99)), float64(p.bare.pct(99))),
 			Target: target, Result: verdict})
 		r.rep.add(row{DB: label, Figure: "Webhook → panel " + p.name + ": CPU per message (delivered to every panel)", Value: cpu})

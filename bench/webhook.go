@@ -193,7 +193,10 @@ type phaseResult struct {
 	failed  int
 	elapsed time.Duration
 	ack     samples
-	errs    map[string]int
+	// ackNew are the acknowledgements of new contacts' messages (their
+	// chat is created and routed in the webhook's transaction).
+	ackNew samples
+	errs   map[string]int
 }
 
 func (r phaseResult) rate() float64 {
@@ -255,7 +258,7 @@ func drive(ctx context.Context, client *http.Client, t *traffic, spec loadSpec, 
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))
-			var lat samples
+			var lat, latNew samples
 			acked, failed := 0, 0
 			errs := map[string]int{}
 			for ctx.Err() == nil {
@@ -292,6 +295,9 @@ func drive(ctx context.Context, client *http.Client, t *traffic, spec loadSpec, 
 				if ok {
 					acked++
 					lat = append(lat, el)
+					if d.isNew {
+						latNew = append(latNew, el)
+					}
 					t.acked(d)
 					last.Store(int64(time.Since(start)))
 				} else {
@@ -305,6 +311,7 @@ func drive(ctx context.Context, client *http.Client, t *traffic, spec loadSpec, 
 			res.acked += acked
 			res.failed += failed
 			res.ack = append(res.ack, lat...)
+			res.ackNew = append(res.ackNew, latNew...)
 			for k, v := range errs {
 				res.errs[k] += v
 			}
