@@ -118,11 +118,12 @@ func WithEventSink(fn func(events []*ent.Event)) Option { return func(d *Desk) {
 
 // WithCommitViews makes a commit whose events name one chat (and at most
 // one message of it) read what they name, as EventView does, in the
-// commit's own round trip (PostgreSQL: a read sent after the COMMIT, so it
-// sees what the commit left, or a later state), while want reports true
-// (someone may render the events); fn is given the events and the view
-// before the event sink (WithEventSink) is told of them. A view that could
-// not be read is logged and not given: the events are reported all the same.
+// commit's own round trip, while want reports true (someone may render the
+// events): on PostgreSQL a read sent after the COMMIT in the commit's
+// message (store.AfterCommit), so it sees what the commit left, or a later
+// state; SQLite reads none. fn is given the events and the view before the
+// event sink (WithEventSink) is told of them. A view that could not be read
+// is logged and not given: the events are reported all the same.
 func WithCommitViews(want func() bool, fn func(events []*ent.Event, v CommitView)) Option {
 	return func(d *Desk) { d.views = commitViews{want: want, fn: fn} }
 }
