@@ -83,6 +83,8 @@ type Desk struct {
 	onEvents func(events []*ent.Event)
 	// views: see WithCommitViews.
 	views commitViews
+	// senders are the senders this process has seen (PostgreSQL look-ups).
+	senders knownSenders
 	// adapters are the provider clients, by provider.
 	adapters map[enum.Provider]channels.Adapter
 	// files keeps inbound media, contact photos and uploads.

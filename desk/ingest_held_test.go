@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,7 +16,9 @@ import (
 	"github.com/parleydesk/parley/desk/desktest"
 	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
+	"github.com/parleydesk/parley/ent/chat"
 	"github.com/parleydesk/parley/ent/chatoffer"
+	"github.com/parleydesk/parley/ent/contact"
 	"github.com/parleydesk/parley/ent/contactidentity"
 	"github.com/parleydesk/parley/ent/message"
 	"github.com/parleydesk/parley/ent/schema/enum"
@@ -341,4 +344,96 @@ func TestR2_ACustomersMessageRefreshesTheirIdentity(t *testing.T) {
 	// A message without a name or username keeps them.
 	deliver(channels.Update{Kind: channels.UpdateMessage, Sender: channels.Identity{}})
 	want("Ann Lee", "annlee", false, 0)
+}
+
+// R2 (PostgreSQL): a sender this process has seen is looked up without the
+// inserts that create a new one (a second statement shape, PostgreSQL
+// running a statement's inserting CTEs even when they insert nothing), over
+// the webhook's path (the message's id drawn) and the API's; a sender it
+// remembers who is no longer there (their identity removed behind its
+// back) is looked up again in full and created afresh.
+func TestR2_AKnownSenderIsLookedUpWithoutTheInsertsOfANewOne(t *testing.T) {
+	var mu sync.Mutex
+	var lookups []string
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, statement string) {
+		if strings.Contains(statement, "WITH f AS") {
+			mu.Lock()
+			lookups = append(lookups, statement)
+			mu.Unlock()
+		}
+	})
+	if !db.Postgres() {
+		t.Skip("PostgreSQL only: SQLite's look-up inserts nothing")
+	}
+	w := desktest.NewOn(t, db, desktest.NewClock())
+	ctx := context.Background()
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
+	tgc := w.Channel(q, enum.ProviderTelegram)
+	ch, err := w.Desk.WebhookChannel(ctx, tgc.ID, enum.ProviderTelegram)
+	w.Must(err)
+	n := 0
+	deliver := func(who string) *desk.DeliveryResult {
+		t.Helper()
+		n++
+		res, err := w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: fmt.Sprintf("known-%d", n), Updates: []channels.Update{{
+			Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: who, Name: "Kim"},
+			MessageID: fmt.Sprintf("%s:%d", who, n), MessageKind: string(enum.KindText), Text: "hello"}}}, []byte(`{}`))
+		w.Must(err)
+		return res
+	}
+	// shapes says, for each look-up sent since the last call, whether it
+	// could insert a new sender ("full") or not ("known").
+	shapes := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for _, s := range lookups {
+			if strings.Contains(s, "INSERT INTO contacts") {
+				out = append(out, "full")
+			} else {
+				out = append(out, "known")
+			}
+		}
+		lookups = nil
+		return strings.Join(out, ",")
+	}
+	messages := func(who string) int {
+		t.Helper()
+		n, err := w.Client().Message.Query().Where(message.HasChatWith(chat.HasContactWith(contact.HasIdentitiesWith(
+			contactidentity.ExternalID(who))))).Count(ctx)
+		w.Must(err)
+		return n
+	}
+	deliver("k1")
+	if got := shapes(); got != "full" {
+		t.Fatalf("a first message's look-ups: %s, want full", got)
+	}
+	deliver("k1")
+	w.Inbound(tgc, "k1", "and through the API")
+	if got := shapes(); got != "known,known" {
+		t.Fatalf("the next messages' look-ups: %s, want known,known", got)
+	}
+	if got := messages("k1"); got != 3 {
+		t.Fatalf("the sender has %d messages, want 3", got)
+	}
+	first, err := w.Client().ContactIdentity.Query().Where(contactidentity.ExternalID("k1")).Only(ctx)
+	w.Must(err)
+
+	// The identity goes: the look-up finds nobody and looks again in full.
+	_, err = w.Client().ContactIdentity.Delete().Where(contactidentity.ExternalID("k1")).Exec(ctx)
+	w.Must(err)
+	deliver("k1")
+	if got := shapes(); got != "known,full" {
+		t.Fatalf("a removed sender's look-ups: %s, want known,full", got)
+	}
+	again, err := w.Client().ContactIdentity.Query().Where(contactidentity.ExternalID("k1")).Only(ctx)
+	w.Must(err)
+	if again.ContactID == first.ContactID || messages("k1") != 1 {
+		t.Fatalf("the removed sender's message went to contact %d (the old one: %d) with %d messages; want a new contact with 1",
+			again.ContactID, first.ContactID, messages("k1"))
+	}
+	deliver("k1")
+	if got := shapes(); got != "known" {
+		t.Fatalf("the re-created sender's next look-up: %s, want known", got)
+	}
 }
