@@ -694,14 +694,14 @@ func (d *Desk) senderPG(ctx context.Context, tx *ent.Tx, ch *ent.Channel, in Inb
 	query := senderStatements[b2i(draw)][b2i(in.lean)]
 	rows, err := d.senderRows(ctx, tx, key, knownSenderStatements[b2i(draw)], args[:5])
 	if err == nil && rows == nil {
-		rows, err = tx.QueryContext(ctx, query, args...)
-		if err == nil && rows.Next() {
-			d.senders.set(key, true)
-		} else if err == nil {
-			rows.Close()
+		if rows, err = tx.QueryContext(ctx, query, args...); err == nil && !rows.Next() {
 			if err = rows.Err(); err == nil {
 				err = errors.New("ingest: the sender's look-up returned no row")
 			}
+			rows.Close()
+		}
+		if err == nil {
+			d.senders.set(key, true) // found or created (a hint: the transaction may yet fail)
 		}
 	}
 	if err != nil {
