@@ -302,10 +302,7 @@ func TestR2_ACustomersMessageRefreshesTheirIdentity(t *testing.T) {
 	})
 	w := desktest.NewOn(t, db, desktest.NewClock())
 	ctx := context.Background()
-	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
-	tgc := w.Channel(q, enum.ProviderTelegram)
-	ch, err := w.Desk.WebhookChannel(ctx, tgc.ID, enum.ProviderTelegram)
-	w.Must(err)
+	_, ch := w.WebhookChannel(w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)}), enum.ProviderTelegram)
 	n := 0
 	deliver := func(u channels.Update) {
 		t.Helper()
@@ -367,10 +364,7 @@ func TestR2_AKnownSenderIsLookedUpWithoutTheInsertsOfANewOne(t *testing.T) {
 	}
 	w := desktest.NewOn(t, db, desktest.NewClock())
 	ctx := context.Background()
-	q := w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)})
-	tgc := w.Channel(q, enum.ProviderTelegram)
-	ch, err := w.Desk.WebhookChannel(ctx, tgc.ID, enum.ProviderTelegram)
-	w.Must(err)
+	tgc, ch := w.WebhookChannel(w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)}), enum.ProviderTelegram)
 	n := 0
 	deliver := func(who string) *desk.DeliveryResult {
 		t.Helper()

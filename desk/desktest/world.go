@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/desk/store/storetest"
@@ -138,6 +139,18 @@ func (w *World) Channel(q *ent.Queue, p enum.Provider) *ent.Channel {
 		w.T.Fatalf("create channel: %v", err)
 	}
 	return ch
+}
+
+// WebhookChannel creates an active channel of the provider in the queue and
+// returns it with what the webhook handler passes the desk for it.
+func (w *World) WebhookChannel(q *ent.Queue, p enum.Provider) (*ent.Channel, channels.Channel) {
+	w.T.Helper()
+	ch := w.Channel(q, p)
+	wc, err := w.Desk.WebhookChannel(context.Background(), ch.ID, p)
+	if err != nil {
+		w.T.Fatalf("webhook channel: %v", err)
+	}
+	return ch, wc
 }
 
 // Inbound delivers a customer message from the identity on the channel.
