@@ -630,6 +630,21 @@ type CommitView struct {
 	Message           *ent.Message
 }
 
+// EventNames is what a live event names, its view's key (EventView): its
+// chat (0: none) and the message of its payload's messageId (0: none).
+func EventNames(e *ent.Event) (chatID, messageID int) {
+	c := 0
+	if e.ChatID != nil {
+		c = *e.ChatID
+	}
+	return viewOf(c, e.Payload)
+}
+
+// viewOf is EventNames of an event's chat and payload.
+func viewOf(chatID int, payload map[string]any) (int, int) {
+	return chatID, PayloadInt(payload, "messageId")
+}
+
 // commitViews is the desk's WithCommitViews setting.
 type commitViews struct {
 	want func() bool
@@ -645,18 +660,19 @@ func (v commitViews) of(events []event) *CommitView {
 	}
 	var view CommitView
 	for _, e := range events {
-		if e.ChatID == 0 {
+		chatID, messageID := viewOf(e.ChatID, e.Payload)
+		if chatID == 0 {
 			continue
 		}
-		if view.ChatID != 0 && view.ChatID != e.ChatID {
+		if view.ChatID != 0 && view.ChatID != chatID {
 			return nil
 		}
-		view.ChatID = e.ChatID
-		if m := PayloadInt(e.Payload, "messageId"); m != 0 {
-			if view.MessageID != 0 && view.MessageID != m {
+		view.ChatID = chatID
+		if messageID != 0 {
+			if view.MessageID != 0 && view.MessageID != messageID {
 				return nil
 			}
-			view.MessageID = m
+			view.MessageID = messageID
 		}
 	}
 	if view.ChatID == 0 {

@@ -366,14 +366,13 @@ func TestR2_AKnownSenderIsLookedUpWithoutTheInsertsOfANewOne(t *testing.T) {
 	ctx := context.Background()
 	tgc, ch := w.WebhookChannel(w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active)}), enum.ProviderTelegram)
 	n := 0
-	deliver := func(who string) *desk.DeliveryResult {
+	deliver := func(who string) {
 		t.Helper()
 		n++
-		res, err := w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: fmt.Sprintf("known-%d", n), Updates: []channels.Update{{
+		_, err := w.Desk.ApplyDelivery(ctx, ch, channels.Delivery{Key: fmt.Sprintf("known-%d", n), Updates: []channels.Update{{
 			Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: who, Name: "Kim"},
 			MessageID: fmt.Sprintf("%s:%d", who, n), MessageKind: string(enum.KindText), Text: "hello"}}}, []byte(`{}`))
 		w.Must(err)
-		return res
 	}
 	// shapes says, for each look-up sent since the last call, whether it
 	// could insert a new sender ("full") or not ("known").

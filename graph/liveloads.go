@@ -82,8 +82,8 @@ func (l *LiveLoads) Viewed(events []*ent.Event, v desk.CommitView) {
 	defer l.mu.Unlock()
 	l.sweepLocked(now)
 	for _, e := range events {
-		messageID := desk.PayloadInt(e.Payload, "messageId")
-		if e.ChatID == nil || *e.ChatID != v.ChatID || messageID != 0 && messageID != v.MessageID {
+		chatID, messageID := desk.EventNames(e)
+		if chatID != v.ChatID || messageID != 0 && messageID != v.MessageID {
 			continue
 		}
 		// The key load gives the event once Committed filed its commit.
@@ -149,10 +149,7 @@ type eventView struct {
 // view loads the chat and message of a live event, once for the
 // subscribers of its commit (or of the event).
 func (r *Resolver) view(ctx context.Context, e *ent.Event) (eventView, error) {
-	chatID, messageID := 0, desk.PayloadInt(e.Payload, "messageId")
-	if e.ChatID != nil {
-		chatID = *e.ChatID
-	}
+	chatID, messageID := desk.EventNames(e)
 	v, err := r.live.load(e.ID, liveKey{field: "view", id: chatID, id2: messageID}, func() (any, error) {
 		// The context of the first subscriber may end while the others
 		// wait for its load: it must not cancel theirs.
@@ -176,7 +173,7 @@ func (r *Resolver) eventChat(ctx context.Context, e *ent.Event) (*ent.Chat, erro
 
 // eventMessage is the message of a live event (payload messageId).
 func (r *Resolver) eventMessage(ctx context.Context, e *ent.Event) (*ent.Message, error) {
-	if desk.PayloadInt(e.Payload, "messageId") == 0 {
+	if _, messageID := desk.EventNames(e); messageID == 0 {
 		return nil, nil
 	}
 	v, err := r.view(ctx, e)
