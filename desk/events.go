@@ -282,11 +282,17 @@ func nonZero(v int) *int {
 }
 
 // EventsChannel is the PostgreSQL notification channel of committed events:
-// the transaction that appends events notifies it with the last id and the
-// committing instance ("<id> <instance>", see Desk.Instance), which
-// PostgreSQL delivers to every listener at commit. It is silent while no
+// the transaction that appends events notifies it with the last id, the
+// committing instance and its scope ("<id> <instance> <scope>", see
+// Desk.Instance and EventsScope), which PostgreSQL delivers to every
+// listener of the database at commit, installations in other schemas
+// included: their listeners skip it by its scope. It is silent while no
 // other instance listens (Desk.SetPeers).
 const EventsChannel = "parley_events"
+
+// EventsScope is the SQL expression of the scope an installation's
+// notifications and listeners carry: a hash of its schema.
+const EventsScope = "to_hex(hashtext('parley.listener:' || current_schema()))"
 
 // eventsInsert appends the events of a transaction ($1, a JSON array of
 // eventRow; $2 their time) and returns their ids; eventsInsertNotify also
@@ -296,7 +302,8 @@ var eventsInsert, eventsInsertNotify = eventsStatement(false), eventsStatement(t
 func eventsStatement(notify bool) string {
 	n := `, n AS (SELECT 1)`
 	if notify {
-		n = fmt.Sprintf(`, n AS (SELECT pg_notify('%s', (SELECT max(%s) FROM ins)::text || ' ' || $3))`, EventsChannel, entevent.FieldID)
+		n = fmt.Sprintf(`, n AS (SELECT pg_notify('%s', (SELECT max(%s) FROM ins)::text || ' ' || $3 || ' ' || %s))`,
+			EventsChannel, entevent.FieldID, EventsScope)
 	}
 	return fmt.Sprintf(`WITH ins AS (
   INSERT INTO %[1]s (%[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)

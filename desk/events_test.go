@@ -96,7 +96,7 @@ func TestEvents_PrunedAfterTheRetentionWindow(t *testing.T) {
 }
 
 // TestEvents_NoNotificationWhileNoOtherInstanceListens: a commit notifies
-// EventsChannel with its last id and instance, except while the desk is told
+// EventsChannel with its last id, instance and scope, except while the desk is told
 // that no other instance listens. Notifications arrive in commit order, so
 // the first one received being the second commit's shows that the first
 // commit sent none.
@@ -111,6 +111,8 @@ func TestEvents_NoNotificationWhileNoOtherInstanceListens(t *testing.T) {
 	t.Cleanup(func() { l.Close() })
 	w.Must(l.Listen(desk.EventsChannel))
 
+	var scope string
+	w.Must(w.DB.SQL.QueryRowContext(context.Background(), "SELECT "+desk.EventsScope).Scan(&scope))
 	w.Desk.SetPeers(false)
 	w.Inbound(ch, "quiet", "hi")
 	quiet, err := w.Desk.LastEventID(context.Background())
@@ -128,10 +130,10 @@ func TestEvents_NoNotificationWhileNoOtherInstanceListens(t *testing.T) {
 	for {
 		select {
 		case n := <-l.Notify:
-			if n == nil || !strings.HasSuffix(n.Extra, " "+w.Desk.Instance()) {
+			if n == nil || !strings.Contains(n.Extra, " "+w.Desk.Instance()+" ") {
 				continue
 			}
-			if want := fmt.Sprintf("%d %s", heard, w.Desk.Instance()); n.Extra != want {
+			if want := fmt.Sprintf("%d %s %s", heard, w.Desk.Instance(), scope); n.Extra != want {
 				t.Fatalf("first notification %q, want %q (the second commit's)", n.Extra, want)
 			}
 			return

@@ -54,7 +54,7 @@ const hello = "hello"
 // reads by cursor, so nothing is missed).
 func Listen(ctx context.Context, dsn string, db *sql.DB, h *Hub, d Peers, log *slog.Logger) error {
 	var scope string
-	if err := db.QueryRowContext(ctx, `SELECT to_hex(hashtext('parley.listener:' || current_schema()))`).Scan(&scope); err != nil {
+	if err := db.QueryRowContext(ctx, `SELECT `+desk.EventsScope).Scan(&scope); err != nil {
 		return err
 	}
 	self := d.Instance()
@@ -103,7 +103,7 @@ func Listen(ctx context.Context, dsn string, db *sql.DB, h *Hub, d Peers, log *s
 					if p.hello(n.Extra) {
 						d.SetPeers(true)
 					}
-				case needsRead(n.Extra, self, h.Cursor):
+				case needsRead(n.Extra, self, scope, h.Cursor):
 					h.Wake()
 				}
 			case <-peers.C:
@@ -164,15 +164,19 @@ func (p *peerWatch) hello(extra string) bool {
 	return len(f) == 3 && f[0] == hello && f[1] == p.scope && f[2] != p.d.Instance()
 }
 
-// needsRead reports whether a notification ("<id> <instance>") calls for a
-// read of the event log. This instance's own commits report their events to
-// the hub directly (Hub.Committed): reading them back would cost a query
-// for nothing, and its notification usually arrives first. An id the pump
-// has passed (a notification overtaken by a poll) needs no read either.
-// Anything else, unreadable payloads included, does.
-func needsRead(extra, self string, cursor func() int) bool {
-	idText, instance, _ := strings.Cut(extra, " ")
-	if instance != "" && instance == self {
+// needsRead reports whether a notification ("<id> <instance> <scope>";
+// earlier versions send no scope) calls for a read of the event log. This
+// instance's own commits report their events to the hub directly
+// (Hub.Committed): reading them back would cost a query for nothing, and
+// its notification usually arrives first. Another scope's (an installation
+// in another schema of the database) are not of this log, and a read woken
+// by them would only race this instance's own commits to their hub. An id
+// the pump has passed (a notification overtaken by a poll) needs no read
+// either. Anything else, unreadable payloads included, does.
+func needsRead(extra, self, scope string, cursor func() int) bool {
+	idText, rest, _ := strings.Cut(extra, " ")
+	instance, from, scoped := strings.Cut(rest, " ")
+	if instance != "" && instance == self || scoped && from != scope {
 		return false
 	}
 	id, err := strconv.Atoi(idText)

@@ -13,9 +13,10 @@ import (
 )
 
 // TestListener_ReadsTheLogForOtherInstancesOnly: a notification of this
-// instance's own commit (reported to the hub directly) or of an id the pump
-// has passed wakes no read of the log; another instance's, an older
-// instance's payload without a name, and an unreadable one do.
+// instance's own commit (reported to the hub directly), of another scope's
+// (an installation in another schema) or of an id the pump has passed wakes
+// no read of the log; another instance's of the scope, an older instance's
+// payload without a scope or a name, and an unreadable one do.
 func TestListener_ReadsTheLogForOtherInstancesOnly(t *testing.T) {
 	cursor := func() int { return 10 }
 	for _, c := range []struct {
@@ -30,8 +31,13 @@ func TestListener_ReadsTheLogForOtherInstancesOnly(t *testing.T) {
 		{"garbage", true},
 		{"", true},
 		{"x self", false},
+		{"11 self s1", false},
+		{"11 other s1", true},
+		{"10 other s1", false},
+		{"11 other s2", false},
+		{"11 self s2", false},
 	} {
-		if got := needsRead(c.extra, "self", cursor); got != c.want {
+		if got := needsRead(c.extra, "self", "s1", cursor); got != c.want {
 			t.Errorf("needsRead(%q) = %v, want %v", c.extra, got, c.want)
 		}
 	}
