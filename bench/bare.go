@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"database/sql"
+	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +20,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/parleydesk/parley/desk/store"
 )
 
 // The machine's bare websocket limit: a child process (this program
@@ -24,8 +29,19 @@ import (
 // reading goroutine each, and writes a frame to one of them on request. Its
 // memory per connection and its push latency are what a subscription would
 // cost with no GraphQL, no authentication and no event log.
+//
+// Given a database (bareDBEnv), it is also the bare pipeline the webhook →
+// panel figures stand beside: POST /hook decodes a Telegram-shaped update,
+// stores its text in one transaction (BEGIN, INSERT, COMMIT, as the bare
+// insert+commit does) and writes a panel-shaped frame to every connection
+// before it answers: what a webhook reaching live panels costs on this
+// machine with no routing, no event log, no GraphQL and no authentication.
 
-const bareEnv = "PARLEY_BENCH_BARE_WS"
+const (
+	bareEnv = "PARLEY_BENCH_BARE_WS"
+	// bareDBEnv is "<driver> <data source>" (postgres or sqlite).
+	bareDBEnv = "PARLEY_BENCH_BARE_DB"
+)
 
 // runBareServer is the child's main.
 func runBareServer() {
@@ -55,6 +71,53 @@ func runBareServer() {
 		delete(conns, i)
 		mu.Unlock()
 	})
+	if spec := os.Getenv(bareDBEnv); spec != "" {
+		db, err := openBareDB(spec)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		mux.HandleFunc("POST /hook", func(w http.ResponseWriter, r *http.Request) {
+			var u struct {
+				UpdateID int64 `json:"update_id"`
+				Message  struct {
+					Text string `json:"text"`
+				} `json:"message"`
+			}
+			if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&u); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			tx, err := db.BeginTx(r.Context(), nil)
+			if err == nil {
+				if _, err = tx.ExecContext(r.Context(), db.insert, u.UpdateID, u.Message.Text); err != nil {
+					_ = tx.Rollback()
+				} else {
+					err = tx.Commit()
+				}
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			frame, _ := json.Marshal(map[string]any{"type": "next", "id": "1", "payload": map[string]any{"data": map[string]any{
+				"panel": map[string]any{"id": strconv.FormatInt(u.UpdateID, 10), "type": "MESSAGE_ADDED",
+					"message": map[string]any{"text": u.Message.Text}}}}})
+			mu.Lock()
+			all := make([]*websocket.Conn, 0, len(conns))
+			for _, c := range conns {
+				all = append(all, c)
+			}
+			mu.Unlock()
+			for _, c := range all {
+				if err := c.Write(r.Context(), websocket.MessageText, frame); err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+			}
+			w.WriteHeader(http.StatusOK)
+		})
+	}
 	mux.HandleFunc("POST /push", func(w http.ResponseWriter, r *http.Request) {
 		i, _ := strconv.Atoi(r.URL.Query().Get("i"))
 		body, _ := io.ReadAll(r.Body)
@@ -80,6 +143,30 @@ func runBareServer() {
 	_ = http.Serve(ln, mux)
 }
 
+// bareDB is the bare pipeline's database, with its statement.
+type bareDB struct {
+	*sql.DB
+	insert string
+}
+
+// openBareDB opens the database of a bareDBEnv spec and creates the table
+// the bare insert+commit writes (the same columns and index).
+func openBareDB(spec string) (*bareDB, error) {
+	kind, dsn, _ := strings.Cut(spec, " ")
+	db, err := sql.Open(kind, dsn)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(32)
+	ins, err := createInsertTable(context.Background(), db, kind, "bench_pipeline")
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &bareDB{DB: db, insert: ins}, nil
+}
+
 // bareServer is the running child.
 type bareServer struct {
 	cmd   *exec.Cmd
@@ -87,13 +174,13 @@ type bareServer struct {
 	base  string
 }
 
-func startBareServer() (*bareServer, error) {
+func startBareServer(extraEnv ...string) (*bareServer, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), bareEnv+"=1")
+	cmd.Env = append(append(os.Environ(), bareEnv+"=1"), extraEnv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -197,4 +284,96 @@ func closeBare(cs []*bareConn) {
 			<-c.done
 		}
 	}
+}
+
+// pipeSource sends Telegram-shaped updates, each from a contact of its own,
+// to the bare pipeline.
+type pipeSource struct{ base string }
+
+func (p pipeSource) next(*rand.Rand) delivery {
+	seq := msgSeq.Add(1)
+	c := contactRef{n: contactSeq.Add(1)}
+	req, _ := http.NewRequest(http.MethodPost, p.base+"/hook", strings.NewReader(telegramUpdate(c, seq)))
+	req.Header.Set("Content-Type", "application/json")
+	return delivery{seq: seq, contact: c, req: req}
+}
+
+func (pipeSource) acked(delivery) {}
+
+// pipeLimit is the bare pipeline's webhook → panel latency at c=1 and at
+// c=8 at the rate of the webhook → panel scenario's c=8 phase.
+type pipeLimit struct {
+	c1, c8 samples
+}
+
+// barePipeline measures the bare pipeline on a database of e's kind of its
+// own, with k panel connections, at c=1 and (when rate8 > 0) at c=8 paced
+// at rate8, each for half the phase duration, and reports it.
+func (r *runner) barePipeline(ctx context.Context, e *env, rate8 float64) (pipeLimit, error) {
+	var lim pipeLimit
+	var d *database
+	var spec string
+	if e.kind == dbPostgres {
+		var err error
+		if d, err = newPostgres(ctx, r.opt.pgURL, "pipe"); err != nil {
+			return lim, err
+		}
+		spec = "postgres " + d.url
+	} else {
+		d = newSQLite(r.tmp, "pipeline")
+		spec = "sqlite " + store.SQLiteDSN(d.sqlitePath)
+	}
+	if !r.opt.keep {
+		defer d.drop()
+	}
+	bare, err := startBareServer(bareDBEnv + "=" + spec)
+	if err != nil {
+		return lim, err
+	}
+	defer bare.stop()
+	trk := newTracker()
+	conns, err := connectBare(ctx, bare.base, 0, r.opt.operators, r.opt.operators, func(at time.Time, b []byte) {
+		var m wsMessage
+		var p nextPayload
+		if json.Unmarshal(b, &m) == nil && m.Type == "next" && json.Unmarshal(m.Payload, &p) == nil && p.Data.Panel != nil {
+			trk.receive(at, p.Data.Panel)
+		}
+	})
+	if err != nil {
+		return lim, err
+	}
+	defer closeBare(conns)
+	label := dbLabel(e.kind)
+	phases := []struct {
+		name string
+		spec loadSpec
+		out  *samples
+	}{
+		{"warm-up", loadSpec{conc: 1, dur: 10 * time.Second, maxN: 30}, nil},
+		{"c=1", loadSpec{conc: 1, dur: r.opt.duration / 2}, &lim.c1},
+	}
+	if rate8 > 0 {
+		phases = append(phases, struct {
+			name string
+			spec loadSpec
+			out  *samples
+		}{fmt.Sprintf("c=8 at %s/s", num(rate8)), loadSpec{conc: 8, rate: rate8, dur: r.opt.duration / 2}, &lim.c8})
+	}
+	for _, p := range phases {
+		ph := &deliveryPhase{}
+		res := drive(ctx, e.web, pipeSource{base: bare.base}, p.spec, trackHooks(trk, r.opt.operators, ph))
+		got := trk.wait(ph, 10*time.Second)
+		if res.acked == 0 || got.got < got.expected {
+			return lim, fmt.Errorf("bare pipeline %s: %d acknowledged, %d of %d frames received (%s)", p.name, res.acked, got.got, got.expected, res.errSummary())
+		}
+		if p.out == nil {
+			continue
+		}
+		*p.out = got.receipts
+		r.rep.add(row{DB: label, Figure: "Bare pipeline " + p.name + ": webhook → panel p50 / p99",
+			Value: p50p99(got.receipts) + fmt.Sprintf(" (decode, BEGIN/INSERT/COMMIT, a frame to each of %d websockets; ack p50 / p99 %s; %s)",
+				r.opt.operators, p50p99(res.ack), delivered(got)),
+			Limit: "(the limit)"})
+	}
+	return lim, nil
 }

@@ -196,7 +196,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	r := &runner{opt: o, rep: &report{quick: o.quick}, tmp: tmp, base: map[string]map[int]baseStat{},
-		capacity: map[string]float64{}}
+		capacity: map[string]float64{}, pipe: map[string]pipeLimit{}}
 	defer func() {
 		if o.keep {
 			logf("kept %s", tmp)

@@ -53,14 +53,18 @@ const messageText = " Hello! Where is my order #A-1042? It was due yesterday."
 func tokenOf(seq int64) string { return fmt.Sprintf("m%s-%d", runTag, seq) }
 
 func (s *benchSet) telegramRequest(base string, c contactRef, seq int64) *http.Request {
-	chatID := 7_000_000_000 + c.n
-	body := fmt.Sprintf(`{"update_id":%d,"message":{"message_id":%d,"from":{"id":%d,"is_bot":false,"first_name":%q,"language_code":"en"},`+
-		`"chat":{"id":%d,"first_name":%q,"type":"private"},"date":%d,"text":%q}}`,
-		seq, seq, chatID, c.name(), chatID, c.name(), time.Now().Unix(), tokenOf(seq)+messageText)
-	req, _ := http.NewRequest(http.MethodPost, base+"/webhooks/telegram/"+s.TG.ID, strings.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, base+"/webhooks/telegram/"+s.TG.ID, strings.NewReader(telegramUpdate(c, seq)))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Telegram-Bot-Api-Secret-Token", s.TG.Secret)
 	return req
+}
+
+// telegramUpdate is the body of a Telegram webhook: c's message of seq.
+func telegramUpdate(c contactRef, seq int64) string {
+	chatID := 7_000_000_000 + c.n
+	return fmt.Sprintf(`{"update_id":%d,"message":{"message_id":%d,"from":{"id":%d,"is_bot":false,"first_name":%q,"language_code":"en"},`+
+		`"chat":{"id":%d,"first_name":%q,"type":"private"},"date":%d,"text":%q}}`,
+		seq, seq, chatID, c.name(), chatID, c.name(), time.Now().Unix(), tokenOf(seq)+messageText)
 }
 
 func (s *benchSet) whatsappRequest(base string, c contactRef, seq int64) *http.Request {
@@ -176,6 +180,13 @@ func (t *traffic) acked(d delivery) {
 	}
 }
 
+// source makes the deliveries of a phase and learns which were
+// acknowledged.
+type source interface {
+	next(rng *rand.Rand) delivery
+	acked(d delivery)
+}
+
 // loadSpec says how to drive a phase.
 type loadSpec struct {
 	conc int
@@ -215,7 +226,7 @@ type hooks struct {
 
 // drive sends deliveries of t according to spec. Every loop is bounded by
 // the duration and by maxN.
-func drive(ctx context.Context, client *http.Client, t *traffic, spec loadSpec, h hooks) phaseResult {
+func drive(ctx context.Context, client *http.Client, t source, spec loadSpec, h hooks) phaseResult {
 	if spec.maxN <= 0 {
 		spec.maxN = 1_000_000
 	}

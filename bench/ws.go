@@ -37,6 +37,14 @@ type liveEvent struct {
 	} `json:"message"`
 }
 
+// nextPayload is the payload of a panel subscription's next message.
+type nextPayload struct {
+	Data struct {
+		Panel *liveEvent `json:"panel"`
+	} `json:"data"`
+	Errors []gqlError `json:"errors"`
+}
+
 // subscription is one websocket with one panel subscription.
 type subscription struct {
 	conn   *websocket.Conn
@@ -119,12 +127,7 @@ func subscribePanel(ctx context.Context, base, token string, st *subStats, sink 
 				_ = write(wctx, map[string]any{"type": "pong"})
 				c()
 			case "next":
-				var p struct {
-					Data struct {
-						Panel *liveEvent `json:"panel"`
-					} `json:"data"`
-					Errors []gqlError `json:"errors"`
-				}
+				var p nextPayload
 				if json.Unmarshal(m.Payload, &p) != nil {
 					continue
 				}
