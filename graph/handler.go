@@ -46,8 +46,10 @@ type Options struct {
 	// Origins are the browser origins allowed to open a websocket (the CORS
 	// allow-list); clients that send no Origin (servers, tests) are allowed.
 	Origins []string
-	// PingInterval is how often the server pings websocket clients; one that
-	// does not answer within two intervals is dropped (default 15s).
+	// PingInterval is how often the server pings websocket clients (give or
+	// take 10%, the first ping after half an interval to one, so that
+	// clients connected together are not pinged together); one that does
+	// not answer within two intervals is dropped (default 15s).
 	PingInterval time.Duration
 	// InitTimeout is how long a websocket may stay without connection_init
 	// (default 10s).

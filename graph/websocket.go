@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -283,7 +284,7 @@ func (c *wsConn) serve() {
 	}
 	c.mu.Lock()
 	if !c.closed {
-		c.pinger = time.AfterFunc(c.t.ping, c.tick)
+		c.pinger = time.AfterFunc(c.t.pingDelay(true), c.tick)
 	}
 	c.mu.Unlock()
 	for {
@@ -378,9 +379,9 @@ func (t *wsTransport) authenticate(ctx context.Context, payload map[string]any) 
 	return desk.WithActor(ctx, a), nil
 }
 
-// tick pings the client every PingInterval. graphql-transport-ws clients
-// answer the protocol's ping with pong; one that has sent nothing through
-// two pings is dropped. The legacy protocol has no ping: its clients get
+// tick pings the client about every PingInterval (pingDelay).
+// graphql-transport-ws clients answer the protocol's ping with pong; one
+// that has sent nothing through two pings is dropped. The legacy protocol has no ping: its clients get
 // "ka" and a websocket ping frame, which every websocket client answers.
 func (c *wsConn) tick() {
 	if c.closing.Load() {
@@ -404,9 +405,24 @@ func (c *wsConn) tick() {
 	}
 	c.mu.Lock()
 	if !c.closed {
-		c.pinger.Reset(c.t.ping)
+		c.pinger.Reset(c.t.pingDelay(false))
 	}
 	c.mu.Unlock()
+}
+
+// pingDelay is the time until a connection's next ping: PingInterval give
+// or take 10%, and a connection's first between half an interval and one.
+// Clients that connected together (all of them, after a restart or a
+// network drop) would otherwise be pinged together for as long as they
+// stay: with thousands of them, a burst of writes and answers every
+// interval that delays the live events sent meanwhile. A silent client is
+// still dropped no sooner than two intervals after its last word (the
+// third unanswered tick comes after at least 0.5 + 0.9 + 0.9 intervals).
+func (t *wsTransport) pingDelay(first bool) time.Duration {
+	if first {
+		return t.ping/2 + rand.N(max(t.ping/2, 1))
+	}
+	return t.ping - t.ping/10 + rand.N(max(t.ping/5, 1))
 }
 
 // close ends the operations and closes the socket with a close handshake

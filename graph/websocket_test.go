@@ -318,6 +318,56 @@ func TestWebsocket_KeepAliveDropsASilentClient(t *testing.T) {
 	}
 }
 
+// Clients that connect together are not pinged together: after a restart
+// every client reconnects at once, and thousands of pings and answers in
+// the same instant, every interval, would delay the live events sent
+// meanwhile. Each connection's first ping comes between half an interval
+// and one after its connection_ack, not a whole interval after it.
+func TestWebsocket_ClientsConnectedTogetherArePingedApart(t *testing.T) {
+	const interval = time.Second
+	const n = 16
+	w := newWSWorld(t, graph.Options{PingInterval: interval})
+	type first struct{ acked, pinged time.Time }
+	got := make(chan first, n)
+	for range n {
+		raw := dialRaw(t, w.url, "graphql-transport-ws")
+		raw.init(w.op.Token)
+		acked := time.Now()
+		go func() {
+			for {
+				op, p, err := raw.frame(10 * time.Second)
+				if err != nil {
+					got <- first{acked: acked}
+					return
+				}
+				if op == opText && strings.Contains(string(p), `"type":"ping"`) {
+					got <- first{acked: acked, pinged: time.Now()}
+					return
+				}
+			}
+		}()
+	}
+	var delays []time.Duration
+	for range n {
+		f := <-got
+		if f.pinged.IsZero() {
+			t.Fatal("a connection was not pinged within 10s")
+		}
+		d := f.pinged.Sub(f.acked)
+		// The server arms the timer before its ack reaches the client.
+		if d < interval/2-interval/10 {
+			t.Errorf("first ping %v after the ack, before half an interval", d)
+		}
+		delays = append(delays, d)
+	}
+	// In step (each a whole interval after its ack) they would be apart by
+	// scheduling noise alone; spread over half an interval, sixteen first
+	// pings fall within an eighth of one with a probability of 16·(1/4)^15.
+	if spread := slices.Max(delays) - slices.Min(delays); spread < interval/8 {
+		t.Errorf("the first pings came %v after their acks, within %v of each other: in step", delays, spread)
+	}
+}
+
 // A client that answers is kept for as long as it does, well past the
 // intervals that drop a silent one.
 func TestWebsocket_KeepAliveKeepsAClientThatAnswers(t *testing.T) {
