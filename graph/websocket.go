@@ -381,8 +381,9 @@ func (t *wsTransport) authenticate(ctx context.Context, payload map[string]any) 
 
 // tick pings the client about every PingInterval (pingDelay).
 // graphql-transport-ws clients answer the protocol's ping with pong; one
-// that has sent nothing through two pings is dropped. The legacy protocol has no ping: its clients get
-// "ka" and a websocket ping frame, which every websocket client answers.
+// that has sent nothing through two pings is dropped. The legacy protocol
+// has no ping: its clients get "ka" and a websocket ping frame, which every
+// websocket client answers.
 func (c *wsConn) tick() {
 	if c.closing.Load() {
 		return
