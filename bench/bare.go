@@ -344,20 +344,18 @@ func (r *runner) barePipeline(ctx context.Context, e *env, rate8 float64) (pipeL
 	}
 	defer closeBare(conns)
 	label := dbLabel(e.kind)
-	phases := []struct {
+	// out receives a phase's receipts (nil: not reported).
+	type phase struct {
 		name string
 		spec loadSpec
 		out  *samples
-	}{
+	}
+	phases := []phase{
 		{"warm-up", loadSpec{conc: 1, dur: 10 * time.Second, maxN: 30}, nil},
 		{"c=1", loadSpec{conc: 1, dur: r.opt.duration / 2}, &lim.c1},
 	}
 	if rate8 > 0 {
-		phases = append(phases, struct {
-			name string
-			spec loadSpec
-			out  *samples
-		}{fmt.Sprintf("c=8 at %s/s", num(rate8)), loadSpec{conc: 8, rate: rate8, dur: r.opt.duration / 2}, &lim.c8})
+		phases = append(phases, phase{fmt.Sprintf("c=8 at %s/s", num(rate8)), loadSpec{conc: 8, rate: rate8, dur: r.opt.duration / 2}, &lim.c8})
 	}
 	for _, p := range phases {
 		ph := &deliveryPhase{}
