@@ -196,7 +196,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	r := &runner{opt: o, rep: &report{quick: o.quick}, tmp: tmp, base: map[string]map[int]baseStat{},
-		capacity: map[string]float64{}, pipe: map[string]pipeLimit{}}
+		bare: map[string]*bareInserts{}, capacity: map[string]float64{}, pipe: map[string]pipeLimit{}}
 	defer func() {
 		if o.keep {
 			logf("kept %s", tmp)
@@ -264,6 +264,12 @@ func (r *runner) runDB(ctx context.Context, kind string) error {
 		if err := r.baseline(ctx, kind); err != nil {
 			return fmt.Errorf("baseline: %w", err)
 		}
+		defer func() {
+			if b := r.bare[kind]; b != nil {
+				b.close()
+				delete(r.bare, kind)
+			}
+		}()
 	}
 	main := []string{"ingest", "panel", "offer", "subscribers"}
 	if slices.ContainsFunc(main, o.has) {

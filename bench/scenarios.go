@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,8 +30,11 @@ type runner struct {
 	tmp  string
 	bin  string
 	fake *fakeProviders
-	// base is the bare insert+commit result per database and concurrency.
+	// base is the bare insert+commit result per database and concurrency;
+	// bare keeps PostgreSQL's bare insert bench open for the ingest
+	// scenario's measurements around its phases.
 	base map[string]map[int]baseStat
+	bare map[string]*bareInserts
 	// capacity is the ingest rate at c=8 per database (half of it loads the
 	// latency scenario).
 	capacity map[string]float64
@@ -56,63 +61,109 @@ func dbLabel(kind string) string {
 // Scenario 1: the bare write rate of the database.
 
 func (r *runner) baseline(ctx context.Context, kind string) error {
-	var d *database
-	var err error
-	if kind == dbPostgres {
-		if d, err = newPostgres(ctx, r.opt.pgURL, "base"); err != nil {
-			return err
-		}
-	} else {
-		d = newSQLite(r.tmp, "baseline")
-	}
-	defer func() {
-		if !r.opt.keep {
-			d.drop()
-		}
-	}()
-	var db *sql.DB
-	if kind == dbPostgres {
-		db, err = sql.Open("postgres", d.url)
-	} else {
-		db, err = sql.Open("sqlite", store.SQLiteDSN(d.sqlitePath))
-	}
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(32)
-	db.SetMaxIdleConns(32)
-	ins, err := createInsertTable(ctx, db, kind, "bench_insert")
+	b, err := r.openBare(ctx, kind)
 	if err != nil {
 		return err
 	}
 	r.base[kind] = map[int]baseStat{}
-	body := strings.Repeat("Hello! Where is my order #A-1042? ", 2)
 	for _, c := range concurrencies {
-		conns := make([]*sql.Conn, c)
-		for i := range conns {
-			if conns[i], err = db.Conn(ctx); err != nil {
-				return fmt.Errorf("c=%d: connection %d: %w", c, i, err)
-			}
+		st, err := b.measure(ctx, c, r.opt.duration)
+		if err != nil {
+			b.close()
+			return err
 		}
-		// A short warm-up, then the measured phase.
-		for _, dur := range []time.Duration{r.opt.duration / 5, r.opt.duration} {
-			st, err := insertLoop(ctx, conns, ins, body, dur)
-			if err != nil {
-				return fmt.Errorf("c=%d: %w", c, err)
-			}
-			r.base[kind][c] = st
-		}
-		for _, cn := range conns {
-			cn.Close()
-		}
-		st := r.base[kind][c]
+		r.base[kind][c] = st
 		r.rep.add(row{DB: dbLabel(kind), Figure: fmt.Sprintf("Bare insert+commit, c=%d: transactions/s", c),
 			Value: num(st.tps), Limit: "(the limit)"})
 		r.rep.add(row{DB: dbLabel(kind), Figure: fmt.Sprintf("Bare insert+commit, c=%d: latency p50 / p99", c),
 			Value: p50p99(st.lat), Limit: "(the limit)"})
 	}
+	// The ingest scenario measures PostgreSQL's bare rate again around each
+	// of its phases (see ingest); runDB closes it.
+	if kind == dbPostgres && b.d.dedicated() {
+		r.bare[kind] = b
+	} else {
+		b.close()
+	}
 	return nil
+}
+
+// bareInserts measures a database's bare write rate: BEGIN; INSERT one row
+// into an indexed table; COMMIT, on c connections at once. Each measurement
+// writes a fresh table and drops it, so that earlier ones leave it no
+// larger index and no table for autovacuum to work on later.
+type bareInserts struct {
+	d    *database
+	db   *sql.DB
+	keep bool
+	n    int
+}
+
+func (r *runner) openBare(ctx context.Context, kind string) (*bareInserts, error) {
+	b := &bareInserts{keep: r.opt.keep}
+	var err error
+	if kind == dbPostgres {
+		if b.d, err = newPostgres(ctx, r.opt.pgURL, "base"); err != nil {
+			return nil, err
+		}
+		b.db, err = sql.Open("postgres", b.d.url)
+	} else {
+		b.d = newSQLite(r.tmp, "baseline")
+		b.db, err = sql.Open("sqlite", store.SQLiteDSN(b.d.sqlitePath))
+	}
+	if err != nil {
+		b.close()
+		return nil, err
+	}
+	b.db.SetMaxOpenConns(32)
+	b.db.SetMaxIdleConns(32)
+	return b, nil
+}
+
+// measure runs a short warm-up and then the measured phase of dur at
+// concurrency c.
+func (b *bareInserts) measure(ctx context.Context, c int, dur time.Duration) (baseStat, error) {
+	b.n++
+	table := fmt.Sprintf("bench_insert_%d", b.n)
+	ins, err := createInsertTable(ctx, b.db, b.d.kind, table)
+	if err != nil {
+		return baseStat{}, err
+	}
+	defer func() {
+		if !b.keep {
+			_, _ = b.db.ExecContext(context.WithoutCancel(ctx), "DROP TABLE "+table)
+		}
+	}()
+	conns := make([]*sql.Conn, c)
+	defer func() {
+		for _, cn := range conns {
+			if cn != nil {
+				cn.Close()
+			}
+		}
+	}()
+	for i := range conns {
+		if conns[i], err = b.db.Conn(ctx); err != nil {
+			return baseStat{}, fmt.Errorf("c=%d: connection %d: %w", c, i, err)
+		}
+	}
+	body := strings.Repeat("Hello! Where is my order #A-1042? ", 2)
+	var st baseStat
+	for _, d := range []time.Duration{dur / 5, dur} {
+		if st, err = insertLoop(ctx, conns, ins, body, d); err != nil {
+			return st, fmt.Errorf("c=%d: %w", c, err)
+		}
+	}
+	return st, nil
+}
+
+func (b *bareInserts) close() {
+	if b.db != nil {
+		b.db.Close()
+	}
+	if !b.keep {
+		b.d.drop()
+	}
 }
 
 // createInsertTable creates the indexed table a bare insert+commit writes
@@ -372,17 +423,47 @@ func (r *runner) ingest(ctx context.Context, e *env) error {
 		logf("%s: waiting for PostgreSQL to flush its transaction counters (still for %s)", label, statsQuiet)
 		return e.db.settledCommits(ctx, statsQuiet, 60*time.Second)
 	}
+	// While waiting for the counters, PostgreSQL's bare insert rate is
+	// measured again, in its own database (whose commits the server's
+	// counter does not see): before each phase at the phase's concurrency,
+	// and after it. A virtual machine's speed drifts by tens of percent
+	// within minutes, so each phase's ratio compares it with the machine as
+	// it was around it, not a minute or two earlier.
+	bare := r.bare[e.kind]
+	if !countTx || !e.db.dedicated() {
+		bare = nil
+	}
+	around := map[int][]baseStat{}
+	settle := func(cs ...int) (int64, error) {
+		done := make(chan error, 1)
+		go func() {
+			for _, c := range cs {
+				if bare == nil {
+					break
+				}
+				st, err := bare.measure(ctx, c, o.duration)
+				if err != nil {
+					done <- fmt.Errorf("bare insert around the phase: %w", err)
+					return
+				}
+				around[c] = append(around[c], st)
+			}
+			done <- nil
+		}()
+		x, err := commits()
+		return x, errors.Join(err, <-done)
+	}
 	var x0 int64
 	if countTx {
 		var err error
-		if x0, err = commits(); err != nil {
+		if x0, err = settle(concurrencies[0]); err != nil {
 			return err
 		}
 	}
 	txPerMsg := map[int]float64{}
 	phaseDur := map[int]time.Duration{}
 	msgs := map[int]int{}
-	for _, c := range concurrencies {
+	for i, c := range concurrencies {
 		sets := traffics[c].allSets()
 		m0, ch0, of0, ev0, err := e.verify(ctx, sets)
 		if err != nil {
@@ -403,7 +484,11 @@ func (r *runner) ingest(ctx context.Context, e *env) error {
 		phaseDur[c] = time.Since(t0)
 		msgs[c] = res.acked
 		if countTx {
-			x1, err := commits()
+			next := []int{c}
+			if i+1 < len(concurrencies) {
+				next = append(next, concurrencies[i+1])
+			}
+			x1, err := settle(next...)
 			if err != nil {
 				return err
 			}
@@ -418,7 +503,12 @@ func (r *runner) ingest(ctx context.Context, e *env) error {
 		if err != nil {
 			return err
 		}
-		bs := r.base[e.kind][c]
+		bs, bareLimit := r.base[e.kind][c], num(r.base[e.kind][c].tps)+" tx/s bare"
+		if a := around[c]; len(a) == 2 {
+			bs = baseStat{tps: (a[0].tps + a[1].tps) / 2, lat: append(slices.Clone(a[0].lat), a[1].lat...)}
+			bareLimit = fmt.Sprintf("%s tx/s bare around the phase (%s before, %s after; %s at the run's start)",
+				num(bs.tps), num(a[0].tps), num(a[1].tps), num(r.base[e.kind][c].tps))
+		}
 		rate := res.rate()
 		if c == 8 {
 			r.capacity[e.kind] = rate
@@ -435,7 +525,7 @@ func (r *runner) ingest(ctx context.Context, e *env) error {
 			val += fmt.Sprintf(" (%d refused: %s)", res.failed, res.errSummary())
 		}
 		r.rep.add(row{DB: label, Figure: fmt.Sprintf("Ingest c=%d: messages/s", c), Value: val,
-			Limit: num(bs.tps) + " tx/s bare", Ratio: pctOf(rate, bs.tps), Target: target, Result: verdict})
+			Limit: bareLimit, Ratio: pctOf(rate, bs.tps), Target: target, Result: verdict})
 		r.rep.add(row{DB: label, Figure: fmt.Sprintf("Ingest c=%d: CPU used (cores)", c), Value: cpu})
 		r.rep.add(row{DB: label, Figure: fmt.Sprintf("Ingest c=%d: acknowledgement p50 / p99", c), Value: p50p99(res.ack),
 			Limit: p50p99(bs.lat) + " bare", Ratio: ratio(float64(res.ack.pct(99)), float64(bs.lat.pct(99)))})
