@@ -115,8 +115,10 @@ func (r *runner) openBare(ctx context.Context, kind string) (*bareInserts, error
 		b.close()
 		return nil, err
 	}
+	// No idle connections: the bench stays open through the run (see
+	// baseline) and should hold none of PostgreSQL's between measurements.
 	b.db.SetMaxOpenConns(32)
-	b.db.SetMaxIdleConns(32)
+	b.db.SetMaxIdleConns(0)
 	return b, nil
 }
 
