@@ -246,18 +246,41 @@ func (d *database) settledCommits(ctx context.Context, quiet, limit time.Duratio
 	return last, nil
 }
 
-// freeConnections is how many more connections PostgreSQL accepts.
-func freeConnections(ctx context.Context, pgURL string) (int, error) {
+// pgSettingNames are the settings of the PostgreSQL under test that shape
+// the figures, reported with each run: durability (fsync,
+// synchronous_commit, wal_sync_method, commit_delay), memory
+// (shared_buffers) and statistics upkeep (autovacuum: with it off, as on
+// machines set up for CI, a database's statistics stay as they were when
+// last analysed, however much it grows).
+var pgSettingNames = []string{"fsync", "synchronous_commit", "wal_sync_method", "commit_delay", "shared_buffers", "autovacuum"}
+
+// pgServerFacts returns how many more connections PostgreSQL accepts and a
+// line naming its version and pgSettingNames.
+func pgServerFacts(ctx context.Context, pgURL string) (free int, facts string, err error) {
 	db, err := sql.Open("postgres", withQuery(pgURL, nil))
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer db.Close()
-	var free int
 	err = db.QueryRowContext(ctx, `SELECT current_setting('max_connections')::int
 		- current_setting('superuser_reserved_connections')::int
 		- (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')`).Scan(&free)
-	return free, err
+	if err != nil {
+		return 0, "", err
+	}
+	var version string
+	if err = db.QueryRowContext(ctx, "SHOW server_version").Scan(&version); err != nil {
+		return 0, "", err
+	}
+	parts := []string{"PostgreSQL " + strings.Fields(version)[0]}
+	for _, name := range pgSettingNames {
+		var v string
+		if err = db.QueryRowContext(ctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {
+			return 0, "", err
+		}
+		parts = append(parts, name+" "+v)
+	}
+	return free, strings.Join(parts, ", "), nil
 }
 
 // waitSampler samples what the server's PostgreSQL backends wait on (a

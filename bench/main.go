@@ -244,10 +244,12 @@ func (r *runner) runDB(ctx context.Context, kind string) error {
 			dbLabel(kind), 100*busy, loadAvg())
 	}
 	if kind == dbPostgres {
-		free, err := freeConnections(ctx, o.pgURL)
+		free, facts, err := pgServerFacts(ctx, o.pgURL)
 		if err != nil {
 			return fmt.Errorf("PostgreSQL at %s: %w", redact(o.pgURL), err)
 		}
+		logf("%s", facts)
+		r.rep.note("The database server: %s.", facts)
 		if free < 40 {
 			r.rep.note("PostgreSQL had only %d free connections at the start (the server's pool takes up to 32; the c=32 baseline 32).", free)
 		}
