@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -115,58 +114,33 @@ type channelRef struct {
 // (traffic moves on to another set before offers saturate it).
 const highLimit = 1000
 
-// newSet creates a queue with k fresh operators and two channels.
-func newSet(ctx context.Context, c *gqlClient, admin, name, rule string, k int) (*benchSet, error) {
+// newSet creates a queue with k fresh operators and two channels. The
+// operators are written directly into the database, active and with a live
+// session each (seedOperators), as the growth and subscribers scenarios
+// write theirs; the queue with them as members, and the channels, go
+// through the API. Creating the operators through the API cost two bcrypt
+// hashes each (the password's, then the login's), about 40 s of a full run
+// on two cores that no figure measures.
+func newSet(ctx context.Context, c *gqlClient, db *database, admin, name, rule string, k int) (*benchSet, error) {
 	s := &benchSet{Name: name}
+	var err error
+	if s.Ops, err = seedOperatorsRetrying(ctx, db, strings.ToLower(strings.ReplaceAll(name, " ", "-")), k,
+		func(int) bool { return true }); err != nil {
+		return nil, fmt.Errorf("seed operators: %w", err)
+	}
+	memberIDs := make([]string, k)
+	for i, op := range s.Ops {
+		memberIDs[i] = op.ID
+	}
 	var q struct {
 		CreateQueue struct{ ID string } `json:"createQueue"`
 	}
 	if err := c.do(ctx, admin, `mutation($in: CreateQueueInput!) { createQueue(input: $in) { id } }`,
 		map[string]any{"in": map[string]any{"name": name, "routingRule": rule, "acceptTimeoutSeconds": 86400,
-			"acceptTimeoutAction": "COUNT_MISSED"}}, &q); err != nil {
+			"acceptTimeoutAction": "COUNT_MISSED", "memberIDs": memberIDs}}, &q); err != nil {
 		return nil, fmt.Errorf("create queue: %w", err)
 	}
 	s.QueueID = q.CreateQueue.ID
-	s.Ops = make([]operatorRef, k)
-	// Passwords are bcrypt hashes: two operators at a time on two cores.
-	var wg sync.WaitGroup
-	errs := make([]error, k)
-	sem := make(chan struct{}, 2)
-	for i := range k {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			email := fmt.Sprintf("%s-%s-op%d@bench.parley", strings.ToLower(strings.ReplaceAll(name, " ", "-")), runTag, i)
-			var op struct {
-				CreateOperator struct{ ID string } `json:"createOperator"`
-			}
-			if err := c.do(ctx, admin, `mutation($in: CreateOperatorInput!) { createOperator(input: $in) { id } }`,
-				map[string]any{"in": map[string]any{"email": email, "name": fmt.Sprintf("%s operator %d", name, i),
-					"password": benchPass, "chatLimit": highLimit, "queueIDs": []string{s.QueueID}}}, &op); err != nil {
-				errs[i] = fmt.Errorf("create operator: %w", err)
-				return
-			}
-			token, id, err := c.login(ctx, email, benchPass)
-			if err != nil {
-				errs[i] = fmt.Errorf("login: %w", err)
-				return
-			}
-			if err := c.do(ctx, token, `mutation { setMyStatus(status: ACTIVE) { id } }`, nil, nil); err != nil {
-				errs[i] = fmt.Errorf("set status: %w", err)
-				return
-			}
-			s.Ops[i] = operatorRef{ID: id, Token: token}
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
-	}
-	var err error
 	if s.TG, s.WA, err = newChannels(ctx, c, admin, name, s.QueueID); err != nil {
 		return nil, err
 	}

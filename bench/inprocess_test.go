@@ -49,7 +49,7 @@ func BenchmarkWebhookInProcess(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	set, err := newSet(ctx, c, admin, "InProcess", "TO_ALL", 4)
+	set, err := newSet(ctx, c, db, admin, "InProcess", "TO_ALL", 4)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func BenchmarkWebhookInProcess(b *testing.B) {
 	web := newHTTPClient(16)
 	drive(ctx, web, tr, loadSpec{conc: 8, dur: time.Minute, maxN: 200}, hooks{})
 	for i := 1; tr.room() < int(float64(b.N)*newShare)+100; i++ {
-		s, err := newSet(ctx, c, admin, fmt.Sprintf("InProcess %d", i), "TO_ALL", 4)
+		s, err := newSet(ctx, c, db, admin, fmt.Sprintf("InProcess %d", i), "TO_ALL", 4)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -400,7 +400,7 @@ func (r *runner) ingest(ctx context.Context, e *env) error {
 		k := 0
 		mk := func() (*benchSet, error) {
 			k++
-			return newSet(ctx, e.gql, e.admin, fmt.Sprintf("Ingest c%d-%d", c, k), "TO_ALL", o.operators)
+			return newSet(ctx, e.gql, e.db, e.admin, fmt.Sprintf("Ingest c%d-%d", c, k), "TO_ALL", o.operators)
 		}
 		s, err := mk()
 		if err != nil {
@@ -622,7 +622,7 @@ func (r *runner) newLatencySet(ctx context.Context, e *env, name string, newFrac
 
 // mk creates a set and subscribes each of its operators' panels.
 func (ls *latencySet) mk(ctx context.Context) (*benchSet, error) {
-	s, err := newSet(ctx, ls.e.gql, ls.e.admin, fmt.Sprintf("%s %d", ls.name, len(ls.subs)/ls.k+1), "TO_ALL", ls.k)
+	s, err := newSet(ctx, ls.e.gql, ls.e.db, ls.e.admin, fmt.Sprintf("%s %d", ls.name, len(ls.subs)/ls.k+1), "TO_ALL", ls.k)
 	if err != nil {
 		return nil, err
 	}
@@ -693,7 +693,7 @@ func (r *runner) panelLatency(ctx context.Context, e *env) error {
 	}
 	if capacity == 0 {
 		// The ingest scenario did not run: measure the capacity at c=8.
-		s, err := newSet(ctx, e.gql, e.admin, "Calibration", "TO_ALL", r.opt.operators)
+		s, err := newSet(ctx, e.gql, e.db, e.admin, "Calibration", "TO_ALL", r.opt.operators)
 		if err != nil {
 			return err
 		}
@@ -803,16 +803,7 @@ func (r *runner) subscribers(ctx context.Context, e *env) error {
 	maxN := o.subscribers[len(o.subscribers)-1]
 	members := min(targetedMembers, o.subscribers[0])
 	start := time.Now()
-	var ops []operatorRef
-	var err error
-	for attempt := 1; attempt <= 3; attempt++ {
-		// SQLite: the server may hold the write lock longer than the busy
-		// timeout under load; try again.
-		if ops, err = seedOperators(ctx, e.db, "sub", maxN, func(i int) bool { return i < members }); err == nil {
-			break
-		}
-		logf("%s: seed operators: %v", label, err)
-	}
+	ops, err := seedOperatorsRetrying(ctx, e.db, "sub", maxN, func(i int) bool { return i < members })
 	if err != nil {
 		return fmt.Errorf("seed operators: %w", err)
 	}
@@ -1067,7 +1058,7 @@ func (r *runner) growth(ctx context.Context, e *env) error {
 		if list, err = queryLatency(ctx, e.gql, chatListQuery, func(int) string { return e.admin }, qd, 2000); err != nil {
 			return
 		}
-		s, err := newSet(ctx, e.gql, e.admin, "Growth "+phase, "TO_ALL", o.operators)
+		s, err := newSet(ctx, e.gql, e.db, e.admin, "Growth "+phase, "TO_ALL", o.operators)
 		if err != nil {
 			return
 		}
@@ -1076,7 +1067,7 @@ func (r *runner) growth(ctx context.Context, e *env) error {
 		k := 0
 		if err = ensureRoom(tr, expectedNew(w.rate(), newShare, o.duration), func() (*benchSet, error) {
 			k++
-			return newSet(ctx, e.gql, e.admin, fmt.Sprintf("Growth %s %d", phase, k), "TO_ALL", o.operators)
+			return newSet(ctx, e.gql, e.db, e.admin, fmt.Sprintf("Growth %s %d", phase, k), "TO_ALL", o.operators)
 		}); err != nil {
 			return
 		}

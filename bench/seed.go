@@ -151,6 +151,20 @@ func newSessionToken() (string, []byte) {
 	return tok, h[:]
 }
 
+// seedOperatorsRetrying is seedOperators, tried up to three times: on
+// SQLite a busy server may hold the write lock longer than the busy timeout.
+func seedOperatorsRetrying(ctx context.Context, d *database, prefix string, n int, active func(int) bool) ([]operatorRef, error) {
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		var ops []operatorRef
+		if ops, err = seedOperators(ctx, d, prefix, n, active); err == nil {
+			return ops, nil
+		}
+		logf("%s: seed operators %s: %v", dbLabel(d.kind), prefix, err)
+	}
+	return nil, err
+}
+
 // seedOperators creates n operators, each with a live session, and returns
 // their ids and bearer tokens. active(i) says which start ACTIVE.
 func seedOperators(ctx context.Context, d *database, prefix string, n int, active func(int) bool) ([]operatorRef, error) {
