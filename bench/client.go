@@ -123,14 +123,21 @@ const highLimit = 1000
 // a run: without them a full run on two cores went from 9 min 59 s to
 // 8 min 10 s, and no figure measured them.
 func newSet(ctx context.Context, c *gqlClient, db *database, admin, name, rule string, k int) (*benchSet, error) {
-	s := &benchSet{Name: name}
-	var err error
-	if s.Ops, err = seedOperatorsRetrying(ctx, db, strings.ToLower(strings.ReplaceAll(name, " ", "-")), k,
-		func(int) bool { return true }); err != nil {
+	ops, err := seedOperatorsRetrying(ctx, db, strings.ToLower(strings.ReplaceAll(name, " ", "-")), k,
+		func(int) bool { return true })
+	if err != nil {
 		return nil, fmt.Errorf("seed operators: %w", err)
 	}
-	memberIDs := make([]string, k)
-	for i, op := range s.Ops {
+	return newQueueSet(ctx, c, admin, name, rule, ops)
+}
+
+// newQueueSet creates, through the API, a queue with ops as its members
+// (offers that wait a day, then count as missed) and a Telegram and a
+// WhatsApp channel on it.
+func newQueueSet(ctx context.Context, c *gqlClient, admin, name, rule string, ops []operatorRef) (*benchSet, error) {
+	s := &benchSet{Name: name, Ops: ops}
+	memberIDs := make([]string, len(ops))
+	for i, op := range ops {
 		memberIDs[i] = op.ID
 	}
 	var q struct {
@@ -142,6 +149,7 @@ func newSet(ctx context.Context, c *gqlClient, db *database, admin, name, rule s
 		return nil, fmt.Errorf("create queue: %w", err)
 	}
 	s.QueueID = q.CreateQueue.ID
+	var err error
 	if s.TG, s.WA, err = newChannels(ctx, c, admin, name, s.QueueID); err != nil {
 		return nil, err
 	}

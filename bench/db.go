@@ -272,7 +272,9 @@ func pgServerFacts(ctx context.Context, pgURL string) (free int, facts string, e
 	if err = db.QueryRowContext(ctx, "SHOW server_version").Scan(&version); err != nil {
 		return 0, "", err
 	}
-	parts := []string{"PostgreSQL " + strings.Fields(version)[0]}
+	// "15.20 (Debian 15.20-0+deb12u1)": the number is enough.
+	number, _, _ := strings.Cut(version, " ")
+	parts := []string{"PostgreSQL " + number}
 	for _, name := range pgSettingNames {
 		var v string
 		if err = db.QueryRowContext(ctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {

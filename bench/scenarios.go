@@ -810,20 +810,8 @@ func (r *runner) subscribers(ctx context.Context, e *env) error {
 	logf("%s: seeded %d operators with sessions in %.1fs", label, maxN, time.Since(start).Seconds())
 	// A queue offering each chat to one member (TO_AVAILABLE), so that its
 	// events target single operators among all the subscribers.
-	var q struct {
-		CreateQueue struct{ ID string } `json:"createQueue"`
-	}
-	memberIDs := make([]string, members)
-	for i := range memberIDs {
-		memberIDs[i] = ops[i].ID
-	}
-	if err := e.gql.do(ctx, e.admin, `mutation($in: CreateQueueInput!) { createQueue(input: $in) { id } }`,
-		map[string]any{"in": map[string]any{"name": "Targeted", "routingRule": "TO_AVAILABLE", "acceptTimeoutSeconds": 86400,
-			"acceptTimeoutAction": "COUNT_MISSED", "memberIDs": memberIDs}}, &q); err != nil {
-		return fmt.Errorf("create queue: %w", err)
-	}
-	set := &benchSet{Name: "Targeted", QueueID: q.CreateQueue.ID, Ops: ops[:members]}
-	if set.TG, set.WA, err = newChannels(ctx, e.gql, e.admin, "Targeted", set.QueueID); err != nil {
+	set, err := newQueueSet(ctx, e.gql, e.admin, "Targeted", "TO_AVAILABLE", ops[:members])
+	if err != nil {
 		return err
 	}
 	tr := newTraffic(e.srv.base, 1, set)

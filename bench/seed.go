@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -155,14 +156,14 @@ func newSessionToken() (string, []byte) {
 // SQLite a busy server may hold the write lock longer than the busy timeout.
 func seedOperatorsRetrying(ctx context.Context, d *database, prefix string, n int, active func(int) bool) ([]operatorRef, error) {
 	var err error
-	for attempt := 1; attempt <= 3; attempt++ {
+	for attempt := 1; attempt <= 3 && ctx.Err() == nil; attempt++ {
 		var ops []operatorRef
 		if ops, err = seedOperators(ctx, d, prefix, n, active); err == nil {
 			return ops, nil
 		}
 		logf("%s: seed operators %s: %v", dbLabel(d.kind), prefix, err)
 	}
-	return nil, err
+	return nil, errors.Join(err, ctx.Err())
 }
 
 // seedOperators creates n operators, each with a live session, and returns
