@@ -76,8 +76,9 @@ type Desk struct {
 	quiet atomic.Bool
 	// txs holds the state of the transactions in flight (*ent.Tx → *txState).
 	txs sync.Map
-	// writeMu queues this process's write transactions on SQLite.
-	writeMu sync.Mutex
+	// writeMu queues this process's write transactions on SQLite
+	// (WithWriteLock).
+	writeMu sync.Locker
 	// onEvents is given, after each commit that appended events, those
 	// events (ids in order).
 	onEvents func(events []*ent.Event)
@@ -109,6 +110,12 @@ func WithConfig(c Config) Option { return func(d *Desk) { d.cfg = c } }
 // WithDialect tells the desk which database it runs on ("postgres" or
 // "sqlite3"), for row locks.
 func WithDialect(name string) Option { return func(d *Desk) { d.pg = name == dialect.Postgres } }
+
+// WithWriteLock sets the lock that queues this process's write
+// transactions on SQLite, shared with whatever else must wait for no
+// transaction to be writing (store.DB.WriteLock: the checkpointer); by
+// default the desk's own.
+func WithWriteLock(l sync.Locker) Option { return func(d *Desk) { d.writeMu = l } }
 
 // WithEventSink sets the function given, after each commit that appended
 // events, those events as the log holds them (the live hub dispatches them
@@ -151,6 +158,9 @@ func New(client *ent.Client, opts ...Option) *Desk {
 		adapters: map[enum.Provider]channels.Adapter{}, wanted: wantedReleases{wake: make(chan struct{}, 1)}}
 	for _, o := range opts {
 		o(d)
+	}
+	if d.writeMu == nil {
+		d.writeMu = &sync.Mutex{}
 	}
 	d.instance = crand.Text()[:12]
 	if d.cfg.SessionTTL <= 0 {

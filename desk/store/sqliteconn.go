@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"database/sql/driver"
+	"fmt"
+	"strings"
 )
 
 // SQLite connections keep their prepared statements (stmtCache): database/sql
@@ -14,32 +16,64 @@ import (
 // sqliteConnector opens connections of the SQLite driver wrapped in
 // sqliteConn.
 type sqliteConnector struct {
-	dsn string
-	drv driver.Driver
+	dsn  string
+	drv  driver.Driver
+	ckpt *checkpointer
 }
 
-func (c sqliteConnector) Connect(context.Context) (driver.Conn, error) {
+func (c sqliteConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	cn, err := c.drv.Open(c.dsn)
 	if err != nil {
 		return nil, err
 	}
-	return &sqliteConn{forwardConn: forwardConn{cn}}, nil
+	conn := &sqliteConn{forwardConn: forwardConn{cn}, ckpt: c.ckpt}
+	// The checkpointer checkpoints; the writers only as a last resort
+	// (checkpoint.go).
+	if _, err := conn.forwardConn.ExecContext(ctx, fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", walSafetyFrames), nil); err != nil {
+		cn.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 func (c sqliteConnector) Driver() driver.Driver { return c.drv }
 
 // sqliteConn is a SQLite connection with a statement cache.
+// Its writes outside transactions, and its commits, wake the checkpointer.
 type sqliteConn struct {
 	forwardConn
 	cache stmtCache
+	ckpt  *checkpointer
 }
 
 func (c *sqliteConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	return c.cache.query(ctx, c.forwardConn, query, args)
+	rows, err := c.cache.query(ctx, c.forwardConn, query, args)
+	if !readsOnly(query) {
+		c.ckpt.wrote() // INSERT … RETURNING
+	}
+	return rows, err
 }
 
 func (c *sqliteConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	return c.cache.exec(ctx, c.forwardConn, query, args)
+	res, err := c.cache.exec(ctx, c.forwardConn, query, args)
+	c.ckpt.wrote()
+	return res, err
+}
+
+func (c *sqliteConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	tx, err := c.forwardConn.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	return checkpointingTx{Tx: tx, c: c.ckpt}, nil
+}
+
+// readsOnly reports whether a query is a SELECT or a PRAGMA (the
+// checkpointer's own, which must not wake it again): it writes nothing, or
+// nothing the checkpointer need hurry for.
+func readsOnly(query string) bool {
+	query = strings.TrimLeft(query, " \t\r\n")
+	return len(query) >= 6 && (strings.EqualFold(query[:6], "SELECT") || strings.EqualFold(query[:6], "PRAGMA"))
 }
 
 // Close finalises the cached statements, then closes the connection.

@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -36,6 +37,8 @@ type DB struct {
 	// URL is the PostgreSQL connection string (empty for SQLite); the event
 	// bus opens its LISTEN connection with it.
 	URL string
+	// ckpt checkpoints a SQLite database's log (nil on PostgreSQL).
+	ckpt *checkpointer
 }
 
 // WithQueryHook returns a DB whose client calls fn before every statement it
@@ -50,7 +53,30 @@ func (db *DB) WithQueryHook(fn func(ctx context.Context, statement string)) *DB 
 }
 
 // Close closes the client and the pool.
-func (db *DB) Close() error { return db.Client.Close() }
+func (db *DB) Close() error {
+	if db.ckpt != nil {
+		db.ckpt.close()
+	}
+	return db.Client.Close()
+}
+
+// WriteLock is the lock that queues this process's write transactions on
+// SQLite (desk.WithWriteLock), which the checkpointer also takes to restart
+// the log; nil on PostgreSQL, where the desk takes none.
+func (db *DB) WriteLock() sync.Locker {
+	if db.ckpt == nil {
+		return nil
+	}
+	return &db.ckpt.writers
+}
+
+// SetLogger gives the database a logger for what fails in the background
+// (SQLite's checkpoints).
+func (db *DB) SetLogger(l *slog.Logger) {
+	if db.ckpt != nil {
+		db.ckpt.log.Store(l)
+	}
+}
 
 // Postgres reports whether the database is PostgreSQL.
 func (db *DB) Postgres() bool { return db.Dialect == dialect.Postgres }
@@ -93,7 +119,8 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	}
 	drvr := raw.Driver()
 	raw.Close()
-	db := sql.OpenDB(sqliteConnector{dsn: dsn, drv: drvr})
+	ckpt := newCheckpointer()
+	db := sql.OpenDB(sqliteConnector{dsn: dsn, drv: drvr, ckpt: ckpt})
 	// One writer at a time is SQLite's nature; a few connections let readers
 	// run beside it under WAL.
 	db.SetMaxOpenConns(8)
@@ -101,8 +128,9 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
+	ckpt.start(db)
 	drv := entsql.OpenDB(dialect.SQLite, db)
-	return &DB{Client: ent.NewClient(ent.Driver(drv)), SQL: db, Dialect: dialect.SQLite}, nil
+	return &DB{Client: ent.NewClient(ent.Driver(drv)), SQL: db, Dialect: dialect.SQLite, ckpt: ckpt}, nil
 }
 
 func openPostgres(ctx context.Context, rawURL string) (*DB, error) {

@@ -83,6 +83,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 			return nil, err
 		}
 	}
+	db.SetLogger(log)
 	if err := db.Migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -99,7 +100,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		stopLive()
 		return nil, err
 	}
-	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect),
+	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect), desk.WithWriteLock(db.WriteLock()),
 		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention, MetaAppID: cfg.MetaAppID}),
 		desk.WithCommitViews(func() bool { return hub.Subscribers() > 0 }, loads.Viewed),
 		desk.WithEventSink(func(events []*ent.Event) { loads.Committed(events); hub.Committed(events) }),

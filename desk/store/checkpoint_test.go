@@ -1,0 +1,161 @@
+package store
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// walFrames is the log's length in pages as SQLite reports it.
+func walFrames(t *testing.T, db *DB) int64 {
+	t.Helper()
+	var busy, frames, done int64
+	// A PASSIVE checkpoint of nothing new reports the length and changes nothing.
+	if err := db.SQL.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done); err != nil {
+		t.Fatal(err)
+	}
+	return frames
+}
+
+// TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites writes without a
+// pause, as the desk does (one transaction at a time under the write lock),
+// many times the checkpointer's restart length: the log must start afresh
+// again and again and its file stays a fraction of what was written; the
+// writers' own automatic checkpoint is only the last resort, far past what
+// this test writes.
+func TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "wal.db")
+	db, err := Open(ctx, "sqlite://"+path, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.ckpt.delay, db.ckpt.restartFrames = 5*time.Millisecond, 200
+	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"); err != nil {
+		t.Fatal(err)
+	}
+	var autocheckpoint int
+	if err := db.SQL.QueryRow("PRAGMA wal_autocheckpoint").Scan(&autocheckpoint); err != nil {
+		t.Fatal(err)
+	}
+	if autocheckpoint != walSafetyFrames {
+		t.Fatalf("the writers' automatic checkpoint is at %d pages, want %d", autocheckpoint, walSafetyFrames)
+	}
+
+	// Readers alongside, as panels read while messages arrive.
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	for range 2 {
+		readers.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var n int
+				if err := db.SQL.QueryRow("SELECT count(*) FROM (SELECT id FROM t ORDER BY id DESC LIMIT 10)").Scan(&n); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	lock := db.WriteLock()
+	blob := []byte(strings.Repeat("x", 3000)) // about a page a row
+	const rows = 6000                         // 30 times the restart length
+	for i := range rows {
+		lock.Lock()
+		tx, err := db.SQL.BeginTx(ctx, nil)
+		if err == nil {
+			_, err = tx.Exec("INSERT INTO t (v) VALUES (?)", blob)
+			if err == nil {
+				err = tx.Commit()
+			} else {
+				tx.Rollback()
+			}
+		}
+		lock.Unlock()
+		if err != nil {
+			close(stop)
+			t.Fatalf("row %d: %v", i, err)
+		}
+	}
+	close(stop)
+	readers.Wait()
+
+	if r := db.ckpt.restarts.Load(); r < 5 {
+		t.Errorf("the log was restarted %d times while %d pages were written, want several", r, rows)
+	}
+	st, err := os.Stat(path + "-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every row writes at least its page, so a log never started again
+	// would hold at least this much (three times as much, in fact).
+	written := int64(rows * 4096)
+	if st.Size() > written {
+		t.Errorf("the log's file is %d bytes after at least %d written: it was not started again", st.Size(), written)
+	}
+	if f := walFrames(t, db); f > rows {
+		t.Errorf("the log holds %d pages", f)
+	}
+}
+
+// TestSQLiteCheckpointerRestsWhenNothingIsWritten: once the writes stop,
+// so do the checkpoints (its own statement, and reads, wake it no more).
+func TestSQLiteCheckpointerRestsWhenNothingIsWritten(t *testing.T) {
+	db, err := Open(context.Background(), "sqlite://"+filepath.Join(t.TempDir(), "idle.db"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.ckpt.delay = time.Millisecond
+	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for db.ckpt.runs.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no checkpoint after a write")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var n int
+	for range 20 {
+		if err := db.SQL.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runs := db.ckpt.runs.Load()
+	// Fifty checkpoint delays: a checkpointer that woke itself would have
+	// run again many times.
+	time.Sleep(50 * db.ckpt.delay)
+	if got := db.ckpt.runs.Load(); got != runs {
+		t.Fatalf("%d checkpoints ran while nothing was written", got-runs)
+	}
+}
+
+// TestSQLiteCheckpointerStopsWithTheDatabase: Close stops the goroutine.
+func TestSQLiteCheckpointerStopsWithTheDatabase(t *testing.T) {
+	db, err := Open(context.Background(), "sqlite://"+filepath.Join(t.TempDir(), "close.db"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY)"); err != nil { // wakes it
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-db.ckpt.done:
+	default:
+		t.Fatal("the checkpointer still runs after Close")
+	}
+}
