@@ -218,9 +218,13 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		res.NewChat = true
 	default:
 		// A customer message clears the completion timer (R18). The row is
-		// locked (PostgreSQL) by the query above.
-		upd := d.sql().Update(chat.Table).Set(chat.FieldLastMessageAt, now).Set(chat.FieldLastInboundAt, now).
-			SetNull(chat.FieldCompletionDueAt)
+		// locked (PostgreSQL) by the query above, so the timer read is the
+		// one to clear: an unset one is not written (SQLite rewrites an
+		// indexed column's entry even to the same value).
+		upd := d.sql().Update(chat.Table).Set(chat.FieldLastMessageAt, now).Set(chat.FieldLastInboundAt, now)
+		if open.CompletionDueAt != nil {
+			upd.SetNull(chat.FieldCompletionDueAt)
+		}
 		open.LastMessageAt, open.LastInboundAt, open.CompletionDueAt = now, &now, nil
 		if windowed(ch.Provider) {
 			ends := now.Add(replyWindow)
