@@ -16,14 +16,14 @@ import (
 // checkpoint) in whichever commit finds it past 1,000 pages, inside that
 // commit and so inside the single writer's lock: with synchronous=NORMAL the
 // checkpoint's two fsyncs are the only ones SQLite makes, and every writer
-// waited for them. An inbound message writes a dozen pages or more, so a
-// commit in every hundred or so checkpointed: on a machine with slow fsyncs
-// that one commit took 15–20 ms while the others took under one, and the
-// ingest rate fell by a third (bench/HISTORY.md, twenty-fifth run).
+// waited for them. An inbound message writes about twenty pages, so one
+// commit in about fifty checkpointed: on a machine with slow fsyncs the
+// acknowledgement p99 at c=1 was 15–20 ms against a p50 under one, and the
+// ingest rate a third lower (bench/HISTORY.md, twenty-fifth run).
 //
 // Here the writers' connections checkpoint only as a last resort
 // (walSafetyFrames), and a goroutine of the process checkpoints on a
-// connection of its own, beside the writers, a short while after writes:
+// connection of the pool, beside the writers, a short while after writes:
 // PASSIVE, which copies what no reader still needs and never blocks a
 // writer. Copying does not shorten the log, though: SQLite starts it again
 // from the top only when a writer begins with every frame copied, which
@@ -33,9 +33,12 @@ import (
 // the frames written meanwhile, and lets go: the next writer starts the log
 // afresh. The writers wait for that copy of a few pages and its fsyncs, once
 // every several thousand pages instead of every thousand. A reader still
-// reading old frames keeps the log from starting again (as with SQLite's
-// own checkpoints): it starts again at the first restart after the reader
-// is done. The checkpointer never waits for readers.
+// reading old frames keeps the log from starting again (as it would keep
+// SQLite's own checkpoints from it), and readers that overlap without a
+// pause can keep it up for ever: when the log has grown past twice
+// walRestartFrames, the copy under the write lock is a RESTART, which also
+// waits for the readers of the moment to finish (busy_timeout), so that the
+// log stays bounded.
 const (
 	// checkpointDelay is how long after a write the checkpointer runs:
 	// the writes of that while share one checkpoint of their pages.
@@ -119,9 +122,14 @@ func (c *checkpointer) run() {
 		frames, err := c.checkpoint("PASSIVE")
 		if err == nil && frames >= c.restartFrames {
 			// The frames written meanwhile, with no writer: the next one
-			// starts the log afresh (unless a reader still reads it).
+			// starts the log afresh (unless a reader still reads it; past
+			// twice the length, RESTART waits for them).
+			mode := "PASSIVE"
+			if frames >= 2*c.restartFrames {
+				mode = "RESTART"
+			}
 			c.writers.Lock()
-			_, err = c.checkpoint("PASSIVE")
+			_, err = c.checkpoint(mode)
 			c.writers.Unlock()
 			c.restarts.Add(1)
 		}
