@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -37,8 +38,11 @@ import (
 // SQLite's own checkpoints from it), and readers that overlap without a
 // pause can keep it up for ever: when the log has grown past twice
 // walRestartFrames, the copy under the write lock is a RESTART, which also
-// waits for the readers of the moment to finish (busy_timeout), so that the
-// log stays bounded.
+// waits for the readers of the moment to finish, but no longer than
+// restartWait (the checkpointer's connection is its own, with that busy
+// timeout): a reader that goes on longer (a long report) costs the writers
+// one such wait per walRestartFrames pages, and the log grows until it is
+// done.
 const (
 	// checkpointDelay is how long after a write the checkpointer runs:
 	// the writes of that while share one checkpoint of their pages.
@@ -46,6 +50,9 @@ const (
 	// walRestartFrames is the log's length (pages) past which the
 	// checkpointer restarts it.
 	walRestartFrames = 16000
+	// restartWait is the longest a RESTART waits for readers, holding the
+	// writers (its connection's busy_timeout).
+	restartWait = 50 * time.Millisecond
 	// walSafetyFrames is the writers' own automatic checkpoint (SQLite's
 	// wal_autocheckpoint): only if the checkpointer falls this far behind.
 	walSafetyFrames = 4 * walRestartFrames
@@ -57,6 +64,10 @@ type checkpointer struct {
 	// shorten them).
 	delay         time.Duration
 	restartFrames int64
+	// forceAt is the log's length from which the copy under the write lock
+	// is a RESTART: twice restartFrames, or a restart length past a RESTART
+	// that readers kept busy.
+	forceAt int64
 
 	db   *sql.DB
 	wake chan struct{}
@@ -72,7 +83,7 @@ type checkpointer struct {
 }
 
 func newCheckpointer() *checkpointer {
-	return &checkpointer{delay: checkpointDelay, restartFrames: walRestartFrames,
+	return &checkpointer{delay: checkpointDelay, restartFrames: walRestartFrames, forceAt: 2 * walRestartFrames,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -87,9 +98,11 @@ func (c *checkpointer) wrote() {
 	}
 }
 
-// start runs the checkpointer on db until close.
-func (c *checkpointer) start(db *sql.DB) {
-	c.db = db
+// start runs the checkpointer until close, on a connection of its own to
+// the database of dsn (with drv).
+func (c *checkpointer) start(dsn string, drv driver.Driver) {
+	c.db = sql.OpenDB(checkpointConnector{dsn: dsn, drv: drv})
+	c.db.SetMaxOpenConns(1)
 	go c.run()
 }
 
@@ -99,8 +112,31 @@ func (c *checkpointer) close() {
 	c.once.Do(func() { close(c.stop) })
 	if c.db != nil {
 		<-c.done
+		c.db.Close()
 	}
 }
+
+// checkpointConnector opens the checkpointer's connection: it waits for
+// readers no longer than restartWait.
+type checkpointConnector struct {
+	dsn string
+	drv driver.Driver
+}
+
+func (c checkpointConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	cn, err := c.drv.Open(c.dsn)
+	if err != nil {
+		return nil, err
+	}
+	q := fmt.Sprintf("PRAGMA busy_timeout = %d", restartWait.Milliseconds())
+	if _, err := (forwardConn{cn}).ExecContext(ctx, q, nil); err != nil {
+		cn.Close()
+		return nil, err
+	}
+	return cn, nil
+}
+
+func (c checkpointConnector) Driver() driver.Driver { return c.drv }
 
 func (c *checkpointer) run() {
 	defer close(c.done)
@@ -119,19 +155,27 @@ func (c *checkpointer) run() {
 			return
 		case <-delay.C:
 		}
-		frames, err := c.checkpoint("PASSIVE")
-		if err == nil && frames >= c.restartFrames {
+		frames, _, err := c.checkpoint("PASSIVE")
+		switch {
+		case err != nil:
+		case frames < c.restartFrames:
+			c.forceAt = 2 * c.restartFrames // the log started again
+		default:
 			// The frames written meanwhile, with no writer: the next one
 			// starts the log afresh (unless a reader still reads it; past
-			// twice the length, RESTART waits for them).
+			// forceAt, RESTART waits for them a while).
 			mode := "PASSIVE"
-			if frames >= 2*c.restartFrames {
+			if frames >= c.forceAt {
 				mode = "RESTART"
 			}
 			c.writers.Lock()
-			_, err = c.checkpoint(mode)
+			var busy bool
+			_, busy, err = c.checkpoint(mode)
 			c.writers.Unlock()
 			c.restarts.Add(1)
+			if mode == "RESTART" && busy {
+				c.forceAt = frames + c.restartFrames
+			}
 		}
 		if err != nil {
 			if l := c.log.Load(); l != nil {
@@ -142,14 +186,15 @@ func (c *checkpointer) run() {
 }
 
 // checkpoint runs a checkpoint in mode and returns the log's length in
-// pages as SQLite reported it.
-func (c *checkpointer) checkpoint(mode string) (frames int64, err error) {
+// pages as SQLite reported it, and whether readers or another checkpoint
+// kept it from completing.
+func (c *checkpointer) checkpoint(mode string) (frames int64, busy bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var busy, checkpointed int64
-	err = c.db.QueryRowContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &frames, &checkpointed)
+	var blocked, checkpointed int64
+	err = c.db.QueryRowContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&blocked, &frames, &checkpointed)
 	c.runs.Add(1)
-	return frames, err
+	return frames, blocked != 0, err
 }
 
 // checkpointingTx tells the checkpointer of a commit.

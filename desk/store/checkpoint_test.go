@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,7 +36,7 @@ func TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	db.ckpt.delay, db.ckpt.restartFrames = 5*time.Millisecond, 200
+	db.ckpt.delay, db.ckpt.restartFrames, db.ckpt.forceAt = 5*time.Millisecond, 200, 400
 	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites(t *testing.T) {
 }
 
 // TestSQLiteCheckpointerRestsWhenNothingIsWritten: once the writes stop,
-// so do the checkpoints (its own statement, and reads, wake it no more).
+// so do the checkpoints (reads wake it no more).
 func TestSQLiteCheckpointerRestsWhenNothingIsWritten(t *testing.T) {
 	db, err := Open(context.Background(), "sqlite://"+filepath.Join(t.TempDir(), "idle.db"), "")
 	if err != nil {
@@ -139,6 +140,67 @@ func TestSQLiteCheckpointerRestsWhenNothingIsWritten(t *testing.T) {
 	time.Sleep(50 * db.ckpt.delay)
 	if got := db.ckpt.runs.Load(); got != runs {
 		t.Fatalf("%d checkpoints ran while nothing was written", got-runs)
+	}
+}
+
+// TestSQLiteCheckpointerWaitsForALongReaderOnlyAWhile: a read that lasts
+// (a long report) keeps the log from starting again; the checkpointer's
+// RESTART, which holds the writers, waits for it only restartWait at a
+// time (not the writers' busy timeout of 10 s), and the log starts again
+// once the reader is done.
+func TestSQLiteCheckpointerWaitsForALongReaderOnlyAWhile(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "reader.db")
+	db, err := Open(ctx, "sqlite://"+path, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.ckpt.delay, db.ckpt.restartFrames, db.ckpt.forceAt = 5*time.Millisecond, 200, 400
+	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"); err != nil {
+		t.Fatal(err)
+	}
+	lock := db.WriteLock()
+	blob := []byte(strings.Repeat("x", 3000))
+	write := func(rows int) (slowest time.Duration) {
+		t.Helper()
+		for i := range rows {
+			start := time.Now()
+			lock.Lock()
+			_, err := db.SQL.Exec("INSERT INTO t (v) VALUES (?)", blob)
+			lock.Unlock()
+			if err != nil {
+				t.Fatalf("row %d: %v", i, err)
+			}
+			slowest = max(slowest, time.Since(start))
+		}
+		return slowest
+	}
+	write(100)
+
+	// The reader: a read transaction left open on a snapshot of the log.
+	reader, err := db.SQL.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := reader.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	slowest := write(3000)
+	if slowest > 2*time.Second {
+		t.Errorf("a write waited %v behind the checkpointer's wait for the reader", slowest)
+	}
+	held := walFrames(t, db)
+	if held < 3000 {
+		t.Errorf("the log holds %d pages while the reader reads: it started again under the reader", held)
+	}
+	if err := reader.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	write(3000)
+	if f := walFrames(t, db); f >= held {
+		t.Errorf("the log holds %d pages after the reader was done (%d before): it never started again", f, held)
 	}
 }
 

@@ -68,9 +68,8 @@ func (c *sqliteConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver
 	return checkpointingTx{Tx: tx, c: c.ckpt}, nil
 }
 
-// readsOnly reports whether a query is a SELECT or a PRAGMA (the
-// checkpointer's own, which must not wake it again): it writes nothing, or
-// nothing the checkpointer need hurry for.
+// readsOnly reports whether a query is a SELECT or a PRAGMA: it writes
+// nothing, or nothing the checkpointer need hurry for.
 func readsOnly(query string) bool {
 	query = strings.TrimLeft(query, " \t\r\n")
 	return len(query) >= 6 && (strings.EqualFold(query[:6], "SELECT") || strings.EqualFold(query[:6], "PRAGMA"))

@@ -128,7 +128,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
-	ckpt.start(db)
+	ckpt.start(dsn, drvr)
 	drv := entsql.OpenDB(dialect.SQLite, db)
 	return &DB{Client: ent.NewClient(ent.Driver(drv)), SQL: db, Dialect: dialect.SQLite, ckpt: ckpt}, nil
 }
