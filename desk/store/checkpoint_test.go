@@ -22,6 +22,24 @@ func walFrames(t *testing.T, db *DB) int64 {
 	return frames
 }
 
+// openCheckpointed opens a SQLite file with a table t (id, v BLOB) and the
+// checkpointer's lengths shortened (restarts every 200 pages), closed with
+// the test; it returns the file's path.
+func openCheckpointed(t *testing.T) (*DB, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "wal.db")
+	db, err := Open(context.Background(), "sqlite://"+path, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	db.ckpt.delay, db.ckpt.restartFrames, db.ckpt.forceAt = 5*time.Millisecond, 200, 400
+	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"); err != nil {
+		t.Fatal(err)
+	}
+	return db, path
+}
+
 // TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites writes without a
 // pause, as the desk does (one transaction at a time under the write lock),
 // many times the checkpointer's restart length: the log must start afresh
@@ -30,16 +48,7 @@ func walFrames(t *testing.T, db *DB) int64 {
 // this test writes.
 func TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "wal.db")
-	db, err := Open(ctx, "sqlite://"+path, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.ckpt.delay, db.ckpt.restartFrames, db.ckpt.forceAt = 5*time.Millisecond, 200, 400
-	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"); err != nil {
-		t.Fatal(err)
-	}
+	db, path := openCheckpointed(t)
 	var autocheckpoint int
 	if err := db.SQL.QueryRow("PRAGMA wal_autocheckpoint").Scan(&autocheckpoint); err != nil {
 		t.Fatal(err)
@@ -150,16 +159,7 @@ func TestSQLiteCheckpointerRestsWhenNothingIsWritten(t *testing.T) {
 // once the reader is done.
 func TestSQLiteCheckpointerWaitsForALongReaderOnlyAWhile(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "reader.db")
-	db, err := Open(ctx, "sqlite://"+path, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.ckpt.delay, db.ckpt.restartFrames, db.ckpt.forceAt = 5*time.Millisecond, 200, 400
-	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"); err != nil {
-		t.Fatal(err)
-	}
+	db, _ := openCheckpointed(t)
 	lock := db.WriteLock()
 	blob := []byte(strings.Repeat("x", 3000))
 	write := func(rows int) (slowest time.Duration) {
