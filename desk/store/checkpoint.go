@@ -24,7 +24,7 @@ import (
 //
 // Here the writers' connections checkpoint only as a last resort
 // (walSafetyFrames), and a goroutine of the process checkpoints on a
-// connection of the pool, beside the writers, a short while after writes:
+// connection of its own, beside the writers, a short while after writes:
 // PASSIVE, which copies what no reader still needs and never blocks a
 // writer. Copying does not shorten the log, though: SQLite starts it again
 // from the top only when a writer begins with every frame copied, which
