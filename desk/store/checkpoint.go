@@ -124,16 +124,7 @@ type checkpointConnector struct {
 }
 
 func (c checkpointConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	cn, err := c.drv.Open(c.dsn)
-	if err != nil {
-		return nil, err
-	}
-	q := fmt.Sprintf("PRAGMA busy_timeout = %d", restartWait.Milliseconds())
-	if _, err := (forwardConn{cn}).ExecContext(ctx, q, nil); err != nil {
-		cn.Close()
-		return nil, err
-	}
-	return cn, nil
+	return openSQLiteConn(ctx, c.drv, c.dsn, fmt.Sprintf("PRAGMA busy_timeout = %d", restartWait.Milliseconds()))
 }
 
 func (c checkpointConnector) Driver() driver.Driver { return c.drv }

@@ -15,7 +15,8 @@ import (
 func walFrames(t *testing.T, db *DB) int64 {
 	t.Helper()
 	var busy, frames, done int64
-	// A PASSIVE checkpoint of nothing new reports the length and changes nothing.
+	// A PASSIVE checkpoint reports the length; what it copies does not
+	// shorten the log.
 	if err := db.SQL.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done); err != nil {
 		t.Fatal(err)
 	}

@@ -22,18 +22,26 @@ type sqliteConnector struct {
 }
 
 func (c sqliteConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	cn, err := c.drv.Open(c.dsn)
+	// The checkpointer checkpoints; the writers only as a last resort
+	// (checkpoint.go).
+	cn, err := openSQLiteConn(ctx, c.drv, c.dsn, fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", walSafetyFrames))
 	if err != nil {
 		return nil, err
 	}
-	conn := &sqliteConn{forwardConn: forwardConn{cn}, ckpt: c.ckpt}
-	// The checkpointer checkpoints; the writers only as a last resort
-	// (checkpoint.go).
-	if _, err := conn.forwardConn.ExecContext(ctx, fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", walSafetyFrames), nil); err != nil {
+	return &sqliteConn{forwardConn: forwardConn{cn}, ckpt: c.ckpt}, nil
+}
+
+// openSQLiteConn opens a driver connection to dsn and runs pragma on it.
+func openSQLiteConn(ctx context.Context, drv driver.Driver, dsn, pragma string) (driver.Conn, error) {
+	cn, err := drv.Open(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := (forwardConn{cn}).ExecContext(ctx, pragma, nil); err != nil {
 		cn.Close()
 		return nil, err
 	}
-	return conn, nil
+	return cn, nil
 }
 
 func (c sqliteConnector) Driver() driver.Driver { return c.drv }
