@@ -55,7 +55,7 @@ func (d *Desk) CreateOperator(ctx context.Context, in CreateOperatorInput) (*ent
 		in.Role = enum.RoleOperator
 	}
 	var op *ent.Operator
-	err = d.inTx(ctx, "create operator", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "create operator", func(ctx context.Context, tx *ent.Tx) error {
 		if taken, err := tx.Operator.Query().Where(operator.Email(email)).Exist(ctx); err != nil {
 			return err
 		} else if taken {
@@ -83,7 +83,7 @@ func (d *Desk) CreateOperator(ctx context.Context, in CreateOperatorInput) (*ent
 // operator ends all their sessions.
 func (d *Desk) UpdateOperator(ctx context.Context, id int, in UpdateOperatorInput) (*ent.Operator, error) {
 	var op *ent.Operator
-	err := d.inTx(ctx, "update operator", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "update operator", func(ctx context.Context, tx *ent.Tx) error {
 		old, err := tx.Operator.Get(ctx, id)
 		if err != nil {
 			return notFound(err, "operator", id)
@@ -168,7 +168,7 @@ func (d *Desk) CreateQueue(ctx context.Context, in ent.CreateQueueInput) (*ent.Q
 	in.Name = strings.TrimSpace(in.Name)
 	now := d.Now()
 	var q *ent.Queue
-	err := d.inTx(ctx, "create queue", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "create queue", func(ctx context.Context, tx *ent.Tx) error {
 		if err := uniqueQueueName(ctx, tx, in.Name, 0); err != nil {
 			return err
 		}
@@ -185,7 +185,7 @@ func (d *Desk) CreateQueue(ctx context.Context, in ent.CreateQueueInput) (*ent.Q
 // UpdateQueue changes a queue's settings and members.
 func (d *Desk) UpdateQueue(ctx context.Context, id int, in ent.UpdateQueueInput) (*ent.Queue, error) {
 	var q *ent.Queue
-	err := d.inTx(ctx, "update queue", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "update queue", func(ctx context.Context, tx *ent.Tx) error {
 		if _, err := tx.Queue.Get(ctx, id); err != nil {
 			return notFound(err, "queue", id)
 		}
@@ -212,7 +212,7 @@ func (d *Desk) UpdateQueue(ctx context.Context, id int, in ent.UpdateQueueInput)
 
 // DeleteQueue deletes a queue that has no chats and no channels.
 func (d *Desk) DeleteQueue(ctx context.Context, id int) error {
-	return d.inTx(ctx, "delete queue", func(tx *ent.Tx) error {
+	return d.inTx(ctx, "delete queue", func(ctx context.Context, tx *ent.Tx) error {
 		q, err := tx.Queue.Get(ctx, id)
 		if err != nil {
 			return notFound(err, "queue", id)
@@ -313,7 +313,7 @@ func (d *Desk) CreateChannel(ctx context.Context, in ent.CreateChannelInput) (*e
 	}
 	now := d.Now()
 	var ch *ent.Channel
-	err := d.inTx(ctx, "create channel", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "create channel", func(ctx context.Context, tx *ent.Tx) error {
 		if err := requireQueues(ctx, tx, []int{in.QueueID}); err != nil {
 			return err
 		}
@@ -331,7 +331,7 @@ func (d *Desk) CreateChannel(ctx context.Context, in ent.CreateChannelInput) (*e
 func (d *Desk) UpdateChannel(ctx context.Context, id int, in ent.UpdateChannelInput) (*ent.Channel, error) {
 	defer d.forgetChannel(id)
 	var ch *ent.Channel
-	err := d.inTx(ctx, "update channel", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "update channel", func(ctx context.Context, tx *ent.Tx) error {
 		old, err := tx.Channel.Get(ctx, id)
 		if err != nil {
 			return notFound(err, "channel", id)
@@ -396,7 +396,7 @@ func (d *Desk) SetChannelActive(ctx context.Context, id int, active bool) (*ent.
 // is kept for history: deactivate it instead.
 func (d *Desk) DeleteChannel(ctx context.Context, id int) error {
 	defer d.forgetChannel(id)
-	return d.inTx(ctx, "delete channel", func(tx *ent.Tx) error {
+	return d.inTx(ctx, "delete channel", func(ctx context.Context, tx *ent.Tx) error {
 		if _, err := tx.Channel.Get(ctx, id); err != nil {
 			return notFound(err, "channel", id)
 		}
@@ -422,7 +422,7 @@ func (d *Desk) CreateQuickReply(ctx context.Context, in ent.CreateQuickReplyInpu
 // UpdateQuickReply changes a reply template.
 func (d *Desk) UpdateQuickReply(ctx context.Context, id int, in ent.UpdateQuickReplyInput) (*ent.QuickReply, error) {
 	var qr *ent.QuickReply
-	err := d.inTx(ctx, "update quick reply", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "update quick reply", func(ctx context.Context, tx *ent.Tx) error {
 		old, err := tx.QuickReply.Get(ctx, id)
 		if err != nil {
 			return notFound(err, "quick reply", id)
@@ -488,7 +488,7 @@ func (d *Desk) CreateChatAction(ctx context.Context, in ent.CreateChatActionInpu
 	}
 	now := d.Now()
 	var a *ent.ChatAction
-	err := d.inTx(ctx, "create chat action", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "create chat action", func(ctx context.Context, tx *ent.Tx) error {
 		if err := requireQueues(ctx, tx, []int{in.QueueID}); err != nil {
 			return err
 		}
@@ -502,7 +502,7 @@ func (d *Desk) CreateChatAction(ctx context.Context, in ent.CreateChatActionInpu
 // UpdateChatAction changes a chat action.
 func (d *Desk) UpdateChatAction(ctx context.Context, id int, in ent.UpdateChatActionInput) (*ent.ChatAction, error) {
 	var a *ent.ChatAction
-	err := d.inTx(ctx, "update chat action", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "update chat action", func(ctx context.Context, tx *ent.Tx) error {
 		old, err := tx.ChatAction.Get(ctx, id)
 		if err != nil {
 			return notFound(err, "chat action", id)
@@ -535,7 +535,7 @@ func (d *Desk) DeleteChatAction(ctx context.Context, id int) error {
 func (d *Desk) CreateAccount(ctx context.Context, in ent.CreateAccountInput) (*ent.Account, error) {
 	now := d.Now()
 	var a *ent.Account
-	err := d.inTx(ctx, "create account", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "create account", func(ctx context.Context, tx *ent.Tx) error {
 		if err := requireContacts(ctx, tx, in.ContactIDs); err != nil {
 			return err
 		}
@@ -549,7 +549,7 @@ func (d *Desk) CreateAccount(ctx context.Context, in ent.CreateAccountInput) (*e
 // UpdateAccount changes an account.
 func (d *Desk) UpdateAccount(ctx context.Context, id int, in ent.UpdateAccountInput) (*ent.Account, error) {
 	var a *ent.Account
-	err := d.inTx(ctx, "update account", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "update account", func(ctx context.Context, tx *ent.Tx) error {
 		if _, err := tx.Account.Get(ctx, id); err != nil {
 			return notFound(err, "account", id)
 		}
@@ -588,7 +588,7 @@ func (d *Desk) CreateContact(ctx context.Context, in ent.CreateContactInput) (*e
 	}
 	now := d.Now()
 	var c *ent.Contact
-	err := d.inTx(ctx, "create contact", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "create contact", func(ctx context.Context, tx *ent.Tx) error {
 		if in.AccountID != nil {
 			if _, err := tx.Account.Get(ctx, *in.AccountID); err != nil {
 				return notFound(err, "account", *in.AccountID)
@@ -607,7 +607,7 @@ func (d *Desk) UpdateContact(ctx context.Context, id int, in ent.UpdateContactIn
 		return nil, err
 	}
 	var c *ent.Contact
-	err := d.inTx(ctx, "update contact", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "update contact", func(ctx context.Context, tx *ent.Tx) error {
 		if _, err := tx.Contact.Get(ctx, id); err != nil {
 			return notFound(err, "contact", id)
 		}
@@ -646,7 +646,7 @@ func (d *Desk) UpdateSettings(ctx context.Context, in ent.UpdateSettingInput) (*
 	if err != nil {
 		return nil, err
 	}
-	err = d.inTx(ctx, "update settings", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "update settings", func(ctx context.Context, tx *ent.Tx) error {
 		if s, err = tx.Setting.UpdateOneID(s.ID).SetInput(in).SetUpdatedAt(d.Now()).Save(ctx); err != nil {
 			return err
 		}

@@ -106,7 +106,7 @@ func (d *Desk) Login(ctx context.Context, email, password string, meta SessionMe
 	token, hash := newSecret(sessionTokenPrefix)
 	now := d.Now()
 	res := &LoginResult{Token: token, ExpiresAt: now.Add(d.cfg.SessionTTL)}
-	err = d.inTx(ctx, "login", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "login", func(ctx context.Context, tx *ent.Tx) error {
 		op, err := tx.Operator.Get(ctx, op.ID)
 		if err != nil {
 			return err
@@ -199,7 +199,7 @@ func (d *Desk) Logout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = d.inTx(ctx, "logout", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "logout", func(ctx context.Context, tx *ent.Tx) error {
 		return d.endSessions(ctx, tx, a.OperatorID, []int{a.SessionID}, "LOGOUT", enum.ReasonLogout)
 	})
 	if err == nil {
@@ -292,7 +292,7 @@ func (d *Desk) ChangePassword(ctx context.Context, current, next string) error {
 	if err != nil {
 		return err
 	}
-	return d.inTx(ctx, "change password", func(tx *ent.Tx) error {
+	return d.inTx(ctx, "change password", func(ctx context.Context, tx *ent.Tx) error {
 		op, err := tx.Operator.Get(ctx, a.OperatorID)
 		if err != nil {
 			return err
@@ -346,7 +346,7 @@ func (d *Desk) CreateAPIKey(ctx context.Context, in CreateAPIKeyInput) (*CreateA
 // RevokeAPIKey revokes a key at once; revoking twice is a no-op.
 func (d *Desk) RevokeAPIKey(ctx context.Context, id int) (*ent.ApiKey, error) {
 	var k *ent.ApiKey
-	err := d.inTx(ctx, "revoke api key", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "revoke api key", func(ctx context.Context, tx *ent.Tx) error {
 		var err error
 		if k, err = tx.ApiKey.Get(ctx, id); err != nil {
 			return notFound(err, "api key", id)

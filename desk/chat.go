@@ -28,7 +28,7 @@ func (d *Desk) AcceptChat(ctx context.Context, chatID int) (*ent.Chat, error) {
 		return nil, err
 	}
 	var c *ent.Chat
-	err = d.inTx(ctx, "accept chat", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "accept chat", func(ctx context.Context, tx *ent.Tx) error {
 		var err error
 		c, err = d.accept(ctx, tx, chatID, a.OperatorID)
 		return err
@@ -202,7 +202,7 @@ func (d *Desk) CompleteChat(ctx context.Context, chatID int) (*ent.Chat, error) 
 		return nil, err
 	}
 	var c *ent.Chat
-	err = d.inTx(ctx, "complete chat", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "complete chat", func(ctx context.Context, tx *ent.Tx) error {
 		var err error
 		if c, err = d.ownChat(ctx, tx, chatID, a.OperatorID); err != nil {
 			return err
@@ -306,7 +306,7 @@ func (d *Desk) SendMessage(ctx context.Context, chatID int, text string, file *F
 		}
 	}
 	var m *ent.Message
-	err = d.inTx(ctx, "send message", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "send message", func(ctx context.Context, tx *ent.Tx) error {
 		c, err := d.ownChat(ctx, tx, chatID, a.OperatorID)
 		if err != nil {
 			return err
@@ -406,7 +406,7 @@ func (d *Desk) MarkChatRead(ctx context.Context, chatID int) (*ent.Chat, error) 
 		return nil, err
 	}
 	var c *ent.Chat
-	err = d.inTx(ctx, "mark chat read", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "mark chat read", func(ctx context.Context, tx *ent.Tx) error {
 		if _, err := d.ownChat(ctx, tx, chatID, a.OperatorID); err != nil {
 			return err
 		}

@@ -600,7 +600,7 @@ const (
 // SchedulePruning makes sure the event log's pruning job exists (every
 // instance calls it at start; the dedupe key keeps one).
 func (d *Desk) SchedulePruning(ctx context.Context) error {
-	return d.inTx(ctx, "schedule pruning", func(tx *ent.Tx) error {
+	return d.inTx(ctx, "schedule pruning", func(ctx context.Context, tx *ent.Tx) error {
 		return d.enqueue(ctx, tx, jobSpec{kind: jobPruneEvents, dedupe: pruneDedupeKey, due: d.Now().Add(time.Minute)})
 	})
 }

@@ -59,7 +59,7 @@ type DeliveryResult struct {
 // once (R3).
 func (d *Desk) ApplyDelivery(ctx context.Context, ch channels.Channel, del channels.Delivery, body []byte) (*DeliveryResult, error) {
 	var res *DeliveryResult
-	err := d.inTxRacing(ctx, "apply delivery", func(tx *ent.Tx) error {
+	err := d.inTxRacing(ctx, "apply delivery", func(ctx context.Context, tx *ent.Tx) error {
 		var err error
 		res, err = d.applyDelivery(ctx, tx, ch, del, body)
 		return err

@@ -118,7 +118,7 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 		return nil, invalid("text", "a text message needs a text")
 	}
 	var res *IngestResult
-	err := d.inTxRacing(ctx, "ingest", func(tx *ent.Tx) error {
+	err := d.inTxRacing(ctx, "ingest", func(ctx context.Context, tx *ent.Tx) error {
 		var err error
 		res, err = d.ingest(ctx, tx, in)
 		return err

@@ -258,7 +258,7 @@ func (d *Desk) runDueJobs(ctx context.Context, all bool) (int, error) {
 // and it commits in the same round trip (store.InlineCommit).
 func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
 	var claimed []*ent.Job
-	err := d.inTx(ctx, "claim jobs", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "claim jobs", func(ctx context.Context, tx *ent.Tx) error {
 		claimed = nil
 		now := d.Now()
 		lease := now.Add(jobLease)
@@ -312,7 +312,7 @@ func (d *Desk) claimJobs(ctx context.Context) ([]*ent.Job, error) {
 // runJob runs one claimed job in one transaction that ends by marking the job
 // done, only if this claim still holds.
 func (d *Desk) runJob(ctx context.Context, j *ent.Job) bool {
-	err := d.inTx(ctx, "job "+j.Kind, func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "job "+j.Kind, func(ctx context.Context, tx *ent.Tx) error {
 		if err := d.handleJob(ctx, tx, j); err != nil {
 			return err
 		}

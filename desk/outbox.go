@@ -150,14 +150,14 @@ func (d *Desk) markCallStarted(ctx context.Context, j *ent.Job) error {
 
 // done finishes a job that had nothing (left) to do.
 func (d *Desk) done(ctx context.Context, j *ent.Job) error {
-	return d.inTx(ctx, "finish job", func(tx *ent.Tx) error { return d.finishJob(ctx, tx, j) })
+	return d.inTx(ctx, "finish job", func(ctx context.Context, tx *ent.Tx) error { return d.finishJob(ctx, tx, j) })
 }
 
 // giveUp ends a job whose transient failures outlasted the retries: a
 // message is FAILED, an attachment FAILED; only while j's claim holds
 // (errJobLost otherwise, and nothing changes).
 func (d *Desk) giveUp(ctx context.Context, j *ent.Job, cause error) error {
-	return d.inTx(ctx, "give up job", func(tx *ent.Tx) error {
+	return d.inTx(ctx, "give up job", func(ctx context.Context, tx *ent.Tx) error {
 		switch j.Kind {
 		case jobSend:
 			m, err := tx.Message.Get(ctx, jobRef(j))
@@ -195,7 +195,7 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 	}
 	c, ch := m.Edges.Chat, m.Edges.Chat.Edges.Channel
 	fail := func(code, reason string, unreachable bool) error {
-		return d.inTx(ctx, "send failed", func(tx *ent.Tx) error {
+		return d.inTx(ctx, "send failed", func(ctx context.Context, tx *ent.Tx) error {
 			if err := d.finishJob(ctx, tx, j); err != nil {
 				return err
 			}
@@ -273,7 +273,7 @@ func (d *Desk) send(ctx context.Context, j *ent.Job) error {
 		}
 		return &retryLater{err: se, after: se.RetryAfter}
 	}
-	return afterCall(d.inTx(ctx, "message sent", func(tx *ent.Tx) error {
+	return afterCall(d.inTx(ctx, "message sent", func(ctx context.Context, tx *ent.Tx) error {
 		if err := d.finishJob(ctx, tx, j); err != nil {
 			return err
 		}
@@ -364,7 +364,7 @@ func (d *Desk) download(ctx context.Context, j *ent.Job) error {
 	if err != nil {
 		return &retryLater{err: fmt.Errorf("store attachment %d: %w", a.ID, err)}
 	}
-	return d.inTx(ctx, "attachment stored", func(tx *ent.Tx) error {
+	return d.inTx(ctx, "attachment stored", func(ctx context.Context, tx *ent.Tx) error {
 		if err := d.finishJob(ctx, tx, j); err != nil {
 			return err
 		}
@@ -425,7 +425,7 @@ func (d *Desk) fetchProfile(ctx context.Context, j *ent.Job) error {
 			return &retryLater{err: err}
 		}
 	}
-	return d.inTx(ctx, "profile fetched", func(tx *ent.Tx) error {
+	return d.inTx(ctx, "profile fetched", func(ctx context.Context, tx *ent.Tx) error {
 		// Only what the contact lacks is filled, compared by the update
 		// itself on the row's latest version (an operator's edit meanwhile
 		// wins). A contact whose identity went (a merge) is not updated.

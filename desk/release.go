@@ -83,7 +83,7 @@ func (d *Desk) runWantedReleases(ctx context.Context) int {
 		if ctx.Err() != nil {
 			return ran
 		}
-		err := d.inTx(ctx, "release queue", func(tx *ent.Tx) error { return d.releaseQueue(ctx, tx, q) })
+		err := d.inTx(ctx, "release queue", func(ctx context.Context, tx *ent.Tx) error { return d.releaseQueue(ctx, tx, q) })
 		if err != nil {
 			if ctx.Err() == nil {
 				d.log.Error("release of pending chats failed", "queue_id", q, "err", err)

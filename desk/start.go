@@ -147,7 +147,7 @@ func (d *Desk) startChat(ctx context.Context, a *Actor, in StartChatInput) (*ent
 	// (or first message) makes the unique index of open chats refuse this
 	// one: the racing transaction runs again and answers ACTIVE_CHAT_EXISTS
 	// as canStart says it.
-	err := d.inTxRacing(ctx, "start chat", func(tx *ent.Tx) error {
+	err := d.inTxRacing(ctx, "start chat", func(ctx context.Context, tx *ent.Tx) error {
 		if _, err := tx.Contact.Get(ctx, in.ContactID); err != nil {
 			return notFound(err, "contact", in.ContactID)
 		}

@@ -47,7 +47,7 @@ func (d *Desk) setStatus(ctx context.Context, operatorID int, status enum.Operat
 		return nil, invalid("status", "unknown status %q", status)
 	}
 	var op *ent.Operator
-	err := d.inTx(ctx, "set status", func(tx *ent.Tx) error {
+	err := d.inTx(ctx, "set status", func(ctx context.Context, tx *ent.Tx) error {
 		var err error
 		if op, err = tx.Operator.Get(ctx, operatorID); err != nil {
 			return notFound(err, "operator", operatorID)

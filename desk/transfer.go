@@ -47,7 +47,7 @@ func (d *Desk) TransferChat(ctx context.Context, in TransferInput) (*TransferRes
 		return nil, invalid("operatorId", "you cannot transfer a chat to yourself")
 	}
 	res := &TransferResult{}
-	err = d.inTx(ctx, "transfer chat", func(tx *ent.Tx) error {
+	err = d.inTx(ctx, "transfer chat", func(ctx context.Context, tx *ent.Tx) error {
 		parent, err := d.ownChat(ctx, tx, in.ChatID, a.OperatorID)
 		if err != nil {
 			return err
