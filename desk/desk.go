@@ -266,17 +266,19 @@ func retryable(err error) bool {
 }
 
 func (d *Desk) inTxOnce(ctx context.Context, name string, fn txFunc, attempt int) error {
-	ctx = context.WithoutCancel(ctx)
 	if !d.pg {
 		// SQLite has one writer at a time and makes the others poll
 		// (busy_timeout); queueing them here instead is fairer and faster.
 		d.writeMu.Lock()
 		defer d.writeMu.Unlock()
 	}
+	// The wait for a connection ends with the caller's context; what runs
+	// once the transaction has begun does not (txFunc).
 	tx, err := d.client.Tx(ctx)
 	if err != nil {
 		return fmt.Errorf("%s: begin: %w", name, err)
 	}
+	ctx = context.WithoutCancel(ctx)
 	defer func() {
 		if v := recover(); v != nil {
 			_ = tx.Rollback()

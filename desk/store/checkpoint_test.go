@@ -14,13 +14,23 @@ import (
 // walFrames is the log's length in pages as SQLite reports it.
 func walFrames(t *testing.T, db *DB) int64 {
 	t.Helper()
-	var busy, frames, done int64
 	// A PASSIVE checkpoint reports the length; what it copies does not
-	// shorten the log.
-	if err := db.SQL.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done); err != nil {
-		t.Fatal(err)
+	// shorten the log. While another connection checkpoints (the
+	// checkpointer), it cannot run and reports -1: SQLite's busy case,
+	// which a PASSIVE checkpoint does not wait out; it is tried again.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var busy, frames, done int64
+		if err := db.SQL.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done); err != nil {
+			t.Fatal(err)
+		}
+		if frames >= 0 {
+			return frames
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no checkpoint could run for 10 s (busy %d)", busy)
+		}
+		time.Sleep(time.Millisecond)
 	}
-	return frames
 }
 
 // openCheckpointed opens a SQLite file with a table t (id, v BLOB) and the

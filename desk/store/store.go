@@ -20,7 +20,6 @@ import (
 	"ariga.io/atlas/sql/postgres"
 	atlas "ariga.io/atlas/sql/schema"
 	"entgo.io/ent/dialect"
-	entsql "entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/schema"
 	"github.com/lib/pq"    // PostgreSQL driver
 	_ "modernc.org/sqlite" // SQLite driver, pure Go
@@ -44,7 +43,7 @@ type DB struct {
 // WithQueryHook returns a DB whose client calls fn before every statement it
 // sends (tests count queries with it); the pool is shared.
 func (db *DB) WithQueryHook(fn func(ctx context.Context, statement string)) *DB {
-	drv := dialect.DebugWithContext(entsql.OpenDB(db.Dialect, db.SQL), func(ctx context.Context, v ...any) {
+	drv := dialect.DebugWithContext(newDriver(db.Dialect, db.SQL), func(ctx context.Context, v ...any) {
 		fn(ctx, fmt.Sprint(v...))
 	})
 	c := *db
@@ -129,7 +128,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
 	ckpt.start(dsn, drvr)
-	drv := entsql.OpenDB(dialect.SQLite, db)
+	drv := newDriver(dialect.SQLite, db)
 	return &DB{Client: ent.NewClient(ent.Driver(drv)), SQL: db, Dialect: dialect.SQLite, ckpt: ckpt}, nil
 }
 
@@ -159,7 +158,7 @@ func openPostgres(ctx context.Context, rawURL string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("connect to postgres: %w", err)
 	}
-	drv := entsql.OpenDB(dialect.Postgres, db)
+	drv := newDriver(dialect.Postgres, db)
 	return &DB{Client: ent.NewClient(ent.Driver(drv)), SQL: db, Dialect: dialect.Postgres, URL: u.String()}, nil
 }
 
