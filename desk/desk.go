@@ -204,10 +204,10 @@ func (d *Desk) Now() time.Time { return d.clock.Now().UTC().Truncate(time.Micros
 // its grace period, stops use cases before they begin, not halfway (the
 // transaction would be rolled back either way; a provider's retried delivery
 // finds what the first one committed). It also spares every statement the
-// goroutines that database/sql and the drivers start to watch a cancellable
-// context (one per transaction, one per result set, and lib/pq one per
-// statement), each a thread wake-up: measured at about a tenth of the
-// server's CPU per message on two cores.
+// goroutine lib/pq (and the SQLite driver) start to watch a context that
+// can be cancelled, a thread wake-up each; store begins the transaction so
+// that database/sql starts none either (connDriver). Together: about a sixth
+// of the server's CPU per message on two cores (README, Performance).
 type txFunc func(ctx context.Context, tx *ent.Tx) error
 
 // inTx runs fn in one transaction: the transaction of a use case. On
