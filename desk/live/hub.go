@@ -125,11 +125,19 @@ type Hub struct {
 	cursor int // the last event id dispatched
 	// held are local commits' events reported before an earlier id's, by
 	// id, until that one is dispatched (or the gap timer wakes the pump).
-	held     map[int]*ent.Event
-	gapTimer *time.Timer
-	subs     map[*Stream]struct{}
-	index    map[indexKey][]*Stream
-	closed   bool
+	held map[int]*ent.Event
+	// gapTimer wakes the pump GapWait after the gap that follows the
+	// cursor opened; gapAt is the cursor it was armed at, gapGen tells a
+	// timer replaced or stopped while its callback waited for h.mu.
+	gapTimer stopper
+	gapAt    int
+	gapGen   uint64
+	// afterFunc arms timers (time.AfterFunc; tests give a clock of their
+	// own).
+	afterFunc func(time.Duration, func()) stopper
+	subs      map[*Stream]struct{}
+	index     map[indexKey][]*Stream
+	closed    bool
 	// count is len(subs), read without the lock (Subscribers).
 	count atomic.Int64
 }
@@ -171,8 +179,13 @@ func New(src Source, opt Options) *Hub {
 		opt.Logger = slog.Default()
 	}
 	return &Hub{src: src, opt: opt, wake: make(chan struct{}, 1), subs: map[*Stream]struct{}{},
-		index: map[indexKey][]*Stream{}}
+		index: map[indexKey][]*Stream{}, afterFunc: realAfterFunc}
 }
+
+// stopper is a timer as the hub uses it.
+type stopper interface{ Stop() bool }
+
+func realAfterFunc(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }
 
 // Start positions the pump at the newest event and runs it until ctx ends;
 // then every subscription ends.
@@ -234,17 +247,42 @@ func (h *Hub) holdLocked(e *ent.Event) {
 	h.armGapTimerLocked()
 }
 
-// armGapTimerLocked makes the pump read the log GapWait from now, unless
-// it is to already (h.mu held).
+// armGapTimerLocked makes the pump read the log GapWait after the gap
+// that follows the cursor opened: from now, unless the timer already runs
+// for this gap. A timer armed for an earlier gap, which has filled since
+// (the cursor moved on while later events stayed held), starts again:
+// under steady concurrent commits some event is nearly always held, and a
+// timer kept from the first of them would make the pump read the log
+// (waiting for every append in flight, desk.eventReadLock) every GapWait,
+// though no gap lasted that long (h.mu held).
 func (h *Hub) armGapTimerLocked() {
-	if h.gapTimer == nil {
-		h.gapTimer = time.AfterFunc(h.opt.GapWait, func() {
-			h.mu.Lock()
-			h.gapTimer = nil
-			h.mu.Unlock()
-			h.Wake()
-		})
+	if h.gapTimer != nil && h.gapAt == h.cursor {
+		return
 	}
+	h.stopGapTimerLocked()
+	gen := h.gapGen
+	h.gapAt = h.cursor
+	h.gapTimer = h.afterFunc(h.opt.GapWait, func() {
+		h.mu.Lock()
+		current := gen == h.gapGen
+		if current {
+			h.gapTimer = nil
+		}
+		h.mu.Unlock()
+		if current {
+			h.Wake()
+		}
+	})
+}
+
+// stopGapTimerLocked stops the gap timer, if armed; a callback already
+// waiting for h.mu then does nothing (h.mu held).
+func (h *Hub) stopGapTimerLocked() {
+	if h.gapTimer != nil {
+		h.gapTimer.Stop()
+		h.gapTimer = nil
+	}
+	h.gapGen++
 }
 
 // drainHeldLocked dispatches the held events that now follow the cursor,
@@ -263,12 +301,10 @@ func (h *Hub) drainHeldLocked() {
 			delete(h.held, id)
 		}
 	}
-	switch {
-	case len(h.held) > 0:
+	if len(h.held) > 0 {
 		h.armGapTimerLocked()
-	case h.gapTimer != nil:
-		h.gapTimer.Stop()
-		h.gapTimer = nil
+	} else {
+		h.stopGapTimerLocked()
 	}
 }
 
@@ -436,10 +472,7 @@ func (h *Hub) shutdown() {
 	defer h.mu.Unlock()
 	h.closed = true
 	clear(h.held)
-	if h.gapTimer != nil {
-		h.gapTimer.Stop()
-		h.gapTimer = nil
-	}
+	h.stopGapTimerLocked()
 	for st := range h.subs {
 		h.endLocked(st, nil)
 	}

@@ -259,6 +259,100 @@ func TestHub_AGapNoLocalCommitFillsIsReadFromTheLog(t *testing.T) {
 	}
 }
 
+// Under steady concurrent commits some event is nearly always held, each
+// gap filling within moments: GapWait counts from the gap still open, not
+// from the first event held, so the log is read only for a gap that lasts
+// GapWait (another instance's event here), not every GapWait (R12).
+func TestHub_TheGapTimerCountsFromTheGapStillOpen(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	log := &memLog{}
+	clock := &testClock{}
+	h := live.New(log, live.Options{GapWait: 20 * time.Millisecond, Poll: time.Hour})
+	live.SetAfterFunc(h, clock.afterFunc)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := panelOfOne(t, h)
+	defer func() {
+		cancel()
+		for range st.C {
+		}
+	}()
+	a, b, c, d := log.append(1), log.append(1), log.append(1), log.append(1)
+	reads := log.readCount()
+	h.Committed([]*ent.Event{log.event(b)}) // held: a's commit has not reported
+	if n := clock.advance(15 * time.Millisecond); n != 0 {
+		t.Fatalf("%d timers fired 15 ms into a gap, want none", n)
+	}
+	h.Committed([]*ent.Event{log.event(d)}) // held too: c's commit is in flight
+	h.Committed([]*ent.Event{log.event(a)}) // a and b go out; d waits for c
+	expectIDs(t, st, a, b)
+	if n := clock.advance(10 * time.Millisecond); n != 0 {
+		t.Fatalf("%d timers fired 25 ms after the first gap opened and 10 ms after the one still open, want none", n)
+	}
+	expectNoRead(t, log, reads)
+	// c is never reported here: the pump reads it once its gap has lasted
+	// GapWait, and d follows.
+	if n := clock.advance(10 * time.Millisecond); n != 1 {
+		t.Fatalf("%d timers fired once the open gap lasted GapWait, want 1", n)
+	}
+	expectIDs(t, st, c, d)
+	if log.readCount() == reads {
+		t.Fatal("the log was not read for the gap")
+	}
+}
+
+// testClock runs the hub's timers: they fire when the test moves it past
+// their deadline.
+type testClock struct {
+	mu     sync.Mutex
+	now    time.Duration
+	timers []*testTimer
+}
+
+type testTimer struct {
+	clock *testClock
+	at    time.Duration
+	f     func()
+	done  bool // stopped or fired
+}
+
+func (c *testClock) afterFunc(d time.Duration, f func()) interface{ Stop() bool } {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tm := &testTimer{clock: c, at: c.now + d, f: f}
+	c.timers = append(c.timers, tm)
+	return tm
+}
+
+func (tm *testTimer) Stop() bool {
+	tm.clock.mu.Lock()
+	defer tm.clock.mu.Unlock()
+	was := !tm.done
+	tm.done = true
+	return was
+}
+
+// advance moves the clock on by d, runs the timers then due and returns
+// how many fired.
+func (c *testClock) advance(d time.Duration) int {
+	c.mu.Lock()
+	c.now += d
+	var due []func()
+	for _, tm := range c.timers {
+		if !tm.done && tm.at <= c.now {
+			tm.done = true
+			due = append(due, tm.f)
+		}
+	}
+	c.mu.Unlock()
+	for _, f := range due {
+		f()
+	}
+	return len(due)
+}
+
 func waitCursor(t *testing.T, h *live.Hub, id int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
