@@ -311,18 +311,19 @@ var membersStatements = statementsByFlags(membersStatement)
 // membersStatement is, joined by store.Then: with mark, the wait for the
 // queue's routing mark ($1 its class, $2 the queue); the lock of the
 // members that are not disabled, in id order, FOR NO KEY UPDATE as
-// lockRows, with the queue's row and the settings' row as JSON (every
-// column comes along, as ent reads them: the entities' JSON names are the
-// column names) read by the same statement ($1 the queue, $2 the settings'
-// scope) and, with draw, an offer id drawn for each ACTIVE member of a
-// TO_ALL queue (NULL for the others, who get no offer: under TO_ALL every
-// available member is offered the chat; under the other rules one is, and
-// drawing for all would waste ids; ids come from the offers' range of 2^32,
-// ids being type << 32 | n); and the members' loads ($1 the queue, $2 the
-// owned chats' status, $3 the open offers' status). The loads are a
-// statement of their own, sent in the same message: it takes its snapshot
-// once the members' locks are held, and so counts what the transactions it
-// waited for committed (a subquery of the locking statement would not).
+// lockRows ($1 the queue), with, with draw, an offer id drawn for each
+// ACTIVE member of a TO_ALL queue (NULL for the others, who get no offer:
+// under TO_ALL every available member is offered the chat; under the other
+// rules one is, and drawing for all would waste ids; ids come from the
+// offers' range of 2^32, ids being type << 32 | n); the members' loads ($1
+// the queue, $2 the owned chats' status, $3 the open offers' status); and
+// the queue's row and the settings' row as JSON, in one row (every column
+// comes along, as ent reads them: the entities' JSON names are the column
+// names; $1 the queue, $2 the settings' scope). The loads and the rows are
+// statements of their own, sent in the same message: each takes its
+// snapshot once the members' locks are held, and so reads what the
+// transactions it waited for committed (a subquery of the locking
+// statement would not); and the rows come once, not with every member.
 func membersStatement(mark, draw bool) string {
 	cols := qualified("o", operator.Columns)
 	members := fmt.Sprintf(`SELECT queue_members.%s FROM %s AS queue_members WHERE queue_members.%s = $1`,
@@ -334,16 +335,16 @@ func membersStatement(mark, draw bool) string {
 			operator.FieldStatus, enum.StatusActive, queue.FieldRoutingRule, queue.Table, queue.FieldID, enum.RuleToAll,
 			chatoffer.Table, chatoffer.FieldID, nextOfferColumn)
 	}
-	lock := fmt.Sprintf(`SELECT %s,
-  (SELECT to_jsonb(q) FROM %s AS q WHERE q.%s = $1) AS %s,
-  (SELECT to_jsonb(s) FROM %s AS s WHERE s.%s = $2) AS %s%s
+	lock := fmt.Sprintf(`SELECT %s%s
 FROM %s AS o WHERE o.%s IN (%s) AND NOT o.%s
-ORDER BY o.%s FOR NO KEY UPDATE`, strings.Join(cols, ", "),
-		queue.Table, queue.FieldID, queueRowColumn, setting.Table, setting.FieldScope, settingsRowColumn, drawn,
+ORDER BY o.%s FOR NO KEY UPDATE`, strings.Join(cols, ", "), drawn,
 		operator.Table, operator.FieldID, members, operator.FieldDisabled, operator.FieldID)
 	in := "= ANY(ARRAY(" + members + "))"
 	loads := loadsSQL("$2", in, "$3", in)
-	stmt := lock + store.Then + loads
+	rowsOf := fmt.Sprintf(`SELECT (SELECT to_jsonb(q) FROM %s AS q WHERE q.%s = $1) AS %s,
+  (SELECT to_jsonb(s) FROM %s AS s WHERE s.%s = $2) AS %s`,
+		queue.Table, queue.FieldID, queueRowColumn, setting.Table, setting.FieldScope, settingsRowColumn)
+	stmt := lock + store.Then + loads + store.Then + rowsOf
 	if mark {
 		stmt = fmt.Sprintf(queueLockSQL, "pg_advisory_xact_lock") + store.Then + stmt
 	}
@@ -364,11 +365,13 @@ type lockedMember struct {
 // (membersStatement); with mark, it first waits for the queue's routing
 // mark, held then until the transaction ends; with drawOffers, it draws an
 // offer id for each ACTIVE member of a TO_ALL queue. The queue and settings
-// are read with the locking statement's snapshot, as a statement of their
-// own before the lock would read them. A queue without members returns no
-// member: q is then nil.
+// are read once the members' locks are held, by a statement after the
+// locking one: a subquery of the locking statement would read them as they
+// were before it waited for a lock (a round-robin turn another routing just
+// moved, say), and it would send them with every member. A queue without
+// members returns no member: q is then nil.
 func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark, drawOffers bool) (ms []lockedMember, q *ent.Queue, s *ent.Setting, err error) {
-	args := []any{queueID, settingsScope, queueID, string(enum.ChatInProgress), string(enum.OfferOpen)}
+	args := []any{queueID, queueID, string(enum.ChatInProgress), string(enum.OfferOpen), queueID, settingsScope}
 	if mark {
 		args = append([]any{routingLockClass, int32(uint32(queueID))}, args...)
 	}
@@ -398,9 +401,8 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 			return nil, nil, nil, err
 		}
 	}
-	var queueRow, settingsRow []byte
 	var offerID stdsql.NullInt64
-	extra := map[string]any{queueRowColumn: &queueRow, settingsRowColumn: &settingsRow, nextOfferColumn: &offerID}
+	extra := map[string]any{nextOfferColumn: &offerID}
 	for rows.Next() {
 		op, err := tx.Operator.ScanRow(rows, extra)
 		if err != nil {
@@ -418,6 +420,15 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 			return nil, nil, nil, err
 		}
 		loads[op] = n
+	}
+	if err := next("queue"); err != nil {
+		return nil, nil, nil, err
+	}
+	var queueRow, settingsRow []byte
+	if rows.Next() {
+		if err := rows.Scan(&queueRow, &settingsRow); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	if err := rows.Err(); err != nil || len(ms) == 0 {
 		return nil, nil, nil, err

@@ -334,6 +334,73 @@ func TestR10_PendingChatsOfAStoppedInstanceAreRoutedByAnother(t *testing.T) {
 	atRest(t, w2, w2.Invariants(), "after the sweep")
 }
 
+// TestR8_ARoutingReadsTheTurnItWaitedFor: a routing that waits for a
+// member's lock held by another transaction of the queue (the offer
+// timeout of one of its chats, say) reads the queue's round-robin turn as
+// that transaction left it, once it holds the lock, so that two routings
+// in a row do not offer to the same member out of turn (PostgreSQL: SQLite
+// has one writer, so nothing waits there).
+func TestR8_ARoutingReadsTheTurnItWaitedFor(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("PostgreSQL only: SQLite has one writer, so a routing never waits for another's locks (covered by the PostgreSQL run in .ci/run)")
+	}
+	w := desktest.New(t)
+	a, b, c := w.Operator(active, 5), w.Operator(active, 5), w.Operator(active, 5)
+	q := w.Queue(enum.RuleRoundRobin, []*ent.Operator{a, b, c})
+	ch := w.Channel(q, enum.ProviderAPI)
+	ctx := context.Background()
+
+	// Another transaction routes a chat of q: it holds A's row and gives
+	// A the turn.
+	other, err := w.DB.SQL.BeginTx(ctx, nil)
+	w.Must(err)
+	defer func() { _ = other.Rollback() }() // a no-op once committed below
+	_, err = other.ExecContext(ctx, "SELECT id FROM operators WHERE id = $1 FOR NO KEY UPDATE", a.ID)
+	w.Must(err)
+	_, err = other.ExecContext(ctx, "UPDATE queues SET rr_last_operator_id = $1 WHERE id = $2", a.ID, q.ID)
+	w.Must(err)
+	var xid string
+	w.Must(other.QueryRowContext(ctx, `SELECT transactionid::text FROM pg_locks
+		WHERE locktype = 'transactionid' AND pid = pg_backend_pid() AND granted`).Scan(&xid))
+
+	type result struct {
+		res *desk.IngestResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := w.Desk.Ingest(ctx, desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "turn"},
+			Text: "hello"})
+		done <- result{res, err}
+	}()
+	// The new chat's routing waits for A's lock: for the other transaction.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting int
+		w.Must(w.DB.SQL.QueryRowContext(ctx, `SELECT count(*) FROM pg_locks
+			WHERE locktype = 'transactionid' AND transactionid::text = $1 AND NOT granted`, xid).Scan(&waiting))
+		if waiting > 0 {
+			break
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("the ingest ended (%v) without waiting for the other routing's lock", r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ingest did not wait for the other routing's lock within 10s")
+		}
+		time.Sleep(time.Millisecond) // polling another connection's lock state, bounded by the deadline
+	}
+	w.Must(other.Commit())
+	r := <-done
+	w.Must(r.err)
+	if got := openOffers(w, r.res.Chat.ID); !got[b.ID] || len(got) != 1 {
+		t.Fatalf("offers = %v, want B only: A had the turn (A %d, B %d, C %d)", got, a.ID, b.ID, c.ID)
+	}
+	atRest(t, w, w.Invariants(), "after the routing")
+}
+
 // outcomeFor is the decision outcome of a chat that was or was not offered.
 func outcomeFor(offered bool) string {
 	if offered {
