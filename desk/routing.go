@@ -83,9 +83,14 @@ func availabilityOf(status enum.OperatorStatus, load, limit int) Availability {
 // chatLimit is the concurrent-chats limit of an operator in a queue (R7):
 // the operator's override, else the queue's, else the system setting.
 func chatLimit(op *ent.Operator, q *ent.Queue, s *ent.Setting) int {
+	return limitOf(op.ChatLimit, q, s)
+}
+
+// limitOf is chatLimit for an operator's own limit (nil: none).
+func limitOf(own *int, q *ent.Queue, s *ent.Setting) int {
 	switch {
-	case op.ChatLimit != nil:
-		return *op.ChatLimit
+	case own != nil:
+		return *own
 	case q != nil && q.ChatLimit != nil:
 		return *q.ChatLimit
 	}
@@ -248,7 +253,7 @@ func operatorIs(id int) predicate.Operator { return operator.ID(id) }
 
 // member is an operator as routing sees it.
 type member struct {
-	op    *ent.Operator
+	op    *memberOp
 	load  int
 	limit int
 	// offerID is an id drawn for an offer to the member (PostgreSQL, a
@@ -257,6 +262,24 @@ type member struct {
 }
 
 func (m *member) availability() Availability { return availabilityOf(m.op.Status, m.load, m.limit) }
+
+// memberOp is what routing reads of a member: the columns lockMembersPG
+// selects (memberColumns), not the whole operator.
+type memberOp struct {
+	ID             int
+	Name           string
+	Status         enum.OperatorStatus
+	ChatLimit      *int
+	LastAcceptedAt *time.Time
+}
+
+// memberColumns are memberOp's columns, in its order.
+var memberColumns = []string{operator.FieldID, operator.FieldName, operator.FieldStatus, operator.FieldChatLimit,
+	operator.FieldLastAcceptedAt}
+
+func memberOf(op *ent.Operator) *memberOp {
+	return &memberOp{ID: op.ID, Name: op.Name, Status: op.Status, ChatLimit: op.ChatLimit, LastAcceptedAt: op.LastAcceptedAt}
+}
 
 // router routes chats of one queue inside one transaction, holding the locks
 // of all its members.
@@ -311,7 +334,8 @@ var membersStatements = statementsByFlags(membersStatement)
 // membersStatement is, joined by store.Then: with mark, the wait for the
 // queue's routing mark ($1 its class, $2 the queue); the lock of the
 // members that are not disabled, in id order, FOR NO KEY UPDATE as
-// lockRows ($1 the queue), with, with draw, an offer id drawn for each
+// lockRows ($1 the queue), with the columns routing reads (memberColumns)
+// and, with draw, an offer id drawn for each
 // ACTIVE member of a TO_ALL queue (NULL for the others, who get no offer:
 // under TO_ALL every available member is offered the chat; under the other
 // rules one is, and drawing for all would waste ids; ids come from the
@@ -325,7 +349,7 @@ var membersStatements = statementsByFlags(membersStatement)
 // transactions it waited for committed (a subquery of the locking
 // statement would not); and the rows come once, not with every member.
 func membersStatement(mark, draw bool) string {
-	cols := qualified("o", operator.Columns)
+	cols := qualified("o", memberColumns)
 	members := fmt.Sprintf(`SELECT queue_members.%s FROM %s AS queue_members WHERE queue_members.%s = $1`,
 		operator.QueuesPrimaryKey[1], operator.QueuesTable, operator.QueuesPrimaryKey[0])
 	drawn := ""
@@ -354,7 +378,7 @@ ORDER BY o.%s FOR NO KEY UPDATE`, strings.Join(cols, ", "), drawn,
 // lockedMember is an operator lockMembersPG locked, with their load and the
 // offer id drawn for them (0: none).
 type lockedMember struct {
-	op      *ent.Operator
+	op      *memberOp
 	load    int
 	offerID int
 }
@@ -401,12 +425,23 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 			return nil, nil, nil, err
 		}
 	}
-	var offerID stdsql.NullInt64
-	extra := map[string]any{nextOfferColumn: &offerID}
 	for rows.Next() {
-		op, err := tx.Operator.ScanRow(rows, extra)
-		if err != nil {
+		op := &memberOp{}
+		var limit, offerID stdsql.NullInt64
+		var lastAccepted stdsql.NullTime
+		dest := []any{&op.ID, &op.Name, &op.Status, &limit, &lastAccepted}
+		if drawOffers {
+			dest = append(dest, &offerID)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			return nil, nil, nil, err
+		}
+		if limit.Valid {
+			n := int(limit.Int64)
+			op.ChatLimit = &n
+		}
+		if lastAccepted.Valid {
+			op.LastAcceptedAt = &lastAccepted.Time
 		}
 		ms = append(ms, lockedMember{op: op, offerID: int(offerID.Int64)})
 	}
@@ -498,13 +533,13 @@ func (d *Desk) lockRouter(ctx context.Context, tx *ent.Tx, queueID int, mark, dr
 				return nil, err
 			}
 			for _, op := range ops {
-				locked = append(locked, lockedMember{op: op, load: loads[op.ID]})
+				locked = append(locked, lockedMember{op: memberOf(op), load: loads[op.ID]})
 			}
 		}
 	}
 	r := &router{d: d, tx: tx, q: q, settings: s}
 	for _, l := range locked {
-		r.members = append(r.members, &member{op: l.op, load: l.load, limit: chatLimit(l.op, q, s), offerID: l.offerID})
+		r.members = append(r.members, &member{op: l.op, load: l.load, limit: limitOf(l.op.ChatLimit, q, s), offerID: l.offerID})
 	}
 	return r, nil
 }
