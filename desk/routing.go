@@ -277,6 +277,7 @@ type memberOp struct {
 var memberColumns = []string{operator.FieldID, operator.FieldName, operator.FieldStatus, operator.FieldChatLimit,
 	operator.FieldLastAcceptedAt}
 
+// memberOf is the member of a locked operator (SQLite reads them whole).
 func memberOf(op *ent.Operator) *memberOp {
 	return &memberOp{ID: op.ID, Name: op.Name, Status: op.Status, ChatLimit: op.ChatLimit, LastAcceptedAt: op.LastAcceptedAt}
 }
@@ -319,7 +320,7 @@ func selectedOrNull[T any](value func(string) (ent.Value, error), column string)
 	return t, true, nil
 }
 
-// Columns lockMembersPG selects beside the operators'.
+// Columns of lockMembersPG's statements beside the members' own.
 const (
 	queueRowColumn    = "parley_queue"
 	settingsRowColumn = "parley_settings"
@@ -335,11 +336,11 @@ var membersStatements = statementsByFlags(membersStatement)
 // queue's routing mark ($1 its class, $2 the queue); the lock of the
 // members that are not disabled, in id order, FOR NO KEY UPDATE as
 // lockRows ($1 the queue), with the columns routing reads (memberColumns)
-// and, with draw, an offer id drawn for each
-// ACTIVE member of a TO_ALL queue (NULL for the others, who get no offer:
-// under TO_ALL every available member is offered the chat; under the other
-// rules one is, and drawing for all would waste ids; ids come from the
-// offers' range of 2^32, ids being type << 32 | n); the members' loads ($1
+// and, with draw, an offer id drawn for each ACTIVE member of a TO_ALL
+// queue (NULL for the others, who get no offer: under TO_ALL every
+// available member is offered the chat; under the other rules one is, and
+// drawing for all would waste ids; ids come from the offers' range of
+// 2^32, ids being type << 32 | n); the members' loads ($1
 // the queue, $2 the owned chats' status, $3 the open offers' status); and
 // the queue's row and the settings' row as JSON, in one row (every column
 // comes along, as ent reads them: the entities' JSON names are the column
