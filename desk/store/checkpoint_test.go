@@ -209,7 +209,21 @@ func TestSQLiteCheckpointerWaitsForALongReaderOnlyAWhile(t *testing.T) {
 	if err := reader.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	write(3000)
+	// Writes go on until the checkpointer has copied the log under the
+	// write lock twice since the reader ended (the first may have begun
+	// before), then a last batch starts the log afresh. Counting those
+	// copies, rather than writing a fixed number of rows, does not assume
+	// how fast the checkpointer runs beside the writers (a loaded machine
+	// once let 3,000 rows go by first).
+	copies := db.ckpt.restarts.Load()
+	for deadline := time.Now().Add(20 * time.Second); db.ckpt.restarts.Load() < copies+2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the checkpointer did not copy the log under the write lock twice in 20 s after the reader was done (%d times)",
+				db.ckpt.restarts.Load()-copies)
+		}
+		write(100)
+	}
+	write(100)
 	if f := walFrames(t, db); f >= held {
 		t.Errorf("the log holds %d pages after the reader was done (%d before): it never started again", f, held)
 	}
