@@ -289,7 +289,7 @@ func (d *Desk) ingest(ctx context.Context, tx *ent.Tx, in Inbound) (*IngestResul
 		// Another transaction is routing a new chat of this queue: rather
 		// than wait for its member locks, this one is routed right after
 		// commit by a release of the queue, together with any others that
-		// arrived meanwhile (releaseQueue). A message to a chat still
+		// arrived meanwhile (releasePending). A message to a chat still
 		// pending asks again: a release running now skips the chat while
 		// this transaction holds its row.
 		if err := d.routeAfterCommit(tx, res.Chat.QueueID); err != nil {

@@ -14,7 +14,7 @@ import (
 // its queue busy is stored route_pending and committed unrouted (the
 // routing mark, desk/ingest.go); right after the commit, this process's
 // release worker routes it, with any others of the queue that arrived
-// meanwhile, in one transaction (releaseQueue). The ingest writes nothing
+// meanwhile, in one transaction (releasePending). The ingest writes nothing
 // else: no job row, which concurrent ingests would queue on. The pending
 // chat is the durable record: if the process stops before its worker runs,
 // any instance's scheduler finds the chat still pending after pendingGrace
@@ -83,7 +83,7 @@ func (d *Desk) runWantedReleases(ctx context.Context) int {
 		if ctx.Err() != nil {
 			return ran
 		}
-		err := d.inTx(ctx, "release queue", func(ctx context.Context, tx *ent.Tx) error { return d.releaseQueue(ctx, tx, q) })
+		err := d.inTx(ctx, "release pending chats", func(ctx context.Context, tx *ent.Tx) error { return d.releasePending(ctx, tx, q) })
 		if err != nil {
 			if ctx.Err() == nil {
 				d.log.Error("release of pending chats failed", "queue_id", q, "err", err)

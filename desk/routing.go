@@ -12,6 +12,7 @@ import (
 	stdsql "database/sql"
 
 	"entgo.io/ent/dialect/sql"
+	"github.com/lib/pq"
 
 	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/ent"
@@ -294,6 +295,12 @@ type router struct {
 	offers map[int]chatOffers
 	// batch, when set, holds the offers of the routings until flush.
 	batch *offerBatch
+	// drawn are offer ids drawn ahead for any member (a release of
+	// pending chats, PostgreSQL), used once each.
+	drawn []int
+	// holdTurn: the router's owner writes the round-robin turn with the
+	// commit (turnMoved: a routing moved it).
+	holdTurn, turnMoved bool
 }
 
 // newRouter locks the members of a queue and reads their loads.
@@ -325,6 +332,7 @@ const (
 	queueRowColumn    = "parley_queue"
 	settingsRowColumn = "parley_settings"
 	nextOfferColumn   = "parley_next_offer_id"
+	offerIDsColumn    = "parley_offer_ids"
 )
 
 // membersStatements are lockMembersPG's statements, by whether they take the
@@ -351,8 +359,7 @@ var membersStatements = statementsByFlags(membersStatement)
 // statement would not); and the rows come once, not with every member.
 func membersStatement(mark, draw bool) string {
 	cols := qualified("o", memberColumns)
-	members := fmt.Sprintf(`SELECT queue_members.%s FROM %s AS queue_members WHERE queue_members.%s = $1`,
-		operator.QueuesPrimaryKey[1], operator.QueuesTable, operator.QueuesPrimaryKey[0])
+	members := membersOf("$1")
 	drawn := ""
 	if draw {
 		drawn = fmt.Sprintf(`,
@@ -376,6 +383,43 @@ ORDER BY o.%s FOR NO KEY UPDATE`, strings.Join(cols, ", "), drawn,
 	return stmt
 }
 
+// membersOf selects the operator ids of a queue's members (queue the
+// queue id's placeholder).
+func membersOf(queueID string) string {
+	return fmt.Sprintf(`SELECT queue_members.%s FROM %s AS queue_members WHERE queue_members.%s = %s`,
+		operator.QueuesPrimaryKey[1], operator.QueuesTable, operator.QueuesPrimaryKey[0], queueID)
+}
+
+// pendingRelease is releasePending's statement: membersStatement with the
+// mark, then pendingStatement, in one message.
+var pendingRelease = membersStatement(true, false) + store.Then + pendingStatement()
+
+// pendingStatement reads the chats of a queue ($1) that Ingest left
+// pending, oldest first, at most releaseBatch, locked FOR NO KEY UPDATE
+// and skipping those another transaction holds (a message to one: it asks
+// for a release again); with each, offer ids drawn for its first routing:
+// one for each ACTIVE member of a TO_ALL queue, else one. The ids are drawn
+// for the rows the locking subquery returns, by a statement that runs once
+// the members' locks are held.
+func pendingStatement() string {
+	return fmt.Sprintf(`SELECT %s, ARRAY(SELECT nextval(pg_get_serial_sequence('%s', '%s')) FROM generate_series(1, n.k)) AS %s
+FROM (
+  SELECT * FROM %s WHERE %s = $1 AND %s = '%s' AND %s
+  ORDER BY %s, %s LIMIT %d FOR NO KEY UPDATE SKIP LOCKED
+) AS p, (
+  SELECT CASE WHEN q.%s = '%s' THEN
+    (SELECT count(*) FROM %s AS o WHERE o.%s IN (%s) AND NOT o.%s AND o.%s = '%s')
+  ELSE 1 END AS k FROM %s AS q WHERE q.%s = $1
+) AS n
+ORDER BY p.%s, p.%s`,
+		strings.Join(qualified("p", chat.Columns), ", "), chatoffer.Table, chatoffer.FieldID, offerIDsColumn,
+		chat.Table, chat.FieldQueueID, chat.FieldStatus, enum.ChatWaiting, chat.FieldRoutePending,
+		chat.FieldCreatedAt, chat.FieldID, releaseBatch,
+		queue.FieldRoutingRule, enum.RuleToAll, operator.Table, operator.FieldID, membersOf("$1"), operator.FieldDisabled,
+		operator.FieldStatus, enum.StatusActive, queue.Table, queue.FieldID,
+		chat.FieldCreatedAt, chat.FieldID)
+}
+
 // lockedMember is an operator lockMembersPG locked, with their load and the
 // offer id drawn for them (0: none).
 type lockedMember struct {
@@ -384,25 +428,44 @@ type lockedMember struct {
 	offerID int
 }
 
+// lockedQueue is what lockMembersPG read: the members it locked, with the
+// queue and the settings (q nil: the queue has no member, or no row); with
+// pending, the chats pendingStatement read and the offer ids drawn for them.
+type lockedQueue struct {
+	members []lockedMember
+	q       *ent.Queue
+	s       *ent.Setting
+	pending []*ent.Chat
+	drawn   []int
+}
+
 // lockMembersPG locks the members of a queue that are not disabled, in id
 // order (lockOperators), and reads the queue, the system settings routing
 // falls back to and the members' loads, in one round trip
 // (membersStatement); with mark, it first waits for the queue's routing
 // mark, held then until the transaction ends; with drawOffers, it draws an
-// offer id for each ACTIVE member of a TO_ALL queue. The queue and settings
+// offer id for each ACTIVE member of a TO_ALL queue; with pending (which
+// takes the mark, without drawOffers), it also reads the chats left pending
+// with offer ids for them (pendingRelease). The queue and settings
 // are read once the members' locks are held, by a statement after the
 // locking one: a subquery of the locking statement would read them as they
 // were before it waited for a lock (a round-robin turn another routing just
 // moved, say), and it would send them with every member. A queue without
 // members returns no member: q is then nil.
-func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark, drawOffers bool) (ms []lockedMember, q *ent.Queue, s *ent.Setting, err error) {
+func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark, drawOffers, pending bool) (lockedQueue, error) {
+	var out lockedQueue
 	args := []any{queueID, queueID, string(enum.ChatInProgress), string(enum.OfferOpen), queueID, settingsScope}
-	if mark {
+	if mark || pending {
 		args = append([]any{routingLockClass, int32(uint32(queueID))}, args...)
 	}
-	rows, err := tx.QueryContext(ctx, membersStatements[b2i(mark)][b2i(drawOffers)], args...)
+	query := membersStatements[b2i(mark)][b2i(drawOffers)]
+	if pending {
+		mark, drawOffers = true, false
+		query, args = pendingRelease, append(args, queueID)
+	}
+	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("lock the members of queue %d: %w", queueID, err)
+		return out, fmt.Errorf("lock the members of queue %d: %w", queueID, err)
 	}
 	defer rows.Close()
 	// next moves on to the next statement's rows, once these are read: an
@@ -423,9 +486,10 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 		for rows.Next() { // the mark's one row (void)
 		}
 		if err := next("members after the mark"); err != nil {
-			return nil, nil, nil, err
+			return out, err
 		}
 	}
+	var ms []lockedMember
 	for rows.Next() {
 		op := &memberOp{}
 		var limit, offerID stdsql.NullInt64
@@ -435,7 +499,7 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 			dest = append(dest, &offerID)
 		}
 		if err := rows.Scan(dest...); err != nil {
-			return nil, nil, nil, err
+			return out, err
 		}
 		if limit.Valid {
 			n := int(limit.Int64)
@@ -447,44 +511,63 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 		ms = append(ms, lockedMember{op: op, offerID: int(offerID.Int64)})
 	}
 	if err := next("loads"); err != nil {
-		return nil, nil, nil, err
+		return out, err
 	}
 	loads := map[int]int{}
 	for rows.Next() {
 		var op, n int
 		if err := rows.Scan(&op, &n); err != nil {
-			return nil, nil, nil, err
+			return out, err
 		}
 		loads[op] = n
 	}
 	if err := next("queue"); err != nil {
-		return nil, nil, nil, err
+		return out, err
 	}
 	var queueRow, settingsRow []byte
 	if rows.Next() {
 		if err := rows.Scan(&queueRow, &settingsRow); err != nil {
-			return nil, nil, nil, err
+			return out, err
+		}
+	}
+	if pending {
+		for rows.Next() { // the queue's one row, read
+		}
+		if err := next("pending chats"); err != nil {
+			return out, err
+		}
+		for rows.Next() {
+			var ids pq.Int64Array
+			c, err := tx.Chat.ScanRow(rows, map[string]any{offerIDsColumn: &ids})
+			if err != nil {
+				return out, err
+			}
+			out.pending = append(out.pending, c)
+			for _, id := range ids {
+				out.drawn = append(out.drawn, int(id))
+			}
 		}
 	}
 	if err := rows.Err(); err != nil || len(ms) == 0 {
-		return nil, nil, nil, err
+		return out, err
 	}
 	for i := range ms {
 		ms[i].load = loads[ms[i].op.ID]
 	}
-	q, s = &ent.Queue{}, defaultSettings()
+	q, s := &ent.Queue{}, defaultSettings()
 	if queueRow == nil {
-		return nil, nil, nil, fmt.Errorf("routing: queue %d has members but no row", queueID)
+		return out, fmt.Errorf("routing: queue %d has members but no row", queueID)
 	}
 	if err := json.Unmarshal(queueRow, q); err != nil {
-		return nil, nil, nil, fmt.Errorf("routing: queue %d: %w", queueID, err)
+		return out, fmt.Errorf("routing: queue %d: %w", queueID, err)
 	}
 	if settingsRow != nil { // else no settings row: the defaults
 		if err := json.Unmarshal(settingsRow, s); err != nil {
-			return nil, nil, nil, fmt.Errorf("routing: settings: %w", err)
+			return out, fmt.Errorf("routing: settings: %w", err)
 		}
 	}
-	return ms, q, s, nil
+	out.members, out.q, out.s = ms, q, s
+	return out, nil
 }
 
 // newRouterDrawing is newRouter that, with drawOffers on PostgreSQL and a
@@ -503,20 +586,25 @@ func (d *Desk) newRouterDrawing(ctx context.Context, tx *ent.Tx, queueID int, dr
 // first waits for the queue's routing mark; with drawOffers, see
 // newRouterDrawing.
 func (d *Desk) lockRouter(ctx context.Context, tx *ent.Tx, queueID int, mark, drawOffers bool) (*router, error) {
-	drawOffers = drawOffers && d.pg
-	var locked []lockedMember
-	var q *ent.Queue
-	var s *ent.Setting
-	var err error
+	var l lockedQueue
 	if d.pg {
 		// The members, their loads, the queue and the settings in one
 		// round trip.
-		if locked, q, s, err = d.lockMembersPG(ctx, tx, queueID, mark, drawOffers); err != nil {
+		var err error
+		if l, err = d.lockMembersPG(ctx, tx, queueID, mark, drawOffers && d.pg, false); err != nil {
 			return nil, err
 		}
 	}
+	return d.routerOf(ctx, tx, queueID, l)
+}
+
+// routerOf makes the router of what lockMembersPG read (on SQLite, nothing:
+// it reads and locks here).
+func (d *Desk) routerOf(ctx context.Context, tx *ent.Tx, queueID int, l lockedQueue) (*router, error) {
+	locked, q, s := l.members, l.q, l.s
 	if q == nil {
 		// SQLite, or a queue without members (or none at all).
+		var err error
 		if q, s, err = queueForRouting(ctx, tx, queueID); err != nil {
 			return nil, err
 		}
@@ -538,7 +626,7 @@ func (d *Desk) lockRouter(ctx context.Context, tx *ent.Tx, queueID int, mark, dr
 			}
 		}
 	}
-	r := &router{d: d, tx: tx, q: q, settings: s}
+	r := &router{d: d, tx: tx, q: q, settings: s, drawn: l.drawn}
 	for _, l := range locked {
 		r.members = append(r.members, &member{op: l.op, load: l.load, limit: limitOf(l.op.ChatLimit, q, s), offerID: l.offerID})
 	}
@@ -546,15 +634,20 @@ func (d *Desk) lockRouter(ctx context.Context, tx *ent.Tx, queueID int, mark, dr
 }
 
 // createOffers offers chat chatID to the chosen members, in one statement:
-// held for the commit when each chosen member has an offer id drawn
-// (newRouterDrawing), else an insert that returns the ids. expires is zero
+// held for the commit when there are offer ids drawn for them (each
+// member's, newRouterDrawing, or the router's, releasePending), else an
+// insert that returns the ids. expires is zero
 // under TO_ALL (offers that never expire).
 func (r *router) createOffers(ctx context.Context, chatID int, chosen []int, now, expires time.Time) ([]*ent.ChatOffer, error) {
-	drawn := true
+	// Each chosen member's offer takes the id drawn for them, else one of
+	// the router's.
+	short := 0
 	for _, i := range chosen {
-		drawn = drawn && r.members[i].offerID != 0
+		if r.members[i].offerID == 0 {
+			short++
+		}
 	}
-	if !drawn {
+	if short > len(r.drawn) {
 		creates := make([]*ent.ChatOfferCreate, 0, len(chosen))
 		for _, i := range chosen {
 			creates = append(creates, r.offerCreate(chatID, r.members[i].op.ID, now, expires))
@@ -569,6 +662,9 @@ func (r *router) createOffers(ctx context.Context, chatID int, chosen []int, now
 	offers := make([]*ent.ChatOffer, 0, len(chosen))
 	for _, i := range chosen {
 		m := r.members[i]
+		if m.offerID == 0 {
+			m.offerID, r.drawn = r.drawn[0], r.drawn[1:]
+		}
 		o := &ent.ChatOffer{ID: m.offerID, ChatID: chatID, OperatorID: m.op.ID, Status: enum.OfferOpen, CreatedAt: now}
 		vals := []any{o.ID, o.ChatID, o.OperatorID, string(o.Status), o.CreatedAt}
 		if !expires.IsZero() {
@@ -711,6 +807,8 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 		r.q.RrLastOperatorID = &offered[0]
 		if r.batch != nil {
 			r.batch.turn = true
+		} else if r.holdTurn {
+			r.turnMoved = true
 		} else if err := tx.Queue.UpdateOneID(r.q.ID).SetRrLastOperatorID(offered[0]).Exec(ctx); err != nil {
 			return nil, err
 		}
@@ -1072,6 +1170,74 @@ func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error 
 	for i, id := range firsts {
 		ids[i] = id
 	}
+	return d.atCommit(ctx, tx, d.sql().Update(chat.Table).Set(chat.FieldRoutePending, false).Where(sql.In(chat.FieldID, ids...)))
+}
+
+// releasePending makes the first routing of the new chats of a queue that
+// Ingest left pending (route_pending; PostgreSQL, where a queue is busy while
+// another transaction routes a new chat of it): each gets its NEW_CHAT
+// decision, offered or WAITING, in the waiting order, as its own routing
+// would have made it. The release worker runs it after the commits that
+// left them. It takes the queue's routing mark, locks the members, reads
+// the pending chats and draws their offer ids in one round trip
+// (pendingRelease), and holds every write for the commit: two round trips,
+// so that the mark is soon free again for the webhooks that route their
+// own new chats. Waiting chats routed before are left to the releases that
+// capacity enqueues (releaseQueue), as a new chat's own routing leaves them.
+func (d *Desk) releasePending(ctx context.Context, tx *ent.Tx, queueID int) error {
+	l, err := d.lockMembersPG(ctx, tx, queueID, true, false, true)
+	if err != nil {
+		return err
+	}
+	if len(l.pending) == 0 {
+		return nil
+	}
+	r, err := d.routerOf(ctx, tx, queueID, l)
+	if ent.IsNotFound(err) || isCode(err, CodeNotFound) {
+		return nil // the queue was deleted
+	}
+	if err != nil {
+		return err
+	}
+	pending := l.pending
+	if r.waitingOrder() == enum.NewestFirst {
+		if len(pending) == releaseBatch {
+			// The newest may be past the oldest batch: read them again.
+			q := tx.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting), chatRoutePending()).
+				Order(ent.Desc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(releaseBatch)
+			if pending, err = q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked))).All(ctx); err != nil {
+				return err
+			}
+		} else {
+			slices.SortStableFunc(pending, func(a, b *ent.Chat) int {
+				if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+					return c
+				}
+				return a.ID - b.ID
+			})
+		}
+	}
+	r.holdTurn = true
+	ids := make([]any, len(pending))
+	for i, c := range pending {
+		if _, err := r.route(ctx, c, TriggerNewChat); err != nil {
+			return fmt.Errorf("route new chat %d: %w", c.ID, err)
+		}
+		ids[i] = c.ID
+	}
+	if r.turnMoved {
+		if err := d.atCommit(ctx, tx, d.sql().Update(queue.Table).Set(queue.FieldRrLastOperatorID, *r.q.RrLastOperatorID).
+			Where(sql.EQ(queue.FieldID, r.q.ID))); err != nil {
+			return err
+		}
+	}
+	if len(pending) == releaseBatch {
+		// More may be pending: another release right after this one.
+		if err := d.routeAfterCommit(tx, queueID); err != nil {
+			return err
+		}
+	}
+	// Nothing reads the flag back: it is written with the commit.
 	return d.atCommit(ctx, tx, d.sql().Update(chat.Table).Set(chat.FieldRoutePending, false).Where(sql.In(chat.FieldID, ids...)))
 }
 

@@ -2,6 +2,7 @@ package desk_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chatoffer"
@@ -291,6 +293,127 @@ func TestR10_NewChatsOfABusyQueueAreRoutedByItsRelease(t *testing.T) {
 	if offerReads.Load() == 0 {
 		t.Fatal("the release of chats routed before read no offers: the count above counts nothing")
 	}
+}
+
+// TestR10_APendingReleaseTakesTwoRoundTrips: the release of a busy queue's
+// pending chats takes the mark, locks the members, reads the chats and
+// draws their offer ids in one message, and sends everything it writes with
+// its commit, so that the mark is free again soon. Its offers are those its
+// CHAT_OFFERED events name, in the waiting order (oldest first, then newest
+// first), and a round-robin turn it moved is stored for the next chat (R8,
+// R9, R11).
+func TestR10_APendingReleaseTakesTwoRoundTrips(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
+	}
+	// The messages each transaction sends: ent's debug lines name the
+	// transaction; writes held for the commit are not sent on their own.
+	var mu sync.Mutex
+	sent := map[string]int{}
+	var releaseTx string
+	db := storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
+		tx, rest, ok := strings.Cut(statement, ").")
+		if !ok || store.IsAtCommit(ctx) || !(strings.HasPrefix(rest, "Query") || strings.HasPrefix(rest, "Exec")) {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		sent[tx]++
+		if strings.Contains(statement, "parley_offer_ids") {
+			releaseTx = tx
+		}
+	})
+	w := desktest.NewOn(t, db, desktest.NewClock())
+	ctx := context.Background()
+	a, b := w.Operator(active, 10), w.Operator(active, 10)
+	// pend leaves three new chats of q pending, a second apart, and
+	// releases them.
+	pend := func(q *ent.Queue, prefix string) []int {
+		t.Helper()
+		ch := w.Channel(q, enum.ProviderAPI)
+		busy, err := w.DB.SQL.BeginTx(ctx, nil)
+		w.Must(err)
+		w.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
+		var chats []int
+		for i := range 3 {
+			res := w.Inbound(ch, fmt.Sprintf("%s-%d", prefix, i), "hello")
+			if !res.Chat.RoutePending {
+				t.Fatalf("%s-%d: the new chat was routed although its queue was busy", prefix, i)
+			}
+			chats = append(chats, res.Chat.ID)
+			w.Clock.Advance(time.Second)
+		}
+		w.Must(busy.Rollback())
+		mu.Lock()
+		clear(sent)
+		releaseTx = ""
+		mu.Unlock()
+		if w.RunJobs() == 0 {
+			t.Fatal("no release ran")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if releaseTx == "" || sent[releaseTx] != 2 {
+			t.Fatalf("the release sent %d messages (transaction %q), want 2: the lock and read, then the commit", sent[releaseTx], releaseTx)
+		}
+		for i, c := range chats {
+			if w.Chat(c).RoutePending {
+				t.Fatalf("chat %d still pending after its release", i)
+			}
+			if ds := decisions(w, c); len(ds) != 1 || ds[0].Trigger != desk.TriggerNewChat {
+				t.Fatalf("chat %d decisions = %+v, want one NEW_CHAT", i, ds)
+			}
+		}
+		return chats
+	}
+	// offeredTo checks that the CHAT_OFFERED events of chats, in event
+	// order, offer chat i to want[i], naming the offer stored for it.
+	offeredTo := func(chats []int, want ...int) {
+		t.Helper()
+		events, err := w.Client().Event.Query().Where(event.TypeEQ(desk.EventChatOffered), event.ChatIDIn(chats...)).
+			Order(ent.Asc(event.FieldID)).All(ctx)
+		w.Must(err)
+		if len(events) != len(want) {
+			t.Fatalf("%d CHAT_OFFERED events of chats %v, want %d", len(events), chats, len(want))
+		}
+		for i, e := range events {
+			o, err := w.Client().ChatOffer.Query().Where(chatoffer.ChatID(chats[i])).Only(ctx)
+			w.Must(err)
+			if *e.ChatID != chats[i] || *e.OperatorID != want[i] || o.OperatorID != want[i] || e.Payload["offerId"] != float64(o.ID) {
+				t.Fatalf("event %d: chat %d to %d naming offer %v; want chat %d to %d naming its offer %d (to %d)",
+					i, *e.ChatID, *e.OperatorID, e.Payload["offerId"], chats[i], want[i], o.ID, o.OperatorID)
+			}
+		}
+	}
+
+	// Round robin, oldest first: A, B, A; then B's turn.
+	rr := w.Queue(enum.RuleRoundRobin, []*ent.Operator{a, b})
+	chats := pend(rr, "rr")
+	offeredTo(chats, a.ID, b.ID, a.ID)
+	next := w.Inbound(w.Channel(rr, enum.ProviderAPI), "rr-next", "hello")
+	if got := openOffers(w, next.Chat.ID); len(got) != 1 || !got[b.ID] {
+		t.Fatalf("the next chat's offers = %v, want B's turn", got)
+	}
+
+	// Newest first, one place left: the newest chat takes it.
+	c := w.Operator(active, 1)
+	newest := w.Queue(enum.RuleToAvailable, []*ent.Operator{c}, func(qc *ent.QueueCreate) { qc.SetWaitingOrder(enum.NewestFirst) })
+	chats = pend(newest, "newest")
+	offeredTo(chats[2:], c.ID)
+	for _, id := range chats[:2] {
+		if got := openOffers(w, id); len(got) != 0 {
+			t.Fatalf("an older chat was offered to %v, want it waiting", got)
+		}
+	}
+
+	// TO_ALL: every member, with the ids drawn for them.
+	all := w.Queue(enum.RuleToAll, []*ent.Operator{a, b})
+	for _, id := range pend(all, "all") {
+		if got := openOffers(w, id); len(got) != 2 || !got[a.ID] || !got[b.ID] {
+			t.Fatalf("chat %d offers = %v, want A and B", id, got)
+		}
+	}
+	atRest(t, w, w.Invariants(), "after the releases")
 }
 
 // A process that stops after committing a pending chat and before its
