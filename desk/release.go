@@ -50,6 +50,19 @@ func (d *Desk) wantRelease(queueID int) {
 	}
 }
 
+// take reports whether a release of the queue was asked for, and clears
+// the request: the caller is about to read the queue's pending chats, in a
+// statement that sees every chat whose commit asked.
+func (w *wantedReleases) take(queueID int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.queues[queueID] {
+		return false
+	}
+	delete(w.queues, queueID)
+	return true
+}
+
 // releaseWorker runs the wanted releases until ctx ends (started by
 // RunScheduler, apart from the jobs, which may wait on providers).
 func (d *Desk) releaseWorker(ctx context.Context) {

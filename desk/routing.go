@@ -392,10 +392,15 @@ func membersOf(queueID string) string {
 
 // pendingRelease is releasePending's statement: membersStatement with the
 // mark, then pendingStatement, in one message.
-var pendingRelease = membersStatement(true, false) + store.Then + pendingStatement()
+var pendingRelease = membersStatement(true, false) + store.Then + pendingRead
+
+// pendingRead is pendingStatement, built once.
+var pendingRead = pendingStatement()
 
 // pendingStatement reads the chats of a queue ($1) that Ingest left
-// pending, oldest first, at most releaseBatch, locked FOR NO KEY UPDATE
+// pending, but those the transaction routed already ($2, an array of ids:
+// their flag is cleared with the commit), oldest first, at most
+// releaseBatch, locked FOR NO KEY UPDATE
 // and skipping those another transaction holds (a message to one: it asks
 // for a release again); with each, offer ids drawn for its first routing:
 // one for each ACTIVE member of a TO_ALL queue, else one. The ids are drawn
@@ -404,7 +409,7 @@ var pendingRelease = membersStatement(true, false) + store.Then + pendingStateme
 func pendingStatement() string {
 	return fmt.Sprintf(`SELECT %s, ARRAY(SELECT nextval(pg_get_serial_sequence('%s', '%s')) FROM generate_series(1, n.k)) AS %s
 FROM (
-  SELECT * FROM %s WHERE %s = $1 AND %s = '%s' AND %s
+  SELECT * FROM %s WHERE %s = $1 AND %s = '%s' AND %s AND NOT (%s = ANY($2::bigint[]))
   ORDER BY %s, %s LIMIT %d FOR NO KEY UPDATE SKIP LOCKED
 ) AS p, (
   SELECT CASE WHEN q.%s = '%s' THEN
@@ -413,7 +418,7 @@ FROM (
 ) AS n
 ORDER BY p.%s, p.%s`,
 		strings.Join(qualified("p", chat.Columns), ", "), chatoffer.Table, chatoffer.FieldID, offerIDsColumn,
-		chat.Table, chat.FieldQueueID, chat.FieldStatus, enum.ChatWaiting, chat.FieldRoutePending,
+		chat.Table, chat.FieldQueueID, chat.FieldStatus, enum.ChatWaiting, chat.FieldRoutePending, chat.FieldID,
 		chat.FieldCreatedAt, chat.FieldID, releaseBatch,
 		queue.FieldRoutingRule, enum.RuleToAll, operator.Table, operator.FieldID, membersOf("$1"), operator.FieldDisabled,
 		operator.FieldStatus, enum.StatusActive, queue.Table, queue.FieldID,
@@ -461,7 +466,7 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 	query := membersStatements[b2i(mark)][b2i(drawOffers)]
 	if pending {
 		mark, drawOffers = true, false
-		query, args = pendingRelease, append(args, queueID)
+		query, args = pendingRelease, append(args, queueID, "{}")
 	}
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
@@ -536,16 +541,8 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 		if err := next("pending chats"); err != nil {
 			return out, err
 		}
-		for rows.Next() {
-			var ids pq.Int64Array
-			c, err := tx.Chat.ScanRow(rows, map[string]any{offerIDsColumn: &ids})
-			if err != nil {
-				return out, err
-			}
-			out.pending = append(out.pending, c)
-			for _, id := range ids {
-				out.drawn = append(out.drawn, int(id))
-			}
+		if out.pending, out.drawn, err = scanPending(tx, rows); err != nil {
+			return out, err
 		}
 	}
 	if err := rows.Err(); err != nil || len(ms) == 0 {
@@ -1199,31 +1196,38 @@ func (d *Desk) releasePending(ctx context.Context, tx *ent.Tx, queueID int) erro
 	if err != nil {
 		return err
 	}
+	r.holdTurn = true
+	var ids []any
 	pending := l.pending
-	if r.waitingOrder() == enum.NewestFirst {
+	for round := 1; ; round++ {
+		if pending, err = d.inWaitingOrder(ctx, tx, r, queueID, pending); err != nil {
+			return err
+		}
+		for _, c := range pending {
+			if _, err := r.route(ctx, c, TriggerNewChat); err != nil {
+				return fmt.Errorf("route new chat %d: %w", c.ID, err)
+			}
+			ids = append(ids, c.ID)
+		}
 		if len(pending) == releaseBatch {
-			// The newest may be past the oldest batch: read them again.
-			q := tx.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting), chatRoutePending()).
-				Order(ent.Desc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(releaseBatch)
-			if pending, err = q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked))).All(ctx); err != nil {
+			// More may be pending: another release right after this one.
+			if err := d.routeAfterCommit(tx, queueID); err != nil {
 				return err
 			}
-		} else {
-			slices.SortStableFunc(pending, func(a, b *ent.Chat) int {
-				if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
-					return c
-				}
-				return a.ID - b.ID
-			})
+			break
 		}
-	}
-	r.holdTurn = true
-	ids := make([]any, len(pending))
-	for i, c := range pending {
-		if _, err := r.route(ctx, c, TriggerNewChat); err != nil {
-			return fmt.Errorf("route new chat %d: %w", c.ID, err)
+		// New chats left pending while this release ran, in this process
+		// (they asked for a release after their commit): they are routed
+		// by this transaction, which holds the locks already, rather than
+		// by another after it.
+		if round == releaseRounds || !d.wanted.take(queueID) {
+			break
 		}
-		ids[i] = c.ID
+		var drawn []int
+		if pending, drawn, err = d.pendingChats(ctx, tx, queueID, ids); err != nil {
+			return err
+		}
+		r.drawn = append(r.drawn, drawn...)
 	}
 	if r.turnMoved {
 		if err := d.atCommit(ctx, tx, d.sql().Update(queue.Table).Set(queue.FieldRrLastOperatorID, *r.q.RrLastOperatorID).
@@ -1231,14 +1235,67 @@ func (d *Desk) releasePending(ctx context.Context, tx *ent.Tx, queueID int) erro
 			return err
 		}
 	}
-	if len(pending) == releaseBatch {
-		// More may be pending: another release right after this one.
-		if err := d.routeAfterCommit(tx, queueID); err != nil {
-			return err
-		}
-	}
 	// Nothing reads the flag back: it is written with the commit.
 	return d.atCommit(ctx, tx, d.sql().Update(chat.Table).Set(chat.FieldRoutePending, false).Where(sql.In(chat.FieldID, ids...)))
+}
+
+// releaseRounds bounds the reads of pending chats one release makes (the
+// first, with the members' lock, and those of chats left pending while it
+// ran).
+const releaseRounds = 4
+
+// pendingChats reads the chats of a queue left pending, but those routed
+// already (routed, chat ids), with offer ids drawn for them
+// (pendingStatement), in one round trip.
+func (d *Desk) pendingChats(ctx context.Context, tx *ent.Tx, queueID int, routed []any) ([]*ent.Chat, []int, error) {
+	ids := make([]string, len(routed))
+	for i, id := range routed {
+		ids[i] = strconv.Itoa(id.(int))
+	}
+	rows, err := tx.QueryContext(ctx, pendingRead, queueID, "{"+strings.Join(ids, ",")+"}")
+	if err != nil {
+		return nil, nil, fmt.Errorf("pending chats of queue %d: %w", queueID, err)
+	}
+	defer rows.Close()
+	return scanPending(tx, rows)
+}
+
+// scanPending reads pendingStatement's rows: the chats and the offer ids
+// drawn for them.
+func scanPending(tx *ent.Tx, rows *stdsql.Rows) (chats []*ent.Chat, drawn []int, err error) {
+	for rows.Next() {
+		var ids pq.Int64Array
+		c, err := tx.Chat.ScanRow(rows, map[string]any{offerIDsColumn: &ids})
+		if err != nil {
+			return nil, nil, err
+		}
+		chats = append(chats, c)
+		for _, id := range ids {
+			drawn = append(drawn, int(id))
+		}
+	}
+	return chats, drawn, rows.Err()
+}
+
+// inWaitingOrder orders the pending chats pendingStatement read (oldest
+// first) as the queue's waiting order says (R9).
+func (d *Desk) inWaitingOrder(ctx context.Context, tx *ent.Tx, r *router, queueID int, pending []*ent.Chat) ([]*ent.Chat, error) {
+	if r.waitingOrder() != enum.NewestFirst {
+		return pending, nil
+	}
+	if len(pending) == releaseBatch {
+		// The newest may be past the oldest batch: read them again.
+		q := tx.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting), chatRoutePending()).
+			Order(ent.Desc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(releaseBatch)
+		return q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked))).All(ctx)
+	}
+	slices.SortStableFunc(pending, func(a, b *ent.Chat) int {
+		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+			return c
+		}
+		return a.ID - b.ID
+	})
+	return pending, nil
 }
 
 func isCode(err error, code Code) bool {

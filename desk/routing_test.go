@@ -308,7 +308,7 @@ func TestR10_APendingReleaseTakesTwoRoundTrips(t *testing.T) {
 		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
 	}
 	sent := &txMessages{}
-	w := desktest.NewOn(t, sent.open(t), desktest.NewClock())
+	w := desktest.NewOn(t, sent.open(t, nil), desktest.NewClock())
 	ctx := context.Background()
 	a, b := w.Operator(active, 10), w.Operator(active, 10)
 	// pend leaves three new chats of q pending, a second apart, and
@@ -396,6 +396,60 @@ func TestR10_APendingReleaseTakesTwoRoundTrips(t *testing.T) {
 	atRest(t, w, w.Invariants(), "after the releases")
 }
 
+// TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan: a new chat that
+// finds its queue busy with a release, and asks for another release after
+// its commit, is routed by that release when it is still running: one
+// more read in the same transaction, not a transaction of its own after it.
+func TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
+	}
+	sent := &txMessages{}
+	// during runs once, in the release's transaction, when it writes the
+	// first routing it holds for the commit: after it read the pending
+	// chats, before it commits.
+	var during func()
+	var releaseTx atomic.Value
+	db := sent.open(t, func(ctx context.Context, statement string) {
+		tx, _, _ := strings.Cut(statement, ").")
+		if strings.Contains(statement, "parley_offer_ids") && releaseTx.Load() == nil {
+			releaseTx.Store(tx)
+		} else if store.IsAtCommit(ctx) && releaseTx.Load() == tx && during != nil {
+			f := during
+			during = nil
+			f()
+		}
+	})
+	w := desktest.NewOn(t, db, desktest.NewClock())
+	ctx := context.Background()
+	a := w.Operator(active, 10)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{a})
+	ch := w.Channel(q, enum.ProviderAPI)
+	busy, err := w.DB.SQL.BeginTx(ctx, nil)
+	w.Must(err)
+	w.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
+	first := w.Inbound(ch, "first", "hello")
+	w.Must(busy.Rollback())
+	var late *desk.IngestResult
+	during = func() { late = w.Inbound(ch, "late", "hello") }
+	sent.reset()
+	if w.RunJobs() == 0 {
+		t.Fatal("no release ran")
+	}
+	if late == nil || !late.Chat.RoutePending {
+		t.Fatalf("the chat written during the release: %+v, want one left pending (the release holds the mark)", late)
+	}
+	for _, c := range []*ent.Chat{first.Chat, late.Chat} {
+		if got := openOffers(w, c.ID); len(got) != 1 || !got[a.ID] || w.Chat(c.ID).RoutePending {
+			t.Fatalf("chat %d: offers %v, pending %v; want it offered to A", c.ID, got, w.Chat(c.ID).RoutePending)
+		}
+	}
+	if n := sent.of("parley_offer_ids"); n != 3 {
+		t.Fatalf("the release sent %d messages (or more than one release ran), want 3: the lock and read, the read of the late chat, the commit", n)
+	}
+	atRest(t, w, w.Invariants(), "after the release")
+}
+
 // txMessages counts the messages each transaction sends (PostgreSQL): the
 // statements ent's debug lines show, each named by its transaction, but
 // the writes held for the commit, which travel with it.
@@ -406,9 +460,13 @@ type txMessages struct {
 	texts map[string][]string
 }
 
-// open opens the test database with the counting hook.
-func (m *txMessages) open(t *testing.T) *store.DB {
+// open opens the test database with the counting hook, which then calls
+// also (when not nil) with each statement.
+func (m *txMessages) open(t *testing.T, also func(ctx context.Context, statement string)) *store.DB {
 	return storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
+		if also != nil {
+			also(ctx, statement)
+		}
 		tx, rest, ok := strings.Cut(statement, ").")
 		if !ok || store.IsAtCommit(ctx) || !(strings.HasPrefix(rest, "Query") || strings.HasPrefix(rest, "Exec")) {
 			return
