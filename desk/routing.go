@@ -588,7 +588,7 @@ func (d *Desk) lockRouter(ctx context.Context, tx *ent.Tx, queueID int, mark, dr
 		// The members, their loads, the queue and the settings in one
 		// round trip.
 		var err error
-		if l, err = d.lockMembersPG(ctx, tx, queueID, mark, drawOffers && d.pg, false); err != nil {
+		if l, err = d.lockMembersPG(ctx, tx, queueID, mark, drawOffers, false); err != nil {
 			return nil, err
 		}
 	}
