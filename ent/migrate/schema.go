@@ -189,6 +189,11 @@ var (
 				},
 			},
 			{
+				Name:    "chat_created_at_id",
+				Unique:  false,
+				Columns: []*schema.Column{ChatsColumns[2], ChatsColumns[0]},
+			},
+			{
 				Name:    "chat_contact_id_channel_id",
 				Unique:  true,
 				Columns: []*schema.Column{ChatsColumns[21], ChatsColumns[18]},

@@ -78,6 +78,13 @@ func (Chat) Indexes() []ent.Index {
 		// condition implies the predicate (the same two statuses, or one).
 		index.Fields("created_at", "id").StorageKey("chat_open_created_at_id").
 			Annotations(entsql.IndexWhere("status IN ('WAITING', 'IN_PROGRESS')")),
+		// Every chat by creation: SQLite takes a partial index only when the
+		// statement's text implies its predicate, not with the statuses as
+		// bound parameters; once ANALYZE has counted how many chats are open,
+		// it scanned and sorted the whole table for a page of the chat list
+		// instead (46 ms for 100,000 chats), and this index gives it the
+		// page's first rows.
+		index.Fields("created_at", "id"),
 		// At most one chat that is not COMPLETED per contact and channel (R1):
 		// concurrent first messages cannot open two chats.
 		index.Fields("contact_id", "channel_id").Unique().
