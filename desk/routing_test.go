@@ -396,6 +396,45 @@ func TestR10_APendingReleaseTakesTwoRoundTrips(t *testing.T) {
 	atRest(t, w, w.Invariants(), "after the releases")
 }
 
+// TestR9_ANewestFirstReleaseOfMoreThanABatchStartsFromTheNewest: a
+// release of more pending chats than one batch (200) in a NEWEST_FIRST
+// queue offers the one place left to the newest chat, not to the newest of
+// the oldest batch, and the next release decides the rest (R9, R11).
+func TestR9_ANewestFirstReleaseOfMoreThanABatchStartsFromTheNewest(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
+	}
+	w := desktest.New(t)
+	ctx := context.Background()
+	c := w.Operator(active, 1)
+	q := w.Queue(enum.RuleToAvailable, []*ent.Operator{c}, func(qc *ent.QueueCreate) { qc.SetWaitingOrder(enum.NewestFirst) })
+	ch := w.Channel(q, enum.ProviderAPI)
+	busy, err := w.DB.SQL.BeginTx(ctx, nil)
+	w.Must(err)
+	w.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
+	var chats []int
+	for i := range 201 {
+		chats = append(chats, w.Inbound(ch, fmt.Sprintf("many-%d", i), "hello").Chat.ID)
+		w.Clock.Advance(time.Second)
+	}
+	w.Must(busy.Rollback())
+	for w.RunJobs() > 0 {
+	}
+	for i, id := range chats {
+		got := openOffers(w, id)
+		if want := i == len(chats)-1; got[c.ID] != want || len(got) > 1 {
+			t.Fatalf("chat %d of %d: offers %v, want an offer to C only for the newest", i, len(chats), got)
+		}
+		if w.Chat(id).RoutePending {
+			t.Fatalf("chat %d still pending", i)
+		}
+	}
+	if ds := decisions(w, chats[0]); len(ds) != 1 || ds[0].Trigger != desk.TriggerNewChat || ds[0].Outcome != desk.OutcomeWaiting {
+		t.Fatalf("the oldest chat's decisions = %+v, want one NEW_CHAT WAITING", ds)
+	}
+	atRest(t, w, w.Invariants(), "after the releases")
+}
+
 // TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan: a new chat that
 // finds its queue busy with a release, and asks for another release after
 // its commit, is routed by that release when it is still running: one
