@@ -257,9 +257,6 @@ type member struct {
 	op    *memberOp
 	load  int
 	limit int
-	// offerID is an id drawn for an offer to the member (PostgreSQL, a
-	// router made with drawOffers; 0 once used or when none was drawn).
-	offerID int
 }
 
 func (m *member) availability() Availability { return availabilityOf(m.op.Status, m.load, m.limit) }
@@ -295,12 +292,12 @@ type router struct {
 	offers map[int]chatOffers
 	// batch, when set, holds the offers of the routings until flush.
 	batch *offerBatch
-	// drawn are offer ids drawn ahead for any member (a release of
-	// pending chats, PostgreSQL), used once each.
+	// drawn are offer ids drawn ahead (PostgreSQL: newRouterDrawing,
+	// releasePending), for any member, each used once.
 	drawn []int
-	// holdTurn: the router's owner writes the round-robin turn with the
-	// commit (turnMoved: a routing moved it).
-	holdTurn, turnMoved bool
+	// turnAtCommit: a round-robin turn the routings move is written with
+	// the commit, by saveTurn (turnMoved: one did), not at once.
+	turnAtCommit, turnMoved bool
 }
 
 // newRouter locks the members of a queue and reads their loads.
@@ -425,17 +422,17 @@ ORDER BY p.%s, p.%s`,
 		chat.FieldCreatedAt, chat.FieldID)
 }
 
-// lockedMember is an operator lockMembersPG locked, with their load and the
-// offer id drawn for them (0: none).
+// lockedMember is an operator lockMembersPG locked, with their load.
 type lockedMember struct {
-	op      *memberOp
-	load    int
-	offerID int
+	op   *memberOp
+	load int
 }
 
 // lockedQueue is what lockMembersPG read: the members it locked, with the
-// queue and the settings (q nil: the queue has no member, or no row); with
-// pending, the chats pendingStatement read and the offer ids drawn for them.
+// queue and the settings (q nil: the queue has no member, or no row); the
+// offer ids drawn (with drawOffers, one for each ACTIVE member of a TO_ALL
+// queue; with pending, those of the pending chats); with pending, the
+// chats pendingStatement read.
 type lockedQueue struct {
 	members []lockedMember
 	q       *ent.Queue
@@ -513,7 +510,10 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 		if lastAccepted.Valid {
 			op.LastAcceptedAt = &lastAccepted.Time
 		}
-		ms = append(ms, lockedMember{op: op, offerID: int(offerID.Int64)})
+		ms = append(ms, lockedMember{op: op})
+		if offerID.Valid {
+			out.drawn = append(out.drawn, int(offerID.Int64))
+		}
 	}
 	if err := next("loads"); err != nil {
 		return out, err
@@ -541,9 +541,11 @@ func (d *Desk) lockMembersPG(ctx context.Context, tx *ent.Tx, queueID int, mark,
 		if err := next("pending chats"); err != nil {
 			return out, err
 		}
-		if out.pending, out.drawn, err = scanPending(tx, rows); err != nil {
+		var drawn []int
+		if out.pending, drawn, err = scanPending(tx, rows); err != nil {
 			return out, err
 		}
+		out.drawn = append(out.drawn, drawn...)
 	}
 	if err := rows.Err(); err != nil || len(ms) == 0 {
 		return out, err
@@ -625,26 +627,17 @@ func (d *Desk) routerOf(ctx context.Context, tx *ent.Tx, queueID int, l lockedQu
 	}
 	r := &router{d: d, tx: tx, q: q, settings: s, drawn: l.drawn}
 	for _, l := range locked {
-		r.members = append(r.members, &member{op: l.op, load: l.load, limit: limitOf(l.op.ChatLimit, q, s), offerID: l.offerID})
+		r.members = append(r.members, &member{op: l.op, load: l.load, limit: limitOf(l.op.ChatLimit, q, s)})
 	}
 	return r, nil
 }
 
 // createOffers offers chat chatID to the chosen members, in one statement:
-// held for the commit when there are offer ids drawn for them (each
-// member's, newRouterDrawing, or the router's, releasePending), else an
-// insert that returns the ids. expires is zero
-// under TO_ALL (offers that never expire).
+// held for the commit when the router has an offer id drawn for each
+// (newRouterDrawing, releasePending), else an insert that returns the ids.
+// expires is zero under TO_ALL (offers that never expire).
 func (r *router) createOffers(ctx context.Context, chatID int, chosen []int, now, expires time.Time) ([]*ent.ChatOffer, error) {
-	// Each chosen member's offer takes the id drawn for them, else one of
-	// the router's.
-	short := 0
-	for _, i := range chosen {
-		if r.members[i].offerID == 0 {
-			short++
-		}
-	}
-	if short > len(r.drawn) {
+	if len(chosen) > len(r.drawn) {
 		creates := make([]*ent.ChatOfferCreate, 0, len(chosen))
 		for _, i := range chosen {
 			creates = append(creates, r.offerCreate(chatID, r.members[i].op.ID, now, expires))
@@ -659,10 +652,8 @@ func (r *router) createOffers(ctx context.Context, chatID int, chosen []int, now
 	offers := make([]*ent.ChatOffer, 0, len(chosen))
 	for _, i := range chosen {
 		m := r.members[i]
-		if m.offerID == 0 {
-			m.offerID, r.drawn = r.drawn[0], r.drawn[1:]
-		}
-		o := &ent.ChatOffer{ID: m.offerID, ChatID: chatID, OperatorID: m.op.ID, Status: enum.OfferOpen, CreatedAt: now}
+		o := &ent.ChatOffer{ID: r.drawn[0], ChatID: chatID, OperatorID: m.op.ID, Status: enum.OfferOpen, CreatedAt: now}
+		r.drawn = r.drawn[1:]
 		vals := []any{o.ID, o.ChatID, o.OperatorID, string(o.Status), o.CreatedAt}
 		if !expires.IsZero() {
 			o.ExpiresAt = &expires
@@ -670,7 +661,6 @@ func (r *router) createOffers(ctx context.Context, chatID int, chosen []int, now
 		}
 		ins.Values(vals...)
 		offers = append(offers, o)
-		m.offerID = 0 // used
 	}
 	return offers, r.d.atCommit(ctx, r.tx, ins)
 }
@@ -802,9 +792,7 @@ func (r *router) route(ctx context.Context, c *ent.Chat, trigger string) ([]int,
 	}
 	if rule == enum.RuleRoundRobin && len(offered) == 1 {
 		r.q.RrLastOperatorID = &offered[0]
-		if r.batch != nil {
-			r.batch.turn = true
-		} else if r.holdTurn {
+		if r.turnAtCommit {
 			r.turnMoved = true
 		} else if err := tx.Queue.UpdateOneID(r.q.ID).SetRrLastOperatorID(offered[0]).Exec(ctx); err != nil {
 			return nil, err
@@ -857,8 +845,6 @@ type offerBatch struct {
 	creates []*ent.ChatOfferCreate
 	offers  []*ent.ChatOffer
 	steps   []func(context.Context) error
-	// turn: a ROUND_ROBIN routing moved the queue's turn (router.q).
-	turn bool
 }
 
 // offerBatchChunk bounds the offers one insert of a flush carries (each
@@ -912,12 +898,25 @@ func (r *router) announce(ctx context.Context, chatID int, offers []*ent.ChatOff
 	return nil
 }
 
-// batchOffers makes the router hold the offers of its routings for flush.
-func (r *router) batchOffers() { r.batch = &offerBatch{} }
+// batchOffers makes the router hold the offers of its routings for flush,
+// and the turn they move for saveTurn.
+func (r *router) batchOffers() { r.batch, r.turnAtCommit = &offerBatch{}, true }
+
+// saveTurn writes the round-robin turn the routings moved, with the commit
+// (nothing later reads it back: the router keeps it in r.q).
+func (r *router) saveTurn(ctx context.Context) error {
+	if !r.turnMoved {
+		return nil
+	}
+	r.turnMoved = false
+	return r.d.atCommit(ctx, r.tx, r.d.sql().Update(queue.Table).Set(queue.FieldRrLastOperatorID, *r.q.RrLastOperatorID).
+		Where(sql.EQ(queue.FieldID, r.q.ID)))
+}
 
 // flush inserts the offers the router batched, in as few statements as
 // their number allows, runs the routings' steps in order and writes the
-// queue's round-robin turn; the router then offers at once again.
+// queue's round-robin turn with the commit; the router then offers at once
+// again.
 func (r *router) flush(ctx context.Context) error {
 	b := r.batch
 	r.batch = nil
@@ -936,10 +935,9 @@ func (r *router) flush(ctx context.Context) error {
 			return err
 		}
 	}
-	if b.turn {
-		return r.tx.Queue.UpdateOneID(r.q.ID).SetRrLastOperatorID(*r.q.RrLastOperatorID).Exec(ctx)
-	}
-	return nil
+	err := r.saveTurn(ctx)
+	r.turnAtCommit = false
+	return err
 }
 
 // leastLoaded picks, among the pool, the member with the fewest chats, ties
@@ -1159,12 +1157,20 @@ func (d *Desk) releaseQueue(ctx context.Context, tx *ent.Tx, queueID int) error 
 			}
 		}
 	}
-	if err := r.flush(ctx); err != nil || len(firsts) == 0 {
+	if err := r.flush(ctx); err != nil {
 		return err
 	}
-	// Nothing reads the flag back: it is written with the commit.
-	ids := make([]any, len(firsts))
-	for i, id := range firsts {
+	return d.routedAtCommit(ctx, tx, firsts)
+}
+
+// routedAtCommit clears the route_pending flag of chats a release routed,
+// with the commit (nothing reads it back).
+func (d *Desk) routedAtCommit(ctx context.Context, tx *ent.Tx, chatIDs []int) error {
+	if len(chatIDs) == 0 {
+		return nil
+	}
+	ids := make([]any, len(chatIDs))
+	for i, id := range chatIDs {
 		ids[i] = id
 	}
 	return d.atCommit(ctx, tx, d.sql().Update(chat.Table).Set(chat.FieldRoutePending, false).Where(sql.In(chat.FieldID, ids...)))
@@ -1196,11 +1202,11 @@ func (d *Desk) releasePending(ctx context.Context, tx *ent.Tx, queueID int) erro
 	if err != nil {
 		return err
 	}
-	r.holdTurn = true
-	var ids []any
+	r.turnAtCommit = true
+	var ids []int
 	pending := l.pending
 	for round := 1; ; round++ {
-		if pending, err = d.inWaitingOrder(ctx, tx, r, queueID, pending); err != nil {
+		if pending, err = d.inWaitingOrder(ctx, tx, r, queueID, pending, ids); err != nil {
 			return err
 		}
 		for _, c := range pending {
@@ -1229,14 +1235,10 @@ func (d *Desk) releasePending(ctx context.Context, tx *ent.Tx, queueID int) erro
 		}
 		r.drawn = append(r.drawn, drawn...)
 	}
-	if r.turnMoved {
-		if err := d.atCommit(ctx, tx, d.sql().Update(queue.Table).Set(queue.FieldRrLastOperatorID, *r.q.RrLastOperatorID).
-			Where(sql.EQ(queue.FieldID, r.q.ID))); err != nil {
-			return err
-		}
+	if err := r.saveTurn(ctx); err != nil {
+		return err
 	}
-	// Nothing reads the flag back: it is written with the commit.
-	return d.atCommit(ctx, tx, d.sql().Update(chat.Table).Set(chat.FieldRoutePending, false).Where(sql.In(chat.FieldID, ids...)))
+	return d.routedAtCommit(ctx, tx, ids)
 }
 
 // releaseRounds bounds the reads of pending chats one release makes (the
@@ -1247,10 +1249,10 @@ const releaseRounds = 4
 // pendingChats reads the chats of a queue left pending, but those routed
 // already (routed, chat ids), with offer ids drawn for them
 // (pendingStatement), in one round trip.
-func (d *Desk) pendingChats(ctx context.Context, tx *ent.Tx, queueID int, routed []any) ([]*ent.Chat, []int, error) {
+func (d *Desk) pendingChats(ctx context.Context, tx *ent.Tx, queueID int, routed []int) ([]*ent.Chat, []int, error) {
 	ids := make([]string, len(routed))
 	for i, id := range routed {
-		ids[i] = strconv.Itoa(id.(int))
+		ids[i] = strconv.Itoa(id)
 	}
 	rows, err := tx.QueryContext(ctx, pendingRead, queueID, "{"+strings.Join(ids, ",")+"}")
 	if err != nil {
@@ -1278,14 +1280,15 @@ func scanPending(tx *ent.Tx, rows *stdsql.Rows) (chats []*ent.Chat, drawn []int,
 }
 
 // inWaitingOrder orders the pending chats pendingStatement read (oldest
-// first) as the queue's waiting order says (R9).
-func (d *Desk) inWaitingOrder(ctx context.Context, tx *ent.Tx, r *router, queueID int, pending []*ent.Chat) ([]*ent.Chat, error) {
+// first) as the queue's waiting order says (R9); a full batch is read again
+// newest first, but the chats the transaction routed already (routed).
+func (d *Desk) inWaitingOrder(ctx context.Context, tx *ent.Tx, r *router, queueID int, pending []*ent.Chat, routed []int) ([]*ent.Chat, error) {
 	if r.waitingOrder() != enum.NewestFirst {
 		return pending, nil
 	}
 	if len(pending) == releaseBatch {
 		// The newest may be past the oldest batch: read them again.
-		q := tx.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting), chatRoutePending()).
+		q := tx.Chat.Query().Where(chat.QueueID(queueID), chat.StatusEQ(enum.ChatWaiting), chatRoutePending(), chat.IDNotIn(routed...)).
 			Order(ent.Desc(chat.FieldCreatedAt), ent.Asc(chat.FieldID)).Limit(releaseBatch)
 		return q.Modify(lockRows(sql.WithLockAction(sql.SkipLocked))).All(ctx)
 	}

@@ -315,20 +315,10 @@ func TestR10_APendingReleaseTakesTwoRoundTrips(t *testing.T) {
 	// releases them.
 	pend := func(q *ent.Queue, prefix string) []int {
 		t.Helper()
-		ch := w.Channel(q, enum.ProviderAPI)
-		busy, err := w.DB.SQL.BeginTx(ctx, nil)
-		w.Must(err)
-		w.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
 		var chats []int
-		for i := range 3 {
-			res := w.Inbound(ch, fmt.Sprintf("%s-%d", prefix, i), "hello")
-			if !res.Chat.RoutePending {
-				t.Fatalf("%s-%d: the new chat was routed although its queue was busy", prefix, i)
-			}
-			chats = append(chats, res.Chat.ID)
-			w.Clock.Advance(time.Second)
+		for _, c := range pendNewChats(w, q, w.Channel(q, enum.ProviderAPI), prefix, 3) {
+			chats = append(chats, c.ID)
 		}
-		w.Must(busy.Rollback())
 		sent.reset()
 		if w.RunJobs() == 0 {
 			t.Fatal("no release ran")
@@ -405,19 +395,12 @@ func TestR9_ANewestFirstReleaseOfMoreThanABatchStartsFromTheNewest(t *testing.T)
 		t.Skip("PostgreSQL only: SQLite has one writer, so a queue is never busy (covered by the PostgreSQL run in .ci/run)")
 	}
 	w := desktest.New(t)
-	ctx := context.Background()
 	c := w.Operator(active, 1)
 	q := w.Queue(enum.RuleToAvailable, []*ent.Operator{c}, func(qc *ent.QueueCreate) { qc.SetWaitingOrder(enum.NewestFirst) })
-	ch := w.Channel(q, enum.ProviderAPI)
-	busy, err := w.DB.SQL.BeginTx(ctx, nil)
-	w.Must(err)
-	w.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
 	var chats []int
-	for i := range 201 {
-		chats = append(chats, w.Inbound(ch, fmt.Sprintf("many-%d", i), "hello").Chat.ID)
-		w.Clock.Advance(time.Second)
+	for _, c := range pendNewChats(w, q, w.Channel(q, enum.ProviderAPI), "many", 201) {
+		chats = append(chats, c.ID)
 	}
-	w.Must(busy.Rollback())
 	for w.RunJobs() > 0 {
 	}
 	for i, id := range chats {
@@ -460,15 +443,10 @@ func TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan(t *testing.T) {
 		}
 	})
 	w := desktest.NewOn(t, db, desktest.NewClock())
-	ctx := context.Background()
 	a := w.Operator(active, 10)
 	q := w.Queue(enum.RuleToAll, []*ent.Operator{a})
 	ch := w.Channel(q, enum.ProviderAPI)
-	busy, err := w.DB.SQL.BeginTx(ctx, nil)
-	w.Must(err)
-	w.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
-	first := w.Inbound(ch, "first", "hello")
-	w.Must(busy.Rollback())
+	first := pendNewChats(w, q, ch, "first", 1)[0]
 	var late *desk.IngestResult
 	during = func() { late = w.Inbound(ch, "late", "hello") }
 	sent.reset()
@@ -478,7 +456,7 @@ func TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan(t *testing.T) {
 	if late == nil || !late.Chat.RoutePending {
 		t.Fatalf("the chat written during the release: %+v, want one left pending (the release holds the mark)", late)
 	}
-	for _, c := range []*ent.Chat{first.Chat, late.Chat} {
+	for _, c := range []*ent.Chat{first, late.Chat} {
 		if got := openOffers(w, c.ID); len(got) != 1 || !got[a.ID] || w.Chat(c.ID).RoutePending {
 			t.Fatalf("chat %d: offers %v, pending %v; want it offered to A", c.ID, got, w.Chat(c.ID).RoutePending)
 		}
@@ -487,6 +465,28 @@ func TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan(t *testing.T) {
 		t.Fatalf("the release sent %d messages (or more than one release ran), want 3: the lock and read, the read of the late chat, the commit", n)
 	}
 	atRest(t, w, w.Invariants(), "after the release")
+}
+
+// pendNewChats writes n new chats of ch's queue q, a second apart, while
+// another transaction holds the queue's routing mark, so that each is left
+// pending to a release (PostgreSQL), and returns them.
+func pendNewChats(w *desktest.World, q *ent.Queue, ch *ent.Channel, prefix string, n int) []*ent.Chat {
+	w.T.Helper()
+	ctx := context.Background()
+	busy, err := w.DB.SQL.BeginTx(ctx, nil)
+	w.Must(err)
+	defer func() { w.Must(busy.Rollback()) }()
+	w.Must(desk.HoldRoutingMark(ctx, busy, q.ID))
+	var chats []*ent.Chat
+	for i := range n {
+		res := w.Inbound(ch, fmt.Sprintf("%s-%d", prefix, i), "hello")
+		if !res.NewChat || !res.Chat.RoutePending {
+			w.T.Fatalf("%s-%d: new=%v pending=%v, want a new chat left to the release", prefix, i, res.NewChat, res.Chat.RoutePending)
+		}
+		chats = append(chats, res.Chat)
+		w.Clock.Advance(time.Second)
+	}
+	return chats
 }
 
 // txMessages counts the messages each transaction sends (PostgreSQL): the
