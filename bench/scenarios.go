@@ -248,7 +248,7 @@ type env struct {
 	keep  bool
 }
 
-func (r *runner) startEnv(ctx context.Context, kind, label string) (*env, error) {
+func (r *runner) startEnv(ctx context.Context, kind, label string, extraEnv ...string) (*env, error) {
 	e := &env{kind: kind, label: label, keep: r.opt.keep}
 	var err error
 	if kind == dbPostgres {
@@ -260,7 +260,7 @@ func (r *runner) startEnv(ctx context.Context, kind, label string) (*env, error)
 		_ = os.MkdirAll(filepath.Dir(e.db.sqlitePath), 0o750)
 	}
 	start := time.Now()
-	e.srv, err = startServer(ctx, r.bin, e.db.url, filepath.Join(r.tmp, kind+"-"+label), r.fake.srv.URL)
+	e.srv, err = startServer(ctx, r.bin, e.db.url, filepath.Join(r.tmp, kind+"-"+label), r.fake.srv.URL, extraEnv...)
 	if err != nil {
 		e.db.drop()
 		return nil, err

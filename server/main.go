@@ -22,6 +22,7 @@ import (
 	"syscall"
 
 	"github.com/parleydesk/parley/server/app"
+	"github.com/parleydesk/parley/server/gcfloor"
 )
 
 func main() {
@@ -50,6 +51,9 @@ func run(args []string) error {
 		cfg.Demo, cfg.Introspection = true, true
 	}
 	log := cfg.Logger()
+	if t := gcFloor(cfg, os.LookupEnv); t != nil {
+		defer t.Stop()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	a, err := app.New(ctx, cfg, log)
@@ -69,6 +73,16 @@ func run(args []string) error {
 		return err
 	}
 	return a.Run(ctx, ln)
+}
+
+// gcFloor starts the garbage collector's heap floor
+// (PARLEY_GC_HEAP_FLOOR_BYTES), unless it is 0 or the operator set GOGC,
+// which is then theirs to keep.
+func gcFloor(cfg app.Config, lookupEnv func(string) (string, bool)) *gcfloor.Tuner {
+	if _, set := lookupEnv("GOGC"); set || cfg.GCHeapFloor <= 0 {
+		return nil
+	}
+	return gcfloor.Start(uint64(cfg.GCHeapFloor))
 }
 
 func portOf(addr string) string {

@@ -39,6 +39,7 @@ type Config struct {
 	GraphAPIVersion string        // PARLEY_GRAPH_API_VERSION
 	MetaAppID       string        // PARLEY_META_APP_ID
 	WebhookMaxBytes int64         // PARLEY_WEBHOOK_MAX_BYTES
+	GCHeapFloor     int64         // PARLEY_GC_HEAP_FLOOR_BYTES (0: off)
 }
 
 // LoadConfig reads the configuration from getenv (os.Getenv in production).
@@ -66,6 +67,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		GraphAPIVersion: envOr(getenv, "PARLEY_GRAPH_API_VERSION", "v25.0"),
 		MetaAppID:       getenv("PARLEY_META_APP_ID"),
 		WebhookMaxBytes: 4 << 20,
+		GCHeapFloor:     128 << 20,
 	}
 	for _, o := range strings.Split(getenv("PARLEY_CORS_ORIGINS"), ",") {
 		if o = strings.TrimSpace(o); o != "" {
@@ -120,6 +122,13 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	integer("PARLEY_WEBHOOK_MAX_BYTES", &webhookMax)
 	if webhookMax > 0 {
 		c.WebhookMaxBytes = int64(webhookMax)
+	}
+	if v := getenv("PARLEY_GC_HEAP_FLOOR_BYTES"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("PARLEY_GC_HEAP_FLOOR_BYTES: %q is not a number of bytes (0 turns the floor off)", v))
+		}
+		c.GCHeapFloor = n
 	}
 	if c.FilesDir == "" {
 		c.FilesDir = filepath.Join(c.DataDir, "files")

@@ -22,6 +22,7 @@ func TestConfig_Defaults(t *testing.T) {
 		ShutdownTimeout: 15 * time.Second, EventRetention: 7 * 24 * time.Hour, WSPingInterval: 15 * time.Second,
 		SubscriptionBuf: 256, FilesDir: "data/files", TelegramAPIURL: "https://api.telegram.org",
 		GraphAPIURL: "https://graph.facebook.com", GraphAPIVersion: "v25.0", WebhookMaxBytes: 4 << 20,
+		GCHeapFloor: 128 << 20,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -57,6 +58,7 @@ func TestConfig_ReadsEveryVariable(t *testing.T) {
 		"PARLEY_GRAPH_API_VERSION":   "v99.0",
 		"PARLEY_META_APP_ID":         "1234",
 		"PARLEY_WEBHOOK_MAX_BYTES":   "1000",
+		"PARLEY_GC_HEAP_FLOOR_BYTES": "0",
 	}
 	c, err := app.LoadConfig(func(k string) string { return env[k] })
 	if err != nil {
@@ -70,6 +72,7 @@ func TestConfig_ReadsEveryVariable(t *testing.T) {
 		DepthLimit: 5, ShutdownTimeout: 3 * time.Second, EventRetention: 48 * time.Hour, WSPingInterval: 5 * time.Second,
 		SubscriptionBuf: 64, PublicURL: "https://desk.example", FilesDir: "/srv/files", TelegramAPIURL: "http://tg.fake",
 		GraphAPIURL: "http://graph.fake", GraphAPIVersion: "v99.0", MetaAppID: "1234", WebhookMaxBytes: 1000,
+		GCHeapFloor: 0,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("config:\n got %+v\nwant %+v", c, want)
@@ -91,6 +94,8 @@ func TestConfig_RefusesInvalidValues(t *testing.T) {
 		{"integer", "PARLEY_COMPLEXITY_LIMIT", "lots", "PARLEY_COMPLEXITY_LIMIT"},
 		{"zero integer", "PARLEY_DEPTH_LIMIT", "0", "PARLEY_DEPTH_LIMIT"},
 		{"negative body limit", "PARLEY_MAX_BODY_BYTES", "-5", "PARLEY_MAX_BODY_BYTES"},
+		{"negative heap floor", "PARLEY_GC_HEAP_FLOOR_BYTES", "-1", "PARLEY_GC_HEAP_FLOOR_BYTES"},
+		{"heap floor with a unit", "PARLEY_GC_HEAP_FLOOR_BYTES", "128MB", "PARLEY_GC_HEAP_FLOOR_BYTES"},
 		{"log level", "PARLEY_LOG_LEVEL", "loud", "PARLEY_LOG_LEVEL"},
 		{"log format", "PARLEY_LOG_FORMAT", "xml", "PARLEY_LOG_FORMAT"},
 		{"wildcard origin with credentials", "PARLEY_CORS_ORIGINS", "https://a.example,*", "PARLEY_CORS_ORIGINS"},
