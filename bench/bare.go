@@ -62,6 +62,12 @@ func runBareServer() {
 		mu.Lock()
 		conns[i] = c
 		mu.Unlock()
+		// Registered: from now on every delivery reaches this connection.
+		// The client waits for this frame before it counts on that
+		// (connectBare), as a panel waits for its subscription to be live.
+		if err := c.Write(r.Context(), websocket.MessageText, []byte(bareReady)); err != nil {
+			return
+		}
 		for {
 			if _, _, err := c.Read(context.Background()); err != nil {
 				break
@@ -223,8 +229,13 @@ type bareConn struct {
 	done chan struct{}
 }
 
-// connectBare opens connections [from, to) to the bare server; every frame
-// read is handed to sink with the time it was read.
+// bareReady is the bare server's first frame on a websocket: the
+// connection is registered and receives every delivery from then on.
+const bareReady = `{"type":"connection_ack"}`
+
+// connectBare opens connections [from, to) to the bare server, each once
+// the server has registered it (bareReady); every later frame read is
+// handed to sink with the time it was read.
 func connectBare(ctx context.Context, base string, from, to, par int, sink func(time.Time, []byte)) ([]*bareConn, error) {
 	out := make([]*bareConn, to-from)
 	var next atomic.Int64
@@ -243,6 +254,16 @@ func connectBare(ctx context.Context, base string, from, to, par int, sink func(
 				}
 				dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				c, _, err := websocket.Dial(dctx, "ws"+strings.TrimPrefix(base, "http")+"/ws?i="+strconv.Itoa(i), nil)
+				if err == nil {
+					// The server has registered the connection once it says so.
+					var b []byte
+					if _, b, err = c.Read(dctx); err == nil && string(b) != bareReady {
+						err = fmt.Errorf("bare websocket %d: first frame %q, want %q", i, b, bareReady)
+					}
+					if err != nil {
+						_ = c.CloseNow()
+					}
+				}
 				cancel()
 				if err != nil {
 					mu.Lock()
