@@ -298,8 +298,8 @@ func (r *runner) runDB(ctx context.Context, kind string) error {
 				if err != nil {
 					return fmt.Errorf("%s: %w", s, err)
 				}
-				if !e.srv.alive() {
-					return fmt.Errorf("%s: the server died:\n%s", s, e.srv.logTail(30))
+				if err := e.died(); err != nil {
+					return fmt.Errorf("%s: %w", s, err)
 				}
 			}
 			return nil
@@ -337,7 +337,11 @@ func (r *runner) inEnv(ctx context.Context, kind, label string, scenario func(co
 	}
 	defer e.close()
 	defer r.noteLog(e)
-	if err := scenario(ctx, e); err != nil {
+	err = scenario(ctx, e)
+	if died := e.died(); died != nil {
+		err = died // what the scenario saw follows from it
+	}
+	if err != nil {
 		return fmt.Errorf("%s: %w", label, err)
 	}
 	return nil

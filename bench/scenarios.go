@@ -275,6 +275,15 @@ func (r *runner) startEnv(ctx context.Context, kind, label string, extraEnv ...s
 	return e, nil
 }
 
+// died is an error with the end of the server's log when its process has
+// exited, else nil.
+func (e *env) died() error {
+	if e.srv.alive() {
+		return nil
+	}
+	return fmt.Errorf("the server died:\n%s", e.srv.logTail(30))
+}
+
 func (e *env) close() {
 	e.srv.stop()
 	if n := e.srv.logCount("ERROR"); n > 0 {
