@@ -96,15 +96,21 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			*dst = d
 		}
 	}
-	integer := func(name string, dst *int) {
+	// whole reads a whole number of at least least (0 or 1) into dst.
+	whole := func(name string, least int, dst *int) {
 		if v := getenv(name); v != "" {
 			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
-				errs = append(errs, fmt.Errorf("%s: %q is not a positive integer", name, v))
+			if err != nil || n < least {
+				what := "a positive integer"
+				if least == 0 {
+					what = "a non-negative integer"
+				}
+				errs = append(errs, fmt.Errorf("%s: %q is not %s", name, v, what))
 			}
 			*dst = n
 		}
 	}
+	integer := func(name string, dst *int) { whole(name, 1, dst) }
 	boolean("PARLEY_INTROSPECTION", &c.Introspection)
 	boolean("PARLEY_DEMO", &c.Demo)
 	duration("PARLEY_SESSION_TTL", &c.SessionTTL)
@@ -123,13 +129,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if webhookMax > 0 {
 		c.WebhookMaxBytes = int64(webhookMax)
 	}
-	if v := getenv("PARLEY_GC_HEAP_FLOOR_BYTES"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			errs = append(errs, fmt.Errorf("PARLEY_GC_HEAP_FLOOR_BYTES: %q is not a number of bytes (0 turns the floor off)", v))
-		}
-		c.GCHeapFloor = n
-	}
+	floor := int(c.GCHeapFloor)
+	whole("PARLEY_GC_HEAP_FLOOR_BYTES", 0, &floor) // 0 turns the floor off
+	c.GCHeapFloor = int64(floor)
 	if c.FilesDir == "" {
 		c.FilesDir = filepath.Join(c.DataDir, "files")
 	}
