@@ -448,6 +448,9 @@ func TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan(t *testing.T) {
 	ch := w.Channel(q, enum.ProviderAPI)
 	first := pendNewChats(w, q, ch, "first", 1)[0]
 	var late *desk.IngestResult
+	// An ingest begun inside the release's transaction, on the same
+	// goroutine: it takes the second of the desk's transaction slots (at
+	// least two by default).
 	during = func() { late = w.Inbound(ch, "late", "hello") }
 	sent.reset()
 	if w.RunJobs() == 0 {

@@ -3,9 +3,14 @@ package desk_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
@@ -62,5 +67,135 @@ func TestUseCaseIsNotCancelledHalfway(t *testing.T) {
 	}
 	if n, err := w.Client().Message.Query().Where(message.ChatID(res.Chat.ID)).Count(context.Background()); err != nil || n != 1 {
 		t.Fatalf("messages = %d (%v), want the first one only", n, err)
+	}
+}
+
+// txIDOf is the id ent's debug driver gives a transaction in the statements
+// it logs ("driver.Tx(ID): started", "Tx(ID): committed", …).
+func txIDOf(statement string) string {
+	_, rest, _ := strings.Cut(statement, "Tx(")
+	id, _, _ := strings.Cut(rest, ")")
+	return id
+}
+
+// Use cases run at most Config.Transactions transactions at once on
+// PostgreSQL, and one at a time on SQLite; those beyond wait their turn
+// before they begin. Sixteen callers ingest at once.
+func TestUseCasesRunAtMostTheirTransactionSlotsAtOnce(t *testing.T) {
+	const slots = 2
+	var (
+		mu       sync.Mutex
+		inFlight = map[string]bool{}
+		most     int
+	)
+	db := storetest.Open(t).WithQueryHook(func(_ context.Context, statement string) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case strings.HasSuffix(statement, ": started"):
+			inFlight[txIDOf(statement)] = true
+			most = max(most, len(inFlight))
+		case strings.HasSuffix(statement, ": committed"), strings.HasSuffix(statement, ": rollbacked"):
+			delete(inFlight, txIDOf(statement))
+		}
+	})
+	w := desktest.NewWith(t, db, desktest.NewClock(),
+		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: slots}))
+	want := slots
+	if !db.Postgres() {
+		want = 1
+	}
+	ch := w.Channel(w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active, 100)}), enum.ProviderAPI)
+
+	const callers, each = 16, 5
+	errs := make(chan error, callers*each)
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for m := range each {
+				_, err := w.Desk.Ingest(context.Background(), desk.Inbound{ChannelID: ch.ID,
+					Identity: desk.InboundIdentity{ExternalID: fmt.Sprintf("caller-%d", c)}, Text: fmt.Sprintf("message %d", m)})
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("ingest: %v", err)
+		}
+	}
+	if n, err := w.Client().Message.Query().Count(context.Background()); err != nil || n != callers*each {
+		t.Fatalf("messages = %d (%v), want %d", n, err, callers*each)
+	}
+	if most > want {
+		t.Fatalf("%d transactions ran at once, want at most %d", most, want)
+	}
+}
+
+// holding makes the hook of TestTheWaitForATransactionSlotEndsWithTheCaller
+// hold the transaction of the use case whose context carries it, once begun.
+type holding struct {
+	once         sync.Once
+	in, released chan struct{}
+}
+
+type holdingKey struct{}
+
+// The wait for a transaction slot, like the wait for a connection, ends with
+// the caller's context: a caller that gives up while every slot is taken
+// gets its context's error, and nothing of its use case is written.
+func TestTheWaitForATransactionSlotEndsWithTheCaller(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite's writers queue on its write lock")
+	}
+	db := storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
+		if h, ok := ctx.Value(holdingKey{}).(*holding); ok && strings.HasSuffix(statement, ": started") {
+			h.once.Do(func() {
+				close(h.in)
+				<-h.released
+			})
+		}
+	})
+	w := desktest.NewWith(t, db, desktest.NewClock(),
+		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: 1}))
+	ch := w.Channel(w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active, 100)}), enum.ProviderAPI)
+	inbound := func(text string) desk.Inbound {
+		return desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "waits"}, Text: text}
+	}
+
+	h := &holding{in: make(chan struct{}), released: make(chan struct{})}
+	first := make(chan error, 1)
+	go func() {
+		_, err := w.Desk.Ingest(context.WithValue(context.Background(), holdingKey{}, h), inbound("first"))
+		first <- err
+	}()
+	select {
+	case <-h.in: // the first use case holds the only slot
+	case err := <-first:
+		t.Fatalf("the first ingest ended (%v) without its transaction being held", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := w.Desk.Ingest(ctx, inbound("gives up"))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		close(h.released)
+		t.Fatalf("ingest while the only slot is taken: %v, want its context's deadline", err)
+	}
+	close(h.released)
+	if err := <-first; err != nil {
+		t.Fatalf("the first ingest: %v", err)
+	}
+	if _, err := w.Desk.Ingest(context.Background(), inbound("after")); err != nil {
+		t.Fatalf("ingest once the slot is free: %v", err)
+	}
+	var texts []string
+	for _, m := range w.Client().Message.Query().Order(ent.Asc(message.FieldID)).AllX(context.Background()) {
+		texts = append(texts, m.Text)
+	}
+	if strings.Join(texts, ",") != "first,after" {
+		t.Fatalf("messages %q, want the first and the one after", texts)
 	}
 }

@@ -101,7 +101,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		return nil, err
 	}
 	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect), desk.WithWriteLock(db.WriteLock()),
-		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention, MetaAppID: cfg.MetaAppID}),
+		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention, MetaAppID: cfg.MetaAppID,
+			Transactions: cfg.PGTransactions}),
 		desk.WithCommitViews(func() bool { return hub.Subscribers() > 0 }, loads.Viewed),
 		desk.WithEventSink(func(events []*ent.Event) { loads.Committed(events); hub.Committed(events) }),
 		desk.WithFiles(store), desk.WithAdapters(adapters(cfg)...)}, o.desk...)

@@ -40,6 +40,7 @@ type Config struct {
 	MetaAppID       string        // PARLEY_META_APP_ID
 	WebhookMaxBytes int64         // PARLEY_WEBHOOK_MAX_BYTES
 	GCHeapFloor     int64         // PARLEY_GC_HEAP_FLOOR_BYTES (0: off)
+	PGTransactions  int           // PARLEY_PG_TRANSACTIONS (0: the desk's default)
 }
 
 // LoadConfig reads the configuration from getenv (os.Getenv in production).
@@ -120,6 +121,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	integer("PARLEY_SUBSCRIPTION_BUFFER", &c.SubscriptionBuf)
 	integer("PARLEY_COMPLEXITY_LIMIT", &c.ComplexityLimit)
 	integer("PARLEY_DEPTH_LIMIT", &c.DepthLimit)
+	integer("PARLEY_PG_TRANSACTIONS", &c.PGTransactions)
 	var maxBody, webhookMax int
 	integer("PARLEY_MAX_BODY_BYTES", &maxBody)
 	if maxBody > 0 {

@@ -59,6 +59,7 @@ func TestConfig_ReadsEveryVariable(t *testing.T) {
 		"PARLEY_META_APP_ID":         "1234",
 		"PARLEY_WEBHOOK_MAX_BYTES":   "1000",
 		"PARLEY_GC_HEAP_FLOOR_BYTES": "0",
+		"PARLEY_PG_TRANSACTIONS":     "3",
 	}
 	c, err := app.LoadConfig(func(k string) string { return env[k] })
 	if err != nil {
@@ -72,7 +73,7 @@ func TestConfig_ReadsEveryVariable(t *testing.T) {
 		DepthLimit: 5, ShutdownTimeout: 3 * time.Second, EventRetention: 48 * time.Hour, WSPingInterval: 5 * time.Second,
 		SubscriptionBuf: 64, PublicURL: "https://desk.example", FilesDir: "/srv/files", TelegramAPIURL: "http://tg.fake",
 		GraphAPIURL: "http://graph.fake", GraphAPIVersion: "v99.0", MetaAppID: "1234", WebhookMaxBytes: 1000,
-		GCHeapFloor: 0,
+		GCHeapFloor: 0, PGTransactions: 3,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("config:\n got %+v\nwant %+v", c, want)
@@ -96,6 +97,7 @@ func TestConfig_RefusesInvalidValues(t *testing.T) {
 		{"negative body limit", "PARLEY_MAX_BODY_BYTES", "-5", "PARLEY_MAX_BODY_BYTES"},
 		{"negative heap floor", "PARLEY_GC_HEAP_FLOOR_BYTES", "-1", "PARLEY_GC_HEAP_FLOOR_BYTES"},
 		{"heap floor with a unit", "PARLEY_GC_HEAP_FLOOR_BYTES", "128MB", "PARLEY_GC_HEAP_FLOOR_BYTES"},
+		{"zero transactions", "PARLEY_PG_TRANSACTIONS", "0", "PARLEY_PG_TRANSACTIONS"},
 		{"log level", "PARLEY_LOG_LEVEL", "loud", "PARLEY_LOG_LEVEL"},
 		{"log format", "PARLEY_LOG_FORMAT", "xml", "PARLEY_LOG_FORMAT"},
 		{"wildcard origin with credentials", "PARLEY_CORS_ORIGINS", "https://a.example,*", "PARLEY_CORS_ORIGINS"},
