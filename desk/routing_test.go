@@ -450,7 +450,7 @@ func TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan(t *testing.T) {
 	var late *desk.IngestResult
 	// An ingest begun inside the release's transaction, on the same
 	// goroutine: it takes the second of the desk's transaction slots (at
-	// least two by default).
+	// least two by default: GOMAXPROCS + 1).
 	during = func() { late = w.Inbound(ch, "late", "hello") }
 	sent.reset()
 	if w.RunJobs() == 0 {
