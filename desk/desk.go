@@ -369,9 +369,9 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn txFunc, attempt int
 // p99 of a message's path to the panels at c=8 was a half to a sixth of
 // what it was without a bound, at the same rate (README, Performance); two
 // slots did as well for the tail but left the cores idle between round
-// trips, and took about a sixth off the ingest rate. Like SQLite's writeMu, a
-// slot is held by the transaction alone: a use case never begins another
-// inside its own.
+// trips and lowered the ingest rate. Like SQLite's writeMu, a slot is held
+// by the transaction alone: a use case never begins another inside its
+// own.
 type txSlots chan struct{}
 
 // take waits for a slot, or for ctx to end.
