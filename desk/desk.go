@@ -57,7 +57,8 @@ type Config struct {
 	// resuming a subscription (default 7 days).
 	EventRetention time.Duration
 	// Transactions bounds the use-case transactions this process runs at
-	// once on PostgreSQL (default: GOMAXPROCS + 1); see txSlots.
+	// once on PostgreSQL, releases of pending chats aside (default:
+	// GOMAXPROCS + 1); see txSlots.
 	Transactions int
 }
 
@@ -83,8 +84,9 @@ type Desk struct {
 	// writeMu queues this process's write transactions on SQLite
 	// (WithWriteLock).
 	writeMu sync.Locker
-	// slots queues them on PostgreSQL, Config.Transactions at a time.
-	slots txSlots
+	// slots queues them on PostgreSQL, Config.Transactions at a time;
+	// releaseSlot is the releases' own (see txSlots).
+	slots, releaseSlot txSlots
 	// onEvents is given, after each commit that appended events, those
 	// events (ids in order).
 	onEvents func(events []*ent.Event)
@@ -188,6 +190,7 @@ func New(client *ent.Client, opts ...Option) *Desk {
 	}
 	if d.pg {
 		d.slots = make(txSlots, d.cfg.Transactions)
+		d.releaseSlot = make(txSlots, 1)
 	}
 	return d
 }
@@ -282,12 +285,16 @@ func retryable(err error) bool {
 func (d *Desk) inTxOnce(ctx context.Context, name string, fn txFunc, attempt int) error {
 	free := func() {}
 	if d.pg {
+		slots := d.slots
+		if releasing(ctx) {
+			slots = d.releaseSlot
+		}
 		// The wait for a slot, like the wait for a connection, ends with
 		// the caller's context.
-		if err := d.slots.take(ctx); err != nil {
+		if err := slots.take(ctx); err != nil {
 			return fmt.Errorf("%s: wait for a transaction slot: %w", name, err)
 		}
-		free = sync.OnceFunc(d.slots.give)
+		free = sync.OnceFunc(slots.give)
 		defer free()
 	} else {
 		// SQLite has one writer at a time and makes the others poll
@@ -373,7 +380,24 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn txFunc, attempt int
 // rate more (README, Performance). Like SQLite's writeMu, a slot is held
 // by the transaction alone: a use case never begins another inside its
 // own.
+//
+// Releases of pending chats (release.go) take a slot of their own, one at
+// a time, instead of queueing behind the webhooks: the chats they route
+// were acknowledged already, and their offers wait for them. So at most
+// Config.Transactions use cases and one release run at once.
 type txSlots chan struct{}
+
+// releasingKey marks the context of a release's transaction (releasing).
+type releasingKey struct{}
+
+// releasing reports whether ctx is a release's (withReleaseSlot).
+func releasing(ctx context.Context) bool { return ctx.Value(releasingKey{}) != nil }
+
+// withReleaseSlot makes the transactions begun with ctx take the releases'
+// slot (txSlots).
+func withReleaseSlot(ctx context.Context) context.Context {
+	return context.WithValue(ctx, releasingKey{}, true)
+}
 
 // take waits for a slot, or for ctx to end.
 func (s txSlots) take(ctx context.Context) error {

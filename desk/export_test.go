@@ -33,3 +33,7 @@ func (d *Desk) EventsAfter(ctx context.Context, after, limit int) ([]*ent.Event,
 	}
 	return d.ReadEvents(ctx, after, limit)
 }
+
+// RunWantedReleases runs the releases this process's commits asked for, as
+// the release worker does, and returns how many ran: no job is claimed.
+func (d *Desk) RunWantedReleases(ctx context.Context) int { return d.runWantedReleases(ctx) }

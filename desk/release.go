@@ -92,6 +92,8 @@ func (d *Desk) runWantedReleases(ctx context.Context) int {
 	w.mu.Unlock()
 	slices.Sort(queues)
 	ran := 0
+	// They need not wait behind the webhooks (txSlots).
+	ctx = withReleaseSlot(ctx)
 	for _, q := range queues {
 		if ctx.Err() != nil {
 			return ran

@@ -449,8 +449,8 @@ func TestR10_AReleaseRoutesTheChatsLeftPendingWhileItRan(t *testing.T) {
 	first := pendNewChats(w, q, ch, "first", 1)[0]
 	var late *desk.IngestResult
 	// An ingest begun inside the release's transaction, on the same
-	// goroutine: it takes the second of the desk's transaction slots (at
-	// least two by default: GOMAXPROCS + 1).
+	// goroutine: it takes one of the desk's transaction slots, the release
+	// holding its own.
 	during = func() { late = w.Inbound(ch, "late", "hello") }
 	sent.reset()
 	if w.RunJobs() == 0 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/message"
@@ -134,14 +135,27 @@ func TestUseCasesRunAtMostTheirTransactionSlotsAtOnce(t *testing.T) {
 	}
 }
 
-// holding makes the hook of TestTheWaitForATransactionSlotEndsWithTheCaller
-// hold the transaction of the use case whose context carries it, once begun.
+// holding makes the hook of openHolding hold the transaction of the use
+// case whose context carries it, once begun, until released is closed.
 type holding struct {
 	once         sync.Once
 	in, released chan struct{}
 }
 
 type holdingKey struct{}
+
+// openHolding opens the test database with a hook that holds transactions
+// (holding).
+func openHolding(t *testing.T) *store.DB {
+	return storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
+		if h, ok := ctx.Value(holdingKey{}).(*holding); ok && strings.HasSuffix(statement, ": started") {
+			h.once.Do(func() {
+				close(h.in)
+				<-h.released
+			})
+		}
+	})
+}
 
 // The wait for a transaction slot, like the wait for a connection, ends with
 // the caller's context: a caller that gives up while every slot is taken
@@ -150,14 +164,7 @@ func TestTheWaitForATransactionSlotEndsWithTheCaller(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite's writers queue on its write lock")
 	}
-	db := storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
-		if h, ok := ctx.Value(holdingKey{}).(*holding); ok && strings.HasSuffix(statement, ": started") {
-			h.once.Do(func() {
-				close(h.in)
-				<-h.released
-			})
-		}
-	})
+	db := openHolding(t)
 	w := desktest.NewWith(t, db, desktest.NewClock(),
 		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: 1}))
 	ch := w.Channel(w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active, 100)}), enum.ProviderAPI)
@@ -197,5 +204,56 @@ func TestTheWaitForATransactionSlotEndsWithTheCaller(t *testing.T) {
 	}
 	if strings.Join(texts, ",") != "first,after" {
 		t.Fatalf("messages %q, want the first and the one after", texts)
+	}
+}
+
+// A release of pending chats does not queue behind the webhooks for a
+// transaction slot: it has one of its own, so a chat already acknowledged
+// is offered while every other slot is taken.
+func TestAReleaseRunsWhileEveryOtherTransactionSlotIsTaken(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite has no releases, its queues are never busy")
+	}
+	db := openHolding(t)
+	w := desktest.NewWith(t, db, desktest.NewClock(),
+		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: 1}))
+	a := w.Operator(active, 100)
+	q := w.Queue(enum.RuleToAll, []*ent.Operator{a})
+	ch := w.Channel(q, enum.ProviderAPI)
+	pending := pendNewChats(w, q, ch, "pending", 1)[0]
+
+	h := &holding{in: make(chan struct{}), released: make(chan struct{})}
+	held := make(chan error, 1)
+	go func() {
+		_, err := w.Desk.Ingest(context.WithValue(context.Background(), holdingKey{}, h),
+			desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "holds"}, Text: "hello"})
+		held <- err
+	}()
+	select {
+	case <-h.in: // the ingest holds the only slot
+	case err := <-held:
+		t.Fatalf("the holding ingest ended (%v) without its transaction being held", err)
+	}
+	ran := make(chan int, 1)
+	go func() { ran <- w.Desk.RunWantedReleases(context.Background()) }()
+	var n int
+	select {
+	case n = <-ran:
+	case <-time.After(10 * time.Second):
+		close(h.released)
+		<-held
+		<-ran
+		t.Fatal("the release did not end while the only slot was taken: it waited for it")
+	}
+	offers := openOffers(w, pending.ID)
+	close(h.released)
+	if err := <-held; err != nil {
+		t.Fatalf("the holding ingest: %v", err)
+	}
+	if n != 1 || len(offers) != 1 || !offers[a.ID] {
+		t.Fatalf("%d releases ran while the slot was taken, and the pending chat's offers were %v; want one, to A", n, offers)
+	}
+	if w.Chat(pending.ID).RoutePending {
+		t.Fatal("the chat is still pending after its release")
 	}
 }
