@@ -374,10 +374,12 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn txFunc, attempt int
 // PostgreSQL spends more CPU on each message. A wait here, before the
 // transaction begins, holds no connection and no lock. On two cores, with
 // three slots the p99 of a message's path to the panels at c=8 was a half
-// to a sixth of what it was without a bound, at the same rate, for about
-// 7% of the closed-loop ingest rate at c=8; two slots did as well for the
-// tail but left the cores idle between round trips and lowered the ingest
-// rate more (README, Performance). Like SQLite's writeMu, a slot is held
+// to a sixth of what it was without a bound, at the same rate, on a machine
+// whose cores were the limit; two slots did as well for the tail but left
+// the cores idle between round trips. The bound costs closed-loop ingest
+// rate at c=8: about 7% there, about 20% on a machine with faster commits,
+// where more transactions in flight share each WAL flush (README,
+// Performance). Like SQLite's writeMu, a slot is held
 // by the transaction alone: a use case never begins another inside its
 // own.
 //

@@ -14,7 +14,6 @@ import (
 
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
-	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/message"
@@ -135,7 +134,7 @@ func TestUseCasesRunAtMostTheirTransactionSlotsAtOnce(t *testing.T) {
 	}
 }
 
-// holding makes the hook of openHolding hold the transaction of the use
+// holding makes the hook of oneSlotWorld hold the transaction of the use
 // case whose context carries it, once begun, until released is closed.
 type holding struct {
 	once         sync.Once
@@ -144,16 +143,41 @@ type holding struct {
 
 type holdingKey struct{}
 
-// openHolding opens the test database with a hook that holds transactions
-// (holding).
-func openHolding(t *testing.T) *store.DB {
-	return storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
+// oneSlotWorld is a world on PostgreSQL whose desk has one transaction
+// slot, over a database whose hook holds the transaction of a use case whose
+// context carries a holding, once begun, until released is closed.
+func oneSlotWorld(t *testing.T) *desktest.World {
+	db := storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
 		if h, ok := ctx.Value(holdingKey{}).(*holding); ok && strings.HasSuffix(statement, ": started") {
 			h.once.Do(func() {
 				close(h.in)
 				<-h.released
 			})
 		}
+	})
+	return desktest.NewWith(t, db, desktest.NewClock(),
+		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: 1}))
+}
+
+// holdTheSlot ingests in on another goroutine and returns once its
+// transaction holds the only slot (oneSlotWorld); release lets it end and
+// returns its error.
+func holdTheSlot(t *testing.T, w *desktest.World, in desk.Inbound) (release func() error) {
+	t.Helper()
+	h := &holding{in: make(chan struct{}), released: make(chan struct{})}
+	held := make(chan error, 1)
+	go func() {
+		_, err := w.Desk.Ingest(context.WithValue(context.Background(), holdingKey{}, h), in)
+		held <- err
+	}()
+	select {
+	case <-h.in:
+	case err := <-held:
+		t.Fatalf("the holding ingest ended (%v) without its transaction being held", err)
+	}
+	return sync.OnceValue(func() error {
+		close(h.released)
+		return <-held
 	})
 }
 
@@ -164,35 +188,20 @@ func TestTheWaitForATransactionSlotEndsWithTheCaller(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite's writers queue on its write lock")
 	}
-	db := openHolding(t)
-	w := desktest.NewWith(t, db, desktest.NewClock(),
-		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: 1}))
+	w := oneSlotWorld(t)
 	ch := w.Channel(w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active, 100)}), enum.ProviderAPI)
 	inbound := func(text string) desk.Inbound {
 		return desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "waits"}, Text: text}
 	}
-
-	h := &holding{in: make(chan struct{}), released: make(chan struct{})}
-	first := make(chan error, 1)
-	go func() {
-		_, err := w.Desk.Ingest(context.WithValue(context.Background(), holdingKey{}, h), inbound("first"))
-		first <- err
-	}()
-	select {
-	case <-h.in: // the first use case holds the only slot
-	case err := <-first:
-		t.Fatalf("the first ingest ended (%v) without its transaction being held", err)
-	}
+	release := holdTheSlot(t, w, inbound("first"))
+	defer release()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err := w.Desk.Ingest(ctx, inbound("gives up"))
-	if !errors.Is(err, context.DeadlineExceeded) {
-		close(h.released)
+	if _, err := w.Desk.Ingest(ctx, inbound("gives up")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("ingest while the only slot is taken: %v, want its context's deadline", err)
 	}
-	close(h.released)
-	if err := <-first; err != nil {
+	if err := release(); err != nil {
 		t.Fatalf("the first ingest: %v", err)
 	}
 	if _, err := w.Desk.Ingest(context.Background(), inbound("after")); err != nil {
@@ -214,40 +223,26 @@ func TestAReleaseRunsWhileEveryOtherTransactionSlotIsTaken(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite has no releases, its queues are never busy")
 	}
-	db := openHolding(t)
-	w := desktest.NewWith(t, db, desktest.NewClock(),
-		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: 1}))
+	w := oneSlotWorld(t)
 	a := w.Operator(active, 100)
 	q := w.Queue(enum.RuleToAll, []*ent.Operator{a})
 	ch := w.Channel(q, enum.ProviderAPI)
 	pending := pendNewChats(w, q, ch, "pending", 1)[0]
+	release := holdTheSlot(t, w, desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "holds"}, Text: "hello"})
+	defer release()
 
-	h := &holding{in: make(chan struct{}), released: make(chan struct{})}
-	held := make(chan error, 1)
-	go func() {
-		_, err := w.Desk.Ingest(context.WithValue(context.Background(), holdingKey{}, h),
-			desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "holds"}, Text: "hello"})
-		held <- err
-	}()
-	select {
-	case <-h.in: // the ingest holds the only slot
-	case err := <-held:
-		t.Fatalf("the holding ingest ended (%v) without its transaction being held", err)
-	}
 	ran := make(chan int, 1)
 	go func() { ran <- w.Desk.RunWantedReleases(context.Background()) }()
 	var n int
 	select {
 	case n = <-ran:
 	case <-time.After(10 * time.Second):
-		close(h.released)
-		<-held
+		release()
 		<-ran
 		t.Fatal("the release did not end while the only slot was taken: it waited for it")
 	}
 	offers := openOffers(w, pending.ID)
-	close(h.released)
-	if err := <-held; err != nil {
+	if err := release(); err != nil {
 		t.Fatalf("the holding ingest: %v", err)
 	}
 	if n != 1 || len(offers) != 1 || !offers[a.ID] {
