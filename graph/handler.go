@@ -173,6 +173,11 @@ const CodeQueryTooLarge desk.Code = "QUERY_TOO_LARGE"
 // is off.
 const CodeIntrospectionDisabled desk.Code = "INTROSPECTION_DISABLED"
 
+// CodeCancelled answers an operation whose request ended (the client hung
+// up, or the server shut down past its grace period) while it waited to
+// begin or read: nothing was changed (desk.txFunc).
+const CodeCancelled desk.Code = "CANCELLED"
+
 // resolverError marks an error returned by a resolver (as opposed to one of
 // the GraphQL layer, such as a malformed argument), so that the presenter
 // knows an unclassified one is internal.
@@ -221,6 +226,9 @@ func presentedError(ctx context.Context, log *slog.Logger, err error) *gqlerror.
 	case errors.As(err, &re) && re.err.Error() == "introspection disabled":
 		// gqlgen's refusal of __schema/__type when introspection is off.
 		de = desk.Fail(CodeIntrospectionDisabled, "introspection is disabled on this server (PARLEY_INTROSPECTION)")
+	case errors.As(err, &re) && ctx.Err() != nil && errors.Is(re.err, ctx.Err()):
+		// The request's own end, not a failure: logged as a refusal.
+		de = desk.Fail(CodeCancelled, "the request ended before the operation could run; nothing was changed")
 	case errors.As(err, &re):
 		de = desk.AsError(re.err)
 		if de.Code == desk.CodeInternal {

@@ -359,7 +359,9 @@ func (a *App) logRequests(next http.Handler) http.Handler {
 		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
 			level = slog.LevelInfo
 		}
-		if rec.status >= 500 {
+		// A request that ended first (the client hung up, a shutdown
+		// past its grace) answered no one: its handler logged why.
+		if rec.status >= 500 && r.Context().Err() == nil {
 			level = slog.LevelError
 		}
 		a.Log.Log(r.Context(), level, "http request", "id", id, "method", r.Method, "path", r.URL.Path,

@@ -66,6 +66,20 @@ func (h *handler) refuse(w http.ResponseWriter, r *http.Request, status int, cod
 	writeError(w, status, code, reason)
 }
 
+// unavailable answers 503 to a delivery that could not be taken now (the
+// provider delivers it again) and logs why: as an error of the server,
+// unless the request itself ended first (the provider hung up, a shutdown
+// past its grace), which changed nothing (desk.txFunc).
+func (h *handler) unavailable(w http.ResponseWriter, r *http.Request, what string, err error, args ...any) {
+	args = append(args, "err", err)
+	if ctx := r.Context(); ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		h.log.Info(what+": the request ended first", args...)
+	} else {
+		h.log.Error(what, args...)
+	}
+	writeError(w, http.StatusServiceUnavailable, codeUnavailable, "temporarily unavailable")
+}
+
 func writeError(w http.ResponseWriter, status int, code desk.Code, reason string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -90,8 +104,7 @@ func (h *handler) channel(w http.ResponseWriter, r *http.Request, p enum.Provide
 	case errors.As(err, &de) && de.Code == desk.CodeChannelInactive:
 		h.refuse(w, r, http.StatusForbidden, desk.CodeChannelInactive, "channel inactive")
 	default:
-		h.log.Error("webhook: channel lookup", "err", err)
-		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "temporarily unavailable")
+		h.unavailable(w, r, "webhook: channel lookup", err)
 	}
 	return channels.Channel{}, false
 }
@@ -147,8 +160,7 @@ func (h *handler) deliver(p enum.Provider, verify verifier) http.HandlerFunc {
 		res, err := h.desk.ApplyDelivery(r.Context(), ch, del, body)
 		if err != nil {
 			// Not acknowledged: the provider delivers it again.
-			h.log.Error("webhook: apply delivery", "channel_id", ch.ID, "key", del.Key, "err", err)
-			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "temporarily unavailable")
+			h.unavailable(w, r, "webhook: apply delivery", err, "channel_id", ch.ID, "key", del.Key)
 			return
 		}
 		h.log.Debug("webhook delivered", "channel_id", ch.ID, "key", del.Key, "duplicate", res.Duplicate,
