@@ -1,6 +1,7 @@
 package desk
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -86,6 +87,14 @@ func AsError(err error) *Error {
 		return &Error{Code: CodeValidation, Field: name, Message: "invalid value for " + name}
 	}
 	return &Error{Code: CodeInternal, Message: "internal error"}
+}
+
+// CallerEnded reports whether err is ctx's own end: the caller hung up (or
+// the server shut down past its grace period) while the use case waited to
+// begin (a transaction slot, a pooled connection) or read. Nothing was
+// changed (txFunc), and it is no failure of the server.
+func CallerEnded(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && errors.Is(err, ctx.Err())
 }
 
 // inputFieldName turns an ent field name (chat_limit, external_id) into the

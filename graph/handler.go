@@ -226,7 +226,7 @@ func presentedError(ctx context.Context, log *slog.Logger, err error) *gqlerror.
 	case errors.As(err, &re) && re.err.Error() == "introspection disabled":
 		// gqlgen's refusal of __schema/__type when introspection is off.
 		de = desk.Fail(CodeIntrospectionDisabled, "introspection is disabled on this server (PARLEY_INTROSPECTION)")
-	case errors.As(err, &re) && ctx.Err() != nil && errors.Is(re.err, ctx.Err()):
+	case errors.As(err, &re) && desk.CallerEnded(ctx, re.err):
 		// The request's own end, not a failure: logged as a refusal.
 		de = desk.Fail(CodeCancelled, "the request ended before the operation could run; nothing was changed")
 	case errors.As(err, &re):

@@ -77,8 +77,8 @@ type checkpointer struct {
 	log  atomic.Pointer[slog.Logger]
 	// writers queues the process's write transactions (DB.WriteSlot).
 	writers chan struct{}
-	// runs counts the checkpoints run, restarts those run under the write
-	// lock (tests).
+	// runs counts the checkpoints run, restarts those run holding the write
+	// slot (tests).
 	runs, restarts atomic.Int64
 }
 

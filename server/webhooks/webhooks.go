@@ -72,7 +72,7 @@ func (h *handler) refuse(w http.ResponseWriter, r *http.Request, status int, cod
 // past its grace), which changed nothing (desk.txFunc).
 func (h *handler) unavailable(w http.ResponseWriter, r *http.Request, what string, err error, args ...any) {
 	args = append(args, "err", err)
-	if ctx := r.Context(); ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+	if desk.CallerEnded(r.Context(), err) {
 		h.log.Info(what+": the request ended first", args...)
 	} else {
 		h.log.Error(what, args...)
