@@ -49,7 +49,7 @@ func NewOn(t testing.TB, db *store.DB, clock *Clock) *World {
 func NewWith(t testing.TB, db *store.DB, clock *Clock, opts ...desk.Option) *World {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d := desk.New(db.Client, append([]desk.Option{desk.WithDialect(db.Dialect), desk.WithWriteSlot(db.WriteSlot()), desk.WithClock(clock), desk.WithLogger(log),
+	d := desk.New(db.Client, append([]desk.Option{desk.WithDialect(db.Dialect), desk.WithWriteLock(db.WriteLock()), desk.WithClock(clock), desk.WithLogger(log),
 		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, SessionTTL: 12 * time.Hour})}, opts...)...)
 	w := &World{T: t, DB: db, Desk: d, Clock: clock}
 	if _, err := d.Settings(context.Background()); err != nil {

@@ -30,14 +30,14 @@ import (
 // from the top only when a writer begins with every frame copied, which
 // under a steady load never happens (the next writer is always already
 // writing). So when the log has grown past walRestartFrames, the
-// checkpointer takes the process's write slot (desk.WithWriteSlot), copies
+// checkpointer takes the process's write lock (desk.WithWriteLock), copies
 // the frames written meanwhile, and lets go: the next writer starts the log
 // afresh. The writers wait for that copy of a few pages and its fsyncs, once
 // every several thousand pages instead of every thousand. A reader still
 // reading old frames keeps the log from starting again (as it would keep
 // SQLite's own checkpoints from it), and readers that overlap without a
 // pause can keep it up for ever: when the log has grown past twice
-// walRestartFrames, the copy holding the write slot is a RESTART, which also
+// walRestartFrames, the copy under the write lock is a RESTART, which also
 // waits for the readers of the moment to finish, but no longer than
 // restartWait (the checkpointer's connection is its own, with that busy
 // timeout): a reader that goes on longer (a long report) costs the writers
@@ -64,7 +64,7 @@ type checkpointer struct {
 	// shorten them).
 	delay         time.Duration
 	restartFrames int64
-	// forceAt is the log's length from which the copy holding the write slot
+	// forceAt is the log's length from which the copy under the write lock
 	// is a RESTART: twice restartFrames, or a restart length past a RESTART
 	// that readers kept busy.
 	forceAt int64
@@ -75,16 +75,16 @@ type checkpointer struct {
 	done chan struct{}
 	once sync.Once
 	log  atomic.Pointer[slog.Logger]
-	// writers queues the process's write transactions (DB.WriteSlot).
-	writers chan struct{}
-	// runs counts the checkpoints run, restarts those run holding the write
-	// slot (tests).
+	// writers queues the process's write transactions (DB.WriteLock).
+	writers sync.Mutex
+	// runs counts the checkpoints run, restarts those run under the write
+	// lock (tests).
 	runs, restarts atomic.Int64
 }
 
 func newCheckpointer() *checkpointer {
 	return &checkpointer{delay: checkpointDelay, restartFrames: walRestartFrames, forceAt: 2 * walRestartFrames,
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), writers: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // wrote tells the checkpointer that the log grew (or may have).
@@ -159,10 +159,10 @@ func (c *checkpointer) run() {
 			if frames >= c.forceAt {
 				mode = "RESTART"
 			}
-			c.writers <- struct{}{}
+			c.writers.Lock()
 			var busy bool
 			_, busy, err = c.checkpoint(mode)
-			<-c.writers
+			c.writers.Unlock()
 			c.restarts.Add(1)
 			if mode == "RESTART" && busy {
 				c.forceAt = frames + c.restartFrames

@@ -52,7 +52,7 @@ func openCheckpointed(t *testing.T) (*DB, string) {
 }
 
 // TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites writes without a
-// pause, as the desk does (one transaction at a time holding the write slot),
+// pause, as the desk does (one transaction at a time under the write lock),
 // many times the checkpointer's restart length: the log must start afresh
 // again and again and its file stays a fraction of what was written; the
 // writers' own automatic checkpoint is only the last resort, far past what
@@ -87,11 +87,11 @@ func TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites(t *testing.T) {
 			}
 		})
 	}
-	slot := db.WriteSlot()
+	lock := db.WriteLock()
 	blob := []byte(strings.Repeat("x", 3000)) // about a page a row
 	const rows = 12000                        // 60 times the restart length
 	for i := range rows {
-		slot <- struct{}{}
+		lock.Lock()
 		tx, err := db.SQL.BeginTx(ctx, nil)
 		if err == nil {
 			_, err = tx.Exec("INSERT INTO t (v) VALUES (?)", blob)
@@ -101,7 +101,7 @@ func TestSQLiteCheckpointerKeepsTheLogShortUnderSteadyWrites(t *testing.T) {
 				tx.Rollback()
 			}
 		}
-		<-slot
+		lock.Unlock()
 		if err != nil {
 			close(stop)
 			t.Fatalf("row %d: %v", i, err)
@@ -171,15 +171,15 @@ func TestSQLiteCheckpointerRestsWhenNothingIsWritten(t *testing.T) {
 func TestSQLiteCheckpointerWaitsForALongReaderOnlyAWhile(t *testing.T) {
 	ctx := context.Background()
 	db, _ := openCheckpointed(t)
-	slot := db.WriteSlot()
+	lock := db.WriteLock()
 	blob := []byte(strings.Repeat("x", 3000))
 	write := func(rows int) (slowest time.Duration) {
 		t.Helper()
 		for i := range rows {
 			start := time.Now()
-			slot <- struct{}{}
+			lock.Lock()
 			_, err := db.SQL.Exec("INSERT INTO t (v) VALUES (?)", blob)
-			<-slot
+			lock.Unlock()
 			if err != nil {
 				t.Fatalf("row %d: %v", i, err)
 			}
@@ -209,8 +209,8 @@ func TestSQLiteCheckpointerWaitsForALongReaderOnlyAWhile(t *testing.T) {
 	if err := reader.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	// Writes go on until the checkpointer has copied the log holding the
-	// write slot twice since the reader ended (the first may have begun
+	// Writes go on until the checkpointer has copied the log under the
+	// write lock twice since the reader ended (the first may have begun
 	// before), then a last batch starts the log afresh. Counting those
 	// copies, rather than writing a fixed number of rows, does not assume
 	// how fast the checkpointer runs beside the writers (a loaded machine
@@ -218,7 +218,7 @@ func TestSQLiteCheckpointerWaitsForALongReaderOnlyAWhile(t *testing.T) {
 	copies := db.ckpt.restarts.Load()
 	for deadline := time.Now().Add(20 * time.Second); db.ckpt.restarts.Load() < copies+2; {
 		if time.Now().After(deadline) {
-			t.Fatalf("the checkpointer did not copy the log holding the write slot twice in 20 s after the reader was done (%d times)",
+			t.Fatalf("the checkpointer did not copy the log under the write lock twice in 20 s after the reader was done (%d times)",
 				db.ckpt.restarts.Load()-copies)
 		}
 		write(100)

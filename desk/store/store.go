@@ -59,16 +59,14 @@ func (db *DB) Close() error {
 	return db.Client.Close()
 }
 
-// WriteSlot is the slot that queues this process's write transactions on
-// SQLite (desk.WithWriteSlot), which the checkpointer also takes to restart
-// the log: a channel with room for one, taken by sending to it and given
-// back by receiving, so that a wait for it can end with the waiter's
-// context. nil on PostgreSQL, where the desk has slots of its own.
-func (db *DB) WriteSlot() chan struct{} {
+// WriteLock is the lock that queues this process's write transactions on
+// SQLite (desk.WithWriteLock), which the checkpointer also takes to restart
+// the log; nil on PostgreSQL, where the desk takes none.
+func (db *DB) WriteLock() sync.Locker {
 	if db.ckpt == nil {
 		return nil
 	}
-	return db.ckpt.writers
+	return &db.ckpt.writers
 }
 
 // SetLogger gives the database a logger for what fails in the background

@@ -100,7 +100,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts ...Option) (*Ap
 		stopLive()
 		return nil, err
 	}
-	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect), desk.WithWriteSlot(db.WriteSlot()),
+	deskOpts := append([]desk.Option{desk.WithLogger(log), desk.WithDialect(db.Dialect), desk.WithWriteLock(db.WriteLock()),
 		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, EventRetention: cfg.EventRetention, MetaAppID: cfg.MetaAppID,
 			Transactions: cfg.PGTransactions}),
 		desk.WithCommitViews(func() bool { return hub.Subscribers() > 0 }, loads.Viewed),
