@@ -381,9 +381,8 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn txFunc, attempt int
 // to a sixth of what it was without a bound, at the same rate, on a machine
 // whose cores were the limit; two slots did as well for the tail but left
 // the cores idle between round trips. The bound costs closed-loop ingest
-// rate at c=8: about 7% there, about 20% on a machine with faster commits,
-// where more transactions in flight share each WAL flush (README,
-// Performance). Like SQLite's writeMu, a slot is held
+// rate at c=8: about 7% there, about 20% on a machine with faster commits
+// (README, Performance). Like SQLite's writeMu, a slot is held
 // by the transaction alone: a use case never begins another inside its
 // own.
 //
