@@ -231,7 +231,7 @@ type txFunc func(ctx context.Context, tx *ent.Tx) error
 // PostgreSQL a transaction chosen as a deadlock victim or failing to
 // serialise is run again (fn must not keep state across attempts).
 func (d *Desk) inTx(ctx context.Context, name string, fn txFunc) error {
-	return d.inTxRetrying(ctx, name, fn, retryable)
+	return d.inTxRetrying(ctx, d.slots, name, fn, retryable)
 }
 
 // inTxRacing is inTx for use cases that create rows a concurrent one may
@@ -239,21 +239,29 @@ func (d *Desk) inTx(ctx context.Context, name string, fn txFunc) error {
 // provider message id): when a unique index refuses the row, the use case
 // runs again and finds the row that won.
 func (d *Desk) inTxRacing(ctx context.Context, name string, fn txFunc) error {
-	return d.inTxRetrying(ctx, name, fn, func(err error) bool {
+	return d.inTxRetrying(ctx, d.slots, name, fn, func(err error) bool {
 		// A write held for the commit (d.atCommit) reports a refused row
 		// at commit, as a driver error rather than ent's.
 		return retryable(err) || ent.IsConstraintError(err) || sqlgraph.IsUniqueConstraintError(err)
 	})
 }
 
-func (d *Desk) inTxRetrying(ctx context.Context, name string, fn txFunc, again func(error) bool) error {
+// inReleaseTx is inTx for a release of pending chats, which takes the
+// releases' own slot on PostgreSQL (txSlots).
+func (d *Desk) inReleaseTx(ctx context.Context, name string, fn txFunc) error {
+	return d.inTxRetrying(ctx, d.releaseSlot, name, fn, retryable)
+}
+
+// inTxRetrying runs fn in a transaction begun once a slot of slots is free
+// (PostgreSQL), as often as again allows.
+func (d *Desk) inTxRetrying(ctx context.Context, slots txSlots, name string, fn txFunc, again func(error) bool) error {
 	for attempt := 1; ; attempt++ {
 		// A cancelled context stops a use case before it begins (or
 		// begins again), never inside a transaction (inTxOnce).
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		err := d.inTxOnce(ctx, name, fn, attempt)
+		err := d.inTxOnce(ctx, slots, name, fn, attempt)
 		if err == nil || attempt == maxTxAttempts || !again(err) {
 			return err
 		}
@@ -282,13 +290,9 @@ func retryable(err error) bool {
 	return false
 }
 
-func (d *Desk) inTxOnce(ctx context.Context, name string, fn txFunc, attempt int) error {
+func (d *Desk) inTxOnce(ctx context.Context, slots txSlots, name string, fn txFunc, attempt int) error {
 	free := func() {}
 	if d.pg {
-		slots := d.slots
-		if releasing(ctx) {
-			slots = d.releaseSlot
-		}
 		// The wait for a slot, like the wait for a connection, ends with
 		// the caller's context.
 		if err := slots.take(ctx); err != nil {
@@ -382,27 +386,14 @@ func (d *Desk) inTxOnce(ctx context.Context, name string, fn txFunc, attempt int
 // whose cores were the limit; two slots did as well for the tail but left
 // the cores idle between round trips. The bound costs closed-loop ingest
 // rate at c=8: about 7% there, about 20% on a machine with faster commits
-// (README, Performance). Like SQLite's writeMu, a slot is held
-// by the transaction alone: a use case never begins another inside its
-// own.
+// (README, Performance). Like SQLite's writeMu, a slot is held by the
+// transaction alone: a use case never begins another inside its own.
 //
-// Releases of pending chats (release.go) take a slot of their own, one at
-// a time, instead of queueing behind the webhooks: the chats they route
+// Releases of pending chats (release.go, inReleaseTx) take a slot of their
+// own, one at a time, instead of queueing behind the webhooks: the chats they route
 // were acknowledged already, and their offers wait for them. So at most
 // Config.Transactions use cases and one release run at once.
 type txSlots chan struct{}
-
-// releasingKey marks the context of a release's transaction (releasing).
-type releasingKey struct{}
-
-// releasing reports whether ctx is a release's (withReleaseSlot).
-func releasing(ctx context.Context) bool { return ctx.Value(releasingKey{}) != nil }
-
-// withReleaseSlot makes the transactions begun with ctx take the releases'
-// slot (txSlots).
-func withReleaseSlot(ctx context.Context) context.Context {
-	return context.WithValue(ctx, releasingKey{}, true)
-}
 
 // take waits for a slot, or for ctx to end.
 func (s txSlots) take(ctx context.Context) error {

@@ -92,13 +92,12 @@ func (d *Desk) runWantedReleases(ctx context.Context) int {
 	w.mu.Unlock()
 	slices.Sort(queues)
 	ran := 0
-	// They need not wait behind the webhooks (txSlots).
-	ctx = withReleaseSlot(ctx)
 	for _, q := range queues {
 		if ctx.Err() != nil {
 			return ran
 		}
-		err := d.inTx(ctx, "release pending chats", func(ctx context.Context, tx *ent.Tx) error { return d.releasePending(ctx, tx, q) })
+		// On the releases' own slot: not behind the webhooks (txSlots).
+		err := d.inReleaseTx(ctx, "release pending chats", func(ctx context.Context, tx *ent.Tx) error { return d.releasePending(ctx, tx, q) })
 		if err != nil {
 			if ctx.Err() == nil {
 				d.log.Error("release of pending chats failed", "queue_id", q, "err", err)
