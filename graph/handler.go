@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -379,12 +380,30 @@ func Authenticate(d *desk.Desk, log *slog.Logger, next http.Handler) http.Handle
 			switch {
 			case err == nil:
 				ctx = desk.WithActor(ctx, a)
+			case desk.CallerEnded(ctx, err):
+				// The client hung up (or the server shut down) while its
+				// credential was checked: no one reads an answer, and
+				// answering as if unauthenticated would be untrue.
+				log.Info("authenticate: the request ended first", "err", err)
+				WriteError(w, http.StatusServiceUnavailable, CodeCancelled, "the request ended before it was authenticated")
+				return
 			case desk.AsError(err).Code != desk.CodeUnauthenticated:
 				log.Error("authenticate", "err", err)
 			}
 		}
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// WriteError answers an HTTP request with a GraphQL-shaped error
+// ({"errors":[{"message","extensions":{"code"}}]}) outside the executor: for
+// the endpoints beside /graphql and refusals before an operation runs.
+func WriteError(w http.ResponseWriter, status int, code desk.Code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{
+		"message": msg, "extensions": map[string]string{"code": string(code)},
+	}}})
 }
 
 func bearer(r *http.Request) string {

@@ -268,13 +268,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// graphQLError answers with a GraphQL-shaped error outside the executor.
-func graphQLError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]any{"errors": []map[string]any{{
-		"message": msg, "extensions": map[string]string{"code": code},
-	}}})
-}
-
 // limitBody refuses JSON bodies over max with 413 (multipart uploads are
 // bounded by the GraphQL handler's own upload limit). A body of unknown
 // length (chunked) is read here up to the limit, so that an oversized one
@@ -283,7 +276,7 @@ func limitBody(max int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
 			tooLarge := func() {
-				graphQLError(w, http.StatusRequestEntityTooLarge, "REQUEST_TOO_LARGE",
+				graph.WriteError(w, http.StatusRequestEntityTooLarge, "REQUEST_TOO_LARGE",
 					fmt.Sprintf("the request body is over %d bytes", max))
 			}
 			switch {
@@ -293,7 +286,7 @@ func limitBody(max int64, next http.Handler) http.Handler {
 			case r.ContentLength < 0:
 				b, err := io.ReadAll(io.LimitReader(r.Body, max+1))
 				if err != nil {
-					graphQLError(w, http.StatusBadRequest, "BAD_REQUEST", "could not read the request body")
+					graph.WriteError(w, http.StatusBadRequest, "BAD_REQUEST", "could not read the request body")
 					return
 				}
 				if int64(len(b)) > max {
@@ -317,7 +310,7 @@ func recoverPanics(log *slog.Logger, next http.Handler) http.Handler {
 					panic(v)
 				}
 				log.Error("panic in handler", "panic", v, "path", r.URL.Path, "stack", string(debug.Stack()))
-				graphQLError(w, http.StatusInternalServerError, "INTERNAL", "internal error")
+				graph.WriteError(w, http.StatusInternalServerError, desk.CodeInternal, "internal error")
 			}
 		}()
 		next.ServeHTTP(w, r)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/parleydesk/parley/desk"
+	"github.com/parleydesk/parley/graph"
 )
 
 // serveFile answers GET /files/{id} and /files/contacts/{id}/photo for an
@@ -24,14 +25,20 @@ func (a *App) serveFile(open func(r *http.Request, id int) (*desk.StoredFile, er
 		switch {
 		case err == nil:
 		case errors.As(err, &de) && de.Code == desk.CodeUnauthenticated:
-			graphQLError(w, http.StatusUnauthorized, string(de.Code), de.Message)
+			graph.WriteError(w, http.StatusUnauthorized, de.Code, de.Message)
 			return
 		case errors.As(err, &de) && (de.Code == desk.CodeNotFound || de.Code == desk.CodeForbidden):
-			graphQLError(w, http.StatusNotFound, string(desk.CodeNotFound), "not found")
+			graph.WriteError(w, http.StatusNotFound, desk.CodeNotFound, "not found")
+			return
+		case desk.CallerEnded(r.Context(), err):
+			// The client hung up (or the server shut down) during the
+			// look-up: not a failure of the server.
+			a.Log.Info("serve file: the request ended first", "id", id, "err", err)
+			graph.WriteError(w, http.StatusServiceUnavailable, graph.CodeCancelled, "the request ended before the file was found")
 			return
 		default:
 			a.Log.Error("serve file", "id", id, "err", err)
-			graphQLError(w, http.StatusInternalServerError, string(desk.CodeInternal), "internal error")
+			graph.WriteError(w, http.StatusInternalServerError, desk.CodeInternal, "internal error")
 			return
 		}
 		defer f.Body.Close()
