@@ -1138,7 +1138,7 @@ func (r *runner) growth(ctx context.Context, e *env) error {
 		return err
 	}
 	totalMsgs := 2 * openChats * plan.messagesPerChat
-	logf("%s: seed: %s messages, %s open chats (%s chats) in %.1fs (+vacuum, analyze, checkpoint %.1fs); database %s MB",
+	logf("%s: seed: %s messages, %s open chats (%s chats) in %.1fs (+vacuum or statistics, and checkpoint: %.1fs); database %s MB",
 		label, num(float64(totalMsgs)), num(float64(openChats)), num(float64(2*openChats)), seedTook.Seconds(),
 		time.Since(start).Seconds()-seedTook.Seconds(), num(float64(dbSize(ctx, e.db))/(1<<20)))
 	r.rep.note("%s growth: the seed step wrote %s messages, %s open and %s completed chats, %s contacts and %s operators in %.0f s, directly in the database.",

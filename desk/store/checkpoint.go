@@ -80,11 +80,19 @@ type checkpointer struct {
 	// runs counts the checkpoints run, restarts those run under the write
 	// lock (tests).
 	runs, restarts atomic.Int64
+	// optimizeEvery is optimizeEvery (tests shorten it); optimized is when
+	// the statistics were last brought up to date (Unix nanoseconds),
+	// optimizes how many times (statistics.go).
+	optimizeEvery time.Duration
+	optimized     atomic.Int64
+	optimizes     atomic.Int64
 }
 
 func newCheckpointer() *checkpointer {
-	return &checkpointer{delay: checkpointDelay, restartFrames: walRestartFrames, forceAt: 2 * walRestartFrames,
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	c := &checkpointer{delay: checkpointDelay, restartFrames: walRestartFrames, forceAt: 2 * walRestartFrames,
+		optimizeEvery: optimizeEvery, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	c.optimized.Store(time.Now().UnixNano()) // and again by DB.Migrate
+	return c
 }
 
 // wrote tells the checkpointer that the log grew (or may have).
@@ -169,10 +177,19 @@ func (c *checkpointer) run() {
 			}
 		}
 		if err != nil {
-			if l := c.log.Load(); l != nil {
-				l.Warn("SQLite checkpoint failed; the next write tries again", "err", err)
+			c.warn("SQLite checkpoint failed; the next write tries again", err)
+		}
+		if c.optimizeDue() {
+			if err := c.optimize(); err != nil {
+				c.warn("SQLite statistics not updated (PRAGMA optimize); tried again in an hour of writes", err)
 			}
 		}
+	}
+}
+
+func (c *checkpointer) warn(msg string, err error) {
+	if l := c.log.Load(); l != nil {
+		l.Warn(msg, "err", err)
 	}
 }
 

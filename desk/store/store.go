@@ -188,6 +188,14 @@ func (db *DB) Migrate(ctx context.Context) error {
 	if err := db.Client.Schema.Create(ctx, schema.WithDiffHook(keepPartialIndexes)); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
+	if db.ckpt != nil {
+		// SQLite's planner statistics, at every start (statistics.go): a
+		// failure (another process holding the file's write lock) costs
+		// plans, not the start.
+		if err := db.ckpt.optimize(); err != nil {
+			db.ckpt.warn("SQLite statistics not updated at start (PRAGMA optimize); tried again after an hour of writes", err)
+		}
+	}
 	return nil
 }
 
