@@ -167,6 +167,10 @@ func isPublic(f graphql.CollectedField) bool {
 // CodeBadRequest is the code of a request that is not a GraphQL request.
 const CodeBadRequest desk.Code = "BAD_REQUEST"
 
+// CodeRequestTooLarge refuses a request body over its endpoint's limit
+// (PARLEY_MAX_BODY_BYTES; a webhook's delivery limit).
+const CodeRequestTooLarge desk.Code = "REQUEST_TOO_LARGE"
+
 // CodeQueryTooLarge is the code of a document over the parser's token limit.
 const CodeQueryTooLarge desk.Code = "QUERY_TOO_LARGE"
 

@@ -276,7 +276,7 @@ func limitBody(max int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
 			tooLarge := func() {
-				graph.WriteError(w, http.StatusRequestEntityTooLarge, "REQUEST_TOO_LARGE",
+				graph.WriteError(w, http.StatusRequestEntityTooLarge, graph.CodeRequestTooLarge,
 					fmt.Sprintf("the request body is over %d bytes", max))
 			}
 			switch {
@@ -286,7 +286,7 @@ func limitBody(max int64, next http.Handler) http.Handler {
 			case r.ContentLength < 0:
 				b, err := io.ReadAll(io.LimitReader(r.Body, max+1))
 				if err != nil {
-					graph.WriteError(w, http.StatusBadRequest, "BAD_REQUEST", "could not read the request body")
+					graph.WriteError(w, http.StatusBadRequest, graph.CodeBadRequest, "could not read the request body")
 					return
 				}
 				if int64(len(b)) > max {

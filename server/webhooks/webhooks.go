@@ -8,7 +8,6 @@
 package webhooks
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -18,12 +17,14 @@ import (
 	"github.com/parleydesk/parley/channels"
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/ent/schema/enum"
+	"github.com/parleydesk/parley/graph"
 )
 
-// Codes of refusals that are not use-case errors.
+// Codes of refusals that are not use-case errors: those of the GraphQL
+// endpoint where they mean the same, and one of the webhooks' own.
 const (
-	codeBadRequest  desk.Code = "BAD_REQUEST"
-	codeTooLarge    desk.Code = "REQUEST_TOO_LARGE"
+	codeBadRequest            = graph.CodeBadRequest
+	codeTooLarge              = graph.CodeRequestTooLarge
 	codeUnavailable desk.Code = "UNAVAILABLE"
 )
 
@@ -63,7 +64,7 @@ func metaVerify(r *http.Request, body []byte, ch channels.Channel) bool {
 // the error shape of the rest of the API, and logs it.
 func (h *handler) refuse(w http.ResponseWriter, r *http.Request, status int, code desk.Code, reason string, args ...any) {
 	h.log.Warn("webhook refused", append([]any{"path", r.URL.Path, "status", status, "code", code, "reason", reason}, args...)...)
-	writeError(w, status, code, reason)
+	graph.WriteError(w, status, code, reason)
 }
 
 // unavailable answers 503 to a delivery that could not be taken now (the
@@ -77,14 +78,7 @@ func (h *handler) unavailable(w http.ResponseWriter, r *http.Request, what strin
 	} else {
 		h.log.Error(what, args...)
 	}
-	writeError(w, http.StatusServiceUnavailable, codeUnavailable, "temporarily unavailable")
-}
-
-func writeError(w http.ResponseWriter, status int, code desk.Code, reason string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []any{map[string]any{
-		"message": reason, "extensions": map[string]any{"code": string(code)}}}})
+	graph.WriteError(w, http.StatusServiceUnavailable, codeUnavailable, "temporarily unavailable")
 }
 
 // channel finds the active channel of the URL, or answers the refusal.
