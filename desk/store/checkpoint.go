@@ -86,11 +86,17 @@ type checkpointer struct {
 	optimizeEvery time.Duration
 	optimized     atomic.Int64
 	optimizes     atomic.Int64
+	// roundMu guards round, which is closed (and replaced) when a round
+	// of run ends: its checkpoints and what follows them (tests await it
+	// instead of polling the counters).
+	roundMu sync.Mutex
+	round   chan struct{}
 }
 
 func newCheckpointer() *checkpointer {
 	c := &checkpointer{delay: checkpointDelay, restartFrames: walRestartFrames, forceAt: 2 * walRestartFrames,
-		optimizeEvery: optimizeEvery, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		optimizeEvery: optimizeEvery, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		round: make(chan struct{})}
 	c.optimized.Store(time.Now().UnixNano()) // and again by DB.Migrate
 	return c
 }
@@ -184,7 +190,19 @@ func (c *checkpointer) run() {
 				c.warn("SQLite statistics not updated (PRAGMA optimize); tried again in an hour of writes", err)
 			}
 		}
+		c.roundMu.Lock()
+		close(c.round)
+		c.round = make(chan struct{})
+		c.roundMu.Unlock()
 	}
+}
+
+// roundEnd returns a channel closed when the round of run that is under
+// way (or the next one) ends.
+func (c *checkpointer) roundEnd() <-chan struct{} {
+	c.roundMu.Lock()
+	defer c.roundMu.Unlock()
+	return c.round
 }
 
 func (c *checkpointer) warn(msg string, err error) {

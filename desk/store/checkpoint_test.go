@@ -17,19 +17,34 @@ func walFrames(t *testing.T, db *DB) int64 {
 	// A PASSIVE checkpoint reports the length; what it copies does not
 	// shorten the log. While another connection checkpoints (the
 	// checkpointer), it cannot run and reports -1: SQLite's busy case,
-	// which a PASSIVE checkpoint does not wait out; it is tried again.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		var busy, frames, done int64
+	// which a PASSIVE checkpoint does not wait out; it is tried again once
+	// the checkpointer's round is over.
+	var frames int64
+	awaitRounds(t, db, "a checkpoint could run", func() bool {
+		var busy, done int64
 		if err := db.SQL.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done); err != nil {
 			t.Fatal(err)
 		}
-		if frames >= 0 {
-			return frames
+		return frames >= 0
+	})
+	return frames
+}
+
+// awaitRounds waits until cond holds, testing it again each time a round
+// of the checkpointer ends, for at most 10 s.
+func awaitRounds(t *testing.T, db *DB, what string, cond func() bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		end := db.ckpt.roundEnd() // before cond: a round that ends between them is not missed
+		if cond() {
+			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no checkpoint could run for 10 s (busy %d)", busy)
+		select {
+		case <-end:
+		case <-timeout:
+			t.Fatalf("timed out (10 s) waiting until %s", what)
 		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -141,13 +156,7 @@ func TestSQLiteCheckpointerRestsWhenNothingIsWritten(t *testing.T) {
 	if _, err := db.SQL.Exec("CREATE TABLE t (id INTEGER PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for db.ckpt.runs.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no checkpoint after a write")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	awaitRounds(t, db, "a checkpoint ran after a write", func() bool { return db.ckpt.runs.Load() > 0 })
 	var n int
 	for range 20 {
 		if err := db.SQL.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil {

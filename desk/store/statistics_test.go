@@ -109,25 +109,13 @@ func TestSQLiteStatisticsFollowTheWritesHourly(t *testing.T) {
 
 	past := migrated(t, filepath.Join(t.TempDir(), "past.db"), 0) // the hour has always passed
 	fill(t, past, 3000)
-	deadline := time.Now().Add(10 * time.Second)
-	for rowsStat(t, past) != "3000" {
-		if time.Now().After(deadline) {
-			t.Fatalf("statistics of t once the hour passed: %q rows, want 3000", rowsStat(t, past))
-		}
-		time.Sleep(time.Millisecond)
-	}
+	awaitRounds(t, past, "t has statistics of 3000 rows once the hour passed", func() bool { return rowsStat(t, past) == "3000" })
 }
 
 // awaitCheckpoint waits until the checkpointer has run after runs.
 func awaitCheckpoint(t *testing.T, db *DB, runs int64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for db.ckpt.runs.Load() == runs {
-		if time.Now().After(deadline) {
-			t.Fatal("no checkpoint after a write")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	awaitRounds(t, db, "a checkpoint ran after a write", func() bool { return db.ckpt.runs.Load() != runs })
 }
 
 // TestSQLiteStatisticsThatCannotBeUpdatedDoNotStopTheStart: another
