@@ -256,6 +256,16 @@ type deliveryPhase struct {
 	afterAckNew samples
 	expected    int
 	got         int
+	// done, while wait waits, is closed when got reaches expected.
+	done chan struct{}
+}
+
+// settled closes done once every expected receipt came (t.mu held).
+func (ph *deliveryPhase) settled() {
+	if ph.done != nil && ph.got >= ph.expected {
+		close(ph.done)
+		ph.done = nil
+	}
 }
 
 func newTracker() *tracker {
@@ -291,6 +301,7 @@ func (t *tracker) failed(d delivery) {
 	if p := t.bySeq[d.seq]; p != nil {
 		p.phase.expected -= p.expect - p.got
 		p.expect = p.got
+		p.phase.settled()
 	}
 }
 
@@ -347,6 +358,7 @@ func (t *tracker) credit(p *pending, at time.Time) {
 	if p.got == 1 {
 		p.phase.first = append(p.phase.first, lat)
 	}
+	p.phase.settled()
 }
 
 func parseToken(tok string) int64 {
@@ -359,19 +371,23 @@ func parseToken(tok string) int64 {
 }
 
 // wait blocks until every expected receipt of the phase arrived or the
-// timeout passed, and returns a copy of the phase.
+// timeout passed, and returns a copy of the phase. It is called once the
+// phase's deliveries were all posted, so that expected no longer grows.
 func (t *tracker) wait(ph *deliveryPhase, timeout time.Duration) deliveryPhase {
-	deadline := time.Now().Add(timeout)
-	for {
-		t.mu.Lock()
-		done := ph.got >= ph.expected
-		t.mu.Unlock()
-		if done || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	t.mu.Lock()
+	if ph.got < ph.expected {
+		done := make(chan struct{})
+		ph.done = done
+		t.mu.Unlock()
+		timer := time.NewTimer(timeout)
+		select {
+		case <-done:
+		case <-timer.C:
+		}
+		timer.Stop()
+		t.mu.Lock()
+		ph.done = nil
+	}
 	defer t.mu.Unlock()
 	return deliveryPhase{receipts: append(samples(nil), ph.receipts...), first: append(samples(nil), ph.first...),
 		afterAck: append(samples(nil), ph.afterAck...), afterAckNew: append(samples(nil), ph.afterAckNew...), expected: ph.expected, got: ph.got}
