@@ -86,7 +86,7 @@ type Desk struct {
 	writeMu sync.Locker
 	// slots queues them on PostgreSQL, Config.Transactions at a time;
 	// releaseSlot is the releases' own (see txSlots).
-	slots, releaseSlot txSlots
+	slots, releaseSlot *txSlots
 	// onEvents is given, after each commit that appended events, those
 	// events (ids in order).
 	onEvents func(events []*ent.Event)
@@ -189,8 +189,8 @@ func New(client *ent.Client, opts ...Option) *Desk {
 		d.cfg.Transactions = runtime.GOMAXPROCS(0) + 1
 	}
 	if d.pg {
-		d.slots = make(txSlots, d.cfg.Transactions)
-		d.releaseSlot = make(txSlots, 1)
+		d.slots = newTxSlots(d.cfg.Transactions)
+		d.releaseSlot = newTxSlots(1)
 	}
 	return d
 }
@@ -254,7 +254,7 @@ func (d *Desk) inReleaseTx(ctx context.Context, name string, fn txFunc) error {
 
 // inTxRetrying runs fn in a transaction begun once a slot of slots is free
 // (PostgreSQL), as often as again allows.
-func (d *Desk) inTxRetrying(ctx context.Context, slots txSlots, name string, fn txFunc, again func(error) bool) error {
+func (d *Desk) inTxRetrying(ctx context.Context, slots *txSlots, name string, fn txFunc, again func(error) bool) error {
 	for attempt := 1; ; attempt++ {
 		// A cancelled context stops a use case before it begins (or
 		// begins again), never inside a transaction (inTxOnce).
@@ -290,7 +290,7 @@ func retryable(err error) bool {
 	return false
 }
 
-func (d *Desk) inTxOnce(ctx context.Context, slots txSlots, name string, fn txFunc, attempt int) error {
+func (d *Desk) inTxOnce(ctx context.Context, slots *txSlots, name string, fn txFunc, attempt int) error {
 	free := func() {}
 	if d.pg {
 		// The wait for a slot, like the wait for a connection, ends with
@@ -393,12 +393,27 @@ func (d *Desk) inTxOnce(ctx context.Context, slots txSlots, name string, fn txFu
 // own, one at a time, instead of queueing behind the webhooks: the chats they route
 // were acknowledged already, and their offers wait for them. So at most
 // Config.Transactions use cases and one release run at once.
-type txSlots chan struct{}
+type txSlots struct {
+	ch chan struct{}
+	// waiting counts the callers waiting for a slot (Desk.Transactions).
+	waiting atomic.Int64
+}
+
+func newTxSlots(n int) *txSlots { return &txSlots{ch: make(chan struct{}, n)} }
 
 // take waits for a slot, or for ctx to end.
-func (s txSlots) take(ctx context.Context) error {
+func (s *txSlots) take(ctx context.Context) error {
 	select {
-	case s <- struct{}{}:
+	case s.ch <- struct{}{}:
+		return nil
+	default:
+	}
+	// Every slot is taken: a free one is handed to the first waiter (a
+	// blocked send), so a caller arriving later cannot pass the waiters.
+	s.waiting.Add(1)
+	defer s.waiting.Add(-1)
+	select {
+	case s.ch <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -406,7 +421,26 @@ func (s txSlots) take(ctx context.Context) error {
 }
 
 // give returns a slot taken.
-func (s txSlots) give() { <-s }
+func (s *txSlots) give() { <-s.ch }
+
+// TransactionLoad is how the use cases of this process occupy its
+// transaction slots on PostgreSQL (Config.Transactions), at one moment:
+// an instance whose callers often wait while PostgreSQL's cores idle may
+// be given more (README, Running on PostgreSQL).
+type TransactionLoad struct {
+	Slots   int `json:"slots"`   // Config.Transactions
+	InUse   int `json:"inUse"`   // use cases in a transaction
+	Waiting int `json:"waiting"` // use cases waiting for a slot
+}
+
+// Transactions reports the load of the transaction slots; false on SQLite,
+// whose writers queue on its write lock instead.
+func (d *Desk) Transactions() (TransactionLoad, bool) {
+	if d.slots == nil {
+		return TransactionLoad{}, false
+	}
+	return TransactionLoad{Slots: cap(d.slots.ch), InUse: len(d.slots.ch), Waiting: int(d.slots.waiting.Load())}, true
+}
 
 // atCommit runs a write that the rest of the use case does not read back
 // (no RETURNING, no count, no later read of its rows in the transaction)

@@ -197,7 +197,11 @@ func (a *App) Handler() http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": "database unreachable"})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		ready := map[string]any{"status": "ready"}
+		if load, ok := a.Desk.Transactions(); ok {
+			ready["transactions"] = load
+		}
+		writeJSON(w, http.StatusOK, ready)
 	})
 	c := cors.New(cors.Options{
 		AllowedOrigins:   a.Config.CORSOrigins,

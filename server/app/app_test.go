@@ -19,14 +19,14 @@ import (
 	"github.com/parleydesk/parley/server/app/apptest"
 )
 
-func get(t *testing.T, url string) (int, map[string]string) {
+func get(t *testing.T, url string) (int, map[string]any) {
 	t.Helper()
 	res, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer res.Body.Close()
-	var body map[string]string
+	var body map[string]any
 	if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
 		t.Fatalf("GET %s: body is not JSON: %v", url, err)
 	}
@@ -41,6 +41,8 @@ func TestHTTP_HealthAndReadiness(t *testing.T) {
 	}
 	if code, body := get(t, s.URL+"/readyz"); code != 200 || body["status"] != "ready" {
 		t.Errorf("/readyz = %d %v", code, body)
+	} else if _, ok := body["transactions"]; ok != s.DB().Postgres() {
+		t.Errorf("/readyz = %v: the transaction slots' load belongs there on PostgreSQL only", body)
 	}
 	// Without its database the instance is alive but not ready.
 	if err := s.App.DB.SQL.Close(); err != nil {
@@ -48,7 +50,7 @@ func TestHTTP_HealthAndReadiness(t *testing.T) {
 	}
 	if code, body := get(t, s.URL+"/readyz"); code != http.StatusServiceUnavailable || body["status"] != "unavailable" {
 		t.Errorf("/readyz with the database closed = %d %v", code, body)
-	} else if strings.Contains(body["reason"], "sql") {
+	} else if reason, _ := body["reason"].(string); strings.Contains(reason, "sql") {
 		t.Errorf("/readyz leaks driver text: %v", body)
 	}
 	if code, _ := get(t, s.URL+"/healthz"); code != 200 {

@@ -143,7 +143,7 @@ func New(t testing.TB, opts ...Option) *Server {
 	deskOpts := append([]desk.Option{
 		desk.WithClock(clock),
 		desk.WithConfig(desk.Config{SessionTTL: cfg.SessionTTL, PasswordCost: bcrypt.MinCost,
-			MetaAppID: cfg.MetaAppID, EventRetention: cfg.EventRetention}),
+			MetaAppID: cfg.MetaAppID, EventRetention: cfg.EventRetention, Transactions: cfg.PGTransactions}),
 	}, st.desk...)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -514,3 +514,7 @@ func (r *Recorder) Writes() []string {
 	}
 	return w
 }
+
+// FromRequest reports whether ctx is (or derives from) the context of an
+// HTTP request to a test server, as opposed to the server's background work.
+func FromRequest(ctx context.Context) bool { return ctx.Value(requestKey{}) != nil }
