@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,86 +15,139 @@ import (
 
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/store/storetest"
+	"github.com/parleydesk/parley/ent/message"
 	"github.com/parleydesk/parley/ent/queue"
 	"github.com/parleydesk/parley/server/app"
 	"github.com/parleydesk/parley/server/app/apptest"
 )
 
+// slotHold makes the first transaction a request begins, once armed, keep
+// the only transaction slot until released.
+type slotHold struct {
+	held, release chan struct{}
+	free          func() // closes release, once
+}
+
 // On PostgreSQL a request's use case waits for a transaction slot
 // (PARLEY_PG_TRANSACTIONS) before it begins. A client that hangs up
 // meanwhile ends the wait: its use case writes nothing, the server logs the
 // request's end below ERROR, /readyz shows the waiter gone, and the slot
-// serves the next request once free. The client is a real one, over a real
-// connection: its hang-up reaches the use case as net/http's cancellation of
-// the request.
+// serves the next request once free; a provider's webhook delivered again
+// is then stored once. The clients are real ones, over real connections:
+// the hang-up reaches the use case as net/http's cancellation of the
+// request.
 func TestAClientThatHangsUpWhileWaitingForATransactionSlot(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite's writers queue on its write lock")
 	}
 	t.Parallel()
-	var hold atomic.Bool
-	held, release := make(chan struct{}), make(chan struct{})
+	var armed atomic.Pointer[slotHold]
 	db := storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
-		// The first transaction a request begins once armed keeps the
-		// only slot until released.
-		if strings.HasSuffix(statement, ": started") && apptest.FromRequest(ctx) && hold.CompareAndSwap(true, false) {
-			close(held)
-			<-release
+		if !strings.HasSuffix(statement, ": started") || !apptest.FromRequest(ctx) {
+			return
+		}
+		if h := armed.Swap(nil); h != nil {
+			close(h.held)
+			<-h.release
 		}
 	})
-	s := apptest.New(t, apptest.WithDB(db), apptest.WithConfig(func(c *app.Config) { c.PGTransactions = 1 }))
-	// A failure before the release below must not leave the first
-	// request, and the server's shutdown, waiting for ever.
-	free := sync.OnceFunc(func() { close(release) })
-	t.Cleanup(free)
-	admin := s.AdminToken(t)
-	createQueue := func(name string) string {
-		return `mutation { createQueue(input: {name: "` + name + `"}) { id } }`
-	}
+	r := newRig(t, apptest.WithDB(db), apptest.WithConfig(func(c *app.Config) { c.PGTransactions = 1 }))
+	tg := r.channel(t, "TELEGRAM", nil)
+	update := apptest.Fixture(t, "telegram", "inbound_text.json")
 
-	hold.Store(true)
-	first := make(chan apptest.Response, 1)
-	go func() { first <- s.Do(t, admin, createQueue("First"), nil) }()
-	<-held
-	if load := readyTransactions(t, s.URL); load.Slots != 1 || load.InUse != 1 || load.Waiting != 0 {
-		t.Fatalf("/readyz while the slot is held: %+v, want 1 slot, in use, no waiter", load)
-	}
+	for _, tc := range []struct {
+		name, path, contentType string
+		header                  http.Header
+		body                    []byte
+		logged                  string // the INFO line of the request's end
+		written                 func() int
+	}{{
+		name: "GraphQL", path: "/graphql", contentType: "application/json",
+		header: http.Header{"Authorization": {"Bearer " + r.admin}},
+		body:   mustJSON(t, map[string]any{"query": `mutation { createQueue(input: {name: "Gave up"}) { id } }`}),
+		logged: "code=CANCELLED",
+		written: func() int {
+			return r.s.Client().Queue.Query().Where(queue.Name("Gave up")).CountX(context.Background())
+		},
+	}, {
+		name: "webhook", path: "/webhooks/telegram/" + strconv.Itoa(tg), contentType: "application/json",
+		header: http.Header{"X-Telegram-Bot-Api-Secret-Token": {tgSecret}},
+		body:   update,
+		logged: "webhook: apply delivery: the request ended first",
+		written: func() int {
+			return r.s.Client().Message.Query().Where(message.TextContains("Hello")).CountX(context.Background())
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &slotHold{held: make(chan struct{}), release: make(chan struct{})}
+			h.free = sync.OnceFunc(func() { close(h.release) })
+			// A failure before the release below must not leave the first
+			// request, and the server's shutdown, waiting for ever.
+			defer h.free()
+			armed.Store(h)
+			first := make(chan apptest.Response, 1)
+			go func() {
+				first <- r.s.Do(t, r.admin, `mutation { createQueue(input: {name: "First `+tc.name+`"}) { id } }`, nil)
+			}()
+			<-h.held
+			if load := readyTransactions(t, r.s.URL); load.Slots != 1 || load.InUse != 1 || load.Waiting != 0 {
+				t.Fatalf("/readyz while the slot is held: %+v, want 1 slot, in use, no waiter", load)
+			}
 
-	ctx, hangUp := context.WithCancel(context.Background())
-	defer hangUp()
-	body, _ := json.Marshal(map[string]any{"query": createQueue("Gave up")})
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.URL+"/graphql", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+admin)
-	answered := make(chan error, 1)
-	go func() {
-		res, err := http.DefaultClient.Do(req)
-		if err == nil {
+			ctx, hangUp := context.WithCancel(context.Background())
+			defer hangUp()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, r.s.URL+tc.path, bytes.NewReader(tc.body))
+			req.Header = tc.header.Clone()
+			req.Header.Set("Content-Type", tc.contentType)
+			answered := make(chan error, 1)
+			go func() {
+				res, err := http.DefaultClient.Do(req)
+				if err == nil {
+					res.Body.Close()
+				}
+				answered <- err
+			}()
+			awaitTransactions(t, r.s.URL, "the request waits for the slot", func(l desk.TransactionLoad) bool { return l.Waiting == 1 })
+			hangUp()
+			if err := <-answered; !errors.Is(err, context.Canceled) {
+				t.Fatalf("the client that hung up got %v, want its own cancellation", err)
+			}
+			awaitTransactions(t, r.s.URL, "the wait ended with the client", func(l desk.TransactionLoad) bool { return l.Waiting == 0 })
+
+			h.free()
+			(<-first).OK(t)
+			if n := tc.written(); n != 0 {
+				t.Fatalf("the request that gave up wrote %d rows", n)
+			}
+			logs := r.s.Logs()
+			if strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, tc.logged) {
+				t.Fatalf("the request that gave up was logged as:\n%s\nwant %q, below ERROR", logs, tc.logged)
+			}
+			// The slot serves the next request: the same one again, as
+			// a provider delivers a webhook it got no answer to.
+			res, err := http.DefaultClient.Do(func() *http.Request {
+				again, _ := http.NewRequest(http.MethodPost, r.s.URL+tc.path, bytes.NewReader(tc.body))
+				again.Header = req.Header.Clone()
+				return again
+			}())
+			if err != nil {
+				t.Fatal(err)
+			}
 			res.Body.Close()
-		}
-		answered <- err
-	}()
-	awaitTransactions(t, s.URL, "the second request waits for the slot", func(l desk.TransactionLoad) bool { return l.Waiting == 1 })
-	hangUp()
-	if err := <-answered; !errors.Is(err, context.Canceled) {
-		t.Fatalf("the client that hung up got %v, want its own cancellation", err)
+			if res.StatusCode != http.StatusOK || tc.written() != 1 {
+				t.Fatalf("the request sent again: %d, %d rows written; want 200 and one", res.StatusCode, tc.written())
+			}
+		})
 	}
-	awaitTransactions(t, s.URL, "the wait ended with the client", func(l desk.TransactionLoad) bool { return l.Waiting == 0 })
+}
 
-	free()
-	(<-first).OK(t)
-	s.Do(t, admin, createQueue("After"), nil).OK(t)
-	var names []string
-	for _, q := range s.Client().Queue.Query().Order(queue.ByID()).AllX(context.Background()) {
-		names = append(names, q.Name)
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := strings.Join(names, ","); got != "First,After" {
-		t.Errorf("queues %q, want First and After: the request that gave up must write nothing", got)
-	}
-	logs := s.Logs()
-	if strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "code=CANCELLED") {
-		t.Errorf("the request that gave up was logged as:\n%s\nwant CANCELLED, below ERROR", logs)
-	}
+	return b
 }
 
 // readyTransactions reads the transaction slots' load from /readyz.
