@@ -743,15 +743,10 @@ func (r *runner) panelLatency(ctx context.Context, e *env) error {
 // target of 0 reports without a verdict.
 func (ls *latencySet) measure(ctx context.Context, name string, spec loadSpec, rate float64, target time.Duration, bare samples, bareAt string) error {
 	e, r, label := ls.e, ls.r, dbLabel(ls.e.kind)
-	if err := ls.prepare(ctx, rate, spec.dur); err != nil {
+	res, got, cpu, err := ls.phase(ctx, rate, spec, 10*time.Second)
+	if err != nil {
 		return err
 	}
-	e.drain(ctx, 30*time.Second)
-	ph := &deliveryPhase{}
-	split := startCPUSplit(e.srv.pid)
-	res := drive(ctx, e.web, ls.tr, spec, ls.hooks(ph))
-	got := ls.trk.wait(ph, 10*time.Second)
-	cpu := split.perMessage(res.acked)
 	targetText, verdict := "", ""
 	if e.kind == dbPostgres && target > 0 {
 		targetText, verdict = "p99 ≤ "+ms(target), r.rep.verdict(got.receipts.pct(99) <= target && got.got == got.expected)
@@ -765,21 +760,32 @@ func (ls *latencySet) measure(ctx context.Context, name string, spec loadSpec, r
 	return nil
 }
 
+// phase makes room for a phase of spec at rate, lets the server settle,
+// drives spec and waits up to wait for every receipt: it returns the
+// drive's result, the receipts, and the CPU per acknowledged message.
+func (ls *latencySet) phase(ctx context.Context, rate float64, spec loadSpec, wait time.Duration) (phaseResult, deliveryPhase, string, error) {
+	if err := ls.prepare(ctx, rate, spec.dur); err != nil {
+		return phaseResult{}, deliveryPhase{}, "", err
+	}
+	ls.e.drain(ctx, 30*time.Second)
+	ph := &deliveryPhase{}
+	split := startCPUSplit(ls.e.srv.pid)
+	res := drive(ctx, ls.e.web, ls.tr, spec, ls.hooks(ph))
+	got := ls.trk.wait(ph, wait)
+	return res, got, split.perMessage(res.acked), nil
+}
+
 // withPanelsCapacity measures, for the record and with no target, the
 // ingest capacity at c=8 while every message is delivered to the panels
 // (the target's rate is half the capacity the ingest scenario measured with
 // no panel connected), then the webhook → panel latency at half of it: the
 // figure an alternative definition of the target's rate would give.
 func (ls *latencySet) withPanelsCapacity(ctx context.Context, ingestCapacity float64, bare samples) error {
-	e, r, label := ls.e, ls.r, dbLabel(ls.e.kind)
-	dur := min(r.opt.duration, 3*time.Second)
-	if err := ls.prepare(ctx, ingestCapacity, dur); err != nil {
+	r, label := ls.r, dbLabel(ls.e.kind)
+	res, got, _, err := ls.phase(ctx, ingestCapacity, loadSpec{conc: 8, dur: min(r.opt.duration, 3*time.Second)}, 30*time.Second)
+	if err != nil {
 		return err
 	}
-	e.drain(ctx, 30*time.Second)
-	ph := &deliveryPhase{}
-	res := drive(ctx, e.web, ls.tr, loadSpec{conc: 8, dur: dur}, ls.hooks(ph))
-	got := ls.trk.wait(ph, 30*time.Second)
 	capacity := res.rate()
 	limit := num(ingestCapacity) + " msg/s with no panel (the target's capacity)"
 	if r.opt.panelRate > 0 {
@@ -810,15 +816,10 @@ func (r *runner) offerLatency(ctx context.Context, e *env) error {
 	}
 	defer ls.close()
 	c1 := drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: r.opt.duration / 5, maxN: 400}, hooks{}).rate()
-	if err := ls.prepare(ctx, c1, r.opt.duration); err != nil {
+	res, got, cpu, err := ls.phase(ctx, c1, loadSpec{conc: 1, dur: r.opt.duration}, 10*time.Second)
+	if err != nil {
 		return err
 	}
-	e.drain(ctx, 30*time.Second)
-	ph := &deliveryPhase{}
-	split := startCPUSplit(e.srv.pid)
-	res := drive(ctx, e.web, ls.tr, loadSpec{conc: 1, dur: r.opt.duration}, ls.hooks(ph))
-	got := ls.trk.wait(ph, 10*time.Second)
-	cpu := split.perMessage(res.acked)
 	bare := pipe.c1
 	target, verdict := "", ""
 	if e.kind == dbPostgres {
