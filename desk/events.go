@@ -483,10 +483,16 @@ func (d *Desk) LastEventID(ctx context.Context) (int, error) {
 	scan := func(rows *stdsql.Rows) error { return rows.Scan(&last) }
 	if d.pg {
 		// The sequence's start, while it has never been called (read under
-		// the read lock: no append is drawing an id).
+		// the read lock: no append is drawing an id). pg_sequence_last_value
+		// is called on this sequence alone: in a filter of pg_sequence's
+		// rows, a scan of the catalog calls it on every sequence of the
+		// database first (it is the cheaper condition), and another
+		// schema's sequence being dropped makes it wait for the drop, then
+		// fail.
 		err := d.readLog(ctx, fmt.Sprintf(`SELECT COALESCE(max(%[1]s), (
-  SELECT q.seqstart - 1 FROM pg_sequence AS q
-  WHERE q.seqrelid = pg_get_serial_sequence('%[2]s', '%[1]s')::regclass AND pg_sequence_last_value(q.seqrelid) IS NULL
+  SELECT CASE WHEN pg_sequence_last_value(own.seq) IS NULL
+    THEN (SELECT q.seqstart - 1 FROM pg_sequence AS q WHERE q.seqrelid = own.seq) END
+  FROM (SELECT pg_get_serial_sequence('%[2]s', '%[1]s')::regclass AS seq) AS own
 ), 0) FROM %[2]s`, entevent.FieldID, entevent.Table), scan)
 		return last, err
 	}

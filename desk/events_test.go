@@ -16,6 +16,7 @@ import (
 
 	"github.com/parleydesk/parley/desk"
 	"github.com/parleydesk/parley/desk/desktest"
+	"github.com/parleydesk/parley/desk/store"
 	"github.com/parleydesk/parley/desk/store/storetest"
 	"github.com/parleydesk/parley/ent"
 	"github.com/parleydesk/parley/ent/chat"
@@ -542,5 +543,62 @@ func TestR12_ACommitReadsWhatItsEventsNameWithItsCommit(t *testing.T) {
 	w.Inbound(ch, "c1", "anyone?")
 	if got, seq := taken(); len(got) != 0 || len(seq) != 1 {
 		t.Fatalf("with nobody listening a message read %d views (%v), want none and its events", len(got), seq)
+	}
+}
+
+// LastEventID on PostgreSQL reads its own schema's events sequence only.
+// Another schema of the same database (another deployment, or a parallel
+// test) may be dropping its sequences meanwhile: a read of them would wait
+// for the drop, then fail ("could not open relation with OID"). An empty
+// log must still answer, at once.
+func TestLastEventIDReadsOnlyItsOwnSequence(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite has no sequences")
+	}
+	ctx := context.Background()
+	// Without indexes, PostgreSQL scans the catalog of sequences, as it
+	// does where the catalog is small.
+	db, err := store.Open(ctx, storetest.URL(t)+"&enable_indexscan=off&enable_bitmapscan=off", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w := desktest.NewOn(t, db, desktest.NewClock())
+	var scans string
+	w.Must(db.SQL.QueryRowContext(ctx, "SHOW enable_indexscan").Scan(&scans))
+	if scans != "off" {
+		t.Fatalf("enable_indexscan = %s: the catalog would not be scanned", scans)
+	}
+
+	// A neighbour schema with a sequence, dropped by a transaction that
+	// stays open while LastEventID runs.
+	neighbour := fmt.Sprintf("lasteventid_neighbour_%d", time.Now().UnixNano())
+	_, err = db.SQL.ExecContext(ctx, "CREATE SCHEMA "+neighbour+"; CREATE SEQUENCE "+neighbour+".s")
+	w.Must(err)
+	t.Cleanup(func() { _, _ = db.SQL.Exec("DROP SCHEMA IF EXISTS " + neighbour + " CASCADE") })
+	dropping, err := db.SQL.BeginTx(ctx, nil)
+	w.Must(err)
+	defer dropping.Rollback()
+	_, err = dropping.ExecContext(ctx, "DROP SCHEMA "+neighbour+" CASCADE")
+	w.Must(err)
+
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	want, err := w.Desk.LastEventID(wait)
+	if err != nil {
+		t.Fatalf("LastEventID while another schema's sequence is being dropped: %v (it must not wait for the drop)", err)
+	}
+	w.Must(dropping.Rollback())
+	// The log is empty: the id before the sequence's first.
+	_, err = w.Desk.Ingest(ctx, desk.Inbound{ChannelID: w.Channel(w.Queue(enum.RuleToAll, nil), enum.ProviderAPI).ID,
+		Identity: desk.InboundIdentity{ExternalID: "first"}, Text: "hello"})
+	w.Must(err)
+	events, err := w.Desk.EventsAfter(ctx, want, 10)
+	w.Must(err)
+	if len(events) == 0 || events[0].ID != want+1 {
+		t.Fatalf("LastEventID of the empty log %d; the first events %v, want the first to follow it", want, events)
 	}
 }
