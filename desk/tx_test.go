@@ -134,49 +134,34 @@ func TestUseCasesRunAtMostTheirTransactionSlotsAtOnce(t *testing.T) {
 	}
 }
 
-// holding makes the hook of oneSlotWorld hold the transaction of the use
-// case whose context carries it, once begun, until released is closed.
-type holding struct {
-	once         sync.Once
-	in, released chan struct{}
+// oneSlotWorld is a world on PostgreSQL whose desk has one transaction
+// slot, over a database whose transactions the holder can hold.
+func oneSlotWorld(t *testing.T) (*desktest.World, *storetest.Holder) {
+	db, hd := storetest.WithHolder(storetest.Open(t))
+	return desktest.NewWith(t, db, desktest.NewClock(),
+		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: 1})), hd
 }
 
 type holdingKey struct{}
 
-// oneSlotWorld is a world on PostgreSQL whose desk has one transaction
-// slot, over a database whose hook holds the transaction of a use case whose
-// context carries a holding, once begun, until released is closed.
-func oneSlotWorld(t *testing.T) *desktest.World {
-	db := storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
-		if h, ok := ctx.Value(holdingKey{}).(*holding); ok && strings.HasSuffix(statement, ": started") {
-			h.once.Do(func() {
-				close(h.in)
-				<-h.released
-			})
-		}
-	})
-	return desktest.NewWith(t, db, desktest.NewClock(),
-		desk.WithConfig(desk.Config{PasswordCost: bcrypt.MinCost, Transactions: 1}))
-}
-
 // holdTheSlot ingests in on another goroutine and returns once its
 // transaction holds the only slot (oneSlotWorld); release lets it end and
 // returns its error.
-func holdTheSlot(t *testing.T, w *desktest.World, in desk.Inbound) (release func() error) {
+func holdTheSlot(t *testing.T, w *desktest.World, hd *storetest.Holder, in desk.Inbound) (release func() error) {
 	t.Helper()
-	h := &holding{in: make(chan struct{}), released: make(chan struct{})}
+	h := hd.Arm(t, func(ctx context.Context) bool { return ctx.Value(holdingKey{}) != nil })
 	held := make(chan error, 1)
 	go func() {
-		_, err := w.Desk.Ingest(context.WithValue(context.Background(), holdingKey{}, h), in)
+		_, err := w.Desk.Ingest(context.WithValue(context.Background(), holdingKey{}, true), in)
 		held <- err
 	}()
 	select {
-	case <-h.in:
+	case <-h.Held():
 	case err := <-held:
 		t.Fatalf("the holding ingest ended (%v) without its transaction being held", err)
 	}
 	return sync.OnceValue(func() error {
-		close(h.released)
+		h.Release()
 		return <-held
 	})
 }
@@ -188,12 +173,12 @@ func TestTheWaitForATransactionSlotEndsWithTheCaller(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite's writers queue on its write lock")
 	}
-	w := oneSlotWorld(t)
+	w, hd := oneSlotWorld(t)
 	ch := w.Channel(w.Queue(enum.RuleToAll, []*ent.Operator{w.Operator(active, 100)}), enum.ProviderAPI)
 	inbound := func(text string) desk.Inbound {
 		return desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "waits"}, Text: text}
 	}
-	release := holdTheSlot(t, w, inbound("first"))
+	release := holdTheSlot(t, w, hd, inbound("first"))
 	defer release()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -223,12 +208,12 @@ func TestAReleaseRunsWhileEveryOtherTransactionSlotIsTaken(t *testing.T) {
 	if !storetest.Postgres() {
 		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite has no releases, its queues are never busy")
 	}
-	w := oneSlotWorld(t)
+	w, hd := oneSlotWorld(t)
 	a := w.Operator(active, 100)
 	q := w.Queue(enum.RuleToAll, []*ent.Operator{a})
 	ch := w.Channel(q, enum.ProviderAPI)
 	pending := pendNewChats(w, q, ch, "pending", 1)[0]
-	release := holdTheSlot(t, w, desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "holds"}, Text: "hello"})
+	release := holdTheSlot(t, w, hd, desk.Inbound{ChannelID: ch.ID, Identity: desk.InboundIdentity{ExternalID: "holds"}, Text: "hello"})
 	defer release()
 
 	ran := make(chan int, 1)

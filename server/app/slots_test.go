@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,13 +18,6 @@ import (
 	"github.com/parleydesk/parley/server/app"
 	"github.com/parleydesk/parley/server/app/apptest"
 )
-
-// slotHold makes the first transaction a request begins, once armed, keep
-// the only transaction slot until released.
-type slotHold struct {
-	held, release chan struct{}
-	free          func() // closes release, once
-}
 
 // On PostgreSQL a request's use case waits for a transaction slot
 // (PARLEY_PG_TRANSACTIONS) before it begins. A client that hangs up
@@ -41,16 +32,7 @@ func TestAClientThatHangsUpWhileWaitingForATransactionSlot(t *testing.T) {
 		t.Skip("needs PostgreSQL (set TEST_DATABASE_URL): SQLite's writers queue on its write lock")
 	}
 	t.Parallel()
-	var armed atomic.Pointer[slotHold]
-	db := storetest.Open(t).WithQueryHook(func(ctx context.Context, statement string) {
-		if !strings.HasSuffix(statement, ": started") || !apptest.FromRequest(ctx) {
-			return
-		}
-		if h := armed.Swap(nil); h != nil {
-			close(h.held)
-			<-h.release
-		}
-	})
+	db, hd := storetest.WithHolder(storetest.Open(t))
 	r := newRig(t, apptest.WithDB(db), apptest.WithConfig(func(c *app.Config) { c.PGTransactions = 1 }))
 	tg := r.channel(t, "TELEGRAM", nil)
 	update := apptest.Fixture(t, "telegram", "inbound_text.json")
@@ -79,17 +61,13 @@ func TestAClientThatHangsUpWhileWaitingForATransactionSlot(t *testing.T) {
 		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := &slotHold{held: make(chan struct{}), release: make(chan struct{})}
-			h.free = sync.OnceFunc(func() { close(h.release) })
-			// A failure before the release below must not leave the first
-			// request, and the server's shutdown, waiting for ever.
-			defer h.free()
-			armed.Store(h)
+			// The first transaction a request begins keeps the only slot.
+			h := hd.Arm(t, apptest.FromRequest)
 			first := make(chan apptest.Response, 1)
 			go func() {
 				first <- r.s.Do(t, r.admin, `mutation { createQueue(input: {name: "First `+tc.name+`"}) { id } }`, nil)
 			}()
-			<-h.held
+			<-h.Held()
 			if load := readyTransactions(t, r.s.URL); load.Slots != 1 || load.InUse != 1 || load.Waiting != 0 {
 				t.Fatalf("/readyz while the slot is held: %+v, want 1 slot, in use, no waiter", load)
 			}
@@ -114,7 +92,7 @@ func TestAClientThatHangsUpWhileWaitingForATransactionSlot(t *testing.T) {
 			}
 			awaitTransactions(t, r.s.URL, "the wait ended with the client", func(l desk.TransactionLoad) bool { return l.Waiting == 0 })
 
-			h.free()
+			h.Release()
 			(<-first).OK(t)
 			if n := tc.written(); n != 0 {
 				t.Fatalf("the request that gave up wrote %d rows", n)
