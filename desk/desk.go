@@ -293,12 +293,10 @@ func retryable(err error) bool {
 func (d *Desk) inTxOnce(ctx context.Context, slots *txSlots, name string, fn txFunc, attempt int) error {
 	free := func() {}
 	if d.pg {
-		// The wait for a slot, like the wait for a connection, ends with
-		// the caller's context.
-		if err := slots.take(ctx); err != nil {
-			return fmt.Errorf("%s: wait for a transaction slot: %w", name, err)
+		var err error
+		if free, err = slots.hold(ctx, name); err != nil {
+			return err
 		}
-		free = sync.OnceFunc(slots.give)
 		defer free()
 	} else {
 		// SQLite has one writer at a time and makes the others poll
@@ -354,12 +352,7 @@ func (d *Desk) inTxOnce(ctx context.Context, slots *txSlots, name string, fn txF
 	// What follows the commit touches no transaction: the next use case
 	// may begin.
 	free()
-	if view != nil {
-		d.views.fn(events, *view)
-	}
-	if len(events) > 0 && d.onEvents != nil {
-		d.onEvents(events)
-	}
+	d.published(events, view)
 	if st.kick {
 		d.Kick()
 	}
@@ -422,6 +415,27 @@ func (s *txSlots) take(ctx context.Context) error {
 
 // give returns a slot taken.
 func (s *txSlots) give() { <-s.ch }
+
+// hold takes a slot for the use case name (its wait, like the wait for a
+// connection, ends with the caller's context) and returns what gives it
+// back, once however often it is called.
+func (s *txSlots) hold(ctx context.Context, name string) (func(), error) {
+	if err := s.take(ctx); err != nil {
+		return nil, fmt.Errorf("%s: wait for a transaction slot: %w", name, err)
+	}
+	return sync.OnceFunc(s.give), nil
+}
+
+// published hands a commit's events, and the view read with them, to the
+// process's subscribers.
+func (d *Desk) published(events []*ent.Event, view *CommitView) {
+	if view != nil {
+		d.views.fn(events, *view)
+	}
+	if len(events) > 0 && d.onEvents != nil {
+		d.onEvents(events)
+	}
+}
 
 // TransactionLoad is how the use cases of this process occupy its
 // transaction slots on PostgreSQL (Config.Transactions), at one moment:

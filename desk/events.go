@@ -782,20 +782,27 @@ func (d *Desk) scanEventView(rows *stdsql.Rows, chatID, messageID int) (*ent.Cha
 	if err != nil {
 		return nil, nil, err
 	}
+	m, err := d.bindView(c, contactRow, messageRow)
+	return c, m, err
+}
+
+// bindView decodes the contact's and the message's rows that a view's
+// read returned as JSON (nil: none) onto the chat, and returns the
+// message, bound to the desk's client.
+func (d *Desk) bindView(c *ent.Chat, contactRow, messageRow []byte) (*ent.Message, error) {
 	if contactRow != nil {
 		ct := &ent.Contact{}
 		if err := json.Unmarshal(contactRow, ct); err != nil {
-			return nil, nil, fmt.Errorf("contact of chat %d: %w", chatID, err)
+			return nil, fmt.Errorf("contact of chat %d: %w", c.ID, err)
 		}
 		c.Edges.Contact = d.client.Contact.Bind(ct)
 	}
-	var m *ent.Message
-	if messageRow != nil {
-		m = &ent.Message{}
-		if err := json.Unmarshal(messageRow, m); err != nil {
-			return nil, nil, fmt.Errorf("message %d: %w", messageID, err)
-		}
-		m = d.client.Message.Bind(m)
+	if messageRow == nil {
+		return nil, nil
 	}
-	return c, m, nil
+	m := &ent.Message{}
+	if err := json.Unmarshal(messageRow, m); err != nil {
+		return nil, fmt.Errorf("message of chat %d: %w", c.ID, err)
+	}
+	return d.client.Message.Bind(m), nil
 }

@@ -58,6 +58,9 @@ type DeliveryResult struct {
 // ApplyDelivery stores a verified delivery and applies its updates, exactly
 // once (R3).
 func (d *Desk) ApplyDelivery(ctx context.Context, ch channels.Channel, del channels.Delivery, body []byte) (*DeliveryResult, error) {
+	if res, done, err := d.openChatMessage(ctx, ch, del, body); done || err != nil {
+		return res, err
+	}
 	var res *DeliveryResult
 	err := d.inTxRacing(ctx, "apply delivery", func(ctx context.Context, tx *ent.Tx) error {
 		var err error
@@ -97,7 +100,7 @@ func (d *Desk) applyDelivery(ctx context.Context, tx *ent.Tx, ch channels.Channe
 		}
 	}
 	for i, u := range del.Updates {
-		if u.AccountRef != "" && ch.ExternalID != "" && u.AccountRef != ch.ExternalID {
+		if forAnotherAccount(ch, u) {
 			d.log.Warn("delivery for another account ignored", "channel_id", ch.ID, "account", u.AccountRef)
 			res.Ignored++
 			continue
@@ -123,6 +126,12 @@ func (d *Desk) applyDelivery(ctx context.Context, tx *ent.Tx, ch channels.Channe
 		}
 	}
 	return res, nil
+}
+
+// forAnotherAccount reports whether an update names an account (a page, a
+// phone number) other than the channel's.
+func forAnotherAccount(ch channels.Channel, u channels.Update) bool {
+	return u.AccountRef != "" && ch.ExternalID != "" && u.AccountRef != ch.ExternalID
 }
 
 // unusable says why an update cannot be stored, or "": a message or echo
@@ -213,7 +222,9 @@ func (d *Desk) applyUpdate(ctx context.Context, tx *ent.Tx, ch channels.Channel,
 	return false, nil
 }
 
-func (d *Desk) applyMessage(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update, final bool) error {
+// inboundOf is the inbound message of a provider's message update (final:
+// the delivery's last update).
+func inboundOf(ch channels.Channel, u channels.Update, final bool) Inbound {
 	in := Inbound{ChannelID: ch.ID, ProviderMessageID: u.MessageID, Kind: enum.MessageKind(u.MessageKind),
 		Text: u.Text, Content: u.Content,
 		Identity: InboundIdentity{ExternalID: u.Sender.ExternalID, Name: u.Sender.Name, Username: u.Sender.Username, Phone: u.Sender.Phone},
@@ -226,6 +237,11 @@ func (d *Desk) applyMessage(ctx context.Context, tx *ent.Tx, ch channels.Channel
 		in.Attachments = append(in.Attachments, InboundAttachment{Kind: enum.MessageKind(a.Kind), Ref: a.Ref,
 			FileName: a.FileName, MimeType: a.MimeType, Size: a.Size})
 	}
+	return in
+}
+
+func (d *Desk) applyMessage(ctx context.Context, tx *ent.Tx, ch channels.Channel, u channels.Update, final bool) error {
+	in := inboundOf(ch, u, final)
 	res, err := d.ingest(ctx, tx, in)
 	if err != nil || res.Duplicate {
 		return err
