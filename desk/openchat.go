@@ -185,8 +185,16 @@ func (d *Desk) scanOpenChatMessage(rows *stdsql.Rows, view bool, now time.Time) 
 //
 // f finds the identity and its open chat, locked FOR NO KEY UPDATE, and
 // keeps it only when the message changes nothing but the chat's times
-// (not pending routing, a current profile: see ingest), then draws the
-// message's id under the chat's lock; with view, it locks the contact FOR
+// (not pending routing, a current profile: see ingest) and the chat's row
+// is the version the statement's snapshot sees, then draws the message's
+// id under the chat's lock. The snapshot is taken when the statement
+// starts: when the lock waited for a transaction that changed the chat
+// (a routing that offered it, an accept), the locked row is that
+// transaction's but the snapshot misses what else it wrote (the offers
+// the event's audience is read from), so the statement leaves such a
+// message to the transaction, whose events statement has a snapshot of
+// its own, taken once the lock is held. Every routing that offers a chat
+// updates its row (offered_at); with view, it locks the contact FOR
 // SHARE, so that the view read is what the commit leaves. The deliveries'
 // and messages' inserts run before the append lock is taken (l reads
 // their rows), so a refused duplicate fails the statement before it holds
@@ -232,11 +240,12 @@ n AS (SELECT pg_notify('%s', e.%s::text || ' ' || $14::text || ' ' || %s) FROM e
 	return r.Replace(`WITH f AS (
   SELECT s.*, CASE WHEN s.applies THEN {nextMessage} END AS message_id FROM (
     SELECT o.id AS chat_id, o.queue_id, o.owner_id, o.status, o.id IS NOT NULL AND NOT o.route_pending
+      AND o.locked = (SELECT v.xmin FROM {chats} AS v WHERE v.id = o.id)
       AND i.unreachable IS NOT TRUE AND ($4::text = '' OR i.display_name = $4::text)
       AND ($5::text = '' OR i.username = $5::text) AS applies{contactColumn}
     FROM {identities} AS i
-    LEFT JOIN LATERAL (SELECT * FROM {chats} AS o WHERE o.contact_id = i.contact_id AND o.channel_id = $1::bigint
-      AND {open} FOR NO KEY UPDATE) AS o ON true{contactLock}
+    LEFT JOIN LATERAL (SELECT o.*, o.xmin AS locked FROM {chats} AS o WHERE o.contact_id = i.contact_id
+      AND o.channel_id = $1::bigint AND {open} FOR NO KEY UPDATE) AS o ON true{contactLock}
     WHERE i.provider = $2::text AND i.external_id = $3::text
   ) AS s
 ), u AS (

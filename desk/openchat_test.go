@@ -315,24 +315,7 @@ func TestR3_TheOpenChatsStatementWaitsForADuplicateBeforeTheAppendLock(t *testin
 			MessageID: "wamid.held", MessageKind: string(enum.KindText), Text: "are you there?"}}}, []byte(`{}`))
 		done <- err
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var waiting int
-		o.Must(o.DB.SQL.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE wait_event_type = 'Lock' AND query LIKE '%s.applies THEN%'`).Scan(&waiting))
-		if waiting == 1 {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("the delivery ended (%v) without waiting for the key held by another transaction", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the open chat's statement did not wait for the held key within 10s")
-		}
-		time.Sleep(time.Millisecond) // polling another connection's lock state, bounded by the deadline
-	}
+	o.awaitStatementWaiting(t, done, "the key held by another transaction")
 	reader, err := o.DB.SQL.BeginTx(ctx, nil)
 	o.Must(err)
 	var free bool
@@ -346,4 +329,85 @@ func TestR3_TheOpenChatsStatementWaitsForADuplicateBeforeTheAppendLock(t *testin
 	if _, err := o.Client().Message.Query().Where(message.ProviderMessageID("wamid.held"), message.HasChatWith(chat.StatusNEQ(enum.ChatCompleted))).Only(ctx); err != nil {
 		t.Fatalf("the message whose key was freed: %v", err)
 	}
+}
+
+// awaitStatementWaiting waits until the open chat's statement waits for a
+// lock (what: for what), failing if the delivery ends (done) first.
+func (o *openChatWorld) awaitStatementWaiting(t *testing.T, done <-chan error, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting int
+		// (The statement's text is cut at track_activity_query_size: its
+		// start names it.)
+		o.Must(o.DB.SQL.QueryRowContext(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%s.applies THEN%'`).Scan(&waiting))
+		if waiting == 1 {
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the delivery ended (%v) without waiting for %s", err, what)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the open chat's statement did not wait for %s within 10s", what)
+		}
+		time.Sleep(time.Millisecond) // polling another connection's lock state, bounded by the deadline
+	}
+}
+
+// R8, R12 (PostgreSQL): a message whose statement waited for the chat's
+// lock while another transaction offered the chat reaches the operator
+// the chat was just offered to. The statement's snapshot, taken before
+// the wait, misses that offer: it leaves the message to the use case's
+// transaction, whose events statement reads the audience once the lock is
+// held.
+func TestR12_AMessageToAChatOfferedWhileItWaitedReachesTheNewOfferee(t *testing.T) {
+	o := newOpenChatWorld(t)
+	ctx := context.Background()
+	o.deliver(t, "r0", "15550004", "Di", "wamid.r0", "hello")
+	m0, err := o.Client().Message.Query().Where(message.ProviderMessageID("wamid.r0")).Only(ctx)
+	o.Must(err)
+	// Nobody holds an offer; then a routing offers the chat to B while
+	// the message waits for the chat's lock.
+	_, err = o.Client().ChatOffer.Delete().Where(chatoffer.ChatID(m0.ChatID)).Exec(ctx)
+	o.Must(err)
+	routing, err := o.DB.SQL.BeginTx(ctx, nil)
+	o.Must(err)
+	defer func() { _ = routing.Rollback() }()
+	_, err = routing.ExecContext(ctx, "SELECT id FROM chats WHERE id = $1 FOR NO KEY UPDATE", m0.ChatID)
+	o.Must(err)
+	_, err = routing.ExecContext(ctx, `INSERT INTO chat_offers (status, created_at, chat_id, operator_id)
+		VALUES ('OPEN', now(), $1, $2)`, m0.ChatID, o.ops[1].ID)
+	o.Must(err)
+	_, err = routing.ExecContext(ctx, "UPDATE chats SET offered_at = now() WHERE id = $1", m0.ChatID)
+	o.Must(err)
+
+	before, err := o.Desk.LastEventID(ctx)
+	o.Must(err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := o.Desk.ApplyDelivery(ctx, o.ch, channels.Delivery{Key: "r1", Updates: []channels.Update{{
+			Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: "15550004", Name: "Di"},
+			MessageID: "wamid.r1", MessageKind: string(enum.KindText), Text: "anyone?"}}}, []byte(`{}`))
+		done <- err
+	}()
+	o.awaitStatementWaiting(t, done, "the routing's lock on the chat")
+	o.Must(routing.Commit())
+	o.Must(<-done)
+	m1, err := o.Client().Message.Query().Where(message.ProviderMessageID("wamid.r1")).Only(ctx)
+	o.Must(err)
+	events, err := o.Desk.EventsAfter(ctx, before, 100)
+	o.Must(err)
+	for _, e := range events {
+		if e.Type == desk.EventMessageAdded && e.Payload["messageId"] == float64(m1.ID) {
+			if !slices.Equal(e.Audience, []int{o.ops[1].ID}) {
+				t.Fatalf("the message's event reaches %v, want B (%d), offered the chat while the message waited",
+					e.Audience, o.ops[1].ID)
+			}
+			return
+		}
+	}
+	t.Fatalf("no MESSAGE_ADDED event of message %d in %+v", m1.ID, events)
 }
