@@ -73,15 +73,31 @@ func newOpenChatWorld(t *testing.T) *openChatWorld {
 func (o *openChatWorld) deliver(t *testing.T, key, who, name, id, text string) []string {
 	t.Helper()
 	o.taken()
-	res, err := o.Desk.ApplyDelivery(context.Background(), o.ch, channels.Delivery{Key: key, Updates: []channels.Update{{
-		Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: who, Name: name}, MessageID: id,
-		MessageKind: string(enum.KindText), Text: text}}}, []byte(`{"key":"`+key+`"}`))
+	res, err := o.Desk.ApplyDelivery(context.Background(), o.ch, textDelivery(key, who, name, id, text),
+		[]byte(`{"key":"`+key+`"}`))
 	o.Must(err)
 	if res.Duplicate || res.Applied != 1 {
 		t.Fatalf("delivery %s: %+v, want one update applied", key, res)
 	}
 	statements, _, _ := o.taken()
 	return statements
+}
+
+// deliverLater applies a delivery of one message from who in a goroutine,
+// whose error it sends on the channel returned.
+func (o *openChatWorld) deliverLater(key, who, name, id, text string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := o.Desk.ApplyDelivery(context.Background(), o.ch, textDelivery(key, who, name, id, text), []byte(`{}`))
+		done <- err
+	}()
+	return done
+}
+
+// textDelivery is a delivery (key) of one text message (id) from who.
+func textDelivery(key, who, name, id, text string) channels.Delivery {
+	return channels.Delivery{Key: key, Updates: []channels.Update{{Kind: channels.UpdateMessage,
+		Sender: channels.Identity{ExternalID: who, Name: name}, MessageID: id, MessageKind: string(enum.KindText), Text: text}}}
 }
 
 // taken returns and forgets what was recorded.
@@ -308,13 +324,7 @@ func TestR3_TheOpenChatsStatementWaitsForADuplicateBeforeTheAppendLock(t *testin
 		VALUES ($1, 'held', '\x00', now(), now())`, o.ch.ID)
 	o.Must(err)
 
-	done := make(chan error, 1)
-	go func() {
-		_, err := o.Desk.ApplyDelivery(ctx, o.ch, channels.Delivery{Key: "held", Updates: []channels.Update{{
-			Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: "15550003", Name: "Cy"},
-			MessageID: "wamid.held", MessageKind: string(enum.KindText), Text: "are you there?"}}}, []byte(`{}`))
-		done <- err
-	}()
+	done := o.deliverLater("held", "15550003", "Cy", "wamid.held", "are you there?")
 	o.awaitStatementWaiting(t, done, "the key held by another transaction")
 	reader, err := o.DB.SQL.BeginTx(ctx, nil)
 	o.Must(err)
@@ -386,13 +396,7 @@ func TestR12_AMessageToAChatOfferedWhileItWaitedReachesTheNewOfferee(t *testing.
 
 	before, err := o.Desk.LastEventID(ctx)
 	o.Must(err)
-	done := make(chan error, 1)
-	go func() {
-		_, err := o.Desk.ApplyDelivery(ctx, o.ch, channels.Delivery{Key: "r1", Updates: []channels.Update{{
-			Kind: channels.UpdateMessage, Sender: channels.Identity{ExternalID: "15550004", Name: "Di"},
-			MessageID: "wamid.r1", MessageKind: string(enum.KindText), Text: "anyone?"}}}, []byte(`{}`))
-		done <- err
-	}()
+	done := o.deliverLater("r1", "15550004", "Di", "wamid.r1", "anyone?")
 	o.awaitStatementWaiting(t, done, "the routing's lock on the chat")
 	o.Must(routing.Commit())
 	o.Must(<-done)
