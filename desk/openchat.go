@@ -194,8 +194,14 @@ func (d *Desk) scanOpenChatMessage(rows *stdsql.Rows, view bool, now time.Time) 
 // the event's audience is read from), so the statement leaves such a
 // message to the transaction, whose events statement has a snapshot of
 // its own, taken once the lock is held. Every routing that offers a chat
-// updates its row (offered_at); with view, it locks the contact FOR
-// SHARE, so that the view read is what the commit leaves. The deliveries'
+// updates its row (offered_at), so no operator just offered the chat
+// misses the message. An offer closed by a transaction that leaves the
+// chat's row as it was (an expiry that finds nobody to offer it to next)
+// may still count its operator in, when it commits while the statement
+// runs: as with an operator's offers withdrawn when they go INACTIVE,
+// which never lock the chat, that operator gets the one message as they
+// would have a moment before. With view, f locks the contact FOR SHARE,
+// so that the view read is what the commit leaves. The deliveries'
 // and messages' inserts run before the append lock is taken (l reads
 // their rows), so a refused duplicate fails the statement before it holds
 // the lock, and once it holds it the statement waits for nothing (see
