@@ -33,8 +33,9 @@ import (
 // with the commit). It writes what that transaction writes, in the same
 // order of locks: the chat's row first, the events' append lock last, once
 // every row is inserted. When the statement finds that the delivery is not
-// such a message (no row: another sender, a closed or pending chat, a
-// profile to refresh), it has changed nothing, and ApplyDelivery's
+// such a message (another sender, a closed or pending chat, a profile to
+// refresh, a chat changed while it waited for its lock: see
+// openChatStatements), it has changed nothing, and ApplyDelivery's
 // transaction applies the delivery.
 
 // openChatMessage applies a delivery that is one customer message to the
