@@ -366,7 +366,7 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 		// (the view's rows come after its answer): a failed read of the
 		// view costs its subscribers a read of their own, nothing more.
 		if err := d.readCommitView(res, view, err); err != nil {
-			d.log.Warn("reading a commit's view failed; its subscribers will read it", "chat", view.ChatID, "err", err)
+			d.viewNotRead(view.ChatID, err)
 		}
 		err = nil
 	}
@@ -374,6 +374,12 @@ func (d *Desk) flushEventsPG(ctx context.Context, tx *ent.Tx, rows []eventRow, n
 		return nil, err
 	}
 	return appendedIDs(got, rows)
+}
+
+// viewNotRead logs a commit's view that could not be read with it: the
+// commit stands, and the view's subscribers read it themselves.
+func (d *Desk) viewNotRead(chatID int, err error) {
+	d.log.Warn("reading a commit's view failed; its subscribers will read it", "chat", chatID, "err", err)
 }
 
 // readCommitView reads the view of a commit (the result set after the

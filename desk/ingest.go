@@ -99,8 +99,8 @@ func (d *Desk) Ingest(ctx context.Context, in Inbound) (*IngestResult, error) {
 		return nil, invalid("externalId", "the sender's external id is longer than 200 characters")
 	case len(in.ProviderMessageID) > 300:
 		return nil, invalid("providerMessageId", "the message id is longer than 300 characters")
-	case len(in.Text) > 65536:
-		return nil, invalid("text", "the text is longer than 65536 bytes")
+	case len(in.Text) > maxTextLen:
+		return nil, invalid("text", "the text is longer than %d bytes", maxTextLen)
 	}
 	// PostgreSQL stores no U+0000 in text; refused on SQLite alike. (Provider
 	// webhooks strip it instead: withoutNUL.)
@@ -788,6 +788,9 @@ func qualified(alias string, columns []string) []string {
 	}
 	return out
 }
+
+// maxTextLen is the longest text a customer's message may have (Ingest).
+const maxTextLen = 65536
 
 // The longest name, username and phone a contact or an identity keeps (the
 // schema's MaxLen of those fields): longer values from providers are clipped.

@@ -54,7 +54,7 @@ func (d *Desk) openChatMessage(ctx context.Context, ch channels.Channel, del cha
 	}
 	in := inboundOf(ch, u, true)
 	c, err := d.channel(ctx, nil, ch.ID)
-	if err != nil || !c.Active || !d.senders.has(senderKey(c.Provider, in.Identity.ExternalID)) || len(in.Text) > 65536 {
+	if err != nil || !c.Active || !d.senders.has(senderKey(c.Provider, in.Identity.ExternalID)) || len(in.Text) > maxTextLen {
 		return nil, false, nil // ApplyDelivery's transaction reports what is wrong
 	}
 	now := d.Now()
@@ -163,8 +163,7 @@ func (d *Desk) scanOpenChatMessage(rows *stdsql.Rows, view bool, now time.Time) 
 	if view {
 		m, err := d.bindView(c, contactRow, messageRow)
 		if err != nil {
-			// The commit stands; the view's subscribers read it.
-			d.log.Warn("reading a commit's view failed; its subscribers will read it", "chat", c.ID, "err", err)
+			d.viewNotRead(c.ID, err)
 		} else {
 			v = &CommitView{ChatID: c.ID, MessageID: int(messageID.Int64), Chat: c, Message: m}
 		}
